@@ -1,0 +1,72 @@
+//! Seeds and content hashes. Every random decision in dapt is a function of (run seed, stage, shard or
+//! document id), never of thread timing or partition order.
+use sha2::{Digest, Sha256};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+use xxhash_rust::xxh64::xxh64;
+
+/// A sub-seed for one stage and shard of a run: a hash of (seed, stage, shard).
+pub fn sub_seed(seed: u64, stage: &str, shard: u64) -> u64 {
+    let mut key = Vec::with_capacity(stage.len() + 9);
+    key.extend_from_slice(stage.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&shard.to_le_bytes());
+    xxh3_64_with_seed(&key, seed)
+}
+
+/// A stable id for a document that has none: xxhash64 of its source and text, as 16 hex digits.
+pub fn content_id(source: &str, text: &str) -> String {
+    let mut key = Vec::with_capacity(source.len() + text.len() + 1);
+    key.extend_from_slice(source.as_bytes());
+    key.push(0);
+    key.extend_from_slice(text.as_bytes());
+    format!("{:016x}", xxh64(&key, 0))
+}
+
+/// A uniform number in [0, 1) decided by (seed, key) alone.
+pub fn unit_interval(seed: u64, key: &str) -> f64 {
+    (xxh3_64_with_seed(key.as_bytes(), seed) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Lower-case hex sha256 of bytes (tokenizer files, configs).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sub_seeds_differ_by_stage_and_shard_and_repeat() {
+        assert_eq!(sub_seed(7, "pack", 0), sub_seed(7, "pack", 0));
+        assert_ne!(sub_seed(7, "pack", 0), sub_seed(7, "pack", 1));
+        assert_ne!(sub_seed(7, "pack", 0), sub_seed(7, "mix", 0));
+        assert_ne!(sub_seed(7, "pack", 0), sub_seed(8, "pack", 0));
+    }
+
+    #[test]
+    fn content_id_separates_source_from_text() {
+        assert_eq!(content_id("a", "bc"), content_id("a", "bc"));
+        assert_ne!(content_id("a", "bc"), content_id("ab", "c"));
+        assert_eq!(content_id("a", "bc").len(), 16);
+    }
+
+    #[test]
+    fn unit_interval_is_uniform_enough() {
+        let n = 20_000;
+        let below: usize = (0..n)
+            .filter(|i| unit_interval(3, &i.to_string()) < 0.25)
+            .count();
+        let share = below as f64 / n as f64;
+        assert!((share - 0.25).abs() < 0.02, "share {share}");
+    }
+
+    #[test]
+    fn sha256_of_empty_input() {
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

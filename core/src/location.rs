@@ -1,0 +1,368 @@
+//! Object-store locations: one type for every place dapt reads from or writes to.
+//!
+//! Accepted forms: `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` (also `abfs://`,
+//! `azure://`), `http(s)://host/path`, `file:///abs/path`, and plain local paths (relative ones are made
+//! absolute against the working directory). S3, GCS and Azure settings come from the usual environment
+//! variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
+//! `AWS_ALLOW_HTTP`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, …); a custom S3 endpoint uses
+//! path-style addressing, and an `http://` endpoint is allowed without further settings.
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use url::Url;
+
+use crate::{Error, Result};
+
+/// A store plus a prefix inside it, remembered with the URL it came from (for messages).
+#[derive(Clone, Debug)]
+pub struct Location {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    /// URL of the store's root, e.g. `s3://bucket` or `file://`.
+    root_url: String,
+}
+
+impl Location {
+    /// Parses a URL or a local path. Builds the store client; does no I/O.
+    pub fn parse(input: &str) -> Result<Self> {
+        let invalid = |reason: String| Error::InvalidLocation {
+            url: input.to_string(),
+            reason,
+        };
+        if input.is_empty() {
+            return Err(invalid("empty location".into()));
+        }
+        let url = match Url::parse(input) {
+            Ok(url) if url.scheme().len() > 1 => url,
+            // A plain path (or a Windows drive letter, which parses as a one-letter scheme).
+            _ => {
+                let absolute = std::path::absolute(input).map_err(|e| invalid(e.to_string()))?;
+                Url::from_file_path(&absolute)
+                    .map_err(|()| invalid("not an absolute local path".into()))?
+            }
+        };
+        let store_error = |source: object_store::Error| Error::ObjectStore {
+            url: input.to_string(),
+            source,
+        };
+        let (store, root_url): (Arc<dyn ObjectStore>, String) = match url.scheme() {
+            "file" => (
+                Arc::new(object_store::local::LocalFileSystem::new()),
+                "file://".into(),
+            ),
+            "s3" | "s3a" => {
+                let bucket = host_of(&url).ok_or_else(|| invalid("no bucket".into()))?;
+                let mut builder =
+                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                let endpoint = std::env::var("AWS_ENDPOINT_URL")
+                    .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                    .ok();
+                if let Some(endpoint) = endpoint {
+                    builder = builder
+                        .with_endpoint(&endpoint)
+                        .with_virtual_hosted_style_request(false)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                let store = builder.build().map_err(store_error)?;
+                (Arc::new(store), format!("s3://{bucket}"))
+            }
+            "gs" => {
+                let bucket = host_of(&url).ok_or_else(|| invalid("no bucket".into()))?;
+                let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(store_error)?;
+                (Arc::new(store), format!("gs://{bucket}"))
+            }
+            "az" | "abfs" | "abfss" | "azure" => {
+                let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url.as_str())
+                    .build()
+                    .map_err(store_error)?;
+                let container = host_of(&url).ok_or_else(|| invalid("no container".into()))?;
+                (Arc::new(store), format!("{}://{container}", url.scheme()))
+            }
+            "http" | "https" => {
+                let root = format!(
+                    "{}://{}",
+                    url.scheme(),
+                    &url[url::Position::BeforeHost..url::Position::BeforePath]
+                );
+                let store = object_store::http::HttpBuilder::new()
+                    .with_url(&root)
+                    .build()
+                    .map_err(store_error)?;
+                (Arc::new(store), root)
+            }
+            other => return Err(invalid(format!("unsupported scheme {other:?}"))),
+        };
+        let prefix = Path::from_url_path(url.path()).map_err(|e| invalid(e.to_string()))?;
+        Ok(Self {
+            store,
+            prefix,
+            root_url,
+        })
+    }
+
+    /// The same store with another prefix.
+    pub fn with_prefix(&self, prefix: Path) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            prefix,
+            root_url: self.root_url.clone(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    /// URL of the store's root (`s3://bucket`, `file://`, `https://host`).
+    pub fn root_url(&self) -> &str {
+        &self.root_url
+    }
+
+    /// The full URL of a path in this store, for messages and for registering with query engines.
+    pub fn url_of(&self, path: &Path) -> String {
+        if self.root_url == "file://" {
+            format!("file:///{path}")
+        } else {
+            format!("{}/{path}", self.root_url)
+        }
+    }
+
+    /// The URL this location stands for.
+    pub fn url(&self) -> String {
+        self.url_of(&self.prefix)
+    }
+
+    /// The path of `name` (which may hold `/`-separated components) below this location's prefix.
+    pub fn child(&self, name: &str) -> Path {
+        name.split('/')
+            .filter(|part| !part.is_empty())
+            .fold(self.prefix.clone(), |path, part| path.join(part))
+    }
+
+    /// Reads a whole object below this location.
+    pub async fn read(&self, name: &str) -> Result<Bytes> {
+        let path = self.child(name);
+        let result = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| self.error(&path, e))?;
+        result.bytes().await.map_err(|e| self.error(&path, e))
+    }
+
+    /// Reads a whole object below this location, or `None` when it does not exist.
+    pub async fn read_optional(&self, name: &str) -> Result<Option<Bytes>> {
+        match self.read(name).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(Error::ObjectStore {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a whole object below this location. The write is atomic: readers see the old object, no
+    /// object, or all of the new one (object_store's contract for `put`).
+    pub async fn write(&self, name: &str, bytes: Bytes) -> Result<()> {
+        let path = self.child(name);
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.error(&path, e))?;
+        Ok(())
+    }
+
+    /// The objects this location names: itself when it is an object, otherwise every object below it
+    /// (recursively), sorted by path so that the order is the same on every run and store.
+    pub async fn list_objects(&self) -> Result<Vec<ObjectMeta>> {
+        if !self.prefix.as_ref().is_empty() {
+            match self.store.head(&self.prefix).await {
+                Ok(meta) => return Ok(vec![meta]),
+                Err(object_store::Error::NotFound { .. }) => {}
+                // Local directories answer `head` with an error of their own; listing decides.
+                Err(_) => {}
+            }
+        }
+        let mut objects: Vec<ObjectMeta> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(&self.prefix, e))?;
+        objects.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(objects)
+    }
+
+    /// Wraps an object-store error with the URL of the path it concerns.
+    pub fn error(&self, path: &Path, source: object_store::Error) -> Error {
+        Error::ObjectStore {
+            url: self.url_of(path),
+            source,
+        }
+    }
+}
+
+fn host_of(url: &Url) -> Option<&str> {
+    url.host_str().filter(|h| !h.is_empty())
+}
+
+/// Expands input URLs into the objects they name, in a deterministic order. An input is an object, a
+/// prefix (all objects below it), or a glob whose last path components hold `*`, `?` or `**`
+/// (e.g. `s3://bucket/c4/en/*.json.gz`, `data/**/*.jsonl`). An input that names nothing is an error.
+pub async fn expand_inputs(inputs: &[String]) -> Result<Vec<(Location, ObjectMeta)>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        let (base, pattern) = split_glob(input);
+        let location = Location::parse(&base)?;
+        let objects = location.list_objects().await?;
+        let before = out.len();
+        for meta in objects {
+            let keep = match &pattern {
+                None => true,
+                Some(pattern) => {
+                    let full = meta.location.as_ref();
+                    let relative = full
+                        .strip_prefix(location.prefix().as_ref())
+                        .unwrap_or(full)
+                        .trim_start_matches('/');
+                    glob_match(pattern, relative)
+                }
+            };
+            if keep {
+                out.push((location.clone(), meta));
+            }
+        }
+        if out.len() == before {
+            return Err(Error::InvalidLocation {
+                url: input.clone(),
+                reason: "names no object".into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Splits `base/dir/*.jsonl` into (`base/dir`, `*.jsonl`); inputs without wildcards have no pattern.
+fn split_glob(input: &str) -> (String, Option<String>) {
+    let Some(first) = input.find(['*', '?']) else {
+        return (input.to_string(), None);
+    };
+    let cut = input[..first].rfind('/').map(|i| i + 1).unwrap_or(0);
+    let base = input[..cut].trim_end_matches('/');
+    let base = if base.is_empty() { "." } else { base };
+    (base.to_string(), Some(input[cut..].to_string()))
+}
+
+/// Glob matching over `/`-separated paths: `*` and `?` stay inside one component, `**` spans several.
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    fn matches(p: &[u8], s: &[u8]) -> bool {
+        match p.first() {
+            None => s.is_empty(),
+            Some(b'*') if p.get(1) == Some(&b'*') => match p[2..].strip_prefix(b"/") {
+                // `**/`: zero or more whole directories.
+                Some(rest) => {
+                    (0..=s.len()).any(|i| (i == 0 || s[i - 1] == b'/') && matches(rest, &s[i..]))
+                }
+                // `**` elsewhere: anything, `/` included.
+                None => (0..=s.len()).any(|i| matches(&p[2..], &s[i..])),
+            },
+            Some(b'*') => {
+                let rest = &p[1..];
+                for i in 0..=s.len() {
+                    if matches(rest, &s[i..]) {
+                        return true;
+                    }
+                    if i < s.len() && s[i] == b'/' {
+                        break;
+                    }
+                }
+                false
+            }
+            Some(b'?') => !s.is_empty() && s[0] != b'/' && matches(&p[1..], &s[1..]),
+            Some(&c) => !s.is_empty() && s[0] == c && matches(&p[1..], &s[1..]),
+        }
+    }
+    matches(pattern.as_bytes(), path.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.jsonl", "a.jsonl"));
+        assert!(!glob_match("*.jsonl", "d/a.jsonl"));
+        assert!(glob_match("**/*.jsonl", "d/e/a.jsonl"));
+        assert!(glob_match("**/*.jsonl", "a.jsonl"));
+        assert!(glob_match("part-?.parquet", "part-1.parquet"));
+        assert!(!glob_match("part-?.parquet", "part-12.parquet"));
+        assert!(glob_match("en/**", "en/x/y.json.gz"));
+    }
+
+    #[test]
+    fn split() {
+        assert_eq!(
+            split_glob("s3://b/c4/*.json.gz"),
+            ("s3://b/c4".into(), Some("*.json.gz".into()))
+        );
+        assert_eq!(split_glob("data/x.jsonl"), ("data/x.jsonl".into(), None));
+        assert_eq!(split_glob("*.jsonl"), (".".into(), Some("*.jsonl".into())));
+    }
+
+    #[test]
+    fn parse_forms() {
+        let s3 = Location::parse("s3://bucket/a/b").unwrap();
+        assert_eq!(s3.url(), "s3://bucket/a/b");
+        let local = Location::parse("/tmp/x/y").unwrap();
+        assert_eq!(local.url(), "file:///tmp/x/y");
+        let file = Location::parse("file:///tmp/x").unwrap();
+        assert_eq!(file.prefix().as_ref(), "tmp/x");
+        assert!(Location::parse("ftp://host/x").is_err());
+        assert!(Location::parse("").is_err());
+    }
+
+    #[tokio::test]
+    async fn local_write_read_list_and_expand() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        root.write("a/one.jsonl", Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+        root.write("a/two.jsonl", Bytes::from_static(b"22"))
+            .await
+            .unwrap();
+        root.write("a/skip.txt", Bytes::from_static(b"3"))
+            .await
+            .unwrap();
+        assert_eq!(&root.read("a/two.jsonl").await.unwrap()[..], b"22");
+        assert!(root.read_optional("nope").await.unwrap().is_none());
+
+        let all = root.list_objects().await.unwrap();
+        assert_eq!(all.len(), 3);
+        let pattern = format!("{}/a/*.jsonl", dir.path().display());
+        let found = expand_inputs(&[pattern]).await.unwrap();
+        let names: Vec<_> = found
+            .iter()
+            .map(|(_, m)| m.location.filename().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["one.jsonl", "two.jsonl"]);
+        let single = format!("{}/a/one.jsonl", dir.path().display());
+        assert_eq!(expand_inputs(&[single]).await.unwrap().len(), 1);
+        let missing = format!("{}/a/*.parquet", dir.path().display());
+        let err = expand_inputs(&[missing]).await.unwrap_err().to_string();
+        assert!(err.contains("names no object"), "{err}");
+    }
+}

@@ -1,0 +1,73 @@
+//! Parquet encoding of whole shards in memory (shards are published with one atomic `put`), and
+//! decoding back with the key-value metadata.
+use std::collections::BTreeMap;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+use crate::{Error, Result};
+
+/// Encodes batches as one Parquet file (zstd), with `metadata` as key-value metadata (sorted by key,
+/// so that equal inputs give equal bytes).
+pub fn encode(
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+    metadata: &BTreeMap<String, String>,
+    what: &str,
+) -> Result<Bytes> {
+    let parquet_error = |source| Error::Parquet {
+        what: what.to_string(),
+        source,
+    };
+    let key_values = metadata
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).map_err(parquet_error)?,
+        ))
+        .set_key_value_metadata(Some(key_values))
+        .build();
+    let mut buffer = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut buffer, schema, Some(properties)).map_err(parquet_error)?;
+    for batch in batches {
+        writer.write(batch).map_err(parquet_error)?;
+    }
+    writer.close().map_err(parquet_error)?;
+    Ok(Bytes::from(buffer))
+}
+
+/// Decodes a whole Parquet file: its batches and its key-value metadata.
+pub fn decode(bytes: Bytes, what: &str) -> Result<(Vec<RecordBatch>, BTreeMap<String, String>)> {
+    let parquet_error = |source| Error::Parquet {
+        what: what.to_string(),
+        source,
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_error)?;
+    let metadata = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kvs| {
+            kvs.iter()
+                .filter_map(|kv| kv.value.clone().map(|v| (kv.key.clone(), v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let reader = builder.build().map_err(parquet_error)?;
+    let batches = reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|source| Error::Arrow {
+            what: what.to_string(),
+            source,
+        })?;
+    Ok((batches, metadata))
+}

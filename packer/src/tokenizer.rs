@@ -1,0 +1,211 @@
+//! Tokenizers: load an HF `tokenizer.json`, or train a byte-level BPE on documents.
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    Tokenizer, TokenizerBuilder,
+};
+
+use crate::{Error, Result};
+
+/// A tokenizer with the bytes of its `tokenizer.json` (so that outputs can record its sha256).
+pub struct TokenizerFile {
+    tokenizer: Tokenizer,
+    json: Vec<u8>,
+    sha256: String,
+    what: String,
+}
+
+impl TokenizerFile {
+    /// Loads an HF `tokenizer.json`.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let json = std::fs::read(path).map_err(|e| Error::Tokenizer {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_json(json, &path.display().to_string())
+    }
+
+    /// Parses the bytes of a `tokenizer.json`; `what` names it in errors.
+    pub fn from_json(json: Vec<u8>, what: &str) -> Result<Self> {
+        let tokenizer = Tokenizer::from_bytes(&json).map_err(|e| Error::Tokenizer {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            tokenizer,
+            sha256: dapt_core::hash::sha256_hex(&json),
+            json,
+            what: what.to_string(),
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The `tokenizer.json` bytes.
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    /// sha256 of the `tokenizer.json` bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// The id of a token that must exist (EOS, pad).
+    pub fn id_of(&self, token: &str) -> Result<u32> {
+        self.tokenizer
+            .token_to_id(token)
+            .ok_or_else(|| Error::Tokenizer {
+                what: self.what.clone(),
+                reason: format!("has no token {token:?}"),
+            })
+    }
+
+    /// Token ids of each text (no special tokens added, no offsets computed), in parallel over texts.
+    /// `ids[i]` names document `i` in errors.
+    pub fn encode_all(&self, ids: &[String], texts: &[String]) -> Result<Vec<Vec<u32>>> {
+        texts
+            .par_iter()
+            .zip(ids.par_iter())
+            .map(|(text, id)| {
+                self.tokenizer
+                    .encode_fast(text.as_str(), false)
+                    .map(|e| e.get_ids().to_vec())
+                    .map_err(|e| Error::Encode {
+                        id: id.clone(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Decodes ids back to text (special tokens kept).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, false)
+            .map_err(|e| Error::Tokenizer {
+                what: self.what.clone(),
+                reason: format!("cannot decode: {e}"),
+            })
+    }
+}
+
+/// Options for training a byte-level BPE tokenizer (`[tokenizer.train]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BpeTrainOptions {
+    /// Vocabulary size including the 256 byte tokens and the special tokens.
+    pub vocab_size: usize,
+    /// Pairs seen fewer times than this are not merged.
+    pub min_frequency: u64,
+    /// Special tokens, added first (ids 0, 1, …).
+    pub special_tokens: Vec<String>,
+}
+
+impl Default for BpeTrainOptions {
+    fn default() -> Self {
+        Self {
+            vocab_size: 4096,
+            min_frequency: 2,
+            special_tokens: vec!["<|endoftext|>".into(), "<|pad|>".into()],
+        }
+    }
+}
+
+/// Trains a byte-level BPE tokenizer (GPT-2 style pre-tokenisation, no normaliser) on `texts`.
+pub fn train_bpe(texts: &[String], options: &BpeTrainOptions) -> Result<TokenizerFile> {
+    let fail = |reason: String| Error::Tokenizer {
+        what: "training".into(),
+        reason,
+    };
+    let minimum = 256 + options.special_tokens.len();
+    if options.vocab_size < minimum {
+        return Err(Error::Setting {
+            key: "tokenizer.train.vocab_size".into(),
+            reason: format!("must be at least {minimum} (256 bytes + special tokens)"),
+        });
+    }
+    let special: Vec<AddedToken> = options
+        .special_tokens
+        .iter()
+        .map(|t| AddedToken::from(t.clone(), true))
+        .collect();
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(options.vocab_size)
+        .min_frequency(options.min_frequency)
+        .special_tokens(special)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .show_progress(false)
+        .build();
+    let mut builder: TokenizerBuilder<
+        BPE,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    > = TokenizerBuilder::new();
+    builder = builder
+        .with_model(BPE::default())
+        .with_normalizer(None)
+        .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
+        .with_post_processor(Some(ByteLevel::new(false, true, true).into()))
+        .with_decoder(Some(ByteLevel::new(false, true, true).into()));
+    let mut tokenizer = builder.build().map_err(|e| fail(e.to_string()))?;
+    tokenizer
+        .train(&mut trainer, texts.iter())
+        .map_err(|e| fail(e.to_string()))?;
+    let json = Tokenizer::from(tokenizer)
+        .to_string(false)
+        .map_err(|e| fail(e.to_string()))?;
+    TokenizerFile::from_json(json.into_bytes(), "trained tokenizer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trained_tokenizer_round_trips_real_text() {
+        let texts: Vec<String> = include_str!("../../configs/demo/data/fortunes-ru.jsonl")
+            .lines()
+            .take(300)
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let options = BpeTrainOptions {
+            vocab_size: 600,
+            ..Default::default()
+        };
+        let file = train_bpe(&texts, &options).unwrap();
+        assert_eq!(file.vocab_size(), 600);
+        assert_eq!(file.id_of("<|endoftext|>").unwrap(), 0);
+        assert_eq!(file.id_of("<|pad|>").unwrap(), 1);
+        let ids: Vec<String> = (0..texts.len()).map(|i| i.to_string()).collect();
+        let encoded = file.encode_all(&ids, &texts).unwrap();
+        for (text, ids) in texts.iter().zip(&encoded) {
+            assert_eq!(&file.decode(ids).unwrap(), text);
+        }
+        // Merges were learned: fewer tokens than bytes.
+        let tokens: usize = encoded.iter().map(Vec::len).sum();
+        let bytes: usize = texts.iter().map(String::len).sum();
+        assert!(tokens * 2 < bytes, "{tokens} tokens for {bytes} bytes");
+        // The JSON reloads as the same tokenizer.
+        let reloaded = TokenizerFile::from_json(file.json().to_vec(), "reloaded").unwrap();
+        assert_eq!(reloaded.encode_all(&ids, &texts).unwrap(), encoded);
+        assert_eq!(reloaded.sha256(), file.sha256());
+    }
+}

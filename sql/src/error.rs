@@ -1,0 +1,28 @@
+/// Errors of the SQL layer; each names the table, URL or query concerned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Core(#[from] dapt_core::Error),
+
+    #[error("cannot register table {table:?} at {url}: {source}")]
+    Register {
+        table: String,
+        url: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+
+    #[error("query refused: mix SQL is read-only (only SELECT, WITH, EXPLAIN, DESCRIBE and SHOW run): {reason}")]
+    NotReadOnly { reason: String },
+
+    #[error("query failed: {source}\n  query: {query}")]
+    Query {
+        query: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+}
+
+/// Result with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,10 @@
+//! dapt-sql: the SQL layer. Its job is a DataFusion session in which sources (Parquet shards in the
+//! Document schema, on any object store) are tables, and user SQL selects from them. Its input is
+//! locations and a query; its output is Arrow record batches. Mix SQL is read-only: only queries are
+//! accepted; DDL, DML, COPY and session statements are refused with an error that says so.
+
+mod error;
+mod session;
+
+pub use error::{Error, Result};
+pub use session::SqlSession;

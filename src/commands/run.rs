@@ -1,0 +1,370 @@
+//! `dapt run CONFIG`: the whole pipeline on one config. Stages meet through files in the output
+//! directory, each with a manifest bound to the hash of the settings that produced it:
+//!
+//! ```text
+//! OUT/documents/        ingest: one Document Parquet shard per input file
+//! OUT/selected/         the SQL query's result
+//! OUT/tokenizer/        tokenizer.json (given or trained on the training documents)
+//! OUT/packed/train/     packed rows for training
+//! OUT/packed/heldout/   packed rows of the held-out documents
+//! OUT/model/            config.json + model.safetensors (HF layout)
+//! OUT/train_log.jsonl   per-step metrics
+//! OUT/report.json       held-out perplexity before and after training
+//! ```
+//!
+//! A rerun reuses finished data stages and publishes nothing twice.
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+use clap::Args;
+use dapt_core::hash::{sub_seed, unit_interval};
+use dapt_core::{packed, parquet_io, Location, OutputDir, PackedRow};
+use dapt_packer::{pack_cpt, split_heldout, write_packed, TokenizerFile};
+use dapt_trainer::tch::{self, nn, Device};
+use dapt_trainer::Llama;
+use serde_json::json;
+
+use crate::config::{RunSettings, TokenizerSource};
+use crate::progress;
+
+/// Arguments of `dapt run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Pipeline config (TOML), e.g. configs/demo.toml.
+    config: PathBuf,
+    /// Output directory; default `out/<config name>`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = RunSettings::load(&args.config)?;
+    let out = match args.out {
+        Some(out) => out,
+        None => {
+            let stem = args.config.file_stem().unwrap_or_default();
+            PathBuf::from("out").join(stem)
+        }
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let out = std::path::absolute(&out)?;
+    tracing::info!(config = %args.config.display(), out = %out.display(), seed = settings.seed, "run");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+
+    // 1. Ingest.
+    let ingest_hash = RunSettings::hash_of(&settings.ingest);
+    let documents = location(&out.join("documents"))?;
+    let bar = progress::bar(0, "ingest", "files");
+    let summary = runtime.block_on(dapt_ingest::ingest(
+        &settings.ingest,
+        documents.clone(),
+        &ingest_hash,
+        |url, docs, bytes| {
+            bar.inc(1);
+            tracing::info!(%url, documents = docs, bytes, "ingested");
+        },
+    ))?;
+    bar.finish_and_clear();
+    tracing::info!(
+        files = summary.files,
+        read = summary.files_read,
+        documents = summary.documents,
+        "ingest done"
+    );
+
+    // 2. SQL.
+    let select_hash = RunSettings::hash_of(&(&ingest_hash, &settings.query));
+    let (ids, texts) = runtime.block_on(select(&settings.query, &documents, &out, &select_hash))?;
+    tracing::info!(documents = ids.len(), "SQL selected documents");
+
+    // Deterministic order and held-out split: functions of (seed, document id).
+    let order_seed = sub_seed(settings.seed, "pack-order", 0);
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by(|&a, &b| {
+        unit_interval(order_seed, &ids[a])
+            .total_cmp(&unit_interval(order_seed, &ids[b]))
+            .then_with(|| ids[a].cmp(&ids[b]))
+    });
+    let heldout = split_heldout(settings.seed, settings.pack.heldout_fraction, &ids);
+    let (mut train_ids, mut train_texts, mut heldout_ids, mut heldout_texts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in order {
+        if heldout[i] {
+            heldout_ids.push(ids[i].clone());
+            heldout_texts.push(texts[i].clone());
+        } else {
+            train_ids.push(ids[i].clone());
+            train_texts.push(texts[i].clone());
+        }
+    }
+    if train_ids.is_empty() || heldout_ids.is_empty() {
+        bail!(
+            "the split left {} training and {} held-out documents; select more documents or change pack.heldout_fraction",
+            train_ids.len(),
+            heldout_ids.len()
+        );
+    }
+
+    // 3. Tokenizer.
+    let tokenizer = tokenizer(&settings, &train_texts, &out.join("tokenizer"))?;
+    let eos_id = tokenizer.id_of(&settings.pack.eos_token)?;
+    let pad_id = tokenizer.id_of(&settings.pack.pad_token)?;
+    tracing::info!(vocab = tokenizer.vocab_size(), sha256 = %tokenizer.sha256(), "tokenizer ready");
+
+    // 4. Tokenise + pack.
+    let pack_hash = RunSettings::hash_of(&(
+        &select_hash,
+        tokenizer.sha256(),
+        &settings.pack,
+        settings.seed,
+    ));
+    let mut split_rows = Vec::new();
+    for (split, split_ids, split_texts) in [
+        ("train", &train_ids, &train_texts),
+        ("heldout", &heldout_ids, &heldout_texts),
+    ] {
+        let rows = runtime.block_on(pack_split(
+            &tokenizer,
+            split_ids,
+            split_texts,
+            &settings,
+            (eos_id, pad_id),
+            &out.join("packed").join(split),
+            &pack_hash,
+        ))?;
+        split_rows.push(rows);
+    }
+    let heldout_rows = split_rows.pop().unwrap_or_default();
+    let train_rows = split_rows.pop().unwrap_or_default();
+
+    // 5. Train, with held-out perplexity before and after.
+    tch::manual_seed(sub_seed(settings.seed, "model-init", 0) as i64);
+    let device = Device::cuda_if_available();
+    let config = settings.model_config(tokenizer.vocab_size(), eos_id, pad_id);
+    let vs = nn::VarStore::new(device);
+    let model = Llama::new(&vs.root(), &config)?;
+    let parameters: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
+    tracing::info!(parameters, ?device, "model initialised");
+    let before = dapt_eval::perplexity(&model, &heldout_rows, settings.eval.batch_size, device)?;
+    tracing::info!(
+        perplexity = before.perplexity,
+        tokens = before.tokens,
+        "held-out perplexity before training"
+    );
+
+    let log_path = out.join("train_log.jsonl");
+    let mut log = std::io::BufWriter::new(
+        std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?,
+    );
+    let bar = progress::bar(settings.train.steps as u64, "train", "steps");
+    let mut log_error = None;
+    let history = dapt_trainer::train(
+        &model,
+        &vs,
+        &train_rows,
+        &settings.train,
+        settings.seed,
+        |m| {
+            bar.inc(1);
+            bar.set_message(format!("loss {:.3}", m.loss));
+            if m.step % 10 == 0 || m.step + 1 == settings.train.steps {
+                tracing::info!(
+                    step = m.step,
+                    loss = m.loss,
+                    lr = m.learning_rate,
+                    grad_norm = m.grad_norm,
+                    tokens_per_second = m.tokens_per_second as u64,
+                    "train"
+                );
+            }
+            if let Err(e) = serde_json::to_writer(&mut log, m)
+                .map_err(std::io::Error::from)
+                .and_then(|()| log.write_all(b"\n"))
+            {
+                log_error.get_or_insert(e);
+            }
+        },
+    )?;
+    bar.finish_and_clear();
+    if let Some(e) = log_error {
+        return Err(e).with_context(|| format!("cannot write {}", log_path.display()));
+    }
+    log.flush()?;
+    model.save(&vs, &out.join("model"))?;
+    let after = dapt_eval::perplexity(&model, &heldout_rows, settings.eval.batch_size, device)?;
+
+    let report = json!({
+        "config": args.config.display().to_string(),
+        "seed": settings.seed,
+        "documents": { "train": train_ids.len(), "heldout": heldout_ids.len() },
+        "tokenizer": { "sha256": tokenizer.sha256(), "vocab_size": tokenizer.vocab_size() },
+        "model": { "parameters": parameters },
+        "train": {
+            "steps": history.len(),
+            "first_loss": history.first().map(|m| m.loss),
+            "last_loss": history.last().map(|m| m.loss),
+        },
+        "heldout": { "before": before, "after": after },
+    });
+    let report_path = out.join("report.json");
+    std::fs::write(&report_path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("cannot write {}", report_path.display()))?;
+    println!(
+        "held-out perplexity: before {:.2}, after {:.2} ({} tokens, {} documents); report: {}",
+        before.perplexity,
+        after.perplexity,
+        after.tokens,
+        heldout_ids.len(),
+        report_path.display()
+    );
+    Ok(())
+}
+
+fn location(path: &Path) -> anyhow::Result<Location> {
+    Ok(Location::parse(&path.display().to_string())?)
+}
+
+/// Runs the query over the ingested documents; materialises its result in `OUT/selected/` (reused by
+/// a rerun with the same inputs and query); returns ids and texts.
+async fn select(
+    query: &str,
+    documents: &Location,
+    out: &Path,
+    hash: &str,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let mut output = OutputDir::open(location(&out.join("selected"))?, "select", hash).await?;
+    let name = "part-00000.parquet";
+    if !output.is_published(name) {
+        let session = dapt_sql::SqlSession::new();
+        session.register_parquet("documents", documents).await?;
+        // Row order of a query depends on partition timing; the stage's output must not.
+        let ordered = format!(
+            "SELECT * FROM ({}) AS selection ORDER BY id, text",
+            query.trim().trim_end_matches(';')
+        );
+        let batches = session.query_collect(&ordered).await?;
+        let Some(first) = batches.first() else {
+            bail!("the query selected no documents: {query}");
+        };
+        let schema = first.schema();
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let mut metadata = BTreeMap::new();
+        metadata.insert("dapt.query".to_string(), query.to_string());
+        let bytes = parquet_io::encode(schema, &batches, &metadata, "selected documents")?;
+        output.publish(name, bytes, rows as u64).await?;
+        output.finish(json!({ "documents": rows })).await?;
+    }
+    let mut ids = Vec::new();
+    let mut texts = Vec::new();
+    for (shard, bytes) in output.read_shards().await? {
+        let (batches, _) = parquet_io::decode(bytes, &shard)?;
+        for batch in batches {
+            let column = |name: &str| -> anyhow::Result<_> {
+                let column = batch
+                    .column_by_name(name)
+                    .with_context(|| format!("the query must return a {name:?} column: {query}"))?;
+                let column = arrow::compute::cast(column, &DataType::Utf8)?;
+                Ok(column)
+            };
+            let (id, text) = (column("id")?, column("text")?);
+            let (id, text) = (id.as_string::<i32>(), text.as_string::<i32>());
+            for i in 0..batch.num_rows() {
+                if id.is_null(i) || text.is_null(i) {
+                    bail!("row {i} of the query result has a null id or text");
+                }
+                ids.push(id.value(i).to_string());
+                texts.push(text.value(i).to_string());
+            }
+        }
+    }
+    Ok((ids, texts))
+}
+
+/// Loads the configured tokenizer or trains one on the training texts; writes it to `dir`.
+fn tokenizer(
+    settings: &RunSettings,
+    train_texts: &[String],
+    dir: &Path,
+) -> anyhow::Result<TokenizerFile> {
+    let tokenizer = match &settings.tokenizer {
+        TokenizerSource::File(path) => TokenizerFile::load(path)?,
+        TokenizerSource::Train(options) => {
+            let path = dir.join("tokenizer.json");
+            let hash_path = dir.join("trained_from.sha256");
+            let hash = RunSettings::hash_of(&(options, train_texts));
+            let reusable = std::fs::read_to_string(&hash_path).is_ok_and(|h| h.trim() == hash);
+            if reusable {
+                TokenizerFile::load(&path)?
+            } else {
+                tracing::info!(
+                    vocab_size = options.vocab_size,
+                    documents = train_texts.len(),
+                    "training a byte-level BPE tokenizer"
+                );
+                dapt_packer::train_bpe(train_texts, options)?
+            }
+        }
+    };
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.json())?;
+    if let TokenizerSource::Train(options) = &settings.tokenizer {
+        std::fs::write(
+            dir.join("trained_from.sha256"),
+            RunSettings::hash_of(&(options, train_texts)),
+        )?;
+    }
+    Ok(tokenizer)
+}
+
+/// Tokenises and packs one split into `dir` (reusing a finished output), returning its rows.
+async fn pack_split(
+    tokenizer: &TokenizerFile,
+    ids: &[String],
+    texts: &[String],
+    settings: &RunSettings,
+    (eos_id, pad_id): (u32, u32),
+    dir: &Path,
+    hash: &str,
+) -> anyhow::Result<Vec<PackedRow>> {
+    let mut output = OutputDir::open(location(dir)?, "pack", hash).await?;
+    if !output.manifest().complete {
+        let encoded = tokenizer.encode_all(ids, texts)?;
+        let (rows, stats) = pack_cpt(&encoded, eos_id, pad_id, settings.pack.seq_len);
+        tracing::info!(split = %dir.display(), documents = stats.documents, tokens = stats.tokens, rows = stats.rows, fill = stats.fill, "packed");
+        write_packed(
+            &mut output,
+            &rows,
+            settings.pack.rows_per_shard,
+            settings.pack.seq_len,
+            pad_id,
+            tokenizer.sha256(),
+            settings.seed,
+            hash,
+            serde_json::to_value(&stats)?,
+        )
+        .await?;
+    }
+    let mut rows = Vec::new();
+    for (shard, bytes) in output.read_shards().await? {
+        let (batches, _) = parquet_io::decode(bytes, &shard)?;
+        for batch in &batches {
+            rows.extend(packed::batch_to_rows(batch)?);
+        }
+    }
+    for (i, row) in rows.iter().enumerate() {
+        row.validate(i, settings.pack.seq_len, pad_id as i32)?;
+    }
+    Ok(rows)
+}

@@ -1,0 +1,45 @@
+//! `dapt`: the command line of the dapt data engine and trainer. Each subcommand is a module in
+//! `commands/`; this file parses arguments, sets up logging, and runs the chosen command.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+mod config;
+mod progress;
+
+/// dapt: domain adaptation of LLMs, from raw shards to an evaluated adapted model.
+#[derive(Parser)]
+#[command(name = "dapt", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline config end to end: ingest → SQL → tokenise + pack → train → held-out perplexity.
+    Run(commands::run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DAPT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => commands::run::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Training batches from packed rows: ids, per-segment positions, a block-diagonal causal mask and
+//! next-token targets that never cross a segment boundary.
+use dapt_core::PackedRow;
+use tch::{Device, Kind, Tensor};
+
+/// Target value that the loss ignores.
+pub const IGNORE_INDEX: i64 = -100;
+
+/// One batch on a device.
+#[derive(Debug)]
+pub struct Batch {
+    /// `[batch, seq]` int64 token ids.
+    pub input_ids: Tensor,
+    /// `[batch, seq]` int64 positions, restarting at 0 in each segment.
+    pub positions: Tensor,
+    /// `[batch, 1, seq, seq]` bool, true where query `i` may attend to key `j` (same segment, `j <= i`).
+    pub mask: Tensor,
+    /// `[batch, seq]` int64 next-token targets, [`IGNORE_INDEX`] where there is none: at a segment's last
+    /// token, on pads, and where the next token's `loss_mask` is false.
+    pub targets: Tensor,
+    /// Number of positions whose target counts.
+    pub target_count: i64,
+}
+
+impl Batch {
+    /// Builds a batch; every row must have the same length.
+    pub fn from_rows(rows: &[&PackedRow], device: Device) -> Self {
+        let batch = rows.len() as i64;
+        let seq = rows.first().map_or(0, |r| r.input_ids.len()) as i64;
+        let mut ids = Vec::with_capacity((batch * seq) as usize);
+        let mut positions = Vec::with_capacity(ids.capacity());
+        let mut segment_ids = Vec::with_capacity(ids.capacity());
+        let mut targets = Vec::with_capacity(ids.capacity());
+        let mut target_count = 0;
+        for row in rows {
+            let start = segment_ids.len();
+            for (segment, &length) in row.segment_lengths.iter().enumerate() {
+                for position in 0..length as i64 {
+                    positions.push(position);
+                    segment_ids.push(segment as i64);
+                }
+            }
+            // Pads form a segment of their own so that every query attends to at least itself.
+            let pad_segment = row.segment_lengths.len() as i64;
+            for position in 0..(seq as usize - (segment_ids.len() - start)) {
+                positions.push(position as i64);
+                segment_ids.push(pad_segment);
+            }
+            let row_segments = &segment_ids[start..];
+            for t in 0..seq as usize {
+                ids.push(row.input_ids[t] as i64);
+                let next = t + 1;
+                let valid = next < seq as usize
+                    && row_segments[t] == row_segments[next]
+                    && row_segments[t] != pad_segment
+                    && row.loss_mask[next];
+                if valid {
+                    targets.push(row.input_ids[next] as i64);
+                    target_count += 1;
+                } else {
+                    targets.push(IGNORE_INDEX);
+                }
+            }
+        }
+        let shape = [batch, seq];
+        let segment_ids = Tensor::from_slice(&segment_ids)
+            .view(shape)
+            .to_device(device);
+        let same_segment = segment_ids
+            .unsqueeze(2)
+            .eq_tensor(&segment_ids.unsqueeze(1));
+        let causal = Tensor::ones([seq, seq], (Kind::Bool, device)).tril(0);
+        let mask = same_segment.logical_and(&causal).unsqueeze(1);
+        Self {
+            input_ids: Tensor::from_slice(&ids).view(shape).to_device(device),
+            positions: Tensor::from_slice(&positions).view(shape).to_device(device),
+            mask,
+            targets: Tensor::from_slice(&targets).view(shape).to_device(device),
+            target_count,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_mask_and_targets_respect_segments() {
+        let row = PackedRow {
+            input_ids: vec![5, 6, 7, 8, 9, 0],
+            segment_lengths: vec![3, 2],
+            loss_mask: vec![true, true, true, true, true, false],
+        };
+        let batch = Batch::from_rows(&[&row], Device::Cpu);
+        let positions: Vec<i64> = batch.positions.view([-1]).try_into().unwrap();
+        assert_eq!(positions, [0, 1, 2, 0, 1, 0]);
+        let targets: Vec<i64> = batch.targets.view([-1]).try_into().unwrap();
+        assert_eq!(targets, [6, 7, -100, 9, -100, -100]);
+        assert_eq!(batch.target_count, 3);
+        let mask: Vec<bool> = batch.mask.view([-1]).try_into().unwrap();
+        let at = |i: usize, j: usize| mask[i * 6 + j];
+        assert!(at(2, 0) && at(2, 2) && !at(2, 3));
+        assert!(!at(3, 2) && at(3, 3) && at(4, 3) && !at(3, 4));
+        assert!(at(5, 5) && !at(5, 4));
+    }
+}
