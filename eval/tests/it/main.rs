@@ -21,11 +21,11 @@ fn perplexity_is_batch_size_independent_and_matches_the_loss() {
     let rows: Vec<PackedRow> = (0..7)
         .map(|r| {
             let used = 10 + r;
-            let mut ids: Vec<i32> = (0..used).map(|i| ((i * 3 + r) % 39 + 1) as i32).collect();
+            let mut ids: Vec<i32> = (0..used).map(|i| (i * 3 + r) % 39 + 1).collect();
             ids.resize(20, 0);
             PackedRow {
                 input_ids: ids,
-                segment_lengths: vec![4, used as i32 - 4],
+                segment_lengths: vec![4, used - 4],
                 loss_mask: (0..20).map(|i| i < used).collect(),
             }
         })
