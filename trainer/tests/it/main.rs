@@ -117,7 +117,7 @@ fn training_learns_a_pattern() {
     let model = Llama::new(&vs.root(), &tiny(false)).unwrap();
     let rows: Vec<PackedRow> = (0..16)
         .map(|r| {
-            let ids: Vec<i32> = (0..32).map(|i| ((i + r) % 10 + 5) as i32).collect();
+            let ids: Vec<i32> = (0..32).map(|i| (i + r) % 10 + 5).collect();
             PackedRow {
                 input_ids: ids,
                 segment_lengths: vec![16, 16],
