@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run a pipeline config end to end: ingest → SQL → tokenise + pack → train → held-out perplexity.
     Run(commands::run::RunArgs),
+    /// Read JSON-lines / Parquet shards from object storage into normalised Document Parquet shards.
+    Ingest(commands::ingest::IngestArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),
+        Command::Ingest(args) => commands::ingest::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

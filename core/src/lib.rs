@@ -12,8 +12,9 @@ pub mod manifest;
 pub mod packed;
 pub mod parquet_io;
 pub mod schema;
+pub mod shard_writer;
 
 pub use error::{Error, Result};
 pub use location::Location;
-pub use manifest::{Manifest, OutputDir, ShardEntry};
+pub use manifest::{Manifest, OutputDir, ShardEntry, SkipRecord};
 pub use packed::PackedRow;

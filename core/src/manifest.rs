@@ -24,6 +24,16 @@ pub struct ShardEntry {
     pub sha256: String,
 }
 
+/// A record that was skipped under the `skip` error policy.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SkipRecord {
+    /// URL of the object the record came from.
+    pub object: String,
+    /// 1-based line (JSON lines) or row (Parquet) number, when the problem is in one record.
+    pub line: Option<u64>,
+    pub reason: String,
+}
+
 /// The manifest of one output directory.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -39,6 +49,15 @@ pub struct Manifest {
     /// True once the producing stage finished all its shards.
     #[serde(default)]
     pub complete: bool,
+    /// Records skipped under the `skip` error policy, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkipRecord>,
+}
+
+/// The manifest name of job `index` of `count` jobs that share one output directory
+/// (`_manifest-00003-of-00008.json`).
+pub fn job_manifest_name(index: usize, count: usize) -> String {
+    format!("_manifest-{index:05}-of-{count:05}.json")
 }
 
 /// An output directory with its manifest.
@@ -46,20 +65,33 @@ pub struct Manifest {
 pub struct OutputDir {
     location: Location,
     manifest: Manifest,
+    manifest_name: String,
 }
 
 impl OutputDir {
     /// Opens (or starts) an output directory. An existing manifest of another kind or configuration is
     /// an error naming both hashes.
     pub async fn open(location: Location, kind: &str, config_hash: &str) -> Result<Self> {
-        let manifest_url = location.url_of(&location.child(MANIFEST_NAME));
-        let manifest = match location.read_optional(MANIFEST_NAME).await? {
+        Self::open_named(location, MANIFEST_NAME, kind, config_hash).await
+    }
+
+    /// Like [`OutputDir::open`], with a manifest of another name (one job of several writing into the
+    /// same directory keeps its own, see [`job_manifest_name`]).
+    pub async fn open_named(
+        location: Location,
+        manifest_name: &str,
+        kind: &str,
+        config_hash: &str,
+    ) -> Result<Self> {
+        let manifest_url = location.url_of(&location.child(manifest_name));
+        let manifest = match location.read_optional(manifest_name).await? {
             None => Manifest {
                 kind: kind.to_string(),
                 config_hash: config_hash.to_string(),
                 shards: Vec::new(),
                 summary: serde_json::Value::Null,
                 complete: false,
+                skipped: Vec::new(),
             },
             Some(bytes) => {
                 let manifest: Manifest =
@@ -80,7 +112,11 @@ impl OutputDir {
                 manifest
             }
         };
-        Ok(Self { location, manifest })
+        Ok(Self {
+            location,
+            manifest,
+            manifest_name: manifest_name.to_string(),
+        })
     }
 
     pub fn location(&self) -> &Location {
@@ -112,8 +148,22 @@ impl OutputDir {
             sha256: crate::hash::sha256_hex(&bytes),
         };
         self.location.write(name, bytes).await?;
+        self.record(entry, Vec::new()).await
+    }
+
+    /// Records a shard that was already written whole (e.g. by a
+    /// [`ShardWriter`](crate::shard_writer::ShardWriter)), with the records skipped while making it.
+    pub async fn record(&mut self, entry: ShardEntry, skipped: Vec<SkipRecord>) -> Result<()> {
+        if self.is_published(&entry.name) {
+            return Err(Error::Manifest {
+                url: self.location.url(),
+                reason: format!("shard {} is already published", entry.name),
+            });
+        }
         self.manifest.shards.push(entry);
         self.manifest.shards.sort_by(|a, b| a.name.cmp(&b.name));
+        self.manifest.skipped.extend(skipped);
+        self.manifest.skipped.sort();
         self.write_manifest().await
     }
 
@@ -130,7 +180,61 @@ impl OutputDir {
             reason: e.to_string(),
         })?;
         json.push(b'\n');
-        self.location.write(MANIFEST_NAME, Bytes::from(json)).await
+        self.location
+            .write(&self.manifest_name, Bytes::from(json))
+            .await
+    }
+
+    /// When every one of `count` job manifests in this directory is complete, writes their union as
+    /// `_manifest.json` (shards, skipped records, and `summary` summed over numeric fields) and returns
+    /// it. Any job may call this when it finishes: the merged bytes are the same whoever writes them.
+    pub async fn merge_job_manifests(
+        location: &Location,
+        count: usize,
+        kind: &str,
+        config_hash: &str,
+    ) -> Result<Option<Manifest>> {
+        let mut merged = Manifest {
+            kind: kind.to_string(),
+            config_hash: config_hash.to_string(),
+            shards: Vec::new(),
+            summary: serde_json::Value::Object(Default::default()),
+            complete: true,
+            skipped: Vec::new(),
+        };
+        for index in 0..count {
+            let job = Self::open_named(
+                location.clone(),
+                &job_manifest_name(index, count),
+                kind,
+                config_hash,
+            )
+            .await?;
+            if !job.manifest.complete {
+                return Ok(None);
+            }
+            merged.shards.extend(job.manifest.shards);
+            merged.skipped.extend(job.manifest.skipped);
+            if let (serde_json::Value::Object(total), serde_json::Value::Object(part)) =
+                (&mut merged.summary, job.manifest.summary)
+            {
+                for (key, value) in part {
+                    if let Some(n) = value.as_u64() {
+                        let sum = total.get(&key).and_then(|v| v.as_u64()).unwrap_or(0) + n;
+                        total.insert(key, sum.into());
+                    }
+                }
+            }
+        }
+        merged.shards.sort_by(|a, b| a.name.cmp(&b.name));
+        merged.skipped.sort();
+        let mut json = serde_json::to_vec_pretty(&merged).map_err(|e| Error::Manifest {
+            url: location.url(),
+            reason: e.to_string(),
+        })?;
+        json.push(b'\n');
+        location.write(MANIFEST_NAME, Bytes::from(json)).await?;
+        Ok(Some(merged))
     }
 
     /// Reads every published shard (in name order).
@@ -186,5 +290,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("h1") && err.contains("h2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn job_manifests_merge_once_all_are_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        let mut jobs = Vec::new();
+        for index in 0..2 {
+            let name = job_manifest_name(index, 2);
+            jobs.push(
+                OutputDir::open_named(location.clone(), &name, "ingest", "h")
+                    .await
+                    .unwrap(),
+            );
+        }
+        jobs[1]
+            .publish("b.parquet", Bytes::from_static(b"b"), 2)
+            .await
+            .unwrap();
+        jobs[1]
+            .finish(serde_json::json!({"documents": 2}))
+            .await
+            .unwrap();
+        assert!(OutputDir::merge_job_manifests(&location, 2, "ingest", "h")
+            .await
+            .unwrap()
+            .is_none());
+        let skip = SkipRecord {
+            object: "x".into(),
+            line: Some(3),
+            reason: "bad".into(),
+        };
+        let entry = ShardEntry {
+            name: "a.parquet".into(),
+            rows: 1,
+            bytes: 1,
+            sha256: "s".into(),
+        };
+        jobs[0].record(entry, vec![skip.clone()]).await.unwrap();
+        jobs[0]
+            .finish(serde_json::json!({"documents": 1}))
+            .await
+            .unwrap();
+        let merged = OutputDir::merge_job_manifests(&location, 2, "ingest", "h")
+            .await
+            .unwrap()
+            .unwrap();
+        let names: Vec<_> = merged.shards.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a.parquet", "b.parquet"]);
+        assert_eq!(merged.skipped, [skip]);
+        assert_eq!(merged.summary["documents"], 3);
+        let reopened = OutputDir::open(location, "ingest", "h").await.unwrap();
+        assert_eq!(reopened.manifest(), &merged);
     }
 }

@@ -1,16 +1,12 @@
-/// Errors of ingestion; each names the object and, where there is one, the line.
+/// Errors of ingestion; each names the object and, where there is one, the line or row.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     #[error(transparent)]
     Core(#[from] dapt_core::Error),
 
-    #[error("{url}: cannot read: {source}")]
-    Read {
-        url: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{url}: {reason}")]
+    Object { url: String, reason: String },
 
     #[error("{url} line {line}: {reason}")]
     Record {
@@ -19,11 +15,11 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("{url}: unsupported format: {reason}")]
-    Format { url: String, reason: String },
-
     #[error("invalid ingest setting {key}: {reason}")]
     Setting { key: String, reason: String },
+
+    #[error("ingest task failed: {0}")]
+    Task(String),
 }
 
 /// Result with [`Error`] as the default error.

@@ -1,43 +1,84 @@
-//! The ingest job: expand inputs, read each shard, write one normalised Parquet shard per input file.
+//! The ingest job: expand inputs, pick this job's files, read them concurrently, and write one
+//! normalised Parquet shard per input file, streamed, plus a manifest.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dapt_core::schema::document_schema;
-use dapt_core::{hash, parquet_io, Location, OutputDir};
+use dapt_core::manifest::job_manifest_name;
+use dapt_core::schema::{document_schema, metadata};
+use dapt_core::shard_writer::ShardWriter;
+use dapt_core::{hash, Location, OutputDir, ShardEntry, SkipRecord};
+use object_store::ObjectMeta;
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
 
-use crate::jsonl::{DocumentReader, Format};
-use crate::{Error, Result};
+use crate::reader::DocumentReader;
+use crate::{Error, Format, Result};
 
-/// Ingest options as written in a config file (`[ingest]`).
+/// What to do with a record that cannot be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorPolicy {
+    /// Stop with an error naming object, line and reason.
+    #[default]
+    Fail,
+    /// Count the record, list it (object, line, reason) in the manifest, and go on.
+    Skip,
+}
+
+/// Column layouts of well-known datasets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// FineWeb / FineWeb-Edu / FineWeb-2 Parquet: `text, id, dump, url, date, file_path, language,
+    /// language_score, token_count` (fields other than text, id and url go to `meta`).
+    Fineweb,
+    /// C4 (`*.json.gz`): `text, timestamp, url`; ids are content ids.
+    C4,
+}
+
+/// Ingest options as written in a config file (`[ingest]`) or given on the command line.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestOptions {
-    /// Input URLs: objects, prefixes or globs (`s3://bucket/c4/*.json.gz`). Relative local paths are
-    /// resolved against the config file's directory.
+    /// Input URLs: objects, prefixes or globs (`s3://bucket/c4/en/*.json.gz`). Relative local paths
+    /// in a config file are resolved against the config file's directory.
     pub inputs: Vec<String>,
-    /// Field that holds the document text.
-    pub text_field: String,
-    /// Field that holds the document id; documents without one get a content id (xxhash64 of source
-    /// and text).
+    /// Force one format (`jsonl`, `jsonl.gz`, `jsonl.zst`, `parquet`) instead of detecting it from
+    /// each object's name.
+    pub format: Option<String>,
+    /// Column layout of a known dataset; explicit field names below win over it.
+    pub preset: Option<Preset>,
+    /// Field that holds the document text (default `text`).
+    pub text_field: Option<String>,
+    /// Field that holds the document id (default `id`); documents without one get a content id
+    /// (xxhash64 of source and text).
     pub id_field: Option<String>,
-    /// Field that holds the source name; defaults to the shard's file name without extensions.
-    pub source_field: String,
-    /// Field that holds the document URL, if any.
-    pub url_field: String,
+    /// Field that holds the source name (default `source`); without it, the object's file name
+    /// without extensions.
+    pub source_field: Option<String>,
+    /// Field that holds the document URL (default `url`).
+    pub url_field: Option<String>,
     /// Documents per Arrow batch.
     pub batch_size: usize,
+    /// `fail` (default) or `skip`.
+    pub on_error: ErrorPolicy,
+    /// Files read at once (default: the number of cores).
+    pub concurrency: Option<usize>,
 }
 
 impl Default for IngestOptions {
     fn default() -> Self {
         Self {
             inputs: Vec::new(),
-            text_field: "text".into(),
-            id_field: Some("id".into()),
-            source_field: "source".into(),
-            url_field: "url".into(),
+            format: None,
+            preset: None,
+            text_field: None,
+            id_field: None,
+            source_field: None,
+            url_field: None,
             batch_size: 4096,
+            on_error: ErrorPolicy::Fail,
+            concurrency: None,
         }
     }
 }
@@ -46,128 +87,356 @@ impl Default for IngestOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct IngestSettings {
     pub inputs: Vec<String>,
+    pub format: Option<Format>,
     pub text_field: String,
     pub id_field: Option<String>,
     pub source_field: String,
     pub url_field: String,
     pub batch_size: usize,
+    pub on_error: ErrorPolicy,
+    /// Not part of what the output depends on.
+    #[serde(skip)]
+    pub concurrency: usize,
 }
 
 impl TryFrom<IngestOptions> for IngestSettings {
     type Error = Error;
 
     fn try_from(options: IngestOptions) -> Result<Self> {
-        let setting = |key: &str, reason: &str| Error::Setting {
+        let setting = |key: &str, reason: String| Error::Setting {
             key: format!("ingest.{key}"),
-            reason: reason.into(),
+            reason,
         };
         if options.inputs.is_empty() {
-            return Err(setting("inputs", "at least one input URL is required"));
+            return Err(setting(
+                "inputs",
+                "at least one input URL is required".into(),
+            ));
         }
-        if options.text_field.is_empty() {
-            return Err(setting("text_field", "must not be empty"));
+        let format = match options.format.as_deref() {
+            None | Some("auto") => None,
+            Some(name) => Some(Format::parse(name).ok_or_else(|| {
+                setting(
+                    "format",
+                    format!("{name:?} is not one of auto, jsonl, jsonl.gz, jsonl.zst, parquet"),
+                )
+            })?),
+        };
+        let (text, id) = match options.preset {
+            Some(Preset::Fineweb) => ("text", Some("id")),
+            Some(Preset::C4) => ("text", None),
+            None => ("text", Some("id")),
+        };
+        let text_field = options.text_field.unwrap_or_else(|| text.into());
+        if text_field.is_empty() {
+            return Err(setting("text_field", "must not be empty".into()));
         }
+        let id_field = match options.id_field {
+            Some(field) if field.is_empty() => None,
+            Some(field) => Some(field),
+            None => id.map(str::to_string),
+        };
         if options.batch_size == 0 {
-            return Err(setting("batch_size", "must be positive"));
+            return Err(setting("batch_size", "must be positive".into()));
+        }
+        let concurrency = options
+            .concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        if concurrency == 0 {
+            return Err(setting("concurrency", "must be positive".into()));
         }
         Ok(Self {
             inputs: options.inputs,
-            text_field: options.text_field,
-            id_field: options.id_field.filter(|f| !f.is_empty()),
-            source_field: options.source_field,
-            url_field: options.url_field,
+            format,
+            text_field,
+            id_field,
+            source_field: options.source_field.unwrap_or_else(|| "source".into()),
+            url_field: options.url_field.unwrap_or_else(|| "url".into()),
             batch_size: options.batch_size,
+            on_error: options.on_error,
+            concurrency,
         })
     }
+}
+
+/// One job of an array of `count` jobs over the same inputs (`--shard index/count`): the job takes
+/// the files whose URL hashes to `index`, so the jobs cover the inputs exactly once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Job {
+    /// The whole input in one job.
+    pub const ALL: Job = Job { index: 0, count: 1 };
+
+    /// Parses `i/n`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = || Error::Setting {
+            key: "shard".into(),
+            reason: format!("{text:?} is not INDEX/COUNT with INDEX < COUNT, e.g. 0/8"),
+        };
+        let (index, count) = text.split_once('/').ok_or_else(bad)?;
+        let index: usize = index.trim().parse().map_err(|_| bad())?;
+        let count: usize = count.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
+
+    fn takes(&self, url: &str) -> bool {
+        self.count == 1
+            || xxhash_rust::xxh3::xxh3_64(url.as_bytes()) % self.count as u64 == self.index as u64
+    }
+}
+
+/// Progress reported while ingesting (from several tasks at once).
+#[derive(Clone, Debug)]
+pub enum Progress {
+    /// The files this job will read now, and their total size in bytes.
+    Planned { files: u64, bytes: u64 },
+    /// Documents read.
+    Documents(u64),
+    /// A file finished.
+    File {
+        url: String,
+        bytes: u64,
+        documents: u64,
+    },
 }
 
 /// What an ingest run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IngestSummary {
-    /// Input files found.
+    /// Input files this job is responsible for.
     pub files: u64,
     /// Files read in this run (the others were published by an earlier run).
     pub files_read: u64,
     /// Documents written in this run.
     pub documents: u64,
-    /// Input bytes read in this run (compressed size).
+    /// Input bytes read in this run (as stored, i.e. compressed).
     pub bytes: u64,
+    /// Records skipped in this run.
+    pub skipped: u64,
+    /// Documents in this job's output, all runs together.
+    pub total_documents: u64,
+    /// Whether this run completed the merged manifest of all jobs.
+    pub merged: bool,
 }
 
-/// Ingests every input into `out` (one Parquet shard per input file, plus `_manifest.json`).
-/// `config_hash` binds the output directory to these settings; `on_file` is called after each file
-/// with (input URL, documents, bytes).
+/// The output shard name of an input: its file stem plus a hash of its full URL.
+fn shard_name(url: &str, meta: &ObjectMeta) -> String {
+    let stem = meta
+        .location
+        .filename()
+        .unwrap_or_default()
+        .split('.')
+        .next()
+        .unwrap_or_default();
+    format!("{stem}-{}.parquet", &hash::content_id("ingest", url)[..8])
+}
+
+/// Ingests this job's inputs into `out`: one Parquet shard per input file and a manifest
+/// (`_manifest.json`, or a per-job manifest that is merged into `_manifest.json` by whichever job
+/// finishes last). `config_hash` binds the output to the settings. Reruns skip published shards.
 pub async fn ingest(
     settings: &IngestSettings,
     out: Location,
     config_hash: &str,
-    mut on_file: impl FnMut(&str, u64, u64),
+    job: Job,
+    progress: Arc<dyn Fn(Progress) + Send + Sync>,
 ) -> Result<IngestSummary> {
     let settings = Arc::new(settings.clone());
     let inputs = dapt_core::location::expand_inputs(&settings.inputs).await?;
     let mut files = Vec::new();
     for (location, meta) in inputs {
         let name = meta.location.filename().unwrap_or_default().to_string();
-        // Inputs named by a prefix may hold other files (READMEs, checksums): skip what is not a shard.
-        match Format::detect(&name) {
-            Some(format) => files.push((location, meta, format)),
-            None => tracing::debug!(file = %name, "skipping a file that is not a JSON-lines shard"),
+        let format = match settings.format {
+            Some(format) => format,
+            // Inputs named by a prefix may hold other files (READMEs, checksums): not shards.
+            None => match Format::detect(&name) {
+                Some(format) => format,
+                None => {
+                    tracing::debug!(file = %name, "not a shard, skipping");
+                    continue;
+                }
+            },
+        };
+        let url = location.url_of(&meta.location);
+        if job.takes(&url) {
+            files.push((location, meta, format, url));
         }
     }
-    if files.is_empty() {
-        return Err(Error::Format {
+    if files.is_empty() && job.count == 1 {
+        return Err(Error::Object {
             url: settings.inputs.join(", "),
-            reason: "no .jsonl, .jsonl.gz or .jsonl.zst shards found".into(),
+            reason: "no .jsonl, .jsonl.gz, .jsonl.zst or .parquet shards found".into(),
         });
     }
-    let mut output = OutputDir::open(out, "ingest", config_hash).await?;
+    let manifest_name = if job.count == 1 {
+        dapt_core::manifest::MANIFEST_NAME.to_string()
+    } else {
+        job_manifest_name(job.index, job.count)
+    };
+    let mut output =
+        OutputDir::open_named(out.clone(), &manifest_name, "ingest", config_hash).await?;
     let mut summary = IngestSummary {
         files: files.len() as u64,
         ..Default::default()
     };
-    for (location, meta, format) in files {
-        let url = location.url_of(&meta.location);
-        let stem = meta
-            .location
-            .filename()
-            .unwrap_or_default()
-            .split('.')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        let shard_name = format!("{stem}-{}.parquet", &hash::content_id("ingest", &url)[..8]);
-        if output.is_published(&shard_name) {
-            tracing::info!(%url, shard = %shard_name, "already ingested, skipping");
-            continue;
+    let pending: Vec<_> = files
+        .into_iter()
+        .filter(|(_, meta, _, url)| {
+            let done = output.is_published(&shard_name(url, meta));
+            if done {
+                tracing::info!(%url, "already ingested, skipping");
+            }
+            !done
+        })
+        .collect();
+    progress(Progress::Planned {
+        files: pending.len() as u64,
+        bytes: pending.iter().map(|(_, m, _, _)| m.size).sum(),
+    });
+
+    let mut tasks = JoinSet::new();
+    let mut pending = pending.into_iter();
+    loop {
+        while tasks.len() < settings.concurrency {
+            let Some((location, meta, format, url)) = pending.next() else {
+                break;
+            };
+            let settings = Arc::clone(&settings);
+            let out = out.clone();
+            let progress = Arc::clone(&progress);
+            let config_hash = config_hash.to_string();
+            tasks.spawn(async move {
+                ingest_file(
+                    location,
+                    meta,
+                    format,
+                    url,
+                    settings,
+                    out,
+                    config_hash,
+                    progress,
+                )
+                .await
+            });
         }
-        let mut reader = DocumentReader::new(
-            location,
-            meta.location.clone(),
-            format,
-            Arc::clone(&settings),
-        );
-        let mut batches = Vec::new();
-        let mut documents = 0;
-        while let Some(batch) = reader.next_batch().await? {
-            documents += batch.num_rows() as u64;
-            batches.push(batch);
-        }
-        let mut metadata = BTreeMap::new();
-        metadata.insert("dapt.input_url".to_string(), url.clone());
-        metadata.insert(
-            dapt_core::schema::metadata::CONFIG_HASH.to_string(),
-            config_hash.to_string(),
-        );
-        let bytes = parquet_io::encode(document_schema(), &batches, &metadata, &url)?;
-        output.publish(&shard_name, bytes, documents).await?;
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let (entry, skipped, bytes) = joined.map_err(|e| Error::Task(e.to_string()))??;
         summary.files_read += 1;
-        summary.documents += documents;
-        summary.bytes += meta.size;
-        on_file(&url, documents, meta.size);
+        summary.documents += entry.rows;
+        summary.bytes += bytes;
+        summary.skipped += skipped.len() as u64;
+        output.record(entry, skipped).await?;
     }
-    let total_documents: u64 = output.manifest().shards.iter().map(|s| s.rows).sum();
+    summary.total_documents = output.manifest().shards.iter().map(|s| s.rows).sum();
+    let skipped_total = output.manifest().skipped.len() as u64;
     output
-        .finish(serde_json::json!({ "files": summary.files, "documents": total_documents }))
+        .finish(serde_json::json!({
+            "files": output.manifest().shards.len(),
+            "documents": summary.total_documents,
+            "skipped": skipped_total,
+        }))
         .await?;
+    if job.count > 1 {
+        summary.merged = OutputDir::merge_job_manifests(&out, job.count, "ingest", config_hash)
+            .await?
+            .is_some();
+    }
     Ok(summary)
+}
+
+/// Reads one input file into its output shard; returns the shard entry, the skipped records and the
+/// bytes read.
+#[allow(clippy::too_many_arguments)]
+async fn ingest_file(
+    location: Location,
+    meta: ObjectMeta,
+    format: Format,
+    url: String,
+    settings: Arc<IngestSettings>,
+    out: Location,
+    config_hash: String,
+    progress: Arc<dyn Fn(Progress) + Send + Sync>,
+) -> Result<(ShardEntry, Vec<SkipRecord>, u64)> {
+    let name = shard_name(&url, &meta);
+    let mut kv = BTreeMap::new();
+    kv.insert("dapt.input_url".to_string(), url.clone());
+    kv.insert(metadata::CONFIG_HASH.to_string(), config_hash);
+    let mut writer = ShardWriter::create(&out, &name, document_schema(), &kv)?;
+    let mut reader =
+        DocumentReader::new(location, meta.location.clone(), meta.size, format, settings);
+    let mut documents = 0;
+    while let Some(batch) = reader.next_batch().await? {
+        documents += batch.num_rows() as u64;
+        progress(Progress::Documents(batch.num_rows() as u64));
+        writer.write(&batch).await?;
+    }
+    let entry = writer.finish().await?;
+    progress(Progress::File {
+        url,
+        bytes: meta.size,
+        documents,
+    });
+    Ok((entry, reader.take_skipped(), meta.size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_cover_every_file_exactly_once() {
+        let urls: Vec<String> = (0..500)
+            .map(|i| format!("s3://b/c4/part-{i:05}.json.gz"))
+            .collect();
+        let jobs: Vec<Job> = (0..7)
+            .map(|i| Job::parse(&format!("{i}/7")).unwrap())
+            .collect();
+        for url in &urls {
+            assert_eq!(jobs.iter().filter(|j| j.takes(url)).count(), 1);
+        }
+        let first = urls.iter().filter(|u| jobs[0].takes(u)).count();
+        assert!((50..95).contains(&first), "balanced enough: {first}");
+        assert!(Job::parse("7/7").is_err());
+        assert!(Job::parse("x").is_err());
+        assert!(Job::ALL.takes("anything"));
+    }
+
+    #[test]
+    fn presets_and_explicit_fields() {
+        let settings = |options: IngestOptions| IngestSettings::try_from(options).unwrap();
+        let base = IngestOptions {
+            inputs: vec!["x".into()],
+            ..Default::default()
+        };
+        let c4 = settings(IngestOptions {
+            preset: Some(Preset::C4),
+            ..base.clone()
+        });
+        assert_eq!(c4.id_field, None);
+        let custom = settings(IngestOptions {
+            preset: Some(Preset::Fineweb),
+            text_field: Some("content".into()),
+            ..base.clone()
+        });
+        assert_eq!(
+            (custom.text_field.as_str(), custom.id_field.as_deref()),
+            ("content", Some("id"))
+        );
+        let err = IngestSettings::try_from(IngestOptions {
+            format: Some("csv".into()),
+            ..base
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ingest.format"), "{err}");
+    }
 }

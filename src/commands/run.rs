@@ -61,23 +61,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // 1. Ingest.
     let ingest_hash = RunSettings::hash_of(&settings.ingest);
     let documents = location(&out.join("documents"))?;
-    let bar = progress::bar(0, "ingest", "files");
-    let summary = runtime.block_on(dapt_ingest::ingest(
+    super::ingest::run_ingest(
+        &runtime,
         &settings.ingest,
         documents.clone(),
         &ingest_hash,
-        |url, docs, bytes| {
-            bar.inc(1);
-            tracing::info!(%url, documents = docs, bytes, "ingested");
-        },
-    ))?;
-    bar.finish_and_clear();
-    tracing::info!(
-        files = summary.files,
-        read = summary.files_read,
-        documents = summary.documents,
-        "ingest done"
-    );
+        dapt_ingest::Job::ALL,
+    )?;
 
     // 2. SQL.
     let select_hash = RunSettings::hash_of(&(&ingest_hash, &settings.query));

@@ -1,0 +1,262 @@
+//! Fixtures: real documents, shards in every format, an S3 server, and reading outputs back.
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use bytes::Bytes;
+use dapt_core::{parquet_io, Location, Manifest};
+use dapt_ingest::{ingest, IngestOptions, IngestSettings, IngestSummary, Job};
+use object_store::ObjectStoreExt;
+
+/// The shared corpus (`shared/data/corpus`), beside the repository.
+pub fn corpus() -> PathBuf {
+    let root = std::env::var("DAPT_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    root.join("corpus")
+}
+
+/// A real document: its text plus the fields the corpus records.
+#[derive(Clone, Debug)]
+pub struct Doc {
+    pub text: String,
+    pub path: String,
+}
+
+/// `n` documents from a corpus file, e.g. `ru/debian-faq-ru.jsonl`.
+pub fn docs(file: &str, n: usize) -> Vec<Doc> {
+    let text = std::fs::read_to_string(corpus().join(file))
+        .unwrap_or_else(|e| panic!("shared corpus file {file}: {e}"));
+    text.lines()
+        .take(n)
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            Doc {
+                text: v["text"].as_str().unwrap().to_string(),
+                path: v["path"].as_str().unwrap().to_string(),
+            }
+        })
+        .collect()
+}
+
+/// JSON lines of documents with the corpus's fields plus an id.
+pub fn jsonl(docs: &[Doc], id_prefix: &str) -> String {
+    docs.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            serde_json::json!({"id": format!("{id_prefix}-{i}"), "text": d.text, "path": d.path})
+                .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+pub async fn gzip(data: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncWriteExt;
+    let mut encoder = async_compression::tokio::write::GzipEncoder::new(Vec::new());
+    encoder.write_all(data).await.unwrap();
+    encoder.shutdown().await.unwrap();
+    encoder.into_inner()
+}
+
+pub async fn zstd(data: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncWriteExt;
+    let mut encoder = async_compression::tokio::write::ZstdEncoder::new(Vec::new());
+    encoder.write_all(data).await.unwrap();
+    encoder.shutdown().await.unwrap();
+    encoder.into_inner()
+}
+
+/// A FineWeb-layout Parquet file (`text, id, dump, url, date, language, language_score,
+/// token_count`), in row groups of 7 rows.
+pub fn fineweb_parquet(docs: &[Doc]) -> Bytes {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("text", DataType::Utf8, true),
+        Field::new("id", DataType::Utf8, true),
+        Field::new("dump", DataType::Utf8, true),
+        Field::new("url", DataType::Utf8, true),
+        Field::new("language", DataType::Utf8, true),
+        Field::new("token_count", DataType::Int64, true),
+    ]));
+    let batches: Vec<RecordBatch> = docs
+        .chunks(7)
+        .enumerate()
+        .map(|(chunk, docs)| {
+            let base = chunk * 7;
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        docs.iter().map(|d| d.text.as_str()),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        (0..docs.len()).map(|i| format!("<urn:uuid:{}>", base + i)),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        docs.iter().map(|_| "CC-MAIN-2024-10"),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        docs.iter()
+                            .map(|d| format!("https://example.org/{}", d.path)),
+                    )),
+                    Arc::new(StringArray::from_iter_values(docs.iter().map(|_| "ru"))),
+                    Arc::new(Int64Array::from_iter_values(
+                        docs.iter().map(|d| d.text.len() as i64 / 4),
+                    )),
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+    parquet_io::encode(schema, &batches, &BTreeMap::new(), "fixture").unwrap()
+}
+
+/// A document as it comes out of ingest.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Out {
+    pub id: String,
+    pub text: String,
+    pub source: String,
+    pub url: Option<String>,
+    pub meta: Option<String>,
+}
+
+/// Every document of every Parquet shard below `out`, sorted.
+pub async fn read_output(out: &Location) -> Vec<Out> {
+    let mut docs = Vec::new();
+    for meta in out.list_objects().await.unwrap() {
+        if !meta.location.as_ref().ends_with(".parquet") {
+            continue;
+        }
+        let bytes = out
+            .store()
+            .get(&meta.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let (batches, _) = parquet_io::decode(bytes, "output").unwrap();
+        for batch in batches {
+            let col = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .unwrap()
+                    .as_string::<i32>()
+                    .clone()
+            };
+            let (id, text, source, url, meta) = (
+                col("id"),
+                col("text"),
+                col("source"),
+                col("url"),
+                col("meta"),
+            );
+            for i in 0..batch.num_rows() {
+                docs.push(Out {
+                    id: id.value(i).into(),
+                    text: text.value(i).into(),
+                    source: source.value(i).into(),
+                    url: url.is_valid(i).then(|| url.value(i).into()),
+                    meta: meta.is_valid(i).then(|| meta.value(i).into()),
+                });
+            }
+        }
+    }
+    docs.sort();
+    docs
+}
+
+pub async fn manifest(out: &Location, name: &str) -> Manifest {
+    serde_json::from_slice(&out.read(name).await.unwrap()).unwrap()
+}
+
+pub fn settings(inputs: Vec<String>, options: IngestOptions) -> IngestSettings {
+    IngestSettings::try_from(IngestOptions { inputs, ..options }).unwrap()
+}
+
+pub async fn run(
+    settings: &IngestSettings,
+    out: &Location,
+    job: Job,
+) -> dapt_ingest::Result<IngestSummary> {
+    ingest(settings, out.clone(), "test-config", job, Arc::new(|_| {})).await
+}
+
+/// A local temporary directory as a location.
+pub fn local(dir: &std::path::Path) -> Location {
+    Location::parse(dir.to_str().unwrap()).unwrap()
+}
+
+struct S3Server {
+    endpoint: String,
+    _child: std::process::Child,
+}
+
+/// A real S3-compatible server (moto) on 127.0.0.1, started once per test binary; the AWS_* variables
+/// point object_store at it.
+fn s3_server() -> &'static S3Server {
+    static SERVER: OnceLock<S3Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // `timeout` ends the server even if this process dies first.
+        let child = std::process::Command::new("timeout")
+            .args([
+                "900",
+                "moto_server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server (from scripts/setup) starts");
+        let started = std::time::Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "moto_server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let endpoint = format!("http://127.0.0.1:{port}");
+        // Set once, before any S3 location is built.
+        std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_REGION", "us-east-1");
+        S3Server {
+            endpoint,
+            _child: child,
+        }
+    })
+}
+
+/// A fresh bucket on the test S3 server; returns its `s3://` URL.
+pub fn s3_bucket(name: &str) -> String {
+    let server = s3_server();
+    let host = server.endpoint.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "PUT /{name} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "create bucket: {response}"
+    );
+    format!("s3://{name}")
+}

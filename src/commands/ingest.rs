@@ -1,0 +1,175 @@
+//! `dapt ingest`: read shards from object storage into normalised Document Parquet.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use dapt_core::Location;
+use dapt_ingest::{
+    ErrorPolicy, IngestOptions, IngestSettings, IngestSummary, Job, Preset, Progress,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::RunSettings;
+
+/// Arguments of `dapt ingest`.
+#[derive(Args)]
+pub struct IngestArgs {
+    /// Input URLs: objects, prefixes or globs (s3://bucket/c4/en/*.json.gz, gs://…, az://…, https://…,
+    /// file://…, local paths). S3 settings come from AWS_* environment variables (AWS_ENDPOINT_URL for
+    /// S3-compatible servers).
+    #[arg(required = true)]
+    inputs: Vec<String>,
+    /// Output URL (a directory or prefix) for Parquet shards and `_manifest.json`.
+    #[arg(long)]
+    out: String,
+    /// Force a format (jsonl, jsonl.gz, jsonl.zst, parquet); default: by file name.
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Column layout of a known dataset.
+    #[arg(long, value_enum)]
+    preset: Option<PresetArg>,
+    /// Field holding the text (default `text`).
+    #[arg(long)]
+    text_field: Option<String>,
+    /// Field holding the id (default `id`; missing ids become content ids). Pass "" for none.
+    #[arg(long)]
+    id_field: Option<String>,
+    /// Field holding the source name (default `source`; else the file name).
+    #[arg(long)]
+    source_field: Option<String>,
+    /// Field holding the document URL (default `url`).
+    #[arg(long)]
+    url_field: Option<String>,
+    /// What to do with unreadable records: fail (stop, naming object and line) or skip (count, list
+    /// them in the manifest, go on).
+    #[arg(long, value_enum, default_value = "fail")]
+    on_error: PolicyArg,
+    /// Process only job INDEX of COUNT (e.g. 3/8): a deterministic subset of the input files, so COUNT
+    /// jobs cover the inputs exactly once; their manifests merge into one.
+    #[arg(long, value_name = "INDEX/COUNT")]
+    shard: Option<String>,
+    /// Files read at once (default: the number of cores).
+    #[arg(long)]
+    concurrency: Option<usize>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PresetArg {
+    Fineweb,
+    C4,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PolicyArg {
+    Fail,
+    Skip,
+}
+
+pub fn run(args: IngestArgs) -> anyhow::Result<()> {
+    let settings = IngestSettings::try_from(IngestOptions {
+        inputs: args.inputs,
+        format: Some(args.format),
+        preset: args.preset.map(|p| match p {
+            PresetArg::Fineweb => Preset::Fineweb,
+            PresetArg::C4 => Preset::C4,
+        }),
+        text_field: args.text_field,
+        id_field: args.id_field,
+        source_field: args.source_field,
+        url_field: args.url_field,
+        on_error: match args.on_error {
+            PolicyArg::Fail => ErrorPolicy::Fail,
+            PolicyArg::Skip => ErrorPolicy::Skip,
+        },
+        concurrency: args.concurrency,
+        ..IngestOptions::default()
+    })?;
+    let job = match &args.shard {
+        Some(text) => Job::parse(text)?,
+        None => Job::ALL,
+    };
+    let out = Location::parse(&args.out)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let hash = RunSettings::hash_of(&settings);
+    let started = Instant::now();
+    let summary = run_ingest(&runtime, &settings, out, &hash, job)?;
+    let seconds = started.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "ingested {} of {} files: {} documents, {:.1} MB in {:.1} s ({:.1} MB/s, {:.0} docs/s), {} skipped; {} documents in the output; peak RSS {} MB{}",
+        summary.files_read,
+        summary.files,
+        summary.documents,
+        summary.bytes as f64 / 1e6,
+        seconds,
+        summary.bytes as f64 / 1e6 / seconds,
+        summary.documents as f64 / seconds,
+        summary.skipped,
+        summary.total_documents,
+        peak_rss_mb().map_or("?".into(), |m| m.to_string()),
+        if summary.merged { "; merged the manifests of all jobs" } else { "" },
+    );
+    Ok(())
+}
+
+/// Runs ingest with a progress bar (bytes, documents per second) on stderr.
+pub fn run_ingest(
+    runtime: &tokio::runtime::Runtime,
+    settings: &IngestSettings,
+    out: Location,
+    hash: &str,
+    job: Job,
+) -> anyhow::Result<IngestSummary> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "    ingest [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let documents = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let progress = {
+        let bar = bar.clone();
+        let documents = Arc::clone(&documents);
+        Arc::new(move |event: Progress| match event {
+            Progress::Planned { bytes, .. } => bar.set_length(bytes),
+            Progress::Documents(n) => {
+                let total = documents.fetch_add(n, Ordering::Relaxed) + n;
+                let rate = total as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("{total} docs ({rate:.0}/s)"));
+            }
+            Progress::File {
+                url,
+                bytes,
+                documents,
+            } => {
+                bar.inc(bytes);
+                tracing::info!(%url, documents, bytes, "ingested");
+            }
+        })
+    };
+    let summary = runtime.block_on(dapt_ingest::ingest(settings, out, hash, job, progress))?;
+    bar.finish_and_clear();
+    tracing::info!(
+        files = summary.files,
+        read = summary.files_read,
+        documents = summary.documents,
+        skipped = summary.skipped,
+        "ingest done"
+    );
+    Ok(summary)
+}
+
+/// Peak resident memory of this process in MB (Linux), from /proc/self/status.
+pub fn peak_rss_mb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}
