@@ -1,3 +1,4 @@
 //! End-to-end tests of the `dapt` binary, driven as a user drives it: a config file, the CLI, and the
 //! files it writes, read back and checked.
+mod ingest_cli;
 mod pipeline;
