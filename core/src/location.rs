@@ -5,7 +5,13 @@
 //! absolute against the working directory). S3, GCS and Azure settings come from the usual environment
 //! variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
 //! `AWS_ALLOW_HTTP`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, …); a custom S3 endpoint uses
-//! path-style addressing, and an `http://` endpoint is allowed without further settings.
+//! path-style addressing, and an `http://` endpoint is allowed without further settings. Options given
+//! to [`Location::parse_with`] (object_store configuration keys such as `aws_endpoint`, `timeout`,
+//! `connect_timeout`) win over the environment.
+//!
+//! Requests that fail with a server error (5xx) or time out are retried with exponential backoff
+//! (object_store's retry: up to 10 retries within 3 minutes, backoff from 100 ms doubling to 15 s).
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,8 +32,16 @@ pub struct Location {
 }
 
 impl Location {
-    /// Parses a URL or a local path. Builds the store client; does no I/O.
+    /// Parses a URL or a local path with settings from the environment. Builds the store client; does
+    /// no I/O.
     pub fn parse(input: &str) -> Result<Self> {
+        Self::parse_with(input, &BTreeMap::new())
+    }
+
+    /// Parses a URL or a local path; `options` are object_store configuration keys for the store
+    /// (`aws_endpoint`, `aws_region`, `timeout`, `google_service_account`, …), applied over the
+    /// environment. An unknown key is an error naming it.
+    pub fn parse_with(input: &str, options: &BTreeMap<String, String>) -> Result<Self> {
         let invalid = |reason: String| Error::InvalidLocation {
             url: input.to_string(),
             reason,
@@ -60,28 +74,54 @@ impl Location {
                 let endpoint = std::env::var("AWS_ENDPOINT_URL")
                     .or_else(|_| std::env::var("AWS_ENDPOINT"))
                     .ok();
+                let endpoint = options
+                    .iter()
+                    .find(|(k, _)| {
+                        matches!(
+                            k.as_str(),
+                            "aws_endpoint" | "aws_endpoint_url" | "endpoint" | "endpoint_url"
+                        )
+                    })
+                    .map(|(_, v)| v.clone())
+                    .or(endpoint);
                 if let Some(endpoint) = endpoint {
                     builder = builder
                         .with_endpoint(&endpoint)
                         .with_virtual_hosted_style_request(false)
                         .with_allow_http(endpoint.starts_with("http://"));
                 }
+                for (key, value) in options {
+                    let key = key
+                        .parse::<object_store::aws::AmazonS3ConfigKey>()
+                        .map_err(|e| invalid(format!("storage option {key:?}: {e}")))?;
+                    builder = builder.with_config(key, value);
+                }
                 let store = builder.build().map_err(store_error)?;
                 (Arc::new(store), format!("s3://{bucket}"))
             }
             "gs" => {
                 let bucket = host_of(&url).ok_or_else(|| invalid("no bucket".into()))?;
-                let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(store_error)?;
+                let mut builder = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket);
+                for (key, value) in options {
+                    let key = key
+                        .parse::<object_store::gcp::GoogleConfigKey>()
+                        .map_err(|e| invalid(format!("storage option {key:?}: {e}")))?;
+                    builder = builder.with_config(key, value);
+                }
+                let store = builder.build().map_err(store_error)?;
                 (Arc::new(store), format!("gs://{bucket}"))
             }
             "az" | "abfs" | "abfss" | "azure" => {
-                let store = object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(url.as_str())
-                    .build()
-                    .map_err(store_error)?;
+                let mut builder =
+                    object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url.as_str());
+                for (key, value) in options {
+                    let key = key
+                        .parse::<object_store::azure::AzureConfigKey>()
+                        .map_err(|e| invalid(format!("storage option {key:?}: {e}")))?;
+                    builder = builder.with_config(key, value);
+                }
+                let store = builder.build().map_err(store_error)?;
                 let container = host_of(&url).ok_or_else(|| invalid("no container".into()))?;
                 (Arc::new(store), format!("{}://{container}", url.scheme()))
             }
@@ -91,10 +131,14 @@ impl Location {
                     url.scheme(),
                     &url[url::Position::BeforeHost..url::Position::BeforePath]
                 );
-                let store = object_store::http::HttpBuilder::new()
-                    .with_url(&root)
-                    .build()
-                    .map_err(store_error)?;
+                let mut builder = object_store::http::HttpBuilder::new().with_url(&root);
+                for (key, value) in options {
+                    let key = key
+                        .parse::<object_store::ClientConfigKey>()
+                        .map_err(|e| invalid(format!("storage option {key:?}: {e}")))?;
+                    builder = builder.with_config(key, value);
+                }
+                let store = builder.build().map_err(store_error)?;
                 (Arc::new(store), root)
             }
             other => return Err(invalid(format!("unsupported scheme {other:?}"))),
@@ -221,11 +265,14 @@ fn host_of(url: &Url) -> Option<&str> {
 /// Expands input URLs into the objects they name, in a deterministic order. An input is an object, a
 /// prefix (all objects below it), or a glob whose last path components hold `*`, `?` or `**`
 /// (e.g. `s3://bucket/c4/en/*.json.gz`, `data/**/*.jsonl`). An input that names nothing is an error.
-pub async fn expand_inputs(inputs: &[String]) -> Result<Vec<(Location, ObjectMeta)>> {
+pub async fn expand_inputs(
+    inputs: &[String],
+    options: &BTreeMap<String, String>,
+) -> Result<Vec<(Location, ObjectMeta)>> {
     let mut out = Vec::new();
     for input in inputs {
         let (base, pattern) = split_glob(input);
-        let location = Location::parse(&base)?;
+        let location = Location::parse_with(&base, options)?;
         let objects = location.list_objects().await?;
         let before = out.len();
         for meta in objects {
@@ -331,6 +378,11 @@ mod tests {
         let file = Location::parse("file:///tmp/x").unwrap();
         assert_eq!(file.prefix().as_ref(), "tmp/x");
         assert!(Location::parse("ftp://host/x").is_err());
+        let options = BTreeMap::from([("no_such_key".to_string(), "1".to_string())]);
+        let err = Location::parse_with("s3://b/x", &options)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no_such_key"), "{err}");
         assert!(Location::parse("").is_err());
     }
 
@@ -353,16 +405,25 @@ mod tests {
         let all = root.list_objects().await.unwrap();
         assert_eq!(all.len(), 3);
         let pattern = format!("{}/a/*.jsonl", dir.path().display());
-        let found = expand_inputs(&[pattern]).await.unwrap();
+        let found = expand_inputs(&[pattern], &BTreeMap::new()).await.unwrap();
         let names: Vec<_> = found
             .iter()
             .map(|(_, m)| m.location.filename().unwrap().to_string())
             .collect();
         assert_eq!(names, ["one.jsonl", "two.jsonl"]);
         let single = format!("{}/a/one.jsonl", dir.path().display());
-        assert_eq!(expand_inputs(&[single]).await.unwrap().len(), 1);
+        assert_eq!(
+            expand_inputs(&[single], &BTreeMap::new())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         let missing = format!("{}/a/*.parquet", dir.path().display());
-        let err = expand_inputs(&[missing]).await.unwrap_err().to_string();
+        let err = expand_inputs(&[missing], &BTreeMap::new())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("names no object"), "{err}");
     }
 }

@@ -64,6 +64,9 @@ pub struct IngestOptions {
     pub on_error: ErrorPolicy,
     /// Files read at once (default: the number of cores).
     pub concurrency: Option<usize>,
+    /// Object-store settings for the inputs (object_store keys: `aws_endpoint`, `aws_region`,
+    /// `timeout`, …), over the environment.
+    pub storage: BTreeMap<String, String>,
 }
 
 impl Default for IngestOptions {
@@ -79,6 +82,7 @@ impl Default for IngestOptions {
             batch_size: 4096,
             on_error: ErrorPolicy::Fail,
             concurrency: None,
+            storage: BTreeMap::new(),
         }
     }
 }
@@ -97,6 +101,9 @@ pub struct IngestSettings {
     /// Not part of what the output depends on.
     #[serde(skip)]
     pub concurrency: usize,
+    /// Where and how to reach the inputs, not what they hold (and may carry credentials): not hashed.
+    #[serde(skip)]
+    pub storage: BTreeMap<String, String>,
 }
 
 impl TryFrom<IngestOptions> for IngestSettings {
@@ -155,6 +162,7 @@ impl TryFrom<IngestOptions> for IngestSettings {
             batch_size: options.batch_size,
             on_error: options.on_error,
             concurrency,
+            storage: options.storage,
         })
     }
 }
@@ -249,7 +257,7 @@ pub async fn ingest(
     progress: Arc<dyn Fn(Progress) + Send + Sync>,
 ) -> Result<IngestSummary> {
     let settings = Arc::new(settings.clone());
-    let inputs = dapt_core::location::expand_inputs(&settings.inputs).await?;
+    let inputs = dapt_core::location::expand_inputs(&settings.inputs, &settings.storage).await?;
     let mut files = Vec::new();
     for (location, meta) in inputs {
         let name = meta.location.filename().unwrap_or_default().to_string();

@@ -53,6 +53,10 @@ pub struct IngestArgs {
     /// Files read at once (default: the number of cores).
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Object-store setting KEY=VALUE for inputs and output, over the environment (object_store keys:
+    /// aws_endpoint, aws_region, timeout, connect_timeout, …); repeatable.
+    #[arg(long = "storage-option", value_name = "KEY=VALUE")]
+    storage_options: Vec<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -68,6 +72,13 @@ enum PolicyArg {
 }
 
 pub fn run(args: IngestArgs) -> anyhow::Result<()> {
+    let mut storage = std::collections::BTreeMap::new();
+    for option in &args.storage_options {
+        let (key, value) = option
+            .split_once('=')
+            .with_context(|| format!("--storage-option {option:?} is not KEY=VALUE"))?;
+        storage.insert(key.to_string(), value.to_string());
+    }
     let settings = IngestSettings::try_from(IngestOptions {
         inputs: args.inputs,
         format: Some(args.format),
@@ -84,13 +95,14 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
             PolicyArg::Skip => ErrorPolicy::Skip,
         },
         concurrency: args.concurrency,
+        storage: storage.clone(),
         ..IngestOptions::default()
     })?;
     let job = match &args.shard {
         Some(text) => Job::parse(text)?,
         None => Job::ALL,
     };
-    let out = Location::parse(&args.out)?;
+    let out = Location::parse_with(&args.out, &storage)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -3,5 +3,6 @@
 //! with the exact documents, errors and skip records checked.
 mod bad_input;
 mod common;
+mod faults;
 mod formats;
 mod jobs;
