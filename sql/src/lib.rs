@@ -4,7 +4,9 @@
 //! accepted; DDL, DML, COPY and session statements are refused with an error that says so.
 
 mod error;
+pub mod functions;
 mod session;
 
 pub use error::{Error, Result};
+pub use functions::register_functions;
 pub use session::SqlSession;

@@ -24,9 +24,9 @@ impl SqlSession {
     /// A session with one partition per core.
     pub fn new() -> Self {
         let config = SessionConfig::new().with_information_schema(true);
-        Self {
-            context: SessionContext::new_with_config(config),
-        }
+        let context = SessionContext::new_with_config(config);
+        crate::functions::register_functions(&context);
+        Self { context }
     }
 
     /// The underlying DataFusion context, for callers that register more.
