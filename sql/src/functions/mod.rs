@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `xxhash64(text[, seed])` | `uint64` xxHash64 of the UTF-8 bytes |
 //! | `lang_id(text)` | `utf8` ISO 639-1 code (639-3 where there is none), NULL when undecided |
-//! | `lang_score(text, 'ru')` | `float64` confidence in [0, 1] that the text is in that language |
+//! | `lang_score(text, 'ru')` | `float64` confidence in [0, 1] that the text is in that language (a constant or a column of codes) |
 //! | `script_ratio(text, 'Cyrillic')` | `float64` share of letters in the script |
 //! | `text_stats(text)` | `struct` of document statistics (see [`stats::TextStats`]) |
 //! | `gopher_quality(text[, 'en'])` | `bool`: passes the Gopher quality and repetition rules |
@@ -219,17 +219,27 @@ impl ScalarUDFImpl for TextFunction {
                     .collect::<StringArray>(),
             ),
             Kind::LangScore => {
-                let Some(target) = constant_string(name, &args.args, 1)? else {
-                    return plan_err!("lang_score: the language must not be NULL");
-                };
-                let Some(target) = lang::parse_language(&target) else {
-                    return plan_err!("lang_score: unknown language {target:?}");
-                };
-                Arc::new(
-                    (0..rows)
-                        .map(|i| texts.get(i).map(|t| lang::lang_score(t, target)))
-                        .collect::<Float64Array>(),
-                )
+                // The language may be a constant or a column (one code per row).
+                let languages = args.args[1].to_array(rows.max(1))?;
+                let languages = Texts::new(&languages)?;
+                let mut parsed: std::collections::HashMap<&str, whatlang::Lang> =
+                    Default::default();
+                let mut scores = Vec::with_capacity(rows);
+                for i in 0..rows {
+                    let (Some(text), Some(code)) = (texts.get(i), languages.get(i)) else {
+                        scores.push(None);
+                        continue;
+                    };
+                    let target = match parsed.get(code) {
+                        Some(lang) => *lang,
+                        None => match lang::parse_language(code) {
+                            Some(lang) => *parsed.entry(code).or_insert(lang),
+                            None => return plan_err!("lang_score: unknown language {code:?}"),
+                        },
+                    };
+                    scores.push(Some(lang::lang_score(text, target)));
+                }
+                Arc::new(Float64Array::from(scores))
             }
             Kind::ScriptRatio => {
                 let Some(script) = constant_string(name, &args.args, 1)? else {

@@ -1,4 +1,5 @@
 //! Integration tests of dapt-sql: Document shards written as real Parquet, queried through SQL.
+mod functions;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
