@@ -22,6 +22,8 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Read JSON-lines / Parquet shards from object storage into normalised Document Parquet shards.
     Ingest(commands::ingest::IngestArgs),
+    /// Query sources with SQL (DataFusion dialect plus dapt functions: lang_id, text_stats, minhash, …).
+    Sql(commands::sql::SqlArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Ingest(args) => commands::ingest::run(args),
+        Command::Sql(args) => commands::sql::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

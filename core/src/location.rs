@@ -302,7 +302,7 @@ pub async fn expand_inputs(
 }
 
 /// Splits `base/dir/*.jsonl` into (`base/dir`, `*.jsonl`); inputs without wildcards have no pattern.
-fn split_glob(input: &str) -> (String, Option<String>) {
+pub fn split_glob(input: &str) -> (String, Option<String>) {
     let Some(first) = input.find(['*', '?']) else {
         return (input.to_string(), None);
     };

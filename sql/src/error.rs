@@ -16,6 +16,9 @@ pub enum Error {
     #[error("query refused: mix SQL is read-only (only SELECT, WITH, EXPLAIN, DESCRIBE and SHOW run): {reason}")]
     NotReadOnly { reason: String },
 
+    #[error("{path}: {reason}")]
+    Config { path: String, reason: String },
+
     #[error("query failed: {source}\n  query: {query}")]
     Query {
         query: String,

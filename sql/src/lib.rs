@@ -1,12 +1,15 @@
 //! dapt-sql: the SQL layer. Its job is a DataFusion session in which sources (Parquet shards in the
 //! Document schema, on any object store) are tables, and user SQL selects from them. Its input is
-//! locations and a query; its output is Arrow record batches. Mix SQL is read-only: only queries are
+//! locations (or a sources TOML) and SQL; its output is Arrow record batches. Every session carries the
+//! dapt function catalogue ([`register_functions`]). Mix SQL is read-only: only queries are
 //! accepted; DDL, DML, COPY and session statements are refused with an error that says so.
 
 mod error;
 pub mod functions;
 mod session;
+mod sources;
 
 pub use error::{Error, Result};
 pub use functions::register_functions;
 pub use session::SqlSession;
+pub use sources::{SourceFormat, SourceOptions, SourcesOptions};

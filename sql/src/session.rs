@@ -3,11 +3,14 @@ use arrow::array::RecordBatch;
 use dapt_core::Location;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::prelude::{ParquetReadOptions, SQLOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{
+    JsonReadOptions, ParquetReadOptions, SQLOptions, SessionConfig, SessionContext,
+};
+use datafusion::sql::parser::{DFParser, Statement};
 use futures::TryStreamExt;
 use url::Url;
 
-use crate::{Error, Result};
+use crate::{Error, Result, SourceFormat, SourcesOptions};
 
 /// A SQL session over dapt sources.
 pub struct SqlSession {
@@ -54,9 +57,163 @@ impl SqlSession {
             .map_err(register_error)
     }
 
+    /// Registers the object store of a location's root (bucket) with the session.
+    fn register_store(&self, location: &Location) -> Result<()> {
+        let root = Url::parse(location.root_url()).map_err(|e| Error::Register {
+            table: String::new(),
+            url: location.root_url().to_string(),
+            source: DataFusionError::External(Box::new(e)),
+        })?;
+        self.context
+            .register_object_store(&root, location.store().clone());
+        Ok(())
+    }
+
+    /// Registers every source of a sources file as a table; a source with column renames is a view
+    /// over its raw table (`__raw_NAME`).
+    pub async fn register_sources(&self, sources: &SourcesOptions) -> Result<()> {
+        for (name, source) in &sources.sources {
+            let format = source.format(name)?;
+            let (base, _) = dapt_core::location::split_glob(&source.url);
+            let location = Location::parse_with(&base, &sources.storage)?;
+            self.register_store(&location)?;
+            let url = if source.url.contains("://") {
+                source.url.clone()
+            } else {
+                // A local path: make it an absolute file URL, keeping a glob or trailing slash.
+                let trimmed = source.url.trim_end_matches('/');
+                let absolute = std::path::absolute(trimmed).map_err(|e| Error::Config {
+                    path: format!("sources.{name}.url"),
+                    reason: e.to_string(),
+                })?;
+                let mut url = format!("file://{}", absolute.display());
+                if source.url.ends_with('/') {
+                    url.push('/');
+                }
+                url
+            };
+            let raw = if source.columns.is_empty() {
+                name.clone()
+            } else {
+                format!("__raw_{name}")
+            };
+            let register_error = |source| Error::Register {
+                table: name.clone(),
+                url: url.clone(),
+                source,
+            };
+            match format {
+                SourceFormat::Parquet => self
+                    .context
+                    .register_parquet(&raw, &url, ParquetReadOptions::default())
+                    .await
+                    .map_err(register_error)?,
+                SourceFormat::Jsonl => {
+                    let extension = [".jsonl", ".json", ".ndjson"]
+                        .into_iter()
+                        .find(|e| url.ends_with(e))
+                        .unwrap_or(".jsonl");
+                    let options = JsonReadOptions {
+                        file_extension: extension,
+                        ..Default::default()
+                    };
+                    self.context
+                        .register_json(&raw, &url, options)
+                        .await
+                        .map_err(register_error)?
+                }
+            }
+            if !source.columns.is_empty() {
+                let table = self.context.table(&raw).await.map_err(register_error)?;
+                let renamed: std::collections::BTreeMap<&str, &str> = source
+                    .columns
+                    .iter()
+                    .map(|(field, column)| (column.as_str(), field.as_str()))
+                    .collect();
+                let mut select = Vec::new();
+                for field in table.schema().fields() {
+                    let column = field.name().as_str();
+                    match renamed.get(column) {
+                        Some(new) => select.push(format!("\"{column}\" AS \"{new}\"")),
+                        None if source.columns.contains_key(column) => {}
+                        None => select.push(format!("\"{column}\"")),
+                    }
+                }
+                for column in source.columns.values() {
+                    if table.schema().field_with_unqualified_name(column).is_err() {
+                        return Err(Error::Config {
+                            path: format!("sources.{name}.columns"),
+                            reason: format!("{url} has no column {column:?}"),
+                        });
+                    }
+                }
+                let view = format!(
+                    "CREATE VIEW \"{name}\" AS SELECT {} FROM \"{raw}\"",
+                    select.join(", ")
+                );
+                self.context.sql(&view).await.map_err(register_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a script of `;`-separated statements: `CREATE EXTERNAL TABLE` (its location's store is
+    /// registered first) and read-only queries. Returns the result of the last query, if any.
+    pub async fn run_script(
+        &self,
+        script: &str,
+        storage: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<SendableRecordBatchStream>> {
+        let statements = DFParser::parse_sql(script).map_err(|source| Error::Query {
+            query: script.trim().to_string(),
+            source,
+        })?;
+        let mut last = None;
+        for statement in statements {
+            let text = statement.to_string();
+            match &statement {
+                Statement::CreateExternalTable(create) => {
+                    for url in &create.locations {
+                        let base = dapt_core::location::split_glob(url).0;
+                        self.register_store(&Location::parse_with(&base, storage)?)?;
+                    }
+                    self.context
+                        .sql(&text)
+                        .await
+                        .map_err(|source| Error::Query {
+                            query: text.clone(),
+                            source,
+                        })?;
+                }
+                Statement::CopyTo(_) => {
+                    return Err(Error::NotReadOnly {
+                        reason: "COPY writes data; use --out instead".into(),
+                    })
+                }
+                Statement::Reset(_) => {
+                    return Err(Error::NotReadOnly {
+                        reason: "RESET changes the session".into(),
+                    })
+                }
+                _ => last = Some(self.query(&text).await?),
+            }
+        }
+        Ok(last)
+    }
+
     /// Plans a read-only query and returns its result stream. Planning errors and non-query
     /// statements are reported before any data is read.
     pub async fn query(&self, sql: &str) -> Result<SendableRecordBatchStream> {
+        let statements = DFParser::parse_sql(sql).map_err(|source| Error::Query {
+            query: sql.trim().to_string(),
+            source,
+        })?;
+        if statements.len() != 1 {
+            return Err(Error::NotReadOnly {
+                reason: format!("expected one query, got {} statements", statements.len()),
+            });
+        }
+        check_read_only(&statements[0])?;
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -85,5 +242,39 @@ impl SqlSession {
                 query: sql.trim().to_string(),
                 source,
             })
+    }
+}
+
+/// Refuses, from the statement's syntax alone, anything but a query: SELECT/WITH/VALUES, EXPLAIN,
+/// DESCRIBE and SHOW pass; DDL, DML, COPY and session statements do not.
+fn check_read_only(statement: &Statement) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::Statement as Sql;
+    let allowed = match statement {
+        Statement::Statement(sql) => matches!(
+            sql.as_ref(),
+            Sql::Query(_)
+                | Sql::Explain { .. }
+                | Sql::ExplainTable { .. }
+                | Sql::ShowTables { .. }
+                | Sql::ShowColumns { .. }
+                | Sql::ShowFunctions { .. }
+                | Sql::ShowVariable { .. }
+                | Sql::ShowCreate { .. }
+        ),
+        Statement::Explain(_) => true,
+        Statement::CreateExternalTable(_) | Statement::CopyTo(_) | Statement::Reset(_) => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        let text = statement.to_string();
+        let head: String = text
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
+        Err(Error::NotReadOnly {
+            reason: format!("{head} … is not a query"),
+        })
     }
 }

@@ -2,3 +2,4 @@
 //! files it writes, read back and checked.
 mod ingest_cli;
 mod pipeline;
+mod sql_cli;

@@ -1,0 +1,81 @@
+//! Sources: named tables over shards in object storage, as configured in TOML (`[sources.NAME]`).
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// A sources file: tables and object-store settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesOptions {
+    /// Tables by name.
+    pub sources: BTreeMap<String, SourceOptions>,
+    /// Object-store settings over the environment (object_store keys: `aws_endpoint`, `timeout`, …).
+    pub storage: BTreeMap<String, String>,
+}
+
+/// One table.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceOptions {
+    /// A directory/prefix, an object, or a glob (`s3://bucket/fineweb/CC-MAIN-2024-10/*.parquet`).
+    pub url: String,
+    /// `parquet` or `jsonl` (plain JSON lines); default: from the URL's extension, else `parquet`.
+    pub format: Option<String>,
+    /// Renames: Document field → the source's column (`text = "content"`), so that SQL over every
+    /// source can use the same names.
+    pub columns: BTreeMap<String, String>,
+}
+
+/// Table formats a source can have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceFormat {
+    Parquet,
+    Jsonl,
+}
+
+impl SourcesOptions {
+    /// Reads a sources TOML file; errors name the file and key.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let options: Self = toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        for (name, source) in &options.sources {
+            source.format(name)?;
+            if source.url.is_empty() {
+                return Err(Error::Config {
+                    path: path.display().to_string(),
+                    reason: format!("sources.{name}.url: missing"),
+                });
+            }
+        }
+        Ok(options)
+    }
+}
+
+impl SourceOptions {
+    /// The table format: given, or by extension.
+    pub fn format(&self, name: &str) -> Result<SourceFormat> {
+        match self.format.as_deref() {
+            Some("parquet") => Ok(SourceFormat::Parquet),
+            Some("jsonl" | "json" | "ndjson") => Ok(SourceFormat::Jsonl),
+            Some(other) => Err(Error::Config {
+                path: format!("sources.{name}.format"),
+                reason: format!("{other:?} is not parquet or jsonl (compressed JSON lines: run `dapt ingest` first)"),
+            }),
+            None => Ok(
+                if [".jsonl", ".json", ".ndjson"].iter().any(|e| self.url.ends_with(e)) {
+                    SourceFormat::Jsonl
+                } else {
+                    SourceFormat::Parquet
+                },
+            ),
+        }
+    }
+}

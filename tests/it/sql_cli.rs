@@ -1,0 +1,193 @@
+//! `dapt sql` as a user runs it: a sources file over ingested Parquet and raw JSON lines, results as
+//! table, CSV, JSON lines and Parquet (read back by pyarrow), CREATE EXTERNAL TABLE, refusals.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{ensure, Result};
+
+fn dapt(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dapt"))
+        .args(args)
+        .env("DAPT_LOG", "warn")
+        .output()
+        .expect("dapt runs")
+}
+
+fn demo_data() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/demo/data")
+}
+
+/// Ingests the demo data and writes a raw JSON-lines file whose text column is called `body`.
+fn fixtures(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let docs = dir.join("docs");
+    let out = dapt(&[
+        "ingest",
+        demo_data().to_str().unwrap(),
+        "--out",
+        docs.to_str().unwrap(),
+    ]);
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw = dir.join("raw.jsonl");
+    let lines: String = std::fs::read_to_string(demo_data().join("fortunes-ru.jsonl"))?
+        .lines()
+        .take(100)
+        .enumerate()
+        .map(|(n, l)| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            serde_json::json!({"body": v["text"], "n": n}).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(&raw, lines)?;
+    Ok((docs, raw))
+}
+
+#[test]
+fn sources_queries_and_every_output_format() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (docs, raw) = fixtures(dir.path())?;
+    let config = dir.path().join("sources.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sources.docs]\nurl = \"{}/\"\n\n[sources.raw]\nurl = \"{}\"\n[sources.raw.columns]\ntext = \"body\"\n",
+            docs.display(),
+            raw.display()
+        ),
+    )?;
+    let config = config.to_str().unwrap();
+    let query = "SELECT source, count(*) AS n, sum(CASE WHEN lang_id(text) = 'ru' THEN 1 ELSE 0 END) AS ru \
+                 FROM docs GROUP BY source ORDER BY source";
+
+    let table = dapt(&["sql", "--config", config, "-e", query]);
+    ensure!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let table = String::from_utf8(table.stdout)?;
+    ensure!(
+        table.contains("| fortunes-ru ") && table.contains("| 1500 "),
+        "{table}"
+    );
+
+    let csv = dapt(&["sql", "--config", config, "-e", query, "--format", "csv"]);
+    let csv = String::from_utf8(csv.stdout)?;
+    let lines: Vec<&str> = csv.lines().collect();
+    ensure!(lines[0] == "source,n,ru", "{csv}");
+    ensure!(lines.len() == 5, "four sources: {csv}");
+    let ru_row = lines
+        .iter()
+        .find(|l| l.starts_with("fortunes-ru,"))
+        .unwrap();
+    let ru: Vec<u64> = ru_row
+        .split(',')
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    ensure!(
+        ru[0] == 1500 && ru[1] > 1350,
+        "most Russian fortunes are Russian: {ru_row}"
+    );
+
+    // The renamed JSON-lines source answers to `text`.
+    let jsonl = dapt(&[
+        "sql",
+        "--config",
+        config,
+        "--format",
+        "jsonl",
+        "-e",
+        "SELECT n, character_length(text) AS chars FROM raw WHERE n < 3 ORDER BY n",
+    ]);
+    ensure!(
+        jsonl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&jsonl.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(jsonl.stdout)?
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    ensure!(
+        rows.len() == 3 && rows[0]["n"] == 0 && rows[0]["chars"].as_u64().unwrap() > 10,
+        "{rows:?}"
+    );
+
+    // Parquet out, read back by an independent reader.
+    let out = dir.path().join("result/quality.parquet");
+    let written = dapt(&[
+        "sql",
+        "--config",
+        config,
+        "--out",
+        out.to_str().unwrap(),
+        "-e",
+        "SELECT id, text_stats(text)['words'] AS words, fineweb_quality(text) AS fineweb, \
+         minhash(text, 5, 16, 1) AS sig FROM docs WHERE source = 'debian-history-en'",
+    ]);
+    ensure!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    let check = Command::new("python3")
+        .args(["-c", "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]); \
+                      print(t.num_rows, t.column_names, len(t.column('sig')[0]), t.column('words')[0].as_py())"])
+        .arg(&out)
+        .output()?;
+    ensure!(
+        check.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let printed = String::from_utf8(check.stdout)?;
+    ensure!(
+        printed.starts_with("1 ['id', 'words', 'fineweb', 'sig'] 16 "),
+        "{printed}"
+    );
+    let words: u64 = printed.split_whitespace().last().unwrap().parse()?;
+    ensure!(words > 5000, "{printed}");
+    Ok(())
+}
+
+#[test]
+fn create_external_table_and_refusals() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (docs, _) = fixtures(dir.path())?;
+    let script = dir.path().join("q.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "CREATE EXTERNAL TABLE d STORED AS PARQUET LOCATION '{}/';\n\
+             SELECT count(*) AS n FROM d WHERE gopher_quality(text, 'none');",
+            docs.display()
+        ),
+    )?;
+    let out = dapt(&["sql", "-f", script.to_str().unwrap(), "--format", "csv"]);
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout)?;
+    let n: u64 = csv.lines().nth(1).unwrap().parse()?;
+    ensure!(n >= 1 && n < 3004, "{csv}");
+
+    for sql in [
+        "DROP TABLE x",
+        "CREATE TABLE t AS SELECT 1",
+        "INSERT INTO t VALUES (1)",
+        &format!("COPY (SELECT 1) TO '{}/x.csv'", dir.path().display()),
+        "SET datafusion.execution.batch_size = 1",
+    ] {
+        let out = dapt(&["sql", "-e", sql]);
+        ensure!(!out.status.success(), "{sql} ran");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(stderr.contains("read-only"), "{sql}: {stderr}");
+    }
+    Ok(())
+}
