@@ -175,7 +175,7 @@ fn create_external_table_and_refusals() -> Result<()> {
     );
     let csv = String::from_utf8(out.stdout)?;
     let n: u64 = csv.lines().nth(1).unwrap().parse()?;
-    ensure!(n >= 1 && n < 3004, "{csv}");
+    ensure!((1..3004).contains(&n), "{csv}");
 
     for sql in [
         "DROP TABLE x",
