@@ -24,6 +24,8 @@ enum Command {
     Ingest(commands::ingest::IngestArgs),
     /// Query sources with SQL (DataFusion dialect plus dapt functions: lang_id, text_stats, minhash, …).
     Sql(commands::sql::SqlArgs),
+    /// Find exact or near duplicates among the rows of a query; writes a table (id, cluster_id, kept).
+    Dedup(commands::dedup::DedupArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Ingest(args) => commands::ingest::run(args),
         Command::Sql(args) => commands::sql::run(args),
+        Command::Dedup(args) => commands::dedup::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -191,3 +191,131 @@ fn create_external_table_and_refusals() -> Result<()> {
     }
     Ok(())
 }
+
+/// `dapt dedup` over a query, and the duplicates table joined back in SQL.
+#[test]
+fn dedup_commands_write_a_joinable_table() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (docs, _) = fixtures(dir.path())?;
+    // A second copy of one shard, with edits, under another source name: exact and near duplicates.
+    let original = std::fs::read_to_string(demo_data().join("fortunes-en.jsonl"))?;
+    let copies: String = original
+        .lines()
+        .take(300)
+        .enumerate()
+        .map(|(i, l)| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let text = v["text"].as_str().unwrap();
+            let text = if i % 2 == 0 {
+                text.to_uppercase()
+            } else {
+                format!("{text} Extra words at the end.")
+            };
+            serde_json::json!({"id": format!("copy-{i}"), "text": text, "source": "copies"})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    let more = dir.path().join("more");
+    std::fs::create_dir_all(&more)?;
+    std::fs::write(more.join("copies.jsonl"), copies)?;
+    let out = dapt(&[
+        "ingest",
+        more.to_str().unwrap(),
+        "--out",
+        docs.to_str().unwrap(),
+    ]);
+    ensure!(
+        !out.status.success(),
+        "another configuration into the same directory is refused"
+    );
+    let docs2 = dir.path().join("docs2");
+    let out = dapt(&[
+        "ingest",
+        more.to_str().unwrap(),
+        "--out",
+        docs2.to_str().unwrap(),
+    ]);
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = dir.path().join("sources.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sources.a]\nurl = \"{}/\"\n[sources.b]\nurl = \"{}/\"\n",
+            docs.display(),
+            docs2.display()
+        ),
+    )?;
+    let query = "SELECT id, text FROM a WHERE source = 'fortunes' UNION ALL SELECT id, text FROM b";
+    let exact = dir.path().join("exact.parquet");
+    let run = dapt(&[
+        "dedup",
+        "exact",
+        "--config",
+        config.to_str().unwrap(),
+        "-e",
+        query,
+        "--out",
+        exact.to_str().unwrap(),
+    ]);
+    ensure!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let near = dir.path().join("near.parquet");
+    let run = dapt(&[
+        "dedup",
+        "near",
+        "--config",
+        config.to_str().unwrap(),
+        "-e",
+        query,
+        "--out",
+        near.to_str().unwrap(),
+        "--k",
+        "2",
+        "--threshold",
+        "0.5",
+    ]);
+    ensure!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    // Read back: how many rows does each table drop (one per duplicate beyond the kept one)?
+    let count = |table: &Path| -> Result<u64> {
+        let sql = format!(
+            "CREATE EXTERNAL TABLE d STORED AS PARQUET LOCATION '{}'; \
+             SELECT count(*) FROM d WHERE NOT kept",
+            table.display()
+        );
+        let out = dapt(&["sql", "--format", "csv", "-e", &sql]);
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?
+            .lines()
+            .nth(1)
+            .unwrap_or("0")
+            .parse()?)
+    };
+    let (exact_drops, near_drops) = (count(&exact)?, count(&near)?);
+    // Upper-cased copies are exact duplicates after normalisation; appended sentences are near ones.
+    ensure!(
+        exact_drops >= 140 && exact_drops <= 150,
+        "exact: {exact_drops}"
+    );
+    ensure!(
+        near_drops > exact_drops + 50,
+        "near finds the edited copies too: {near_drops}"
+    );
+    Ok(())
+}

@@ -1,0 +1,384 @@
+//! Exact and near deduplication.
+//!
+//! Both read `(key, text)` rows and return the members of every cluster of two or more documents; in
+//! each cluster the document with the smallest key is kept and names the cluster. Singletons are not
+//! listed, so `LEFT JOIN duplicates USING (id) WHERE kept IS NOT FALSE` keeps one of each.
+//!
+//! Near dedup: MinHash signatures (the SQL `minhash` function's) are spilled to a temporary file;
+//! locality-sensitive hashing over `bands × rows` proposes candidate pairs band by band (only one
+//! band's buckets are in memory at a time); a candidate is a duplicate when the signatures' estimated
+//! Jaccard similarity reaches the threshold; duplicates are joined with union-find.
+use std::collections::HashMap;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use dapt_sql::functions::minhash::{estimated_jaccard, MinHasher};
+use futures::{Stream, StreamExt};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// One document that has duplicates.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Duplicate {
+    /// The cluster's kept document's key.
+    pub cluster_id: String,
+    pub id: String,
+    /// True for the one document of the cluster that is kept.
+    pub kept: bool,
+}
+
+/// Schema of the duplicates table.
+pub fn duplicates_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("cluster_id", DataType::Utf8, false),
+        Field::new("kept", DataType::Boolean, false),
+    ]))
+}
+
+impl Duplicate {
+    /// The duplicates table as one batch.
+    pub fn to_batch(rows: &[Duplicate]) -> Result<RecordBatch> {
+        RecordBatch::try_new(
+            duplicates_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| r.id.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| r.cluster_id.as_str()),
+                )),
+                Arc::new(rows.iter().map(|r| Some(r.kept)).collect::<BooleanArray>()),
+            ],
+        )
+        .map_err(|e| Error::Input(e.to_string()))
+    }
+}
+
+/// Text as exact dedup compares it: Unicode lower case, runs of whitespace as one space, trimmed.
+pub fn normalise(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.extend(word.chars().flat_map(char::to_lowercase));
+    }
+    out
+}
+
+/// One column's values as owned strings (NULL as `None`).
+type Column = Vec<Option<String>>;
+
+/// Reads `(key, text)` from each batch; other columns are ignored.
+fn columns(batch: &RecordBatch, key: &str, text: &str) -> Result<(Column, Column)> {
+    let read = |name: &str| -> Result<Column> {
+        let column = batch.column_by_name(name).ok_or_else(|| Error::Column {
+            column: name.into(),
+            reason: format!(
+                "the query returns {}",
+                batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })?;
+        let column = arrow::compute::cast(column, &DataType::Utf8).map_err(|e| Error::Column {
+            column: name.into(),
+            reason: e.to_string(),
+        })?;
+        let strings = column.as_string::<i32>();
+        Ok((0..strings.len())
+            .map(|i| strings.is_valid(i).then(|| strings.value(i).to_string()))
+            .collect())
+    };
+    Ok((read(key)?, read(text)?))
+}
+
+/// Groups of member indices → duplicate rows, smallest key kept.
+fn clusters_to_rows(keys: &[String], groups: Vec<Vec<usize>>) -> Vec<Duplicate> {
+    let mut rows = Vec::new();
+    for mut members in groups.into_iter().filter(|g| g.len() > 1) {
+        members.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+        let kept = keys[members[0]].clone();
+        for (position, &m) in members.iter().enumerate() {
+            rows.push(Duplicate {
+                cluster_id: kept.clone(),
+                id: keys[m].clone(),
+                kept: position == 0,
+            });
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// Exact duplicates: documents whose normalised texts are equal (compared by 128-bit xxh3 hash).
+pub async fn exact_duplicates<S>(mut input: S, key: &str, text: &str) -> Result<Vec<Duplicate>>
+where
+    S: Stream<Item = std::result::Result<RecordBatch, String>> + Unpin,
+{
+    let mut keys = Vec::new();
+    let mut groups: HashMap<u128, Vec<usize>> = HashMap::new();
+    while let Some(batch) = input.next().await {
+        let batch = batch.map_err(Error::Input)?;
+        let (ids, texts) = columns(&batch, key, text)?;
+        let hashes: Vec<Option<u128>> = texts
+            .par_iter()
+            .map(|t| {
+                t.as_deref()
+                    .map(|t| xxhash_rust::xxh3::xxh3_128(normalise(t).as_bytes()))
+            })
+            .collect();
+        for (id, hash) in ids.into_iter().zip(hashes) {
+            let (Some(id), Some(hash)) = (id, hash) else {
+                continue;
+            };
+            groups.entry(hash).or_default().push(keys.len());
+            keys.push(id);
+        }
+    }
+    Ok(clusters_to_rows(&keys, groups.into_values().collect()))
+}
+
+/// Near-dedup settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NearOptions {
+    /// Words per shingle.
+    pub k: usize,
+    /// LSH bands; `bands × rows` is the signature length.
+    pub bands: usize,
+    /// Signature values per band.
+    pub rows: usize,
+    /// Estimated Jaccard similarity from which two documents are duplicates.
+    pub threshold: f64,
+    pub seed: u64,
+}
+
+impl Default for NearOptions {
+    /// 32 bands of 4 (128 permutations): a pair at Jaccard 0.8 becomes a candidate with probability
+    /// 1 − (1 − 0.8⁴)³² > 0.9999; candidates are then verified at `threshold`.
+    fn default() -> Self {
+        Self {
+            k: 5,
+            bands: 32,
+            rows: 4,
+            threshold: 0.75,
+            seed: 1,
+        }
+    }
+}
+
+impl NearOptions {
+    fn validate(&self) -> Result<()> {
+        let bad = |key: &str, reason: &str| Error::Setting {
+            key: key.into(),
+            reason: reason.into(),
+        };
+        if self.k == 0 || self.bands == 0 || self.rows == 0 {
+            return Err(bad("k/bands/rows", "must be positive"));
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(bad("threshold", "must be in [0, 1]"));
+        }
+        Ok(())
+    }
+}
+
+/// Union-find with path halving; the root of a set is its smallest index.
+struct Sets(Vec<u32>);
+
+impl Sets {
+    fn find(&mut self, mut x: u32) -> u32 {
+        while self.0[x as usize] != x {
+            let parent = self.0[x as usize];
+            self.0[x as usize] = self.0[parent as usize];
+            x = parent;
+        }
+        x
+    }
+
+    fn union(&mut self, a: u32, b: u32) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra != rb {
+            let (low, high) = (ra.min(rb), ra.max(rb));
+            self.0[high as usize] = low;
+        }
+    }
+}
+
+/// Near duplicates by MinHash + LSH.
+pub async fn near_duplicates<S>(
+    mut input: S,
+    key: &str,
+    text: &str,
+    options: &NearOptions,
+) -> Result<Vec<Duplicate>>
+where
+    S: Stream<Item = std::result::Result<RecordBatch, String>> + Unpin,
+{
+    options.validate()?;
+    let num_perm = options.bands * options.rows;
+    let hasher = MinHasher::new(options.k, num_perm, options.seed);
+    let spill = tempfile::NamedTempFile::new().map_err(|source| Error::Spill {
+        path: "(temporary file)".into(),
+        source,
+    })?;
+    let spill_path = spill.path().display().to_string();
+    let spill_error = |source| Error::Spill {
+        path: spill_path.clone(),
+        source,
+    };
+    let mut writer = BufWriter::new(spill.reopen().map_err(spill_error)?);
+    let mut keys = Vec::new();
+    while let Some(batch) = input.next().await {
+        let batch = batch.map_err(Error::Input)?;
+        let (ids, texts) = columns(&batch, key, text)?;
+        let rows: Vec<(String, String)> = ids
+            .into_iter()
+            .zip(texts)
+            .filter_map(|(id, text)| Some((id?, text?)))
+            .collect();
+        let signatures: Vec<Vec<u64>> = rows.par_iter().map(|(_, t)| hasher.signature(t)).collect();
+        for ((id, _), signature) in rows.into_iter().zip(signatures) {
+            for value in signature {
+                writer
+                    .write_all(&value.to_le_bytes())
+                    .map_err(spill_error)?;
+            }
+            keys.push(id);
+        }
+    }
+    writer.flush().map_err(spill_error)?;
+    drop(writer);
+    let file = spill.reopen().map_err(spill_error)?;
+    let signature_bytes = num_perm * 8;
+    let read_signature = |index: usize| -> Result<Vec<u64>> {
+        let mut bytes = vec![0u8; signature_bytes];
+        file.read_exact_at(&mut bytes, (index * signature_bytes) as u64)
+            .map_err(spill_error)?;
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect())
+    };
+    // Visit documents in key order, so that candidates (and so clusters) do not depend on input order.
+    let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+    order.sort_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]));
+    let mut sets = Sets((0..keys.len() as u32).collect());
+    let mut verified: HashMap<(u32, u32), bool> = HashMap::new();
+    let band_bytes = options.rows * 8;
+    for band in 0..options.bands {
+        let mut buckets: HashMap<u64, Vec<u32>> = HashMap::new();
+        let mut slice = vec![0u8; band_bytes];
+        for &doc in &order {
+            let offset = doc as usize * signature_bytes + band * band_bytes;
+            file.read_exact_at(&mut slice, offset as u64)
+                .map_err(spill_error)?;
+            let bucket = xxhash_rust::xxh3::xxh3_64_with_seed(&slice, band as u64);
+            buckets.entry(bucket).or_default().push(doc);
+        }
+        for members in buckets.values().filter(|m| m.len() > 1) {
+            // Verify each member against the bucket's other members until it joins one of them.
+            for (i, &a) in members.iter().enumerate() {
+                for &b in &members[..i] {
+                    if sets.find(a) == sets.find(b) {
+                        break;
+                    }
+                    let pair = (a.min(b), a.max(b));
+                    let duplicate = match verified.get(&pair) {
+                        Some(&d) => d,
+                        None => {
+                            let similarity = estimated_jaccard(
+                                &read_signature(a as usize)?,
+                                &read_signature(b as usize)?,
+                            );
+                            let d = similarity >= options.threshold;
+                            verified.insert(pair, d);
+                            d
+                        }
+                    };
+                    if duplicate {
+                        sets.union(a, b);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let mut groups: HashMap<u32, Vec<usize>> = HashMap::new();
+    for doc in 0..keys.len() as u32 {
+        let root = sets.find(doc);
+        groups.entry(root).or_default().push(doc as usize);
+    }
+    tracing::info!(
+        documents = keys.len(),
+        candidates = verified.len(),
+        "near dedup"
+    );
+    Ok(clusters_to_rows(&keys, groups.into_values().collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(
+        rows: Vec<(&str, &str)>,
+    ) -> impl Stream<Item = std::result::Result<RecordBatch, String>> + Unpin {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("text", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .unwrap();
+        futures::stream::iter(vec![Ok(batch)])
+    }
+
+    #[tokio::test]
+    async fn exact_groups_normalised_texts_and_keeps_the_smallest_key() {
+        let rows = exact_duplicates(
+            stream(vec![
+                ("b", "Hello  World"),
+                ("a", "hello world\n"),
+                ("c", "other"),
+                ("d", "HELLO WORLD"),
+            ]),
+            "id",
+            "text",
+        )
+        .await
+        .unwrap();
+        let expected = ["a", "b", "d"].map(|id| Duplicate {
+            cluster_id: "a".into(),
+            id: id.into(),
+            kept: id == "a",
+        });
+        assert_eq!(rows, expected);
+        assert_eq!(normalise("  Привет \t МИР "), "привет мир");
+    }
+
+    #[tokio::test]
+    async fn missing_column_is_named() {
+        let err = exact_duplicates(stream(vec![("a", "x")]), "doc_id", "text")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("doc_id") && err.contains("id, text"), "{err}");
+    }
+}
