@@ -309,10 +309,7 @@ fn dedup_commands_write_a_joinable_table() -> Result<()> {
     };
     let (exact_drops, near_drops) = (count(&exact)?, count(&near)?);
     // Upper-cased copies are exact duplicates after normalisation; appended sentences are near ones.
-    ensure!(
-        exact_drops >= 140 && exact_drops <= 150,
-        "exact: {exact_drops}"
-    );
+    ensure!((140..=150).contains(&exact_drops), "exact: {exact_drops}");
     ensure!(
         near_drops > exact_drops + 50,
         "near finds the edited copies too: {near_drops}"
