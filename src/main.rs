@@ -26,6 +26,8 @@ enum Command {
     Sql(commands::sql::SqlArgs),
     /// Find exact or near duplicates among the rows of a query; writes a table (id, cluster_id, kept).
     Dedup(commands::dedup::DedupArgs),
+    /// Train or evaluate a fastText-style text classifier (used in SQL as classify(text, 'name')).
+    Classify(commands::classify::ClassifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Ingest(args) => commands::ingest::run(args),
         Command::Sql(args) => commands::sql::run(args),
         Command::Dedup(args) => commands::dedup::run(args),
+        Command::Classify(args) => commands::classify::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -69,9 +69,42 @@ impl SqlSession {
         Ok(())
     }
 
-    /// Registers every source of a sources file as a table; a source with column renames is a view
-    /// over its raw table (`__raw_NAME`).
+    /// Loads the tokenizers and classifiers a sources file names and makes them available to
+    /// `token_count` and `classify`.
+    pub fn register_models(&self, sources: &SourcesOptions) -> Result<()> {
+        let mut models = crate::functions::models::Models::default();
+        for (name, path) in &sources.tokenizers {
+            let tokenizer = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Config {
+                path: path.display().to_string(),
+                reason: format!("tokenizer {name:?}: {e}"),
+            })?;
+            models
+                .tokenizers
+                .insert(name.clone(), std::sync::Arc::new(tokenizer));
+        }
+        for (name, path) in &sources.classifiers {
+            let classifier =
+                crate::functions::classifier::Classifier::load(path).map_err(|reason| {
+                    Error::Config {
+                        path: format!("classifiers.{name}"),
+                        reason,
+                    }
+                })?;
+            models
+                .classifiers
+                .insert(name.clone(), std::sync::Arc::new(classifier));
+        }
+        crate::functions::register_functions_with_models(
+            &self.context,
+            std::sync::Arc::new(models),
+        );
+        Ok(())
+    }
+
+    /// Registers every source of a sources file as a table (a source with column renames is a view
+    /// over its raw table `__raw_NAME`), and its tokenizers and classifiers.
     pub async fn register_sources(&self, sources: &SourcesOptions) -> Result<()> {
+        self.register_models(sources)?;
         for (name, source) in &sources.sources {
             let format = source.format(name)?;
             let (base, _) = dapt_core::location::split_glob(&source.url);

@@ -13,6 +13,10 @@ pub struct SourcesOptions {
     pub sources: BTreeMap<String, SourceOptions>,
     /// Object-store settings over the environment (object_store keys: `aws_endpoint`, `timeout`, …).
     pub storage: BTreeMap<String, String>,
+    /// Tokenizers for `token_count(text, 'name')`: name → path of an HF `tokenizer.json`.
+    pub tokenizers: BTreeMap<String, std::path::PathBuf>,
+    /// Classifiers for `classify(text, 'name')`: name → model file of `dapt classify train`.
+    pub classifiers: BTreeMap<String, std::path::PathBuf>,
 }
 
 /// One table.
@@ -46,6 +50,15 @@ impl SourcesOptions {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        let mut options = options;
+        for file in options
+            .tokenizers
+            .values_mut()
+            .chain(options.classifiers.values_mut())
+        {
+            *file = base.join(&*file);
+        }
         for (name, source) in &options.sources {
             source.format(name)?;
             if source.url.is_empty() {

@@ -316,3 +316,140 @@ fn dedup_commands_write_a_joinable_table() -> Result<()> {
     );
     Ok(())
 }
+
+fn shared_data() -> PathBuf {
+    std::env::var("DAPT_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+}
+
+/// A domain classifier trained from SQL over real text (PostgreSQL manual vs fortunes and Debian
+/// docs), used from SQL with `classify`, next to `token_count` with the real Qwen3 tokenizer.
+#[test]
+fn classifier_and_token_count_from_sql() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let corpus = shared_data().join("corpus");
+    let raw = dir.path().join("raw");
+    std::fs::create_dir_all(&raw)?;
+    for (file, n) in [
+        ("en/postgresql-doc-15.jsonl", 400),
+        ("en/fortunes.jsonl", 600),
+        ("en/debian-reference-en.jsonl", 200),
+    ] {
+        let text: String = std::fs::read_to_string(corpus.join(file))?
+            .lines()
+            .take(n)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(raw.join(Path::new(file).file_name().unwrap()), text)?;
+    }
+    let docs = dir.path().join("docs");
+    let out = dapt(&[
+        "ingest",
+        raw.to_str().unwrap(),
+        "--out",
+        docs.to_str().unwrap(),
+    ]);
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = dir.path().join("sources.toml");
+    let write_config = |classifier: bool| -> Result<()> {
+        let mut text = format!(
+            "[sources.docs]\nurl = \"{}/\"\n[tokenizers]\nqwen3 = \"{}\"\n",
+            docs.display(),
+            shared_data()
+                .join("tokenizers/qwen3/tokenizer.json")
+                .display()
+        );
+        if classifier {
+            text.push_str("[classifiers]\npostgres = \"postgres.bin\"\n");
+        }
+        Ok(std::fs::write(&config, text)?)
+    };
+    write_config(false)?;
+    let model = dir.path().join("postgres.bin");
+    let train = dapt(&[
+        "classify",
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--positive",
+        "SELECT text FROM docs WHERE source = 'postgresql-doc-15'",
+        "--negative",
+        "SELECT text FROM docs WHERE source <> 'postgresql-doc-15'",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    ensure!(
+        train.status.success(),
+        "{}",
+        String::from_utf8_lossy(&train.stderr)
+    );
+    let report = String::from_utf8(train.stdout)?;
+    let heldout = report
+        .lines()
+        .find(|l| l.starts_with("held-out"))
+        .unwrap_or_default();
+    let figure = |name: &str| -> f64 {
+        heldout
+            .split(&format!("{name} "))
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| c == ',' || c.is_whitespace()).next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    ensure!(
+        figure("AUC") > 0.97 && figure("accuracy") > 0.95,
+        "{report}"
+    );
+    println!("{report}");
+
+    write_config(true)?;
+    let sql = "SELECT source, avg(classify(text, 'postgres')) AS score, \
+               sum(token_count(text, 'qwen3')) AS tokens, sum(octet_length(text)) AS bytes \
+               FROM docs GROUP BY source ORDER BY score DESC";
+    let out = dapt(&[
+        "sql",
+        "--config",
+        config.to_str().unwrap(),
+        "--format",
+        "csv",
+        "-e",
+        sql,
+    ]);
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout)?;
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    ensure!(
+        rows[0][0] == "postgresql-doc-15",
+        "the domain scores highest: {csv}"
+    );
+    for row in &rows {
+        let (tokens, bytes): (f64, f64) = (row[2].parse()?, row[3].parse()?);
+        let bytes_per_token = bytes / tokens;
+        ensure!(
+            (2.5..6.0).contains(&bytes_per_token),
+            "English bytes per Qwen3 token: {csv}"
+        );
+    }
+    let missing = dapt(&[
+        "sql",
+        "--config",
+        config.to_str().unwrap(),
+        "-e",
+        "SELECT classify(text, 'nope') FROM docs",
+    ]);
+    ensure!(String::from_utf8_lossy(&missing.stderr).contains("no classifier \"nope\""));
+    Ok(())
+}

@@ -12,6 +12,8 @@
 //! | `c4_quality(text)` | `bool`: survives the C4 page rules |
 //! | `fineweb_quality(text)` | `bool`: passes the FineWeb custom rules |
 //! | `minhash(text, k, num_perm, seed)` | `list<uint64>` MinHash signature of word k-shingles |
+//! | `token_count(text, 'name')` | `uint64` tokens of a configured tokenizer (no special tokens) |
+//! | `classify(text, 'name')` | `float64` positive-class probability of a configured classifier |
 use std::sync::Arc;
 
 use arrow::array::{
@@ -26,17 +28,32 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
+pub mod classifier;
 pub mod lang;
 pub mod minhash;
+pub mod models;
 pub mod quality;
 pub mod script;
 pub mod stats;
 
-/// Registers every dapt function on `context`.
+/// Registers every dapt function on `context`; `token_count` and `classify` know no models yet (see
+/// [`register_functions_with_models`]).
 pub fn register_functions(context: &SessionContext) {
+    register_functions_with_models(context, Arc::new(models::Models::default()));
+}
+
+/// Registers every dapt function on `context`, with the tokenizers and classifiers that
+/// `token_count` and `classify` can name.
+pub fn register_functions_with_models(context: &SessionContext, models: Arc<models::Models>) {
     for udf in functions() {
         context.register_udf(udf);
     }
+    context.register_udf(ScalarUDF::new_from_impl(
+        models::ModelFunction::token_count(Arc::clone(&models)),
+    ));
+    context.register_udf(ScalarUDF::new_from_impl(models::ModelFunction::classify(
+        models,
+    )));
 }
 
 /// Every dapt function as a DataFusion UDF.
@@ -79,7 +96,7 @@ struct TextFunction {
     signature: Signature,
 }
 
-fn text_types() -> Vec<DataType> {
+pub(crate) fn text_types() -> Vec<DataType> {
     vec![DataType::Utf8, DataType::LargeUtf8, DataType::Utf8View]
 }
 
@@ -119,14 +136,14 @@ impl TextFunction {
 }
 
 /// The text argument as a column of optional strings, whatever its string type.
-enum Texts<'a> {
+pub(crate) enum Texts<'a> {
     Utf8(&'a arrow::array::StringArray),
     Large(&'a arrow::array::LargeStringArray),
     View(&'a arrow::array::StringViewArray),
 }
 
 impl<'a> Texts<'a> {
-    fn new(array: &'a ArrayRef) -> Result<Self> {
+    pub(crate) fn new(array: &'a ArrayRef) -> Result<Self> {
         Ok(match array.data_type() {
             DataType::Utf8 => Self::Utf8(array.as_string::<i32>()),
             DataType::LargeUtf8 => Self::Large(array.as_string::<i64>()),
@@ -135,7 +152,7 @@ impl<'a> Texts<'a> {
         })
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Self::Utf8(a) => a.len(),
             Self::Large(a) => a.len(),
@@ -143,7 +160,7 @@ impl<'a> Texts<'a> {
         }
     }
 
-    fn get(&self, i: usize) -> Option<&'a str> {
+    pub(crate) fn get(&self, i: usize) -> Option<&'a str> {
         match self {
             Self::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
             Self::Large(a) => a.is_valid(i).then(|| a.value(i)),
@@ -153,7 +170,11 @@ impl<'a> Texts<'a> {
 }
 
 /// A constant argument.
-fn constant_string(name: &str, args: &[ColumnarValue], index: usize) -> Result<Option<String>> {
+pub(crate) fn constant_string(
+    name: &str,
+    args: &[ColumnarValue],
+    index: usize,
+) -> Result<Option<String>> {
     match args.get(index) {
         None => Ok(None),
         Some(ColumnarValue::Scalar(
