@@ -1,15 +1,19 @@
 //! dapt-packer: from text to training rows. Its job is tokenizers (load an HF `tokenizer.json`, train a
-//! byte-level BPE) and packing: documents are tokenised in parallel, ended with EOS, concatenated and
+//! byte-level BPE, measure compression, extend a vocabulary with domain tokens) and packing: documents are tokenised in parallel, ended with EOS, concatenated and
 //! cut into fixed-length rows that record each document's span as a segment, so that attention never
 //! crosses documents. Its input is documents (id + text); its output is Parquet shards in the Packed
 //! schema of `dapt-core`, with the tokenizer's sha256, `seq_len`, seed and config hash as metadata.
 
 mod cpt;
 mod error;
+mod extend;
+mod measure;
 mod tokenizer;
 mod write;
 
 pub use cpt::{pack_cpt, split_heldout, PackOptions, PackSettings, PackStats};
 pub use error::{Error, Result};
+pub use extend::{extend, Extension, NewToken};
+pub use measure::{measure, Compression};
 pub use tokenizer::{train_bpe, BpeTrainOptions, TokenizerFile};
 pub use write::write_packed;

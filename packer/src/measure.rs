@@ -1,0 +1,107 @@
+//! Compression of a tokenizer on a corpus: how a user decides whether to adapt one.
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::{Result, TokenizerFile};
+
+/// Totals and ratios of one tokenizer over some texts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Compression {
+    pub documents: u64,
+    pub chars: u64,
+    pub bytes: u64,
+    /// Whitespace-separated words.
+    pub words: u64,
+    pub tokens: u64,
+    /// Tokens that stand for unknown text: the model's unknown token, SentencePiece byte-fallback
+    /// tokens (`<0xNN>`), or byte-level tokens holding a single non-ASCII byte (part of a character
+    /// that the vocabulary has no token for).
+    pub fallback_tokens: u64,
+    pub chars_per_token: f64,
+    pub bytes_per_token: f64,
+    pub tokens_per_word: f64,
+    pub fallback_share: f64,
+}
+
+impl Compression {
+    fn finish(mut self) -> Self {
+        let per = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        self.chars_per_token = per(self.chars, self.tokens);
+        self.bytes_per_token = per(self.bytes, self.tokens);
+        self.tokens_per_word = per(self.tokens, self.words);
+        self.fallback_share = per(self.fallback_tokens, self.tokens);
+        self
+    }
+}
+
+/// GPT-2's byte-level alphabet, reversed: the byte each alphabet character stands for.
+fn byte_level_inverse() -> std::collections::HashMap<char, u8> {
+    let mut printable: Vec<u8> = (b'!'..=b'~')
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut map: std::collections::HashMap<char, u8> =
+        printable.iter().map(|&b| (char::from(b), b)).collect();
+    let mut next = 0u32;
+    for b in 0..=255u8 {
+        if !printable.contains(&b) {
+            map.insert(char::from_u32(256 + next).unwrap_or('\u{0}'), b);
+            printable.push(b);
+            next += 1;
+        }
+    }
+    map
+}
+
+/// Which ids are fallback tokens (see [`Compression::fallback_tokens`]).
+fn fallback_ids(tokenizer: &TokenizerFile) -> Vec<bool> {
+    let t = tokenizer.tokenizer();
+    let inverse = byte_level_inverse();
+    let vocab = t.get_vocab(true);
+    let size = vocab.values().copied().max().map_or(0, |m| m as usize + 1);
+    let mut fallback = vec![false; size];
+    for (token, id) in vocab {
+        let sentencepiece_byte =
+            token.len() == 6 && token.starts_with("<0x") && token.ends_with('>');
+        let mut chars = token.chars();
+        let lone_byte = match (chars.next(), chars.next()) {
+            (Some(c), None) => inverse.get(&c).is_some_and(|&b| b >= 0x80),
+            _ => false,
+        };
+        fallback[id as usize] = token == "<unk>" || sentencepiece_byte || lone_byte;
+    }
+    fallback
+}
+
+/// Measures `tokenizer` on `texts` (tokenised in parallel, no special tokens).
+pub fn measure(tokenizer: &TokenizerFile, texts: &[String]) -> Result<Compression> {
+    let fallback = fallback_ids(tokenizer);
+    let ids: Vec<String> = (0..texts.len()).map(|i| format!("text {i}")).collect();
+    let encoded = tokenizer.encode_all(&ids, texts)?;
+    let mut c = texts
+        .par_iter()
+        .zip(encoded.par_iter())
+        .map(|(text, ids)| Compression {
+            documents: 1,
+            chars: text.chars().count() as u64,
+            bytes: text.len() as u64,
+            words: text.split_whitespace().count() as u64,
+            tokens: ids.len() as u64,
+            fallback_tokens: ids
+                .iter()
+                .filter(|&&id| fallback.get(id as usize).copied().unwrap_or(false))
+                .count() as u64,
+            ..Default::default()
+        })
+        .reduce(Compression::default, |mut a, b| {
+            a.documents += b.documents;
+            a.chars += b.chars;
+            a.bytes += b.bytes;
+            a.words += b.words;
+            a.tokens += b.tokens;
+            a.fallback_tokens += b.fallback_tokens;
+            a
+        });
+    c = c.finish();
+    Ok(c)
+}
