@@ -28,6 +28,8 @@ enum Command {
     Dedup(commands::dedup::DedupArgs),
     /// Train or evaluate a fastText-style text classifier (used in SQL as classify(text, 'name')).
     Classify(commands::classify::ClassifyArgs),
+    /// Tokenizer adaptation: train, measure compression, extend a vocabulary with domain tokens.
+    Tokenizer(commands::tokenizer::TokenizerArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Sql(args) => commands::sql::run(args),
         Command::Dedup(args) => commands::dedup::run(args),
         Command::Classify(args) => commands::classify::run(args),
+        Command::Tokenizer(args) => commands::tokenizer::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

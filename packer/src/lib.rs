@@ -15,5 +15,7 @@ pub use cpt::{pack_cpt, split_heldout, PackOptions, PackSettings, PackStats};
 pub use error::{Error, Result};
 pub use extend::{extend, Extension, NewToken};
 pub use measure::{measure, Compression};
-pub use tokenizer::{train_bpe, BpeTrainOptions, TokenizerFile};
+pub use tokenizer::{
+    train_bpe, train_unigram, BpeTrainOptions, TokenizerFile, UnigramTrainOptions,
+};
 pub use write::write_packed;

@@ -170,6 +170,67 @@ pub fn train_bpe(texts: &[String], options: &BpeTrainOptions) -> Result<Tokenize
     TokenizerFile::from_json(json.into_bytes(), "trained tokenizer")
 }
 
+/// Options for training a Unigram tokenizer (SentencePiece-style, `▁` for spaces).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnigramTrainOptions {
+    pub vocab_size: u32,
+    /// Special tokens, added first; the first one is also the unknown token.
+    pub special_tokens: Vec<String>,
+}
+
+impl Default for UnigramTrainOptions {
+    fn default() -> Self {
+        Self {
+            vocab_size: 8000,
+            special_tokens: vec!["<unk>".into(), "<|endoftext|>".into(), "<|pad|>".into()],
+        }
+    }
+}
+
+/// Trains a Unigram tokenizer (NFKC, Metaspace pre-tokenisation) on `texts`.
+pub fn train_unigram(texts: &[String], options: &UnigramTrainOptions) -> Result<TokenizerFile> {
+    use tokenizers::models::unigram::{Unigram, UnigramTrainerBuilder};
+    use tokenizers::normalizers::unicode::NFKC;
+    use tokenizers::pre_tokenizers::metaspace::Metaspace;
+    let fail = |reason: String| Error::Tokenizer {
+        what: "training".into(),
+        reason,
+    };
+    let special: Vec<AddedToken> = options
+        .special_tokens
+        .iter()
+        .map(|t| AddedToken::from(t.clone(), true))
+        .collect();
+    let mut trainer = UnigramTrainerBuilder::default()
+        .vocab_size(options.vocab_size)
+        .special_tokens(special)
+        .unk_token(options.special_tokens.first().cloned())
+        .show_progress(false)
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    let builder: TokenizerBuilder<
+        Unigram,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    > = TokenizerBuilder::new()
+        .with_model(Unigram::default())
+        .with_normalizer(Some(NFKC.into()))
+        .with_pre_tokenizer(Some(Metaspace::default().into()))
+        .with_post_processor(None)
+        .with_decoder(Some(Metaspace::default().into()));
+    let mut tokenizer = builder.build().map_err(|e| fail(e.to_string()))?;
+    tokenizer
+        .train(&mut trainer, texts.iter())
+        .map_err(|e| fail(e.to_string()))?;
+    let json = Tokenizer::from(tokenizer)
+        .to_string(false)
+        .map_err(|e| fail(e.to_string()))?;
+    TokenizerFile::from_json(json.into_bytes(), "trained tokenizer")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +268,26 @@ mod tests {
         let reloaded = TokenizerFile::from_json(file.json().to_vec(), "reloaded").unwrap();
         assert_eq!(reloaded.encode_all(&ids, &texts).unwrap(), encoded);
         assert_eq!(reloaded.sha256(), file.sha256());
+
+        let unigram = train_unigram(
+            &texts,
+            &UnigramTrainOptions {
+                vocab_size: 800,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            unigram.vocab_size() <= 800 && unigram.vocab_size() > 400,
+            "{}",
+            unigram.vocab_size()
+        );
+        assert_eq!(unigram.id_of("<unk>").unwrap(), 0);
+        let encoded = unigram.encode_all(&ids, &texts).unwrap();
+        // Metaspace decoding gives the words back (whitespace runs may change).
+        let words = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        for (text, ids) in texts.iter().zip(&encoded) {
+            assert_eq!(words(&unigram.decode(ids).unwrap()), words(text));
+        }
     }
 }

@@ -2,11 +2,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::DataType;
 use clap::{Args, Subcommand};
 use dapt_sql::functions::classifier::{Classifier, Metrics, TrainOptions};
-use dapt_sql::{SourcesOptions, SqlSession};
 
 /// Arguments of `dapt classify`.
 #[derive(Args)]
@@ -61,37 +58,12 @@ struct Labelled {
 }
 
 fn load(data: &Labelled) -> anyhow::Result<Vec<(String, bool)>> {
-    let sources = match &data.config {
-        Some(path) => SourcesOptions::load(path)?,
-        None => SourcesOptions::default(),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let session = SqlSession::new();
-        session.register_sources(&sources).await?;
-        let mut examples = Vec::new();
-        for (query, label) in [(&data.positive, true), (&data.negative, false)] {
-            let before = examples.len();
-            for batch in session.query_collect(query).await? {
-                let column = batch
-                    .column_by_name("text")
-                    .with_context(|| format!("the query must return a `text` column: {query}"))?;
-                let column = arrow::compute::cast(column, &DataType::Utf8)?;
-                let texts = column.as_string::<i32>();
-                for i in 0..texts.len() {
-                    if texts.is_valid(i) {
-                        examples.push((texts.value(i).to_string(), label));
-                    }
-                }
-            }
-            if examples.len() == before {
-                bail!("no examples from: {query}");
-            }
-        }
-        Ok(examples)
-    })
+    let mut examples = Vec::new();
+    for (query, label) in [(&data.positive, true), (&data.negative, false)] {
+        let rows = super::query_strings(data.config.as_deref(), query, &["text"])?;
+        examples.extend(rows.into_iter().map(|mut row| (row.remove(0), label)));
+    }
+    Ok(examples)
 }
 
 fn print(what: &str, m: &Metrics) {

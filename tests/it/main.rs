@@ -3,3 +3,4 @@
 mod ingest_cli;
 mod pipeline;
 mod sql_cli;
+mod tokenizer_cli;
