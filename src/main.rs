@@ -30,6 +30,8 @@ enum Command {
     Classify(commands::classify::ClassifyArgs),
     /// Tokenizer adaptation: train, measure compression, extend a vocabulary with domain tokens.
     Tokenizer(commands::tokenizer::TokenizerArgs),
+    /// Tokenise documents and pack them into fixed-length rows with segment lengths (Parquet).
+    Pack(commands::pack::PackArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Dedup(args) => commands::dedup::run(args),
         Command::Classify(args) => commands::classify::run(args),
         Command::Tokenizer(args) => commands::tokenizer::run(args),
+        Command::Pack(args) => commands::pack::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

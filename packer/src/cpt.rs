@@ -73,6 +73,7 @@ impl TryFrom<PackOptions> for PackSettings {
 
 /// Facts about one packing.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PackStats {
     pub documents: u64,
     /// Tokens including the EOS after each document.

@@ -18,4 +18,4 @@ pub use measure::{measure, Compression};
 pub use tokenizer::{
     train_bpe, train_unigram, BpeTrainOptions, TokenizerFile, UnigramTrainOptions,
 };
-pub use write::write_packed;
+pub use write::{pack_documents, read_packed, write_packed};

@@ -2,6 +2,7 @@
 pub mod classify;
 pub mod dedup;
 pub mod ingest;
+pub mod pack;
 pub mod run;
 pub mod sql;
 pub mod tokenizer;

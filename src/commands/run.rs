@@ -21,9 +21,9 @@ use anyhow::{bail, Context};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 use clap::Args;
-use dapt_core::hash::{sub_seed, unit_interval};
-use dapt_core::{packed, parquet_io, Location, OutputDir, PackedRow};
-use dapt_packer::{pack_cpt, split_heldout, write_packed, TokenizerFile};
+use dapt_core::hash::sub_seed;
+use dapt_core::{parquet_io, Location, OutputDir, PackedRow};
+use dapt_packer::{pack_documents, read_packed, split_heldout, TokenizerFile};
 use dapt_trainer::tch::{self, nn, Device};
 use dapt_trainer::Llama;
 use serde_json::json;
@@ -74,19 +74,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let (ids, texts) = runtime.block_on(select(&settings.query, &documents, &out, &select_hash))?;
     tracing::info!(documents = ids.len(), "SQL selected documents");
 
-    // Deterministic order and held-out split: functions of (seed, document id).
-    let order_seed = sub_seed(settings.seed, "pack-order", 0);
-    let mut order: Vec<usize> = (0..ids.len()).collect();
-    order.sort_by(|&a, &b| {
-        unit_interval(order_seed, &ids[a])
-            .total_cmp(&unit_interval(order_seed, &ids[b]))
-            .then_with(|| ids[a].cmp(&ids[b]))
-    });
+    // The held-out split is a function of (seed, document id); packing orders documents the same way.
     let heldout = split_heldout(settings.seed, settings.pack.heldout_fraction, &ids);
     let (mut train_ids, mut train_texts, mut heldout_ids, mut heldout_texts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for i in order {
-        if heldout[i] {
+    for (i, is_heldout) in heldout.iter().enumerate() {
+        if *is_heldout {
             heldout_ids.push(ids[i].clone());
             heldout_texts.push(texts[i].clone());
         } else {
@@ -125,7 +118,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             split_ids,
             split_texts,
             &settings,
-            (eos_id, pad_id),
+            pad_id,
             &out.join("packed").join(split),
             &pack_hash,
         ))?;
@@ -324,37 +317,20 @@ async fn pack_split(
     ids: &[String],
     texts: &[String],
     settings: &RunSettings,
-    (eos_id, pad_id): (u32, u32),
+    pad_id: u32,
     dir: &Path,
     hash: &str,
 ) -> anyhow::Result<Vec<PackedRow>> {
     let mut output = OutputDir::open(location(dir)?, "pack", hash).await?;
-    if !output.manifest().complete {
-        let encoded = tokenizer.encode_all(ids, texts)?;
-        let (rows, stats) = pack_cpt(&encoded, eos_id, pad_id, settings.pack.seq_len);
-        tracing::info!(split = %dir.display(), documents = stats.documents, tokens = stats.tokens, rows = stats.rows, fill = stats.fill, "packed");
-        write_packed(
-            &mut output,
-            &rows,
-            settings.pack.rows_per_shard,
-            settings.pack.seq_len,
-            pad_id,
-            tokenizer.sha256(),
-            settings.seed,
-            hash,
-            serde_json::to_value(&stats)?,
-        )
-        .await?;
-    }
-    let mut rows = Vec::new();
-    for (shard, bytes) in output.read_shards().await? {
-        let (batches, _) = parquet_io::decode(bytes, &shard)?;
-        for batch in &batches {
-            rows.extend(packed::batch_to_rows(batch)?);
-        }
-    }
-    for (i, row) in rows.iter().enumerate() {
-        row.validate(i, settings.pack.seq_len, pad_id as i32)?;
-    }
-    Ok(rows)
+    pack_documents(
+        &mut output,
+        tokenizer,
+        ids,
+        texts,
+        &settings.pack,
+        settings.seed,
+        hash,
+    )
+    .await?;
+    Ok(read_packed(&output, settings.pack.seq_len, pad_id as i32).await?)
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `dapt` binary, driven as a user drives it: a config file, the CLI, and the
 //! files it writes, read back and checked.
 mod ingest_cli;
+mod pack_cli;
 mod pipeline;
 mod sql_cli;
 mod tokenizer_cli;
