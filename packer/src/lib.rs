@@ -8,6 +8,7 @@ mod cpt;
 mod error;
 mod extend;
 mod measure;
+mod sft;
 mod tokenizer;
 mod write;
 
@@ -15,6 +16,7 @@ pub use cpt::{pack_cpt, split_heldout, PackOptions, PackSettings, PackStats};
 pub use error::{Error, Result};
 pub use extend::{extend, Extension, NewToken};
 pub use measure::{measure, Compression};
+pub use sft::{pack_sft, ChatTemplate, Message, Overlong, SftStats, CHATML};
 pub use tokenizer::{
     train_bpe, train_unigram, BpeTrainOptions, TokenizerFile, UnigramTrainOptions,
 };

@@ -118,3 +118,123 @@ fn extension_appends_domain_tokens_and_keeps_old_ids() {
     let reloaded = TokenizerFile::from_json(extended.json().to_vec(), "reloaded").unwrap();
     assert_eq!(reloaded.sha256(), extended.sha256());
 }
+
+/// Single-turn chats from the shared BIG-bench tasks: `(question, answer)`.
+fn sft_examples() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in [
+        "qa_wikidata",
+        "general_knowledge",
+        "english_russian_proverbs",
+        "auto_debugging",
+        "code_line_description",
+        "identify_math_theorems",
+    ] {
+        let path = shared().join("tasks/bigbench").join(task).join("task.json");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for example in json["examples"].as_array().unwrap() {
+            let question = example["input"].as_str().unwrap_or_default().to_string();
+            let answer = match (&example["target"], &example["target_scores"]) {
+                (serde_json::Value::String(s), _) => s.clone(),
+                (serde_json::Value::Array(a), _) if !a.is_empty() => {
+                    a[0].as_str().unwrap_or_default().to_string()
+                }
+                (_, serde_json::Value::Object(scores)) => scores
+                    .iter()
+                    .find(|(_, v)| v.as_f64() == Some(1.0))
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            if !question.is_empty() && !answer.is_empty() {
+                out.push((question, answer));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sft_masks_exactly_the_assistant_turns_and_packs_densely() {
+    use dapt_packer::{pack_sft, ChatTemplate, Message, Overlong};
+    let tokenizer = TokenizerFile::load(&shared().join("tokenizers/qwen3/tokenizer.json")).unwrap();
+    let template = ChatTemplate::from_tokenizer_config(
+        &shared().join("tokenizers/qwen3/tokenizer_config.json"),
+    )
+    .unwrap();
+    let chat = |q: &str, a: &str| {
+        vec![
+            Message {
+                role: "user".into(),
+                content: q.into(),
+            },
+            Message {
+                role: "assistant".into(),
+                content: a.into(),
+            },
+        ]
+    };
+    // Qwen3's own template, rendered by minijinja.
+    assert_eq!(
+        template.render(&chat("Сколько будет 2+2?", "4"), false).unwrap(),
+        "<|im_start|>user\nСколько будет 2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n4<|im_end|>\n"
+    );
+    let examples = sft_examples();
+    assert!(examples.len() > 1000, "{}", examples.len());
+    let tokenized: Vec<(Vec<u32>, Vec<bool>)> = examples
+        .iter()
+        .map(|(q, a)| template.tokenize(&tokenizer, &chat(q, a)).unwrap())
+        .collect();
+    let (rows, stats) = pack_sft(
+        &tokenized,
+        tokenizer.id_of("<|endoftext|>").unwrap(),
+        1024,
+        2000,
+        Overlong::Drop,
+    );
+    println!("sft: {stats:?}");
+    assert!(stats.fill >= 0.97, "fill {}", stats.fill);
+    assert_eq!(
+        stats.examples as usize + stats.dropped as usize,
+        examples.len()
+    );
+
+    // Every segment is one whole example; its masked tokens decode to exactly the assistant turn.
+    let expected: std::collections::HashMap<String, String> = examples
+        .iter()
+        .map(|(q, a)| {
+            let full = template.render(&chat(q, a), false).unwrap();
+            let before = template.render(&chat(q, a)[..1], true).unwrap();
+            (full.clone(), full[before.len()..].to_string())
+        })
+        .collect();
+    let mut seen = 0;
+    for (r, row) in rows.iter().enumerate() {
+        row.validate(r, 1024, tokenizer.id_of("<|endoftext|>").unwrap() as i32)
+            .unwrap();
+        let mut start = 0;
+        for &length in &row.segment_lengths {
+            let end = start + length as usize;
+            let ids: Vec<u32> = row.input_ids[start..end]
+                .iter()
+                .map(|&i| i as u32)
+                .collect();
+            let text = tokenizer.decode(&ids).unwrap();
+            let masked: Vec<u32> = (start..end)
+                .filter(|&i| row.loss_mask[i])
+                .map(|i| row.input_ids[i] as u32)
+                .collect();
+            let span = expected
+                .get(&text)
+                .unwrap_or_else(|| panic!("segment is not an example: {text:?}"));
+            assert_eq!(&tokenizer.decode(&masked).unwrap(), span);
+            // The mask is one contiguous run at the end of the example.
+            let first = (start..end).position(|i| row.loss_mask[i]).unwrap();
+            assert!((start + first..end).all(|i| row.loss_mask[i]));
+            seen += 1;
+            start = end;
+        }
+    }
+    assert_eq!(seen as u64, stats.examples);
+}

@@ -1,0 +1,297 @@
+//! Supervised fine-tuning examples: chat `messages` (or prompt/response) rendered with the tokenizer's
+//! chat template (Jinja from `tokenizer_config.json`, rendered by minijinja with Python string
+//! methods) or the built-in ChatML template; the loss mask is true on assistant turns only; examples
+//! are packed whole (never split across rows) by best-fit-decreasing within a bounded window.
+use serde::{Deserialize, Serialize};
+
+use dapt_core::PackedRow;
+
+use crate::{Error, Result, TokenizerFile};
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// A chat template.
+pub struct ChatTemplate {
+    environment: minijinja::Environment<'static>,
+    /// Values the template may read (`bos_token`, `eos_token`).
+    bos_token: String,
+    eos_token: String,
+}
+
+/// The built-in ChatML template (Qwen, many others).
+pub const CHATML: &str = "{%- for message in messages -%}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{%- endfor -%}{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}";
+
+fn template_error(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer {
+        what: "chat template".into(),
+        reason: e.to_string(),
+    }
+}
+
+impl ChatTemplate {
+    /// A template from Jinja source.
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let mut environment = minijinja::Environment::new();
+        minijinja_contrib::add_to_environment(&mut environment);
+        environment
+            .set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        environment.add_function(
+            "raise_exception",
+            |message: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    message,
+                ))
+            },
+        );
+        environment
+            .add_template_owned("chat", source.to_string())
+            .map_err(template_error)?;
+        Ok(Self {
+            environment,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
+    }
+
+    /// The `chat_template` of an HF `tokenizer_config.json` (a string, or a list with a `default`).
+    pub fn from_tokenizer_config(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Tokenizer {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::Tokenizer {
+                what: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let source = match &config["chat_template"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(list) => list
+                .iter()
+                .find(|t| t["name"] == "default")
+                .and_then(|t| t["template"].as_str())
+                .unwrap_or_default()
+                .to_string(),
+            _ => String::new(),
+        };
+        if source.is_empty() {
+            return Err(Error::Tokenizer {
+                what: path.display().to_string(),
+                reason: "has no chat_template".into(),
+            });
+        }
+        let token = |key: &str| match &config[key] {
+            serde_json::Value::String(s) => s.clone(),
+            v => v["content"].as_str().unwrap_or_default().to_string(),
+        };
+        Self::new(&source, &token("bos_token"), &token("eos_token"))
+    }
+
+    /// Renders messages; `add_generation_prompt` appends the assistant's turn opening.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let template = self
+            .environment
+            .get_template("chat")
+            .map_err(template_error)?;
+        template
+            .render(minijinja::context! {
+                messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+                enable_thinking => false,
+            })
+            .map_err(template_error)
+    }
+
+    /// Token ids of a conversation and its loss mask (true on assistant turns). The text is the
+    /// rendering of all messages; each assistant turn is the part that its rendering adds to the
+    /// rendering of the messages before it with the generation prompt. Pieces are tokenised one by
+    /// one, so mask boundaries fall exactly between tokens.
+    pub fn tokenize(
+        &self,
+        tokenizer: &TokenizerFile,
+        messages: &[Message],
+    ) -> Result<(Vec<u32>, Vec<bool>)> {
+        let full = self.render(messages, false)?;
+        let mut spans = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            if message.role != "assistant" {
+                continue;
+            }
+            let before = self.render(&messages[..i], true)?;
+            let through = self.render(&messages[..=i], false)?;
+            if !through.starts_with(&before) || !full.starts_with(&through) {
+                return Err(template_error(format!(
+                    "the template rewrites earlier turns (assistant message {i}); use single-turn examples or the chatml template"
+                )));
+            }
+            spans.push((before.len(), through.len()));
+        }
+        let mut ids = Vec::new();
+        let mut mask = Vec::new();
+        let mut cursor = 0;
+        let push =
+            |text: &str, target: bool, ids: &mut Vec<u32>, mask: &mut Vec<bool>| -> Result<()> {
+                if text.is_empty() {
+                    return Ok(());
+                }
+                let encoded = tokenizer
+                    .tokenizer()
+                    .encode_fast(text, false)
+                    .map_err(|e| template_error(e.to_string()))?;
+                ids.extend_from_slice(encoded.get_ids());
+                mask.extend(std::iter::repeat_n(target, encoded.len()));
+                Ok(())
+            };
+        for (start, end) in spans {
+            push(&full[cursor..start], false, &mut ids, &mut mask)?;
+            push(&full[start..end], true, &mut ids, &mut mask)?;
+            cursor = end;
+        }
+        push(&full[cursor..], false, &mut ids, &mut mask)?;
+        Ok((ids, mask))
+    }
+}
+
+/// What to do with an example longer than a row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlong {
+    /// Keep its first `seq_len` tokens.
+    Truncate,
+    /// Leave it out.
+    #[default]
+    Drop,
+}
+
+/// Facts about an SFT packing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SftStats {
+    pub examples: u64,
+    pub rows: u64,
+    pub tokens: u64,
+    pub target_tokens: u64,
+    pub truncated: u64,
+    pub dropped: u64,
+    pub fill: f64,
+}
+
+/// Packs tokenised examples whole into rows: within each window of `window` examples (in the order
+/// given), longest first, each goes into the open row it fills best.
+pub fn pack_sft(
+    examples: &[(Vec<u32>, Vec<bool>)],
+    pad_id: u32,
+    seq_len: usize,
+    window: usize,
+    overlong: Overlong,
+) -> (Vec<PackedRow>, SftStats) {
+    let mut stats = SftStats::default();
+    let mut rows = Vec::new();
+    for chunk in examples.chunks(window.max(1)) {
+        let mut items: Vec<(Vec<u32>, Vec<bool>)> = Vec::with_capacity(chunk.len());
+        for (ids, mask) in chunk {
+            if ids.len() > seq_len {
+                match overlong {
+                    Overlong::Drop => {
+                        stats.dropped += 1;
+                        continue;
+                    }
+                    Overlong::Truncate => {
+                        stats.truncated += 1;
+                        items.push((ids[..seq_len].to_vec(), mask[..seq_len].to_vec()));
+                        continue;
+                    }
+                }
+            }
+            if !ids.is_empty() {
+                items.push((ids.clone(), mask.clone()));
+            }
+        }
+        // Longest first; ties keep the given order (a stable sort), so the result is deterministic.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by(|&a, &b| items[b].0.len().cmp(&items[a].0.len()));
+        let mut open: Vec<(Vec<u32>, Vec<bool>, Vec<i32>)> = Vec::new();
+        for index in order {
+            let (ids, mask) = &items[index];
+            let best = open
+                .iter()
+                .enumerate()
+                .filter(|(_, row)| seq_len - row.0.len() >= ids.len())
+                .min_by_key(|(i, row)| (seq_len - row.0.len(), *i))
+                .map(|(i, _)| i);
+            let row = match best {
+                Some(i) => &mut open[i],
+                None => {
+                    open.push((
+                        Vec::with_capacity(seq_len),
+                        Vec::with_capacity(seq_len),
+                        Vec::new(),
+                    ));
+                    open.last_mut().expect("just pushed")
+                }
+            };
+            row.0.extend_from_slice(ids);
+            row.1.extend_from_slice(mask);
+            row.2.push(ids.len() as i32);
+            stats.examples += 1;
+            stats.tokens += ids.len() as u64;
+            stats.target_tokens += mask.iter().filter(|m| **m).count() as u64;
+        }
+        for (mut ids, mut mask, segments) in open {
+            ids.resize(seq_len, pad_id);
+            mask.resize(seq_len, false);
+            rows.push(PackedRow {
+                input_ids: ids.into_iter().map(|t| t as i32).collect(),
+                segment_lengths: segments,
+                loss_mask: mask,
+            });
+        }
+    }
+    stats.rows = rows.len() as u64;
+    if stats.rows > 0 {
+        stats.fill = stats.tokens as f64 / (stats.rows as f64 * seq_len as f64);
+    }
+    (rows, stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_fit_decreasing_keeps_examples_whole() {
+        let example = |n: usize, target: usize| {
+            (
+                (0..n as u32).map(|i| i + 10).collect::<Vec<_>>(),
+                (0..n).map(|i| i >= n - target).collect::<Vec<_>>(),
+            )
+        };
+        let examples = vec![
+            example(6, 2),
+            example(3, 1),
+            example(5, 5),
+            example(2, 1),
+            example(12, 3),
+            example(4, 2),
+        ];
+        let (rows, stats) = pack_sft(&examples, 0, 10, 100, Overlong::Drop);
+        assert_eq!(stats.dropped, 1, "12 tokens do not fit in 10");
+        assert_eq!(stats.examples, 5);
+        // 6+4 and 5+3+2 fill two rows exactly.
+        assert_eq!(rows.len(), 2);
+        assert_eq!(stats.fill, 1.0);
+        for (i, row) in rows.iter().enumerate() {
+            row.validate(i, 10, 0).unwrap();
+        }
+        let (rows, stats) = pack_sft(&examples, 0, 10, 100, Overlong::Truncate);
+        assert_eq!((stats.truncated, stats.examples), (1, 6));
+        assert!(rows.iter().any(|r| r.segment_lengths == [10]));
+    }
+}
