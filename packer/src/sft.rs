@@ -24,7 +24,7 @@ pub struct ChatTemplate {
 }
 
 /// The built-in ChatML template (Qwen, many others).
-pub const CHATML: &str = "{%- for message in messages -%}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{%- endfor -%}{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}";
+pub const CHATML: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
 fn template_error(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer {
@@ -264,6 +264,29 @@ pub fn pack_sft(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chatml_renders_turns_and_the_generation_prompt() {
+        let template = ChatTemplate::new(CHATML, "", "<|endoftext|>").unwrap();
+        let messages = vec![
+            Message {
+                role: "user".into(),
+                content: "Привет".into(),
+            },
+            Message {
+                role: "assistant".into(),
+                content: "Здравствуйте!".into(),
+            },
+        ];
+        assert_eq!(
+            template.render(&messages, false).unwrap(),
+            "<|im_start|>user\nПривет<|im_end|>\n<|im_start|>assistant\nЗдравствуйте!<|im_end|>\n"
+        );
+        assert_eq!(
+            template.render(&messages[..1], true).unwrap(),
+            "<|im_start|>user\nПривет<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
 
     #[test]
     fn best_fit_decreasing_keeps_examples_whole() {

@@ -46,6 +46,32 @@ pub struct PackArgs {
     /// Output directory (URL) for the packed shards and `_manifest.json`.
     #[arg(long)]
     out: String,
+    /// cpt: documents, EOS-separated, split across rows; sft: chats (a `messages` column of JSON
+    /// [{role, content}], or `prompt` and `response` columns), packed whole, loss on assistant turns.
+    #[arg(long, value_enum, default_value = "cpt")]
+    mode: Mode,
+    /// SFT: a tokenizer_config.json with the chat template, or `chatml`; default: the
+    /// tokenizer_config.json beside --tokenizer.
+    #[arg(long)]
+    chat_template: Option<String>,
+    /// SFT: examples considered together by best-fit-decreasing packing.
+    #[arg(long, default_value_t = 1000)]
+    window: usize,
+    /// SFT: what to do with an example longer than a row.
+    #[arg(long, value_enum, default_value = "drop")]
+    overlong: OverlongArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Cpt,
+    Sft,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OverlongArg {
+    Drop,
+    Truncate,
 }
 
 pub fn run(args: PackArgs) -> anyhow::Result<()> {
@@ -85,6 +111,9 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|(_, p)| p.as_path())
         .or(args.config.as_deref());
+    if args.mode == Mode::Sft {
+        return run_sft(&args, &tokenizer, &settings, config_path, &query);
+    }
     let rows = super::query_strings(config_path, &query, &["id", "text"])?;
     let (ids, texts): (Vec<String>, Vec<String>) = rows
         .into_iter()
@@ -121,6 +150,127 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
         settings.seq_len,
         100.0 * stats.fill,
         args.out
+    );
+    Ok(())
+}
+
+/// Chats from the query: a `messages` column (JSON) or `prompt` and `response` columns.
+fn chats(
+    config: Option<&std::path::Path>,
+    query: &str,
+) -> anyhow::Result<Vec<(String, Vec<dapt_packer::Message>)>> {
+    use dapt_packer::Message;
+    match super::query_strings(config, query, &["id", "messages"]) {
+        Ok(rows) => rows
+            .into_iter()
+            .map(|row| {
+                let messages: Vec<Message> = serde_json::from_str(&row[1]).with_context(|| {
+                    format!(
+                        "row {}: messages must be a JSON list of {{role, content}}",
+                        row[0]
+                    )
+                })?;
+                Ok((row[0].clone(), messages))
+            })
+            .collect(),
+        Err(e) if e.to_string().contains("`messages` column") => {
+            let rows = super::query_strings(config, query, &["id", "prompt", "response"])?;
+            Ok(rows
+                .into_iter()
+                .map(|row| {
+                    let messages = vec![
+                        Message {
+                            role: "user".into(),
+                            content: row[1].clone(),
+                        },
+                        Message {
+                            role: "assistant".into(),
+                            content: row[2].clone(),
+                        },
+                    ];
+                    (row[0].clone(), messages)
+                })
+                .collect())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn run_sft(
+    args: &PackArgs,
+    tokenizer: &TokenizerFile,
+    settings: &PackSettings,
+    config: Option<&std::path::Path>,
+    query: &str,
+) -> anyhow::Result<()> {
+    use dapt_packer::{ChatTemplate, Overlong, CHATML};
+    let template = match args.chat_template.as_deref() {
+        Some("chatml") => ChatTemplate::new(CHATML, "", &args.eos_token)?,
+        Some(path) => ChatTemplate::from_tokenizer_config(std::path::Path::new(path))?,
+        None => {
+            let beside = args.tokenizer.with_file_name("tokenizer_config.json");
+            ChatTemplate::from_tokenizer_config(&beside)
+                .with_context(|| "give --chat-template PATH or --chat-template chatml")?
+        }
+    };
+    let mut examples = chats(config, query)?;
+    // The order is a function of (seed, id), never of how the rows arrived.
+    let seed = dapt_core::hash::sub_seed(args.seed, "sft-order", 0);
+    examples.sort_by(|a, b| {
+        dapt_core::hash::unit_interval(seed, &a.0)
+            .total_cmp(&dapt_core::hash::unit_interval(seed, &b.0))
+            .then_with(|| a.0.cmp(&b.0))
+    });
+    use rayon::prelude::*;
+    let tokenized: Vec<(Vec<u32>, Vec<bool>)> = examples
+        .par_iter()
+        .map(|(id, messages)| {
+            template
+                .tokenize(tokenizer, messages)
+                .with_context(|| format!("example {id}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let overlong = match args.overlong {
+        OverlongArg::Drop => Overlong::Drop,
+        OverlongArg::Truncate => Overlong::Truncate,
+    };
+    let pad_id = tokenizer.id_of(&settings.pad_token)?;
+    let (rows, stats) =
+        dapt_packer::pack_sft(&tokenized, pad_id, settings.seq_len, args.window, overlong);
+    let hash = RunSettings::hash_of(&(
+        query,
+        tokenizer.sha256(),
+        settings,
+        args.seed,
+        "sft",
+        args.window,
+        &args.chat_template,
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut output = OutputDir::open(Location::parse(&args.out)?, "pack-sft", &hash).await?;
+        if !output.manifest().complete {
+            dapt_packer::write_packed(
+                &mut output,
+                &rows,
+                settings.rows_per_shard,
+                settings.seq_len,
+                pad_id,
+                tokenizer.sha256(),
+                args.seed,
+                &hash,
+                serde_json::to_value(&stats)?,
+            )
+            .await?;
+        }
+        anyhow::Ok(())
+    })?;
+    println!(
+        "packed {} examples ({} target tokens of {}) into {} rows of {} ({:.2}% filled), {} dropped, {} truncated; wrote {}",
+        stats.examples, stats.target_tokens, stats.tokens, stats.rows, settings.seq_len,
+        100.0 * stats.fill, stats.dropped, stats.truncated, args.out
     );
     Ok(())
 }

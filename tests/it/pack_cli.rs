@@ -163,3 +163,126 @@ fn packed_rows_decode_to_the_source_documents() -> Result<()> {
     }
     Ok(())
 }
+
+/// `dapt pack --mode sft` over chats selected with SQL: prompt/response columns with Qwen3's template,
+/// and a `messages` JSON column with the built-in ChatML template.
+#[test]
+fn sft_packing_from_sql() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let task: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        shared().join("tasks/bigbench/qa_wikidata/task.json"),
+    )?)?;
+    let mut pairs = String::new();
+    let mut chats = String::new();
+    for (i, example) in task["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(400)
+        .enumerate()
+    {
+        let prompt = example["input"].as_str().unwrap_or_default();
+        let response = match &example["target"] {
+            serde_json::Value::Array(list) => list[0].as_str().unwrap_or_default(),
+            target => target.as_str().unwrap_or_default(),
+        };
+        ensure!(!response.is_empty());
+        pairs.push_str(
+            &(serde_json::json!({"id": format!("q{i}"), "prompt": prompt, "response": response})
+                .to_string()
+                + "\n"),
+        );
+        let messages = serde_json::json!([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]);
+        chats.push_str(
+            &(serde_json::json!({"id": format!("c{i}"), "messages": messages.to_string()})
+                .to_string()
+                + "\n"),
+        );
+    }
+    std::fs::write(dir.path().join("pairs.jsonl"), pairs)?;
+    std::fs::write(dir.path().join("chats.jsonl"), chats)?;
+    let config = dir.path().join("sources.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sources.pairs]\nurl = \"{}\"\n[sources.chats]\nurl = \"{}\"\n",
+            dir.path().join("pairs.jsonl").display(),
+            dir.path().join("chats.jsonl").display()
+        ),
+    )?;
+    let qwen = shared().join("tokenizers/qwen3/tokenizer.json");
+    for (query, template, out) in [
+        ("SELECT id, prompt, response FROM pairs", None, "sft-qwen"),
+        (
+            "SELECT id, messages FROM chats",
+            Some("chatml"),
+            "sft-chatml",
+        ),
+    ] {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "pack",
+            "--mode",
+            "sft",
+            "--config",
+            config.to_str().unwrap(),
+            "-e",
+            query,
+            "--tokenizer",
+            qwen.to_str().unwrap(),
+            "--seq-len",
+            "256",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if let Some(t) = template {
+            args.extend(["--chat-template", t]);
+        }
+        let run = dapt(&args);
+        ensure!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let stdout = String::from_utf8(run.stdout)?;
+        ensure!(stdout.starts_with("packed 400 examples"), "{stdout}");
+        let manifest: dapt_core::Manifest =
+            serde_json::from_slice(&std::fs::read(out.join("_manifest.json"))?)?;
+        ensure!(manifest.complete && manifest.summary["examples"] == 400);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let rows = runtime.block_on(async {
+            let output = OutputDir::open(
+                Location::parse(out.to_str().unwrap())?,
+                "pack-sft",
+                &manifest.config_hash,
+            )
+            .await?;
+            anyhow::Ok(dapt_packer::read_packed(&output, 256, 151_643).await?)
+        })?;
+        let targets: usize = rows
+            .iter()
+            .map(|r| r.loss_mask.iter().filter(|m| **m).count())
+            .sum();
+        ensure!(
+            targets as u64 == manifest.summary["target_tokens"].as_u64().unwrap_or(0)
+                && targets > 400
+        );
+        let tokenizer = TokenizerFile::load(&qwen)?;
+        let first: Vec<u32> = rows[0].input_ids[..rows[0].segment_lengths[0] as usize]
+            .iter()
+            .map(|&i| i as u32)
+            .collect();
+        let text = tokenizer.decode(&first)?;
+        ensure!(
+            text.starts_with("<|im_start|>user\n") && text.ends_with("<|im_end|>\n"),
+            "{text:?}"
+        );
+        ensure!(
+            !text.contains("assistant\n<|im_end|>") && !text.contains("</think>\n\n<|im_end|>"),
+            "{text:?}"
+        );
+    }
+    Ok(())
+}
