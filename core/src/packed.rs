@@ -1,18 +1,22 @@
 //! Packed training rows in memory, their conversion to and from Arrow, and the contract check.
 use std::sync::Arc;
 
-use arrow::array::{AsArray, BooleanBuilder, Int32Builder, ListBuilder, RecordBatch};
+use arrow::array::{
+    Array, AsArray, BooleanBuilder, Int32Builder, ListBuilder, RecordBatch, StringBuilder,
+};
 use arrow::datatypes::Int32Type;
 
 use crate::schema::{packed, packed_schema};
 use crate::{Error, Result};
 
 /// One training sequence (see [`packed_schema`](crate::schema::packed_schema)).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PackedRow {
     pub input_ids: Vec<i32>,
     pub segment_lengths: Vec<i32>,
     pub loss_mask: Vec<bool>,
+    /// Source or component of each segment; empty when unknown.
+    pub segment_sources: Vec<String>,
 }
 
 impl PackedRow {
@@ -39,6 +43,15 @@ impl PackedRow {
         }
         if self.segment_lengths.is_empty() {
             return Err(bad("no segments".into()));
+        }
+        if !self.segment_sources.is_empty()
+            && self.segment_sources.len() != self.segment_lengths.len()
+        {
+            return Err(bad(format!(
+                "{} segment sources for {} segments",
+                self.segment_sources.len(),
+                self.segment_lengths.len()
+            )));
         }
         if let Some(l) = self.segment_lengths.iter().find(|&&l| l <= 0) {
             return Err(bad(format!("segment length {l} is not positive")));
@@ -73,7 +86,14 @@ pub fn rows_to_batch(rows: &[PackedRow]) -> Result<RecordBatch> {
     let mut mask = ListBuilder::new(BooleanBuilder::new()).with_field(Arc::new(
         arrow::datatypes::Field::new("item", arrow::datatypes::DataType::Boolean, false),
     ));
+    let mut sources = ListBuilder::new(StringBuilder::new()).with_field(Arc::new(
+        arrow::datatypes::Field::new("item", arrow::datatypes::DataType::Utf8, false),
+    ));
     for row in rows {
+        for source in &row.segment_sources {
+            sources.values().append_value(source);
+        }
+        sources.append(true);
         ids.values().append_slice(&row.input_ids);
         ids.append(true);
         segments.values().append_slice(&row.segment_lengths);
@@ -87,6 +107,7 @@ pub fn rows_to_batch(rows: &[PackedRow]) -> Result<RecordBatch> {
             Arc::new(ids.finish()),
             Arc::new(segments.finish()),
             Arc::new(mask.finish()),
+            Arc::new(sources.finish()),
         ],
     )
     .map_err(|source| Error::Arrow {
@@ -116,8 +137,29 @@ pub fn batch_to_rows(batch: &RecordBatch) -> Result<Vec<PackedRow>> {
     let mask = column(packed::LOSS_MASK)?
         .as_list_opt::<i32>()
         .ok_or_else(|| wrong(packed::LOSS_MASK))?;
+    // Optional: files written before the column existed have none.
+    let sources = match batch.column_by_name(packed::SEGMENT_SOURCES) {
+        Some(column) => Some(
+            column
+                .as_list_opt::<i32>()
+                .ok_or_else(|| wrong(packed::SEGMENT_SOURCES))?,
+        ),
+        None => None,
+    };
     let mut rows = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
+        let segment_sources = match sources {
+            Some(list) => {
+                let values = list.value(i);
+                let values = values
+                    .as_string_opt::<i32>()
+                    .ok_or_else(|| wrong(packed::SEGMENT_SOURCES))?;
+                (0..values.len())
+                    .map(|j| values.value(j).to_string())
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let id_values = ids.value(i);
         let seg_values = segments.value(i);
         let mask_values = mask.value(i);
@@ -136,6 +178,7 @@ pub fn batch_to_rows(batch: &RecordBatch) -> Result<Vec<PackedRow>> {
             loss_mask: (0..mask_values.len())
                 .map(|j| mask_values.value(j))
                 .collect(),
+            segment_sources,
         });
     }
     Ok(rows)
@@ -150,6 +193,7 @@ mod tests {
             input_ids: vec![5, 6, 7, 8, 9, 0],
             segment_lengths: vec![3, 2],
             loss_mask: vec![true, true, true, true, true, false],
+            segment_sources: vec!["ru".into(), "en".into()],
         }
     }
 
@@ -183,5 +227,12 @@ mod tests {
         let mut r = row();
         r.loss_mask[5] = true;
         assert!(r.validate(0, 6, 0).is_err());
+        let mut r = row();
+        r.segment_sources.pop();
+        assert!(r
+            .validate(0, 6, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("1 segment sources for 2"));
     }
 }

@@ -17,6 +17,7 @@ pub mod packed {
     pub const INPUT_IDS: &str = "input_ids";
     pub const SEGMENT_LENGTHS: &str = "segment_lengths";
     pub const LOSS_MASK: &str = "loss_mask";
+    pub const SEGMENT_SOURCES: &str = "segment_sources";
 }
 
 /// Parquet key-value metadata keys written by dapt.
@@ -51,11 +52,14 @@ fn list_of(item: DataType) -> DataType {
 /// - `segment_lengths: list<int32>`: lengths of the documents in the row, in order; their sum is the
 ///   number of non-pad tokens; attention never crosses a segment boundary;
 /// - `loss_mask: list<bool>` of `seq_len`: true where a token is a training target (predicted from the
-///   tokens before it in its own segment); false on pads and, in SFT, on prompt tokens.
+///   tokens before it in its own segment); false on pads and, in SFT, on prompt tokens;
+/// - `segment_sources: list<utf8>`: the source or mix component of each segment, in order (empty when
+///   unknown; readers accept files without the column).
 pub fn packed_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(packed::INPUT_IDS, list_of(DataType::Int32), false),
         Field::new(packed::SEGMENT_LENGTHS, list_of(DataType::Int32), false),
         Field::new(packed::LOSS_MASK, list_of(DataType::Boolean), false),
+        Field::new(packed::SEGMENT_SOURCES, list_of(DataType::Utf8), false),
     ]))
 }

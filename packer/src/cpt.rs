@@ -92,9 +92,11 @@ pub fn split_heldout(seed: u64, fraction: f64, ids: &[String]) -> Vec<bool> {
         .collect()
 }
 
-/// Packs tokenised documents, in the order given, into rows of `seq_len`.
+/// Packs tokenised documents, in the order given, into rows of `seq_len`; `sources` (one per
+/// document, or empty) label the segments.
 pub fn pack_cpt(
     documents: &[Vec<u32>],
+    sources: &[String],
     eos_id: u32,
     pad_id: u32,
     seq_len: usize,
@@ -102,8 +104,12 @@ pub fn pack_cpt(
     let mut rows = Vec::new();
     let mut ids: Vec<i32> = Vec::with_capacity(seq_len);
     let mut segments: Vec<i32> = Vec::new();
+    let mut labels: Vec<String> = Vec::new();
     let mut stats = PackStats::default();
-    let finish_row = |ids: &mut Vec<i32>, segments: &mut Vec<i32>, rows: &mut Vec<PackedRow>| {
+    let finish_row = |ids: &mut Vec<i32>,
+                      segments: &mut Vec<i32>,
+                      labels: &mut Vec<String>,
+                      rows: &mut Vec<PackedRow>| {
         let used = ids.len();
         let mut loss_mask = vec![true; used];
         loss_mask.resize(seq_len, false);
@@ -112,10 +118,11 @@ pub fn pack_cpt(
             input_ids: std::mem::replace(ids, Vec::with_capacity(seq_len)),
             segment_lengths: std::mem::take(segments),
             loss_mask,
+            segment_sources: std::mem::take(labels),
         });
         (seq_len - used) as u64
     };
-    for document in documents {
+    for (index, document) in documents.iter().enumerate() {
         stats.documents += 1;
         stats.tokens += document.len() as u64 + 1;
         let mut rest = document
@@ -128,13 +135,16 @@ pub fn pack_cpt(
             let before = ids.len();
             ids.extend(rest.by_ref().take(space).map(|t| t as i32));
             segments.push((ids.len() - before) as i32);
+            if let Some(source) = sources.get(index) {
+                labels.push(source.clone());
+            }
             if ids.len() == seq_len {
-                stats.pad_tokens += finish_row(&mut ids, &mut segments, &mut rows);
+                stats.pad_tokens += finish_row(&mut ids, &mut segments, &mut labels, &mut rows);
             }
         }
     }
     if !ids.is_empty() {
-        stats.pad_tokens += finish_row(&mut ids, &mut segments, &mut rows);
+        stats.pad_tokens += finish_row(&mut ids, &mut segments, &mut labels, &mut rows);
     }
     stats.rows = rows.len() as u64;
     let positions = stats.rows * seq_len as u64;
@@ -153,7 +163,8 @@ mod tests {
     #[test]
     fn documents_continue_across_rows_as_new_segments() {
         let docs = vec![vec![10, 11, 12], vec![20, 21, 22, 23, 24, 25], vec![30]];
-        let (rows, stats) = pack_cpt(&docs, 1, 0, 4);
+        let sources: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let (rows, stats) = pack_cpt(&docs, &sources, 1, 0, 4);
         let ids: Vec<Vec<i32>> = rows.iter().map(|r| r.input_ids.clone()).collect();
         assert_eq!(
             ids,
@@ -166,6 +177,8 @@ mod tests {
         );
         let segments: Vec<Vec<i32>> = rows.iter().map(|r| r.segment_lengths.clone()).collect();
         assert_eq!(segments, [vec![4], vec![4], vec![3, 1], vec![1]]);
+        let labels: Vec<Vec<String>> = rows.iter().map(|r| r.segment_sources.clone()).collect();
+        assert_eq!(labels, [vec!["a"], vec!["b"], vec!["b", "c"], vec!["c"]]);
         assert_eq!(rows[3].loss_mask, [true, false, false, false]);
         for (i, row) in rows.iter().enumerate() {
             row.validate(i, 4, 0).unwrap();

@@ -184,9 +184,11 @@ pub struct SftStats {
 }
 
 /// Packs tokenised examples whole into rows: within each window of `window` examples (in the order
-/// given), longest first, each goes into the open row it fills best.
+/// given), longest first, each goes into the open row it fills best. `sources` (one per example, or
+/// empty) label the segments.
 pub fn pack_sft(
     examples: &[(Vec<u32>, Vec<bool>)],
+    sources: &[String],
     pad_id: u32,
     seq_len: usize,
     window: usize,
@@ -194,9 +196,11 @@ pub fn pack_sft(
 ) -> (Vec<PackedRow>, SftStats) {
     let mut stats = SftStats::default();
     let mut rows = Vec::new();
-    for chunk in examples.chunks(window.max(1)) {
-        let mut items: Vec<(Vec<u32>, Vec<bool>)> = Vec::with_capacity(chunk.len());
-        for (ids, mask) in chunk {
+    let window = window.max(1);
+    for (chunk_index, chunk) in examples.chunks(window).enumerate() {
+        let mut items: Vec<(Vec<u32>, Vec<bool>, Option<String>)> = Vec::with_capacity(chunk.len());
+        for (offset, (ids, mask)) in chunk.iter().enumerate() {
+            let source = sources.get(chunk_index * window + offset).cloned();
             if ids.len() > seq_len {
                 match overlong {
                     Overlong::Drop => {
@@ -205,21 +209,21 @@ pub fn pack_sft(
                     }
                     Overlong::Truncate => {
                         stats.truncated += 1;
-                        items.push((ids[..seq_len].to_vec(), mask[..seq_len].to_vec()));
+                        items.push((ids[..seq_len].to_vec(), mask[..seq_len].to_vec(), source));
                         continue;
                     }
                 }
             }
             if !ids.is_empty() {
-                items.push((ids.clone(), mask.clone()));
+                items.push((ids.clone(), mask.clone(), source));
             }
         }
         // Longest first; ties keep the given order (a stable sort), so the result is deterministic.
         let mut order: Vec<usize> = (0..items.len()).collect();
         order.sort_by(|&a, &b| items[b].0.len().cmp(&items[a].0.len()));
-        let mut open: Vec<(Vec<u32>, Vec<bool>, Vec<i32>)> = Vec::new();
+        let mut open: Vec<(Vec<u32>, Vec<bool>, Vec<i32>, Vec<String>)> = Vec::new();
         for index in order {
-            let (ids, mask) = &items[index];
+            let (ids, mask, source) = &items[index];
             let best = open
                 .iter()
                 .enumerate()
@@ -233,6 +237,7 @@ pub fn pack_sft(
                         Vec::with_capacity(seq_len),
                         Vec::with_capacity(seq_len),
                         Vec::new(),
+                        Vec::new(),
                     ));
                     open.last_mut().expect("just pushed")
                 }
@@ -240,17 +245,21 @@ pub fn pack_sft(
             row.0.extend_from_slice(ids);
             row.1.extend_from_slice(mask);
             row.2.push(ids.len() as i32);
+            if let Some(source) = source {
+                row.3.push(source.clone());
+            }
             stats.examples += 1;
             stats.tokens += ids.len() as u64;
             stats.target_tokens += mask.iter().filter(|m| **m).count() as u64;
         }
-        for (mut ids, mut mask, segments) in open {
+        for (mut ids, mut mask, segments, labels) in open {
             ids.resize(seq_len, pad_id);
             mask.resize(seq_len, false);
             rows.push(PackedRow {
                 input_ids: ids.into_iter().map(|t| t as i32).collect(),
                 segment_lengths: segments,
                 loss_mask: mask,
+                segment_sources: labels,
             });
         }
     }
@@ -304,7 +313,7 @@ mod tests {
             example(12, 3),
             example(4, 2),
         ];
-        let (rows, stats) = pack_sft(&examples, 0, 10, 100, Overlong::Drop);
+        let (rows, stats) = pack_sft(&examples, &[], 0, 10, 100, Overlong::Drop);
         assert_eq!(stats.dropped, 1, "12 tokens do not fit in 10");
         assert_eq!(stats.examples, 5);
         // 6+4 and 5+3+2 fill two rows exactly.
@@ -313,7 +322,7 @@ mod tests {
         for (i, row) in rows.iter().enumerate() {
             row.validate(i, 10, 0).unwrap();
         }
-        let (rows, stats) = pack_sft(&examples, 0, 10, 100, Overlong::Truncate);
+        let (rows, stats) = pack_sft(&examples, &[], 0, 10, 100, Overlong::Truncate);
         assert_eq!((stats.truncated, stats.examples), (1, 6));
         assert!(rows.iter().any(|r| r.segment_lengths == [10]));
     }

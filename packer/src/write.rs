@@ -42,7 +42,8 @@ pub async fn write_packed(
     Ok(())
 }
 
-/// Packs documents for continual pretraining into `output`: documents are ordered by a hash of
+/// Packs documents for continual pretraining into `output` (`sources`, one per document or none, label
+/// the segments): documents are ordered by a hash of
 /// (seed, id) — so the order never depends on how they arrived — tokenised in parallel, ended with
 /// EOS, packed into rows of `settings.seq_len` and written as shards. A finished output is reused
 /// as it is. Returns the packing statistics recorded in the manifest.
@@ -51,6 +52,7 @@ pub async fn pack_documents(
     tokenizer: &crate::TokenizerFile,
     ids: &[String],
     texts: &[String],
+    sources: &[String],
     settings: &crate::PackSettings,
     seed: u64,
     config_hash: &str,
@@ -67,10 +69,16 @@ pub async fn pack_documents(
     });
     let ordered_ids: Vec<String> = order.iter().map(|&i| ids[i].clone()).collect();
     let ordered_texts: Vec<String> = order.iter().map(|&i| texts[i].clone()).collect();
+    let ordered_sources: Vec<String> = if sources.len() == ids.len() {
+        order.iter().map(|&i| sources[i].clone()).collect()
+    } else {
+        Vec::new()
+    };
     let eos_id = tokenizer.id_of(&settings.eos_token)?;
     let pad_id = tokenizer.id_of(&settings.pad_token)?;
     let encoded = tokenizer.encode_all(&ordered_ids, &ordered_texts)?;
-    let (rows, stats) = crate::pack_cpt(&encoded, eos_id, pad_id, settings.seq_len);
+    let (rows, stats) =
+        crate::pack_cpt(&encoded, &ordered_sources, eos_id, pad_id, settings.seq_len);
     tracing::info!(
         documents = stats.documents,
         tokens = stats.tokens,

@@ -88,7 +88,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
     let tokenizer = TokenizerFile::load(&args.tokenizer)?;
     let query = match (&args.query, &args.input) {
         (Some(query), _) => query.clone(),
-        (None, Some(_)) => "SELECT id, text FROM documents".to_string(),
+        (None, Some(_)) => "SELECT id, text, source FROM documents".to_string(),
         (None, None) => unreachable!("clap requires one"),
     };
     let config = match &args.input {
@@ -114,14 +114,32 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
     if args.mode == Mode::Sft {
         return run_sft(&args, &tokenizer, &settings, config_path, &query);
     }
-    let rows = super::query_strings(config_path, &query, &["id", "text"])?;
-    let (ids, texts): (Vec<String>, Vec<String>) = rows
-        .into_iter()
-        .map(|mut r| {
-            let text = r.pop().unwrap_or_default();
-            (r.pop().unwrap_or_default(), text)
-        })
-        .unzip();
+    // Segments are labelled with the query's `component` or `source` column, when it has one.
+    let mut rows = None;
+    for label in ["component", "source"] {
+        match super::query_strings(config_path, &query, &["id", "text", label]) {
+            Ok(found) => {
+                rows = Some(found);
+                break;
+            }
+            Err(e) if e.to_string().contains(&format!("`{label}` column")) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let rows = match rows {
+        Some(rows) => rows,
+        None => super::query_strings(config_path, &query, &["id", "text"])?,
+    };
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut texts = Vec::with_capacity(rows.len());
+    let mut sources = Vec::new();
+    for mut row in rows {
+        if row.len() == 3 {
+            sources.push(row.pop().unwrap_or_default());
+        }
+        texts.push(row.pop().unwrap_or_default());
+        ids.push(row.pop().unwrap_or_default());
+    }
     let hash = RunSettings::hash_of(&(&query, tokenizer.sha256(), &settings, args.seed));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -134,6 +152,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
                 &tokenizer,
                 &ids,
                 &texts,
+                &sources,
                 &settings,
                 args.seed,
                 &hash,
@@ -235,8 +254,14 @@ fn run_sft(
         OverlongArg::Truncate => Overlong::Truncate,
     };
     let pad_id = tokenizer.id_of(&settings.pad_token)?;
-    let (rows, stats) =
-        dapt_packer::pack_sft(&tokenized, pad_id, settings.seq_len, args.window, overlong);
+    let (rows, stats) = dapt_packer::pack_sft(
+        &tokenized,
+        &[],
+        pad_id,
+        settings.seq_len,
+        args.window,
+        overlong,
+    );
     let hash = RunSettings::hash_of(&(
         query,
         tokenizer.sha256(),

@@ -327,6 +327,7 @@ async fn pack_split(
         tokenizer,
         ids,
         texts,
+        &[],
         &settings.pack,
         settings.seed,
         hash,

@@ -91,6 +91,7 @@ mod tests {
             input_ids: vec![5, 6, 7, 8, 9, 0],
             segment_lengths: vec![3, 2],
             loss_mask: vec![true, true, true, true, true, false],
+            ..Default::default()
         };
         let batch = Batch::from_rows(&[&row], Device::Cpu);
         let positions: Vec<i64> = batch.positions.view([-1]).try_into().unwrap();

@@ -27,6 +27,7 @@ fn perplexity_is_batch_size_independent_and_matches_the_loss() {
                 input_ids: ids,
                 segment_lengths: vec![4, used - 4],
                 loss_mask: (0..20).map(|i| i < used).collect(),
+                ..Default::default()
             }
         })
         .collect();

@@ -186,8 +186,12 @@ fn sft_masks_exactly_the_assistant_turns_and_packs_densely() {
         .iter()
         .map(|(q, a)| template.tokenize(&tokenizer, &chat(q, a)).unwrap())
         .collect();
+    let sources: Vec<String> = (0..tokenized.len())
+        .map(|i| format!("task-{}", i % 3))
+        .collect();
     let (rows, stats) = pack_sft(
         &tokenized,
+        &sources,
         tokenizer.id_of("<|endoftext|>").unwrap(),
         1024,
         2000,
@@ -237,4 +241,7 @@ fn sft_masks_exactly_the_assistant_turns_and_packs_densely() {
         }
     }
     assert_eq!(seen as u64, stats.examples);
+    assert!(rows
+        .iter()
+        .all(|r| r.segment_sources.len() == r.segment_lengths.len()));
 }

@@ -44,6 +44,7 @@ fn packed_row_equals_documents_run_one_by_one() {
         input_ids,
         segment_lengths: documents.iter().map(|d| d.len() as i32).collect(),
         loss_mask: (0..seq_len).map(|i| i < used).collect(),
+        ..Default::default()
     };
     let packed_logits = logits_of(&model, &packed);
     let mut start = 0;
@@ -52,6 +53,7 @@ fn packed_row_equals_documents_run_one_by_one() {
             input_ids: document.clone(),
             segment_lengths: vec![document.len() as i32],
             loss_mask: vec![true; document.len()],
+            ..Default::default()
         };
         let alone_logits = logits_of(&model, &alone);
         let slice = packed_logits.narrow(0, start, document.len() as i64);
@@ -100,6 +102,7 @@ fn save_and_load_round_trip_with_hf_names() {
         input_ids: vec![1, 2, 3, 4, 5, 6],
         segment_lengths: vec![6],
         loss_mask: vec![true; 6],
+        ..Default::default()
     };
     let difference = (logits_of(&model, &row) - logits_of(&loaded, &row))
         .abs()
@@ -122,6 +125,7 @@ fn training_learns_a_pattern() {
                 input_ids: ids,
                 segment_lengths: vec![16, 16],
                 loss_mask: vec![true; 32],
+                ..Default::default()
             }
         })
         .collect();
