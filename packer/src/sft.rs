@@ -183,6 +183,9 @@ pub struct SftStats {
     pub fill: f64,
 }
 
+/// A row being filled: ids, loss mask, segment lengths, segment sources.
+type OpenRow = (Vec<u32>, Vec<bool>, Vec<i32>, Vec<String>);
+
 /// Packs tokenised examples whole into rows: within each window of `window` examples (in the order
 /// given), longest first, each goes into the open row it fills best. `sources` (one per example, or
 /// empty) label the segments.
@@ -221,7 +224,7 @@ pub fn pack_sft(
         // Longest first; ties keep the given order (a stable sort), so the result is deterministic.
         let mut order: Vec<usize> = (0..items.len()).collect();
         order.sort_by(|&a, &b| items[b].0.len().cmp(&items[a].0.len()));
-        let mut open: Vec<(Vec<u32>, Vec<bool>, Vec<i32>, Vec<String>)> = Vec::new();
+        let mut open: Vec<OpenRow> = Vec::new();
         for index in order {
             let (ids, mask, source) = &items[index];
             let best = open

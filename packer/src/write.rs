@@ -47,6 +47,7 @@ pub async fn write_packed(
 /// (seed, id) — so the order never depends on how they arrived — tokenised in parallel, ended with
 /// EOS, packed into rows of `settings.seq_len` and written as shards. A finished output is reused
 /// as it is. Returns the packing statistics recorded in the manifest.
+#[allow(clippy::too_many_arguments)]
 pub async fn pack_documents(
     output: &mut OutputDir,
     tokenizer: &crate::TokenizerFile,
