@@ -162,12 +162,13 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
         })
         .context("packing failed")?;
     println!(
-        "packed {} documents, {} tokens into {} rows of {} ({:.2}% filled); wrote {}",
+        "packed {} documents, {} tokens into {} rows of {} ({:.2}% filled); peak RSS {} MB; wrote {}",
         stats.documents,
         stats.tokens,
         stats.rows,
         settings.seq_len,
         100.0 * stats.fill,
+        super::ingest::peak_rss_mb().map_or("?".into(), |m| m.to_string()),
         args.out
     );
     Ok(())
