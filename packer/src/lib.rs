@@ -7,6 +7,7 @@
 mod cpt;
 mod error;
 mod extend;
+mod fast;
 mod measure;
 mod sft;
 mod tokenizer;
@@ -15,6 +16,7 @@ mod write;
 pub use cpt::{pack_cpt, split_heldout, PackOptions, PackSettings, PackStats};
 pub use error::{Error, Result};
 pub use extend::{extend, Extension, NewToken};
+pub use fast::FastEncoder;
 pub use measure::{measure, Compression};
 pub use sft::{pack_sft, ChatTemplate, Message, Overlong, SftStats, CHATML};
 pub use tokenizer::{

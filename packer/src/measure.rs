@@ -34,29 +34,10 @@ impl Compression {
     }
 }
 
-/// GPT-2's byte-level alphabet, reversed: the byte each alphabet character stands for.
-fn byte_level_inverse() -> std::collections::HashMap<char, u8> {
-    let mut printable: Vec<u8> = (b'!'..=b'~')
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut map: std::collections::HashMap<char, u8> =
-        printable.iter().map(|&b| (char::from(b), b)).collect();
-    let mut next = 0u32;
-    for b in 0..=255u8 {
-        if !printable.contains(&b) {
-            map.insert(char::from_u32(256 + next).unwrap_or('\u{0}'), b);
-            printable.push(b);
-            next += 1;
-        }
-    }
-    map
-}
-
 /// Which ids are fallback tokens (see [`Compression::fallback_tokens`]).
 fn fallback_ids(tokenizer: &TokenizerFile) -> Vec<bool> {
     let t = tokenizer.tokenizer();
-    let inverse = byte_level_inverse();
+    let inverse = crate::fast::byte_level_inverse();
     let vocab = t.get_vocab(true);
     let size = vocab.values().copied().max().map_or(0, |m| m as usize + 1);
     let mut fallback = vec![false; size];

@@ -245,3 +245,85 @@ fn sft_masks_exactly_the_assistant_turns_and_packs_densely() {
         .iter()
         .all(|r| r.segment_sources.len() == r.segment_lengths.len()));
 }
+
+/// The fast encoder gives HF's ids on real ru/en/code/math documents for qwen3, llama3_1 and gpt2 and
+/// on the llama.cpp conformance vectors; Mistral's (byte fallback) is refused.
+#[test]
+fn fast_encoder_reproduces_hf_ids() {
+    use dapt_packer::FastEncoder;
+    let files = [
+        "ru/fortunes-ru.jsonl",
+        "ru/manpages-ru.jsonl",
+        "ru/gimp-help-ru.jsonl",
+        "en/fortunes.jsonl",
+        "en/python3.11-doc.jsonl",
+        "code/rust-src.jsonl",
+        "math/pari-doc-tex.jsonl",
+        "math/maxima-doc.jsonl",
+        "bilingual/mueller7-dict.jsonl",
+    ];
+    let mut documents = Vec::new();
+    for file in files {
+        documents.extend(texts(file, 250_000));
+    }
+    let check = |name: &str, hf: &TokenizerFile, fast: &FastEncoder, docs: &[String]| {
+        for (i, text) in docs.iter().enumerate() {
+            let expected = hf
+                .tokenizer()
+                .encode_fast(text.as_str(), false)
+                .unwrap()
+                .get_ids()
+                .to_vec();
+            assert_eq!(
+                fast.encode(text),
+                expected,
+                "{name}: document {i} differs: {:?}",
+                &text[..text.len().min(200)]
+            );
+        }
+    };
+    for (name, conformance) in [
+        ("qwen3", "qwen2"),
+        ("llama3_1", "llama-bpe"),
+        ("gpt2", "gpt-2"),
+    ] {
+        let path = shared().join(format!("tokenizers/{name}/tokenizer.json"));
+        let hf = TokenizerFile::load(&path).unwrap();
+        let fast = FastEncoder::from_json(hf.json()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        check(name, &hf, &fast, &documents);
+        let dir = shared().join("tokenizers/conformance");
+        let inputs =
+            std::fs::read_to_string(dir.join(format!("ggml-vocab-{conformance}.gguf.inp")))
+                .unwrap();
+        let outputs =
+            std::fs::read_to_string(dir.join(format!("ggml-vocab-{conformance}.gguf.out")))
+                .unwrap();
+        let inputs: Vec<&str> = inputs.split("\n__ggml_vocab_test__\n").collect();
+        let outputs: Vec<&str> = outputs.lines().collect();
+        assert_eq!(inputs.len() - 1, outputs.len(), "{name}: vector count");
+        for (input, output) in inputs.iter().zip(&outputs) {
+            let expected: Vec<u32> = output
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect();
+            assert_eq!(
+                fast.encode(input),
+                expected,
+                "{name}: conformance {input:?}"
+            );
+        }
+        println!(
+            "{name}: {} documents and {} conformance vectors identical",
+            documents.len(),
+            outputs.len()
+        );
+    }
+    // SentencePiece-style BPE with byte fallback is not reproduced: callers fall back to HF.
+    let mistral =
+        TokenizerFile::load(&shared().join("tokenizers/mistral7b_v01_hf/tokenizer.json")).unwrap();
+    let reason = FastEncoder::from_json(mistral.json()).err().unwrap();
+    assert!(
+        reason.contains("byte fallback") || reason.contains("normalizer"),
+        "{reason}"
+    );
+}
