@@ -13,8 +13,22 @@ use parquet::file::properties::WriterProperties;
 
 use crate::{Error, Result};
 
-/// Encodes batches as one Parquet file (zstd), with `metadata` as key-value metadata (sorted by key,
-/// so that equal inputs give equal bytes).
+/// Writer properties of every dapt Parquet file: zstd level 3, `metadata` as key-value metadata
+/// (sorted by key, so that equal inputs give equal bytes).
+pub fn writer_properties(
+    metadata: &BTreeMap<String, String>,
+) -> std::result::Result<WriterProperties, parquet::errors::ParquetError> {
+    let key_values = metadata
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_key_value_metadata(Some(key_values))
+        .build())
+}
+
+/// Encodes batches as one Parquet file (see [`writer_properties`]).
 pub fn encode(
     schema: SchemaRef,
     batches: &[RecordBatch],

@@ -12,9 +12,6 @@ use futures::FutureExt;
 use object_store::buffered::BufWriter;
 use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::arrow::AsyncArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
 use crate::{Error, Location, Result, ShardEntry};
@@ -66,16 +63,7 @@ impl ShardWriter {
             what: url.clone(),
             source,
         };
-        let key_values = metadata
-            .iter()
-            .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
-            .collect();
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(3).map_err(parquet_error)?,
-            ))
-            .set_key_value_metadata(Some(key_values))
-            .build();
+        let properties = crate::parquet_io::writer_properties(metadata).map_err(parquet_error)?;
         let upload = BufWriter::with_capacity(location.store().clone(), path, UPLOAD_BUFFER);
         let sink = HashingWriter {
             inner: upload,

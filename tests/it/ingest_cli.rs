@@ -1,18 +1,12 @@
 //! `dapt ingest` as a user runs it: shards of real text on disk, the CLI, the output read back; a run
 //! killed with SIGKILL and rerun gives exactly the output of an uninterrupted run.
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::shared;
 use anyhow::{ensure, Result};
-
-fn shared_corpus() -> PathBuf {
-    std::env::var("DAPT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
-        .join("corpus")
-}
 
 /// Twelve zstd-compressed shards cut from the shared corpus (about 12 MB of text).
 fn write_inputs(dir: &Path) -> Result<()> {
@@ -24,7 +18,7 @@ fn write_inputs(dir: &Path) -> Result<()> {
     ];
     let mut index = 0;
     for source in sources {
-        let text = std::fs::read_to_string(shared_corpus().join(source))?;
+        let text = std::fs::read_to_string(shared().join("corpus").join(source))?;
         let lines: Vec<&str> = text.lines().collect();
         for chunk in lines.chunks(lines.len().div_ceil(4)).take(4) {
             let mut plain = chunk.join("\n");

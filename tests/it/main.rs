@@ -1,5 +1,6 @@
 //! End-to-end tests of the `dapt` binary, driven as a user drives it: a config file, the CLI, and the
 //! files it writes, read back and checked.
+mod common;
 mod ingest_cli;
 mod pack_cli;
 mod pipeline;

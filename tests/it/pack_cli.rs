@@ -1,25 +1,11 @@
 //! `dapt pack` as a user runs it: real corpus text, the Qwen3 tokenizer, rows read back and decoded.
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 
+use crate::common::{dapt, shared};
 use anyhow::{ensure, Result};
 use dapt_core::{Location, OutputDir};
 use dapt_packer::TokenizerFile;
-
-fn dapt(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dapt"))
-        .args(args)
-        .env("DAPT_LOG", "warn")
-        .output()
-        .expect("dapt runs")
-}
-
-fn shared() -> PathBuf {
-    std::env::var("DAPT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
-}
 
 #[test]
 fn packed_rows_decode_to_the_source_documents() -> Result<()> {

@@ -2,8 +2,8 @@
 //! the contract, training lowers the loss, and a rerun reproduces the outputs.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use crate::common::dapt;
 use anyhow::{ensure, Context, Result};
 use dapt_core::schema::metadata;
 use dapt_core::{hash, packed, parquet_io, PackedRow};
@@ -52,14 +52,6 @@ fn write_config(dir: &Path) -> PathBuf {
     let path = dir.join("small.toml");
     std::fs::write(&path, config).unwrap();
     path
-}
-
-fn dapt(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dapt"))
-        .args(args)
-        .env("DAPT_LOG", "warn")
-        .output()
-        .expect("the dapt binary runs")
 }
 
 fn parquet_files(dir: &Path) -> Vec<PathBuf> {

@@ -3,19 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::{dapt, demo_data, shared as shared_data};
 use anyhow::{ensure, Result};
-
-fn dapt(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dapt"))
-        .args(args)
-        .env("DAPT_LOG", "warn")
-        .output()
-        .expect("dapt runs")
-}
-
-fn demo_data() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/demo/data")
-}
 
 /// Ingests the demo data and writes a raw JSON-lines file whose text column is called `body`.
 fn fixtures(dir: &Path) -> Result<(PathBuf, PathBuf)> {
@@ -315,12 +304,6 @@ fn dedup_commands_write_a_joinable_table() -> Result<()> {
         "near finds the edited copies too: {near_drops}"
     );
     Ok(())
-}
-
-fn shared_data() -> PathBuf {
-    std::env::var("DAPT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
 }
 
 /// A domain classifier trained from SQL over real text (PostgreSQL manual vs fortunes and Debian

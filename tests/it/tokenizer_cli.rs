@@ -1,23 +1,9 @@
 //! `dapt tokenizer` as a user runs it: measure per language, extend Qwen3 with Russian tokens, train.
 use std::path::PathBuf;
-use std::process::Command;
 
+use crate::common::{dapt, shared};
 use anyhow::{ensure, Result};
 use dapt_packer::TokenizerFile;
-
-fn dapt(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dapt"))
-        .args(args)
-        .env("DAPT_LOG", "warn")
-        .output()
-        .expect("dapt runs")
-}
-
-fn shared() -> PathBuf {
-    std::env::var("DAPT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
-}
 
 #[test]
 fn measure_extend_and_train_from_sql() -> Result<()> {

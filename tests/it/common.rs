@@ -1,0 +1,24 @@
+//! Helpers shared by the end-to-end tests.
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// Runs the `dapt` binary with quiet logs.
+pub fn dapt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dapt"))
+        .args(args)
+        .env("DAPT_LOG", "warn")
+        .output()
+        .expect("the dapt binary runs")
+}
+
+/// The shared test data (`shared/data` beside the repository; `DAPT_SHARED_DATA` overrides).
+pub fn shared() -> PathBuf {
+    std::env::var("DAPT_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+}
+
+/// The demo data shipped in the repository.
+pub fn demo_data() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/demo/data")
+}
