@@ -21,6 +21,17 @@ pub fn query_strings(
     query: &str,
     columns: &[&str],
 ) -> anyhow::Result<Vec<Vec<String>>> {
+    Ok(query_layout(config, query, &[columns])?.1)
+}
+
+/// Runs a read-only query once and reads the first of `layouts` (alternative column lists) whose
+/// columns its result has: returns that layout's index and, for every row without NULLs in them, the
+/// string values of its columns.
+pub fn query_layout(
+    config: Option<&Path>,
+    query: &str,
+    layouts: &[&[&str]],
+) -> anyhow::Result<(usize, Vec<Vec<String>>)> {
     let sources = match config {
         Some(path) => SourcesOptions::load(path)?,
         None => SourcesOptions::default(),
@@ -31,15 +42,37 @@ pub fn query_strings(
     runtime.block_on(async {
         let session = SqlSession::new();
         session.register_sources(&sources).await?;
+        let stream = session.query(query).await?;
+        let schema = stream.schema();
+        let Some(layout) = layouts
+            .iter()
+            .position(|columns| columns.iter().all(|c| schema.field_with_name(c).is_ok()))
+        else {
+            let wanted: Vec<String> = layouts
+                .iter()
+                .map(|columns| {
+                    columns
+                        .iter()
+                        .map(|c| format!("`{c}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .collect();
+            bail!(
+                "the query must return the columns {}: {query}",
+                wanted.join(" or ")
+            );
+        };
+        let batches: Vec<_> = futures::TryStreamExt::try_collect(stream).await?;
         let mut rows = Vec::new();
-        for batch in session.query_collect(query).await? {
-            let mut values = Vec::new();
-            for name in columns {
-                let column = batch
-                    .column_by_name(name)
-                    .with_context(|| format!("the query must return a `{name}` column: {query}"))?;
-                values.push(arrow::compute::cast(column, &DataType::Utf8)?);
-            }
+        for batch in batches {
+            let values = layouts[layout]
+                .iter()
+                .map(|name| {
+                    let column = batch.column_by_name(name).context("column vanished")?;
+                    Ok(arrow::compute::cast(column, &DataType::Utf8)?)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let strings: Vec<_> = values.iter().map(|v| v.as_string::<i32>()).collect();
             for i in 0..batch.num_rows() {
                 if strings.iter().all(|s| s.is_valid(i)) {
@@ -50,6 +83,6 @@ pub fn query_strings(
         if rows.is_empty() {
             bail!("the query returned no rows: {query}");
         }
-        Ok(rows)
+        Ok((layout, rows))
     })
 }

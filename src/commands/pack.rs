@@ -115,21 +115,15 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
         return run_sft(&args, &tokenizer, &settings, config_path, &query);
     }
     // Segments are labelled with the query's `component` or `source` column, when it has one.
-    let mut rows = None;
-    for label in ["component", "source"] {
-        match super::query_strings(config_path, &query, &["id", "text", label]) {
-            Ok(found) => {
-                rows = Some(found);
-                break;
-            }
-            Err(e) if e.to_string().contains(&format!("`{label}` column")) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    let rows = match rows {
-        Some(rows) => rows,
-        None => super::query_strings(config_path, &query, &["id", "text"])?,
-    };
+    let (_, rows) = super::query_layout(
+        config_path,
+        &query,
+        &[
+            &["id", "text", "component"],
+            &["id", "text", "source"],
+            &["id", "text"],
+        ],
+    )?;
     let mut ids = Vec::with_capacity(rows.len());
     let mut texts = Vec::with_capacity(rows.len());
     let mut sources = Vec::new();
@@ -180,40 +174,35 @@ fn chats(
     query: &str,
 ) -> anyhow::Result<Vec<(String, Vec<dapt_packer::Message>)>> {
     use dapt_packer::Message;
-    match super::query_strings(config, query, &["id", "messages"]) {
-        Ok(rows) => rows
-            .into_iter()
-            .map(|row| {
-                let messages: Vec<Message> = serde_json::from_str(&row[1]).with_context(|| {
+    let (layout, rows) = super::query_layout(
+        config,
+        query,
+        &[&["id", "messages"], &["id", "prompt", "response"]],
+    )?;
+    rows.into_iter()
+        .map(|row| {
+            let messages = if layout == 0 {
+                serde_json::from_str(&row[1]).with_context(|| {
                     format!(
                         "row {}: messages must be a JSON list of {{role, content}}",
                         row[0]
                     )
-                })?;
-                Ok((row[0].clone(), messages))
-            })
-            .collect(),
-        Err(e) if e.to_string().contains("`messages` column") => {
-            let rows = super::query_strings(config, query, &["id", "prompt", "response"])?;
-            Ok(rows
-                .into_iter()
-                .map(|row| {
-                    let messages = vec![
-                        Message {
-                            role: "user".into(),
-                            content: row[1].clone(),
-                        },
-                        Message {
-                            role: "assistant".into(),
-                            content: row[2].clone(),
-                        },
-                    ];
-                    (row[0].clone(), messages)
-                })
-                .collect())
-        }
-        Err(e) => Err(e),
-    }
+                })?
+            } else {
+                vec![
+                    Message {
+                        role: "user".into(),
+                        content: row[1].clone(),
+                    },
+                    Message {
+                        role: "assistant".into(),
+                        content: row[2].clone(),
+                    },
+                ]
+            };
+            Ok((row[0].clone(), messages))
+        })
+        .collect()
 }
 
 fn run_sft(

@@ -281,14 +281,15 @@ fn tokenizer(
     train_texts: &[String],
     dir: &Path,
 ) -> anyhow::Result<TokenizerFile> {
+    std::fs::create_dir_all(dir)?;
     let tokenizer = match &settings.tokenizer {
         TokenizerSource::File(path) => TokenizerFile::load(path)?,
         TokenizerSource::Train(options) => {
+            // A trained tokenizer is reused when options and training texts are unchanged.
             let path = dir.join("tokenizer.json");
             let hash_path = dir.join("trained_from.sha256");
             let hash = RunSettings::hash_of(&(options, train_texts));
-            let reusable = std::fs::read_to_string(&hash_path).is_ok_and(|h| h.trim() == hash);
-            if reusable {
+            if std::fs::read_to_string(&hash_path).is_ok_and(|h| h.trim() == hash) {
                 TokenizerFile::load(&path)?
             } else {
                 tracing::info!(
@@ -296,18 +297,14 @@ fn tokenizer(
                     documents = train_texts.len(),
                     "training a byte-level BPE tokenizer"
                 );
-                dapt_packer::train_bpe(train_texts, options)?
+                let trained = dapt_packer::train_bpe(train_texts, options)?;
+                std::fs::write(&path, trained.json())?;
+                std::fs::write(&hash_path, &hash)?;
+                return Ok(trained);
             }
         }
     };
-    std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("tokenizer.json"), tokenizer.json())?;
-    if let TokenizerSource::Train(options) = &settings.tokenizer {
-        std::fs::write(
-            dir.join("trained_from.sha256"),
-            RunSettings::hash_of(&(options, train_texts)),
-        )?;
-    }
     Ok(tokenizer)
 }
 
