@@ -22,3 +22,19 @@ pub fn shared() -> PathBuf {
 pub fn demo_data() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/demo/data")
 }
+
+/// `dapt ingest INPUT --out OUT`, failing the test with dapt's stderr if it fails.
+pub fn ingest(input: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let output = dapt(&[
+        "ingest",
+        input.to_str().unwrap_or_default(),
+        "--out",
+        out.to_str().unwrap_or_default(),
+    ]);
+    anyhow::ensure!(
+        output.status.success(),
+        "dapt ingest failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}

@@ -31,17 +31,7 @@ fn packed_rows_decode_to_the_source_documents() -> Result<()> {
         std::fs::write(raw.join(file.replace('/', "-")), lines.join("\n") + "\n")?;
     }
     let docs = dir.path().join("docs");
-    let out = dapt(&[
-        "ingest",
-        raw.to_str().unwrap(),
-        "--out",
-        docs.to_str().unwrap(),
-    ]);
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::ingest(&raw, &docs)?;
     let qwen = shared().join("tokenizers/qwen3/tokenizer.json");
     let packed = dir.path().join("packed");
     let args = [

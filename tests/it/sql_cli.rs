@@ -9,17 +9,7 @@ use anyhow::{ensure, Result};
 /// Ingests the demo data and writes a raw JSON-lines file whose text column is called `body`.
 fn fixtures(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let docs = dir.join("docs");
-    let out = dapt(&[
-        "ingest",
-        demo_data().to_str().unwrap(),
-        "--out",
-        docs.to_str().unwrap(),
-    ]);
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::ingest(&demo_data(), &docs)?;
     let raw = dir.join("raw.jsonl");
     let lines: String = std::fs::read_to_string(demo_data().join("fortunes-ru.jsonl"))?
         .lines()
@@ -219,17 +209,7 @@ fn dedup_commands_write_a_joinable_table() -> Result<()> {
         "another configuration into the same directory is refused"
     );
     let docs2 = dir.path().join("docs2");
-    let out = dapt(&[
-        "ingest",
-        more.to_str().unwrap(),
-        "--out",
-        docs2.to_str().unwrap(),
-    ]);
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::ingest(&more, &docs2)?;
     let config = dir.path().join("sources.toml");
     std::fs::write(
         &config,
@@ -327,17 +307,7 @@ fn classifier_and_token_count_from_sql() -> Result<()> {
         std::fs::write(raw.join(Path::new(file).file_name().unwrap()), text)?;
     }
     let docs = dir.path().join("docs");
-    let out = dapt(&[
-        "ingest",
-        raw.to_str().unwrap(),
-        "--out",
-        docs.to_str().unwrap(),
-    ]);
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::ingest(&raw, &docs)?;
     let config = dir.path().join("sources.toml");
     let write_config = |classifier: bool| -> Result<()> {
         let mut text = format!(

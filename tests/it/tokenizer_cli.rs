@@ -10,17 +10,7 @@ fn measure_extend_and_train_from_sql() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let docs = dir.path().join("docs");
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/demo/data");
-    let out = dapt(&[
-        "ingest",
-        data.to_str().unwrap(),
-        "--out",
-        docs.to_str().unwrap(),
-    ]);
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::ingest(&data, &docs)?;
     let config = dir.path().join("sources.toml");
     std::fs::write(
         &config,
