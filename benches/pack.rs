@@ -4,7 +4,7 @@
 //! Prints MB/s, tokens/s, the ratio, and pack's peak RSS.
 //!
 //! Run: `cargo bench --bench pack` (release) or `cargo bench --profile dev --bench pack`;
-//! `DAPT_BENCH_MB` sets the corpus size (default 20).
+//! `DAPT_BENCH_MB` caps the corpus (default: all of it), `DAPT_BENCH_HF_PACK=1` also packs with HF.
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -19,38 +19,42 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let megabytes: usize = std::env::var("DAPT_BENCH_MB")
+    // The whole shared corpus (≈92 MB: ru, en, code, math, bilingual), as in the peers' benchmark,
+    // unless DAPT_BENCH_MB caps it.
+    let cap: Option<usize> = std::env::var("DAPT_BENCH_MB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .map(|mb: usize| mb * 1_000_000);
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("raw");
     std::fs::create_dir_all(&raw).unwrap();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for group in std::fs::read_dir(shared().join("corpus")).unwrap() {
+        let group = group.unwrap().path();
+        if group.is_dir() {
+            for file in std::fs::read_dir(&group).unwrap() {
+                files.push(file.unwrap().path());
+            }
+        }
+    }
+    files.sort();
     let mut texts = Vec::new();
-    let per_file = megabytes * 1_000_000 / 4;
-    for file in [
-        "ru/gimp-help-ru.jsonl",
-        "ru/debian-handbook-ru.jsonl",
-        "en/python3.11-doc.jsonl",
-        "code/rust-src.jsonl",
-    ] {
+    let mut taken = 0;
+    'files: for file in &files {
         let mut lines = String::new();
-        let mut taken = 0;
-        for line in std::fs::read_to_string(shared().join("corpus").join(file))
-            .unwrap()
-            .lines()
-        {
+        for line in std::fs::read_to_string(file).unwrap().lines() {
+            if cap.is_some_and(|cap| taken >= cap) {
+                std::fs::write(raw.join(file.file_name().unwrap()), &lines).unwrap();
+                break 'files;
+            }
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             let text = v["text"].as_str().unwrap().to_string();
             taken += text.len();
             texts.push(text);
             lines.push_str(line);
             lines.push('\n');
-            if taken >= per_file {
-                break;
-            }
         }
-        std::fs::write(raw.join(file.replace('/', "-")), lines).unwrap();
+        std::fs::write(raw.join(file.file_name().unwrap()), lines).unwrap();
     }
     let bytes: usize = texts.iter().map(String::len).sum();
     let tokenizer_path = shared().join("tokenizers/qwen3/tokenizer.json");
@@ -66,11 +70,32 @@ fn main() {
     let encoded = tokenizer.encode_batch_fast(texts.clone(), false).unwrap();
     let seconds = started.elapsed().as_secs_f64();
     let tokens: usize = encoded.iter().map(|e| e.len()).sum();
+    drop(encoded);
     let raw_rate = bytes as f64 / 1e6 / seconds;
     println!(
-        "HF encode_batch_fast   {raw_rate:>7.2} MB/s {:>10.0} tokens/s",
+        "HF encode_batch_fast        {raw_rate:>7.2} MB/s {:>10.0} tokens/s",
         tokens as f64 / seconds
     );
+    let fast =
+        dapt_packer::TokenizerFile::load_with(&tokenizer_path, dapt_packer::EncoderChoice::Fast)
+            .unwrap();
+    let ids: Vec<String> = (0..texts.len()).map(|i| i.to_string()).collect();
+    let started = Instant::now();
+    let fast_tokens: usize = fast
+        .encode_all(&ids, &texts)
+        .unwrap()
+        .iter()
+        .map(Vec::len)
+        .sum();
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(fast_tokens, tokens);
+    let fast_rate = bytes as f64 / 1e6 / seconds;
+    println!(
+        "fast encoder (encode_all)   {fast_rate:>7.2} MB/s {:>10.0} tokens/s  = {:.2}x HF",
+        tokens as f64 / seconds,
+        fast_rate / raw_rate
+    );
+    drop(texts);
 
     let docs = dir.path().join("docs");
     let dapt = env!("CARGO_BIN_EXE_dapt");
@@ -89,38 +114,47 @@ fn main() {
         "{}",
         String::from_utf8_lossy(&status.stderr)
     );
-    let started = Instant::now();
-    let output = Command::new(dapt)
-        .args([
-            "pack",
-            "--input",
-            docs.to_str().unwrap(),
-            "--tokenizer",
-            tokenizer_path.to_str().unwrap(),
-            "--seq-len",
-            "2048",
-            "--out",
-        ])
-        .arg(dir.path().join("packed"))
-        .env("DAPT_LOG", "warn")
-        .output()
-        .unwrap();
-    let seconds = started.elapsed().as_secs_f64();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let rss = stdout
-        .split("peak RSS ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or("?");
-    let pack_rate = bytes as f64 / 1e6 / seconds;
-    println!(
-        "dapt pack (end to end) {pack_rate:>7.2} MB/s {:>10.0} tokens/s  = {:.2}x raw encode; peak RSS {rss} MB",
-        tokens as f64 / seconds,
-        pack_rate / raw_rate
-    );
+    for encoder in ["fast", "hf"] {
+        if encoder == "hf" && std::env::var("DAPT_BENCH_HF_PACK").is_err() {
+            continue; // slow; set DAPT_BENCH_HF_PACK=1 to run it too
+        }
+        let started = Instant::now();
+        let output = Command::new(dapt)
+            .args([
+                "pack",
+                "--input",
+                docs.to_str().unwrap(),
+                "--tokenizer",
+                tokenizer_path.to_str().unwrap(),
+                "--seq-len",
+                "2048",
+                "--encoder",
+                encoder,
+                "--out",
+            ])
+            .arg(dir.path().join(format!("packed-{encoder}")))
+            .env("DAPT_LOG", "warn")
+            .output()
+            .unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let rss = stdout
+            .split("peak RSS ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or("?");
+        let pack_rate = bytes as f64 / 1e6 / seconds;
+        println!(
+            "dapt pack --encoder {encoder:<5}   {pack_rate:>7.2} MB/s {:>10.0} tokens/s  = {:.2}x HF encode_batch_fast, {:.2}x the same encoder raw, {:.1}x datatrove (1.8 MB/s); peak RSS {rss} MB",
+            tokens as f64 / seconds,
+            pack_rate / raw_rate,
+            pack_rate / if encoder == "fast" { fast_rate } else { raw_rate },
+            pack_rate / 1.8,
+        );
+    }
 }

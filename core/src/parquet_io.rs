@@ -35,20 +35,49 @@ pub fn encode(
     metadata: &BTreeMap<String, String>,
     what: &str,
 ) -> Result<Bytes> {
+    let properties = writer_properties(metadata).map_err(|source| Error::Parquet {
+        what: what.to_string(),
+        source,
+    })?;
+    encode_with(schema, batches, properties, what)
+}
+
+/// Encodes packed token rows: as [`encode`], without dictionaries or statistics, which cost more
+/// than they give on token ids (a dictionary over a 150k vocabulary, min/max of ids nobody filters on).
+pub fn encode_packed(
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+    metadata: &BTreeMap<String, String>,
+    what: &str,
+) -> Result<Bytes> {
+    let properties = packed_writer_properties(metadata).map_err(|source| Error::Parquet {
+        what: what.to_string(),
+        source,
+    })?;
+    encode_with(schema, batches, properties, what)
+}
+
+/// [`writer_properties`] for packed token rows (see [`encode_packed`]).
+pub fn packed_writer_properties(
+    metadata: &BTreeMap<String, String>,
+) -> std::result::Result<WriterProperties, parquet::errors::ParquetError> {
+    Ok(writer_properties(metadata)?
+        .into_builder()
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None)
+        .build())
+}
+
+fn encode_with(
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+    properties: WriterProperties,
+    what: &str,
+) -> Result<Bytes> {
     let parquet_error = |source| Error::Parquet {
         what: what.to_string(),
         source,
     };
-    let key_values = metadata
-        .iter()
-        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
-        .collect();
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).map_err(parquet_error)?,
-        ))
-        .set_key_value_metadata(Some(key_values))
-        .build();
     let mut buffer = Vec::new();
     let mut writer =
         ArrowWriter::try_new(&mut buffer, schema, Some(properties)).map_err(parquet_error)?;

@@ -57,13 +57,28 @@ impl ShardWriter {
         schema: SchemaRef,
         metadata: &BTreeMap<String, String>,
     ) -> Result<Self> {
+        let properties =
+            crate::parquet_io::writer_properties(metadata).map_err(|source| Error::Parquet {
+                what: location.url_of(&location.child(name)),
+                source,
+            })?;
+        Self::create_with(location, name, schema, properties)
+    }
+
+    /// [`ShardWriter::create`] with other writer properties (e.g.
+    /// [`packed_writer_properties`](crate::parquet_io::packed_writer_properties)).
+    pub fn create_with(
+        location: &Location,
+        name: &str,
+        schema: SchemaRef,
+        properties: parquet::file::properties::WriterProperties,
+    ) -> Result<Self> {
         let path = location.child(name);
         let url = location.url_of(&path);
         let parquet_error = |source| Error::Parquet {
             what: url.clone(),
             source,
         };
-        let properties = crate::parquet_io::writer_properties(metadata).map_err(parquet_error)?;
         let upload = BufWriter::with_capacity(location.store().clone(), path, UPLOAD_BUFFER);
         let sink = HashingWriter {
             inner: upload,

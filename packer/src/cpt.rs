@@ -101,59 +101,103 @@ pub fn pack_cpt(
     pad_id: u32,
     seq_len: usize,
 ) -> (Vec<PackedRow>, PackStats) {
-    let mut rows = Vec::new();
-    let mut ids: Vec<i32> = Vec::with_capacity(seq_len);
-    let mut segments: Vec<i32> = Vec::new();
-    let mut labels: Vec<String> = Vec::new();
-    let mut stats = PackStats::default();
-    let finish_row = |ids: &mut Vec<i32>,
-                      segments: &mut Vec<i32>,
-                      labels: &mut Vec<String>,
-                      rows: &mut Vec<PackedRow>| {
-        let used = ids.len();
-        let mut loss_mask = vec![true; used];
-        loss_mask.resize(seq_len, false);
-        ids.resize(seq_len, pad_id as i32);
-        rows.push(PackedRow {
-            input_ids: std::mem::replace(ids, Vec::with_capacity(seq_len)),
-            segment_lengths: std::mem::take(segments),
-            loss_mask,
-            segment_sources: std::mem::take(labels),
-        });
-        (seq_len - used) as u64
-    };
+    let mut packer = CptPacker::new(eos_id, pad_id, seq_len);
     for (index, document) in documents.iter().enumerate() {
-        stats.documents += 1;
-        stats.tokens += document.len() as u64 + 1;
+        packer.push(document, sources.get(index).map(String::as_str));
+    }
+    let mut rows = packer.take_rows();
+    let (last, stats) = packer.finish();
+    rows.extend(last);
+    (rows, stats)
+}
+
+/// Incremental CPT packing: documents go in one at a time, finished rows come out as they fill.
+pub struct CptPacker {
+    eos_id: u32,
+    pad_id: u32,
+    seq_len: usize,
+    ids: Vec<i32>,
+    segments: Vec<i32>,
+    labels: Vec<String>,
+    rows: Vec<PackedRow>,
+    stats: PackStats,
+}
+
+impl CptPacker {
+    pub fn new(eos_id: u32, pad_id: u32, seq_len: usize) -> Self {
+        Self {
+            eos_id,
+            pad_id,
+            seq_len,
+            ids: Vec::with_capacity(seq_len),
+            segments: Vec::new(),
+            labels: Vec::new(),
+            rows: Vec::new(),
+            stats: PackStats::default(),
+        }
+    }
+
+    /// Appends a document (EOS added), labelling its segments with `source` if given.
+    pub fn push(&mut self, document: &[u32], source: Option<&str>) {
+        self.stats.documents += 1;
+        self.stats.tokens += document.len() as u64 + 1;
         let mut rest = document
             .iter()
             .copied()
-            .chain(std::iter::once(eos_id))
+            .chain(std::iter::once(self.eos_id))
             .peekable();
         while rest.peek().is_some() {
-            let space = seq_len - ids.len();
-            let before = ids.len();
-            ids.extend(rest.by_ref().take(space).map(|t| t as i32));
-            segments.push((ids.len() - before) as i32);
-            if let Some(source) = sources.get(index) {
-                labels.push(source.clone());
+            let space = self.seq_len - self.ids.len();
+            let before = self.ids.len();
+            self.ids.extend(rest.by_ref().take(space).map(|t| t as i32));
+            self.segments.push((self.ids.len() - before) as i32);
+            if let Some(source) = source {
+                self.labels.push(source.to_string());
             }
-            if ids.len() == seq_len {
-                stats.pad_tokens += finish_row(&mut ids, &mut segments, &mut labels, &mut rows);
+            if self.ids.len() == self.seq_len {
+                self.finish_row();
             }
         }
     }
-    if !ids.is_empty() {
-        stats.pad_tokens += finish_row(&mut ids, &mut segments, &mut labels, &mut rows);
+
+    fn finish_row(&mut self) {
+        let used = self.ids.len();
+        let mut loss_mask = vec![true; used];
+        loss_mask.resize(self.seq_len, false);
+        self.ids.resize(self.seq_len, self.pad_id as i32);
+        self.rows.push(PackedRow {
+            input_ids: std::mem::replace(&mut self.ids, Vec::with_capacity(self.seq_len)),
+            segment_lengths: std::mem::take(&mut self.segments),
+            loss_mask,
+            segment_sources: std::mem::take(&mut self.labels),
+        });
+        self.stats.rows += 1;
+        self.stats.pad_tokens += (self.seq_len - used) as u64;
     }
-    stats.rows = rows.len() as u64;
-    let positions = stats.rows * seq_len as u64;
-    stats.fill = if positions == 0 {
-        0.0
-    } else {
-        (positions - stats.pad_tokens) as f64 / positions as f64
-    };
-    (rows, stats)
+
+    /// Rows finished so far and not yet taken.
+    pub fn ready(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Takes the finished rows.
+    pub fn take_rows(&mut self) -> Vec<PackedRow> {
+        std::mem::take(&mut self.rows)
+    }
+
+    /// Pads the last row; returns the rows not yet taken and the statistics of the whole packing.
+    pub fn finish(mut self) -> (Vec<PackedRow>, PackStats) {
+        if !self.ids.is_empty() {
+            self.finish_row();
+        }
+        let positions = self.stats.rows * self.seq_len as u64;
+        self.stats.fill = if positions == 0 {
+            0.0
+        } else {
+            (positions - self.stats.pad_tokens) as f64 / positions as f64
+        };
+        (self.rows, self.stats)
+    }
 }
 
 #[cfg(test)]

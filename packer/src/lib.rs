@@ -7,19 +7,18 @@
 mod cpt;
 mod error;
 mod extend;
-mod fast;
 mod measure;
 mod sft;
 mod tokenizer;
 mod write;
 
-pub use cpt::{pack_cpt, split_heldout, PackOptions, PackSettings, PackStats};
+pub use cpt::{pack_cpt, split_heldout, CptPacker, PackOptions, PackSettings, PackStats};
+pub use dapt_encoder::{EncoderChoice, FastEncoder, TokenizerFile};
 pub use error::{Error, Result};
 pub use extend::{extend, Extension, NewToken};
-pub use fast::FastEncoder;
 pub use measure::{measure, Compression};
 pub use sft::{pack_sft, ChatTemplate, Message, Overlong, SftStats, CHATML};
-pub use tokenizer::{
-    train_bpe, train_unigram, BpeTrainOptions, TokenizerFile, UnigramTrainOptions,
+pub use tokenizer::{train_bpe, train_unigram, BpeTrainOptions, UnigramTrainOptions};
+pub use write::{
+    pack_documents, pack_stream, read_packed, write_packed, PackDocument, PackProgress,
 };
-pub use write::{pack_documents, read_packed, write_packed};

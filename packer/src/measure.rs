@@ -37,7 +37,7 @@ impl Compression {
 /// Which ids are fallback tokens (see [`Compression::fallback_tokens`]).
 fn fallback_ids(tokenizer: &TokenizerFile) -> Vec<bool> {
     let t = tokenizer.tokenizer();
-    let inverse = crate::fast::byte_level_inverse();
+    let inverse = dapt_encoder::byte_level_inverse();
     let vocab = t.get_vocab(true);
     let size = vocab.values().copied().max().map_or(0, |m| m as usize + 1);
     let mut fallback = vec![false; size];

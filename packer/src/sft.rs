@@ -143,11 +143,10 @@ impl ChatTemplate {
                     return Ok(());
                 }
                 let encoded = tokenizer
-                    .tokenizer()
-                    .encode_fast(text, false)
+                    .encode("chat example", text)
                     .map_err(|e| template_error(e.to_string()))?;
-                ids.extend_from_slice(encoded.get_ids());
                 mask.extend(std::iter::repeat_n(target, encoded.len()));
+                ids.extend(encoded);
                 Ok(())
             };
         for (start, end) in spans {

@@ -1,5 +1,4 @@
-//! Tokenizers: load an HF `tokenizer.json`, or train a byte-level BPE on documents.
-use rayon::prelude::*;
+//! Tokenizer training: a byte-level BPE or a Unigram on documents.
 use serde::{Deserialize, Serialize};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -8,97 +7,7 @@ use tokenizers::{
     Tokenizer, TokenizerBuilder,
 };
 
-use crate::{Error, Result};
-
-/// A tokenizer with the bytes of its `tokenizer.json` (so that outputs can record its sha256).
-pub struct TokenizerFile {
-    tokenizer: Tokenizer,
-    json: Vec<u8>,
-    sha256: String,
-    what: String,
-}
-
-impl TokenizerFile {
-    /// Loads an HF `tokenizer.json`.
-    pub fn load(path: &std::path::Path) -> Result<Self> {
-        let json = std::fs::read(path).map_err(|e| Error::Tokenizer {
-            what: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        Self::from_json(json, &path.display().to_string())
-    }
-
-    /// Parses the bytes of a `tokenizer.json`; `what` names it in errors.
-    pub fn from_json(json: Vec<u8>, what: &str) -> Result<Self> {
-        let tokenizer = Tokenizer::from_bytes(&json).map_err(|e| Error::Tokenizer {
-            what: what.to_string(),
-            reason: e.to_string(),
-        })?;
-        Ok(Self {
-            tokenizer,
-            sha256: dapt_core::hash::sha256_hex(&json),
-            json,
-            what: what.to_string(),
-        })
-    }
-
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
-    /// The `tokenizer.json` bytes.
-    pub fn json(&self) -> &[u8] {
-        &self.json
-    }
-
-    /// sha256 of the `tokenizer.json` bytes.
-    pub fn sha256(&self) -> &str {
-        &self.sha256
-    }
-
-    /// Vocabulary size including added tokens.
-    pub fn vocab_size(&self) -> usize {
-        self.tokenizer.get_vocab_size(true)
-    }
-
-    /// The id of a token that must exist (EOS, pad).
-    pub fn id_of(&self, token: &str) -> Result<u32> {
-        self.tokenizer
-            .token_to_id(token)
-            .ok_or_else(|| Error::Tokenizer {
-                what: self.what.clone(),
-                reason: format!("has no token {token:?}"),
-            })
-    }
-
-    /// Token ids of each text (no special tokens added, no offsets computed), in parallel over texts.
-    /// `ids[i]` names document `i` in errors.
-    pub fn encode_all(&self, ids: &[String], texts: &[String]) -> Result<Vec<Vec<u32>>> {
-        texts
-            .par_iter()
-            .zip(ids.par_iter())
-            .map(|(text, id)| {
-                self.tokenizer
-                    .encode_fast(text.as_str(), false)
-                    .map(|e| e.get_ids().to_vec())
-                    .map_err(|e| Error::Encode {
-                        id: id.clone(),
-                        reason: e.to_string(),
-                    })
-            })
-            .collect()
-    }
-
-    /// Decodes ids back to text (special tokens kept).
-    pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer
-            .decode(ids, false)
-            .map_err(|e| Error::Tokenizer {
-                what: self.what.clone(),
-                reason: format!("cannot decode: {e}"),
-            })
-    }
-}
+use crate::{Error, Result, TokenizerFile};
 
 /// Options for training a byte-level BPE tokenizer (`[tokenizer.train]`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -167,7 +76,10 @@ pub fn train_bpe(texts: &[String], options: &BpeTrainOptions) -> Result<Tokenize
     let json = Tokenizer::from(tokenizer)
         .to_string(false)
         .map_err(|e| fail(e.to_string()))?;
-    TokenizerFile::from_json(json.into_bytes(), "trained tokenizer")
+    Ok(TokenizerFile::from_json(
+        json.into_bytes(),
+        "trained tokenizer",
+    )?)
 }
 
 /// Options for training a Unigram tokenizer (SentencePiece-style, `▁` for spaces).
@@ -228,7 +140,10 @@ pub fn train_unigram(texts: &[String], options: &UnigramTrainOptions) -> Result<
     let json = Tokenizer::from(tokenizer)
         .to_string(false)
         .map_err(|e| fail(e.to_string()))?;
-    TokenizerFile::from_json(json.into_bytes(), "trained tokenizer")
+    Ok(TokenizerFile::from_json(
+        json.into_bytes(),
+        "trained tokenizer",
+    )?)
 }
 
 #[cfg(test)]

@@ -2,9 +2,52 @@
 use std::collections::BTreeMap;
 
 use dapt_core::schema::{metadata, packed_schema};
+use dapt_core::shard_writer::ShardWriter;
 use dapt_core::{packed, parquet_io, OutputDir, PackedRow};
 
-use crate::Result;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use rayon::prelude::*;
+
+use crate::{CptPacker, Error, PackSettings, PackStats, Result, TokenizerFile};
+
+/// The Parquet key-value metadata of packed shards.
+fn shard_metadata(
+    seq_len: usize,
+    pad_id: u32,
+    tokenizer_sha256: &str,
+    seed: u64,
+    config_hash: &str,
+) -> BTreeMap<String, String> {
+    let mut kv = BTreeMap::new();
+    kv.insert(
+        metadata::TOKENIZER_SHA256.to_string(),
+        tokenizer_sha256.to_string(),
+    );
+    kv.insert(metadata::SEQ_LEN.to_string(), seq_len.to_string());
+    kv.insert(metadata::PAD_ID.to_string(), pad_id.to_string());
+    kv.insert(metadata::SEED.to_string(), seed.to_string());
+    kv.insert(metadata::CONFIG_HASH.to_string(), config_hash.to_string());
+    kv
+}
+
+fn shard_name(index: usize) -> String {
+    format!("part-{index:05}.parquet")
+}
+
+fn encode_shard(rows: &[PackedRow], kv: &BTreeMap<String, String>, name: &str) -> Result<Bytes> {
+    let batch = packed::rows_to_batch(rows)?;
+    Ok(parquet_io::encode_packed(
+        packed_schema(),
+        &[batch],
+        kv,
+        name,
+    )?)
+}
 
 /// Writes rows as shards `part-00000.parquet`, … of at most `rows_per_shard` rows into `output`,
 /// skipping shards an earlier run published, and records `summary` in the manifest.
@@ -20,26 +63,231 @@ pub async fn write_packed(
     config_hash: &str,
     summary: serde_json::Value,
 ) -> Result<()> {
-    let mut kv = BTreeMap::new();
-    kv.insert(
-        metadata::TOKENIZER_SHA256.to_string(),
-        tokenizer_sha256.to_string(),
-    );
-    kv.insert(metadata::SEQ_LEN.to_string(), seq_len.to_string());
-    kv.insert(metadata::PAD_ID.to_string(), pad_id.to_string());
-    kv.insert(metadata::SEED.to_string(), seed.to_string());
-    kv.insert(metadata::CONFIG_HASH.to_string(), config_hash.to_string());
+    let kv = shard_metadata(seq_len, pad_id, tokenizer_sha256, seed, config_hash);
     for (index, chunk) in rows.chunks(rows_per_shard).enumerate() {
-        let name = format!("part-{index:05}.parquet");
+        let name = shard_name(index);
         if output.is_published(&name) {
             continue;
         }
-        let batch = packed::rows_to_batch(chunk)?;
-        let bytes = parquet_io::encode(packed_schema(), &[batch], &kv, &name)?;
+        let bytes = encode_shard(chunk, &kv, &name)?;
         output.publish(&name, bytes, chunk.len() as u64).await?;
     }
     output.finish(summary).await?;
     Ok(())
+}
+
+/// A document to pack.
+#[derive(Clone, Debug, Default)]
+pub struct PackDocument {
+    pub id: String,
+    pub text: String,
+    /// Labels the document's segments (`segment_sources`).
+    pub source: Option<String>,
+}
+
+/// Progress of a streamed packing: documents and text bytes tokenised so far.
+pub type PackProgress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Rows per record batch (row-group piece) sent from the packing worker to the shard writer.
+const BATCH_ROWS: usize = 512;
+
+/// A piece of a shard on its way to the writer.
+struct ShardPiece {
+    shard: usize,
+    /// Rows to append (none: only close the shard).
+    batch: Option<arrow::array::RecordBatch>,
+    /// The shard is complete after this piece.
+    last: bool,
+}
+
+/// Packs a stream of document chunks for continual pretraining, in the order they arrive, into
+/// `output`, with reading, tokenising and writing overlapped: the stream is read on the async side
+/// while a worker tokenises the previous chunk in parallel (rayon) and packs it, and rows go to the
+/// shard writer in batches that are encoded and uploaded row group by row group. Memory stays bounded
+/// (a few chunks of documents, a few batches of rows) whatever the input size. Shards an earlier run
+/// published are not written again (a rerun over the same ordered input produces the same bytes); a
+/// finished output is reused as it is. If the stream fails, the shard in progress is abandoned (it
+/// never becomes visible). Returns the statistics recorded in the manifest.
+#[allow(clippy::too_many_arguments)]
+pub async fn pack_stream<S>(
+    output: &mut OutputDir,
+    tokenizer: Arc<TokenizerFile>,
+    documents: S,
+    settings: &PackSettings,
+    seed: u64,
+    config_hash: &str,
+    progress: PackProgress,
+) -> Result<PackStats>
+where
+    S: Stream<Item = Result<Vec<PackDocument>>> + Unpin,
+{
+    if output.manifest().complete {
+        return Ok(serde_json::from_value(output.manifest().summary.clone()).unwrap_or_default());
+    }
+    let eos_id = tokenizer.id_of(&settings.eos_token)?;
+    let pad_id = tokenizer.id_of(&settings.pad_token)?;
+    let kv = shard_metadata(
+        settings.seq_len,
+        pad_id,
+        tokenizer.sha256(),
+        seed,
+        config_hash,
+    );
+    let published: HashSet<String> = output
+        .manifest()
+        .shards
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let (seq_len, rows_per_shard) = (settings.seq_len, settings.rows_per_shard);
+    let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<Vec<PackDocument>>(2);
+    let (piece_tx, mut piece_rx) = tokio::sync::mpsc::channel::<ShardPiece>(2);
+    let aborted = Arc::new(AtomicBool::new(false));
+    let worker_aborted = aborted.clone();
+    let worker = tokio::task::spawn_blocking(move || -> Result<PackStats> {
+        let mut packer = CptPacker::new(eos_id, pad_id, seq_len);
+        let mut pending: VecDeque<PackedRow> = VecDeque::new();
+        // (shard index, rows already sent to it)
+        let mut cursor = (0usize, 0usize);
+        let (mut documents, mut bytes) = (0u64, 0u64);
+        let (mut tokenising, mut waiting) = (0.0f64, 0.0f64);
+        // Sends the next batch of at most `BATCH_ROWS` rows, never crossing a shard boundary.
+        let send = |pending: &mut VecDeque<PackedRow>, cursor: &mut (usize, usize)| -> Result<()> {
+            let (shard, in_shard) = cursor;
+            let take = BATCH_ROWS
+                .min(rows_per_shard - *in_shard)
+                .min(pending.len());
+            let rows: Vec<PackedRow> = pending.drain(..take).collect();
+            *in_shard += take;
+            let last = *in_shard == rows_per_shard;
+            if !published.contains(&shard_name(*shard)) {
+                let piece = ShardPiece {
+                    shard: *shard,
+                    batch: Some(packed::rows_to_batch(&rows)?),
+                    last,
+                };
+                piece_tx
+                    .blocking_send(piece)
+                    .map_err(|_| Error::Stopped("the shard writer stopped".into()))?;
+            }
+            if last {
+                *cursor = (*shard + 1, 0);
+            }
+            Ok(())
+        };
+        loop {
+            let started = std::time::Instant::now();
+            let Some(chunk) = chunk_rx.blocking_recv() else {
+                break;
+            };
+            waiting += started.elapsed().as_secs_f64();
+            let started = std::time::Instant::now();
+            let encoded: Vec<Vec<u32>> = chunk
+                .par_iter()
+                .map(|d| tokenizer.encode(&d.id, &d.text))
+                .collect::<std::result::Result<_, _>>()?;
+            tokenising += started.elapsed().as_secs_f64();
+            for (document, ids) in chunk.iter().zip(&encoded) {
+                packer.push(ids, document.source.as_deref());
+                bytes += document.text.len() as u64;
+            }
+            documents += chunk.len() as u64;
+            progress(documents, bytes);
+            pending.extend(packer.take_rows());
+            while pending.len() >= BATCH_ROWS.min(rows_per_shard - cursor.1) {
+                send(&mut pending, &mut cursor)?;
+            }
+        }
+        if worker_aborted.load(Ordering::SeqCst) {
+            return Err(Error::Stopped("the input failed".into()));
+        }
+        let (last, stats) = packer.finish();
+        pending.extend(last);
+        while !pending.is_empty() {
+            send(&mut pending, &mut cursor)?;
+        }
+        if cursor.1 > 0 && !published.contains(&shard_name(cursor.0)) {
+            let close = ShardPiece {
+                shard: cursor.0,
+                batch: None,
+                last: true,
+            };
+            piece_tx
+                .blocking_send(close)
+                .map_err(|_| Error::Stopped("the shard writer stopped".into()))?;
+        }
+        tracing::debug!(tokenising, waiting, "pack worker seconds");
+        Ok(stats)
+    });
+    let feed = async move {
+        let chunk_tx = chunk_tx;
+        let mut documents = documents;
+        while let Some(chunk) = documents.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    if chunk_tx.send(chunk).await.is_err() {
+                        break; // the worker failed; its error is reported
+                    }
+                }
+                Err(e) => {
+                    aborted.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    };
+    let write = async {
+        let properties = parquet_io::packed_writer_properties(&kv).map_err(|source| {
+            Error::Core(dapt_core::Error::Parquet {
+                what: output.location().url(),
+                source,
+            })
+        })?;
+        let mut current: Option<(usize, ShardWriter)> = None;
+        while let Some(piece) = piece_rx.recv().await {
+            if piece.batch.is_some()
+                && current
+                    .as_ref()
+                    .is_none_or(|(shard, _)| *shard != piece.shard)
+            {
+                let writer = ShardWriter::create_with(
+                    output.location(),
+                    &shard_name(piece.shard),
+                    packed_schema(),
+                    properties.clone(),
+                )?;
+                current = Some((piece.shard, writer));
+            }
+            if let (Some((_, writer)), Some(batch)) = (current.as_mut(), &piece.batch) {
+                writer.write(batch).await?;
+            }
+            if piece.last {
+                if let Some((_, writer)) = current.take() {
+                    let entry = writer.finish().await?;
+                    output.record(entry, Vec::new()).await?;
+                }
+            }
+        }
+        Ok::<_, Error>(())
+    };
+    let (fed, written) = tokio::join!(feed, write);
+    fed?;
+    let stats = worker
+        .await
+        .map_err(|e| Error::Stopped(format!("the packing worker failed: {e}")))??;
+    written?;
+    tracing::info!(
+        documents = stats.documents,
+        tokens = stats.tokens,
+        rows = stats.rows,
+        fill = stats.fill,
+        "packed"
+    );
+    output
+        .finish(serde_json::to_value(&stats).unwrap_or_default())
+        .await?;
+    Ok(stats)
 }
 
 /// Packs documents for continual pretraining into `output` (`sources`, one per document or none, label
@@ -50,7 +298,7 @@ pub async fn write_packed(
 #[allow(clippy::too_many_arguments)]
 pub async fn pack_documents(
     output: &mut OutputDir,
-    tokenizer: &crate::TokenizerFile,
+    tokenizer: Arc<TokenizerFile>,
     ids: &[String],
     texts: &[String],
     sources: &[String],
@@ -58,9 +306,6 @@ pub async fn pack_documents(
     seed: u64,
     config_hash: &str,
 ) -> Result<crate::PackStats> {
-    if output.manifest().complete {
-        return Ok(serde_json::from_value(output.manifest().summary.clone()).unwrap_or_default());
-    }
     let order_seed = dapt_core::hash::sub_seed(seed, "pack-order", 0);
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by(|&a, &b| {
@@ -68,39 +313,29 @@ pub async fn pack_documents(
             .total_cmp(&dapt_core::hash::unit_interval(order_seed, &ids[b]))
             .then_with(|| ids[a].cmp(&ids[b]))
     });
-    let ordered_ids: Vec<String> = order.iter().map(|&i| ids[i].clone()).collect();
-    let ordered_texts: Vec<String> = order.iter().map(|&i| texts[i].clone()).collect();
-    let ordered_sources: Vec<String> = if sources.len() == ids.len() {
-        order.iter().map(|&i| sources[i].clone()).collect()
-    } else {
-        Vec::new()
-    };
-    let eos_id = tokenizer.id_of(&settings.eos_token)?;
-    let pad_id = tokenizer.id_of(&settings.pad_token)?;
-    let encoded = tokenizer.encode_all(&ordered_ids, &ordered_texts)?;
-    let (rows, stats) =
-        crate::pack_cpt(&encoded, &ordered_sources, eos_id, pad_id, settings.seq_len);
-    tracing::info!(
-        documents = stats.documents,
-        tokens = stats.tokens,
-        rows = stats.rows,
-        fill = stats.fill,
-        "packed"
-    );
-    let summary = serde_json::to_value(&stats).unwrap_or_default();
-    write_packed(
+    let documents: Vec<PackDocument> = order
+        .iter()
+        .map(|&i| PackDocument {
+            id: ids[i].clone(),
+            text: texts[i].clone(),
+            source: sources
+                .get(i)
+                .filter(|_| sources.len() == ids.len())
+                .cloned(),
+        })
+        .collect();
+    let chunks: Vec<Result<Vec<PackDocument>>> =
+        documents.chunks(1024).map(|c| Ok(c.to_vec())).collect();
+    pack_stream(
         output,
-        &rows,
-        settings.rows_per_shard,
-        settings.seq_len,
-        pad_id,
-        tokenizer.sha256(),
+        tokenizer,
+        futures::stream::iter(chunks),
+        settings,
         seed,
         config_hash,
-        summary,
+        Arc::new(|_, _| {}),
     )
-    .await?;
-    Ok(stats)
+    .await
 }
 
 /// Reads every packed row of an output directory, checking the contract row by row.

@@ -32,6 +32,22 @@ impl SqlSession {
         Self { context }
     }
 
+    /// A session whose operators (sorts, joins, aggregations) spill to temporary files beyond
+    /// `bytes` of memory.
+    pub fn with_memory_limit(bytes: usize) -> Result<Self> {
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_limit(bytes, 1.0)
+            .build_arc()
+            .map_err(|e| Error::Config {
+                path: "memory limit".into(),
+                reason: e.to_string(),
+            })?;
+        let config = SessionConfig::new().with_information_schema(true);
+        let context = SessionContext::new_with_config_rt(config, runtime);
+        crate::functions::register_functions(&context);
+        Ok(Self { context })
+    }
+
     /// The underlying DataFusion context, for callers that register more.
     pub fn context(&self) -> &SessionContext {
         &self.context
@@ -74,10 +90,13 @@ impl SqlSession {
     pub fn register_models(&self, sources: &SourcesOptions) -> Result<()> {
         let mut models = crate::functions::models::Models::default();
         for (name, path) in &sources.tokenizers {
-            let tokenizer = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Config {
-                path: path.display().to_string(),
-                reason: format!("tokenizer {name:?}: {e}"),
-            })?;
+            let tokenizer =
+                dapt_encoder::TokenizerFile::load_with(path, sources.encoder).map_err(|e| {
+                    Error::Config {
+                        path: path.display().to_string(),
+                        reason: format!("tokenizer {name:?}: {e}"),
+                    }
+                })?;
             models
                 .tokenizers
                 .insert(name.clone(), std::sync::Arc::new(tokenizer));

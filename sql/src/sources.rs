@@ -15,6 +15,8 @@ pub struct SourcesOptions {
     pub storage: BTreeMap<String, String>,
     /// Tokenizers for `token_count(text, 'name')`: name → path of an HF `tokenizer.json`.
     pub tokenizers: BTreeMap<String, std::path::PathBuf>,
+    /// Encoder backend for `token_count`: `auto` (fast where it reproduces HF exactly), `hf`, `fast`.
+    pub encoder: dapt_encoder::EncoderChoice,
     /// Classifiers for `classify(text, 'name')`: name → model file of `dapt classify train`.
     pub classifiers: BTreeMap<String, std::path::PathBuf>,
 }

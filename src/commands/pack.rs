@@ -1,10 +1,13 @@
 //! `dapt pack`: tokenise documents and pack them into fixed-length training rows (Parquet).
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::Args;
 use dapt_core::{Location, OutputDir};
 use dapt_packer::{PackOptions, PackSettings, TokenizerFile};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::RunSettings;
 
@@ -28,6 +31,9 @@ pub struct PackArgs {
     /// The HF tokenizer.json to tokenise with.
     #[arg(long)]
     tokenizer: PathBuf,
+    /// Encoder: auto (the fast backend where it gives HF's ids exactly, else HF), hf, or fast.
+    #[arg(long, default_value = "auto")]
+    encoder: dapt_packer::EncoderChoice,
     /// Tokens per row.
     #[arg(long, default_value_t = 2048)]
     seq_len: usize,
@@ -85,7 +91,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| args.eos_token.clone()),
         eos_token: args.eos_token.clone(),
     })?;
-    let tokenizer = TokenizerFile::load(&args.tokenizer)?;
+    let tokenizer = TokenizerFile::load_with(&args.tokenizer, args.encoder)?;
     let query = match (&args.query, &args.input) {
         (Some(query), _) => query.clone(),
         (None, Some(_)) => "SELECT id, text, source FROM documents".to_string(),
@@ -114,58 +120,127 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
     if args.mode == Mode::Sft {
         return run_sft(&args, &tokenizer, &settings, config_path, &query);
     }
-    // Segments are labelled with the query's `component` or `source` column, when it has one.
-    let (_, rows) = super::query_layout(
-        config_path,
-        &query,
-        &[
-            &["id", "text", "component"],
-            &["id", "text", "source"],
-            &["id", "text"],
-        ],
-    )?;
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut texts = Vec::with_capacity(rows.len());
-    let mut sources = Vec::new();
-    for mut row in rows {
-        if row.len() == 3 {
-            sources.push(row.pop().unwrap_or_default());
-        }
-        texts.push(row.pop().unwrap_or_default());
-        ids.push(row.pop().unwrap_or_default());
-    }
     let hash = RunSettings::hash_of(&(&query, tokenizer.sha256(), &settings, args.seed));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let tokenizer = Arc::new(tokenizer);
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("    pack {spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let started = std::time::Instant::now();
+    let progress_bar = bar.clone();
+    let progress: dapt_packer::PackProgress = Arc::new(move |documents, bytes| {
+        let seconds = started.elapsed().as_secs_f64().max(1e-9);
+        progress_bar.set_message(format!(
+            "{documents} documents, {:.1} MB, {:.2} MB/s",
+            bytes as f64 / 1e6,
+            bytes as f64 / 1e6 / seconds
+        ));
+        progress_bar.tick();
+    });
     let stats = runtime
         .block_on(async {
+            let documents = ordered_documents(config_path, &query, args.seed).await?;
             let mut output = OutputDir::open(Location::parse(&args.out)?, "pack", &hash).await?;
-            let stats = dapt_packer::pack_documents(
+            let stats = dapt_packer::pack_stream(
                 &mut output,
-                &tokenizer,
-                &ids,
-                &texts,
-                &sources,
+                tokenizer.clone(),
+                documents,
                 &settings,
                 args.seed,
                 &hash,
+                progress,
             )
             .await?;
             anyhow::Ok(stats)
         })
         .context("packing failed")?;
+    bar.finish_and_clear();
     println!(
-        "packed {} documents, {} tokens into {} rows of {} ({:.2}% filled); peak RSS {} MB; wrote {}",
+        "packed {} documents, {} tokens into {} rows of {} ({:.2}% filled) with the {} encoder in {:.1} s; peak RSS {} MB; wrote {}",
         stats.documents,
         stats.tokens,
         stats.rows,
         settings.seq_len,
         100.0 * stats.fill,
+        tokenizer.encoder_name(),
+        started.elapsed().as_secs_f64(),
         super::ingest::peak_rss_mb().map_or("?".into(), |m| m.to_string()),
         args.out
     );
     Ok(())
+}
+
+/// The query's documents as a stream of chunks, in an order that is a function of (seed, id) only
+/// (the query is wrapped in an `ORDER BY` on a seeded hash of the id, which DataFusion sorts with
+/// spilling). Segments are labelled with its `component` or `source` column, when it has one.
+async fn ordered_documents(
+    config: Option<&std::path::Path>,
+    query: &str,
+    seed: u64,
+) -> anyhow::Result<
+    impl futures::Stream<Item = dapt_packer::Result<Vec<dapt_packer::PackDocument>>> + Unpin,
+> {
+    use arrow::array::{Array, AsArray};
+    use dapt_sql::{SourcesOptions, SqlSession};
+    use futures::StreamExt;
+    let sources = match config {
+        Some(path) => SourcesOptions::load(path)?,
+        None => SourcesOptions::default(),
+    };
+    // The sort spills to temporary files beyond this, so memory does not grow with the input.
+    let session = SqlSession::with_memory_limit(256 << 20)?;
+    session.register_sources(&sources).await?;
+    let order_seed = dapt_core::hash::sub_seed(seed, "pack-order", 0) & (i64::MAX as u64);
+    let inner = query.trim().trim_end_matches(';');
+    let ordered = format!(
+        "SELECT * FROM ({inner}) AS dapt_input \
+         ORDER BY xxhash64(CAST(id AS VARCHAR), {order_seed}), CAST(id AS VARCHAR)"
+    );
+    let stream = session
+        .query(&ordered)
+        .await
+        .with_context(|| format!("the query must return `id` and `text` columns: {query}"))?;
+    let schema = stream.schema();
+    for column in ["id", "text"] {
+        if schema.field_with_name(column).is_err() {
+            anyhow::bail!("the query must return the columns `id`, `text`: {query}");
+        }
+    }
+    let label = ["component", "source"]
+        .into_iter()
+        .find(|c| schema.field_with_name(c).is_ok());
+    let strings = move |batch: &arrow::record_batch::RecordBatch,
+                        name: &str|
+          -> dapt_packer::Result<arrow::array::ArrayRef> {
+        let column = batch
+            .column_by_name(name)
+            .ok_or_else(|| dapt_packer::Error::Stopped(format!("column {name} vanished")))?;
+        arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)
+            .map_err(|e| dapt_packer::Error::Stopped(format!("column {name}: {e}")))
+    };
+    Ok(stream.map(move |batch| {
+        let batch =
+            batch.map_err(|e| dapt_packer::Error::Stopped(format!("reading the query: {e}")))?;
+        let ids = strings(&batch, "id")?;
+        let texts = strings(&batch, "text")?;
+        let labels = label.map(|l| strings(&batch, l)).transpose()?;
+        let (ids, texts) = (ids.as_string::<i32>(), texts.as_string::<i32>());
+        let labels = labels.as_ref().map(|l| l.as_string::<i32>());
+        Ok((0..batch.num_rows())
+            .filter(|&i| ids.is_valid(i) && texts.is_valid(i))
+            .map(|i| dapt_packer::PackDocument {
+                id: ids.value(i).to_string(),
+                text: texts.value(i).to_string(),
+                source: labels
+                    .filter(|l| l.is_valid(i))
+                    .map(|l| l.value(i).to_string()),
+            })
+            .collect())
+    }))
 }
 
 /// Chats from the query: a `messages` column (JSON) or `prompt` and `response` columns.

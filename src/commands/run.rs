@@ -96,7 +96,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     // 3. Tokenizer.
-    let tokenizer = tokenizer(&settings, &train_texts, &out.join("tokenizer"))?;
+    let tokenizer = std::sync::Arc::new(
+        tokenizer(&settings, &train_texts, &out.join("tokenizer"))?
+            .with_encoder(dapt_packer::EncoderChoice::Auto)?,
+    );
     let eos_id = tokenizer.id_of(&settings.pack.eos_token)?;
     let pad_id = tokenizer.id_of(&settings.pack.pad_token)?;
     tracing::info!(vocab = tokenizer.vocab_size(), sha256 = %tokenizer.sha256(), "tokenizer ready");
@@ -310,7 +313,7 @@ fn tokenizer(
 
 /// Tokenises and packs one split into `dir` (reusing a finished output), returning its rows.
 async fn pack_split(
-    tokenizer: &TokenizerFile,
+    tokenizer: &std::sync::Arc<TokenizerFile>,
     ids: &[String],
     texts: &[String],
     settings: &RunSettings,
@@ -321,7 +324,7 @@ async fn pack_split(
     let mut output = OutputDir::open(location(dir)?, "pack", hash).await?;
     pack_documents(
         &mut output,
-        tokenizer,
+        tokenizer.clone(),
         ids,
         texts,
         &[],

@@ -60,6 +60,9 @@ enum Mode {
         /// Column of the query to group by (language, component, source).
         #[arg(long)]
         group_by: Option<String>,
+        /// Encoder: auto (the fast backend where it gives HF's ids exactly, else HF), hf, or fast.
+        #[arg(long, default_value = "auto")]
+        encoder: dapt_packer::EncoderChoice,
     },
     /// Append tokens learned on domain text to an existing BPE tokenizer (old ids unchanged).
     Extend {
@@ -135,6 +138,7 @@ pub fn run(args: TokenizerArgs) -> anyhow::Result<()> {
             texts: input,
             tokenizers,
             group_by,
+            encoder,
         } => {
             let mut loaded = Vec::new();
             for spec in &tokenizers {
@@ -143,7 +147,7 @@ pub fn run(args: TokenizerArgs) -> anyhow::Result<()> {
                 };
                 loaded.push((
                     name.to_string(),
-                    TokenizerFile::load(std::path::Path::new(path))?,
+                    TokenizerFile::load_with(std::path::Path::new(path), encoder)?,
                 ));
             }
             let rows = texts(&input, group_by.as_deref())?;
@@ -191,9 +195,12 @@ pub fn run(args: TokenizerArgs) -> anyhow::Result<()> {
                 .into_iter()
                 .map(|mut r| r.remove(0))
                 .collect();
-            let base_tokenizer = TokenizerFile::load(&base)?;
-            let extension =
+            let base_tokenizer = TokenizerFile::load_with(&base, dapt_packer::EncoderChoice::Auto)?;
+            let mut extension =
                 dapt_packer::extend(&base_tokenizer, &texts, new_tokens, min_frequency)?;
+            extension.tokenizer = extension
+                .tokenizer
+                .with_encoder(dapt_packer::EncoderChoice::Auto)?;
             std::fs::create_dir_all(&out)?;
             std::fs::write(out.join("tokenizer.json"), extension.tokenizer.json())?;
             std::fs::write(

@@ -55,7 +55,9 @@ fn packed_rows_decode_to_the_source_documents() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    println!("{}", String::from_utf8_lossy(&run.stdout));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    println!("{stdout}");
+    ensure!(stdout.contains("with the fast encoder"), "{stdout}");
 
     let tokenizer = TokenizerFile::load(&qwen)?;
     let eos = tokenizer.id_of("<|endoftext|>")? as i32;
@@ -124,12 +126,20 @@ fn packed_rows_decode_to_the_source_documents() -> Result<()> {
         "{printed}"
     );
 
-    // A rerun is a no-op; a fresh run gives the same bytes.
+    // A rerun is a no-op; a fresh run with HF's encoder instead of the fast one gives the same bytes.
     let again = dir.path().join("again");
     let mut fresh_args = args.to_vec();
     let last = fresh_args.len() - 1;
     fresh_args[last] = again.to_str().unwrap();
-    ensure!(dapt(&args).status.success() && dapt(&fresh_args).status.success());
+    fresh_args.extend(["--encoder", "hf"]);
+    ensure!(dapt(&args).status.success());
+    let fresh = dapt(&fresh_args);
+    ensure!(
+        fresh.status.success()
+            && String::from_utf8_lossy(&fresh.stdout).contains("with the hf encoder"),
+        "{}",
+        String::from_utf8_lossy(&fresh.stderr)
+    );
     for entry in std::fs::read_dir(&packed)? {
         let name = entry?.file_name();
         ensure!(

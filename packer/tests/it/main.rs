@@ -117,6 +117,34 @@ fn extension_appends_domain_tokens_and_keeps_old_ids() {
     // The file reloads as the same tokenizer.
     let reloaded = TokenizerFile::from_json(extended.json().to_vec(), "reloaded").unwrap();
     assert_eq!(reloaded.sha256(), extended.sha256());
+
+    // The fast encoder takes the extended tokenizer and gives HF's ids on the domain text it was
+    // learned on, other Russian, English and code (appended merges reach tokens by listed merges
+    // only; a tiktoken-style core merges unlisted pairs there and differs).
+    let fast = reloaded
+        .with_encoder(dapt_packer::EncoderChoice::Fast)
+        .unwrap();
+    assert_eq!(fast.encoder_name(), "fast");
+    let mut documents = domain;
+    documents.extend(heldout_ru);
+    documents.extend(heldout_en);
+    documents.extend(texts("code/rust-src.jsonl", 300_000));
+    let ids: Vec<String> = (0..documents.len()).map(|i| i.to_string()).collect();
+    let by_fast = fast.encode_all(&ids, &documents).unwrap();
+    for (i, (text, ids)) in documents.iter().zip(&by_fast).enumerate() {
+        let expected = extended
+            .tokenizer()
+            .encode_fast(text.as_str(), false)
+            .unwrap();
+        assert_eq!(
+            ids,
+            expected.get_ids(),
+            "document {i} differs: {:?}",
+            &text[..text.len().min(200)]
+        );
+    }
+    let new_ids = by_fast.iter().flatten().filter(|&&id| id >= first).count();
+    assert!(new_ids > 10_000, "{new_ids} new tokens used");
 }
 
 /// Single-turn chats from the shared BIG-bench tasks: `(question, answer)`.
@@ -275,7 +303,7 @@ fn fast_encoder_reproduces_hf_ids() {
                 .get_ids()
                 .to_vec();
             assert_eq!(
-                fast.encode(text),
+                fast.encode(text).unwrap(),
                 expected,
                 "{name}: document {i} differs: {:?}",
                 &text[..text.len().min(200)]
@@ -307,7 +335,7 @@ fn fast_encoder_reproduces_hf_ids() {
                 .map(|v| v.parse().unwrap())
                 .collect();
             assert_eq!(
-                fast.encode(input),
+                fast.encode(input).unwrap(),
                 expected,
                 "{name}: conformance {input:?}"
             );
@@ -325,5 +353,21 @@ fn fast_encoder_reproduces_hf_ids() {
     assert!(
         reason.contains("byte fallback") || reason.contains("normalizer"),
         "{reason}"
+    );
+    let path = shared().join("tokenizers/mistral7b_v01_hf/tokenizer.json");
+    let auto = TokenizerFile::load_with(&path, dapt_packer::EncoderChoice::Auto).unwrap();
+    assert_eq!(auto.encoder_name(), "hf");
+    assert_eq!(
+        auto.encode("x", "Привет, мир").unwrap(),
+        mistral
+            .tokenizer()
+            .encode_fast("Привет, мир", false)
+            .unwrap()
+            .get_ids()
+    );
+    let refused = TokenizerFile::load_with(&path, dapt_packer::EncoderChoice::Fast).unwrap_err();
+    assert!(
+        refused.to_string().contains("cannot reproduce"),
+        "{refused}"
     );
 }

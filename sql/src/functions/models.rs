@@ -19,7 +19,7 @@ use super::{constant_string, Texts};
 /// Tokenizers and classifiers by name.
 #[derive(Clone, Debug, Default)]
 pub struct Models {
-    pub tokenizers: BTreeMap<String, Arc<tokenizers::Tokenizer>>,
+    pub tokenizers: BTreeMap<String, Arc<dapt_encoder::TokenizerFile>>,
     pub classifiers: BTreeMap<String, Arc<Classifier>>,
 }
 
@@ -120,8 +120,8 @@ impl ScalarUDFImpl for ModelFunction {
                     .map(|t| {
                         t.map(|t| {
                             tokenizer
-                                .encode_fast(t, false)
-                                .map(|e| e.len() as u64)
+                                .encode("token_count", t)
+                                .map(|ids| ids.len() as u64)
                                 .unwrap_or(0)
                         })
                     })
