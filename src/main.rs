@@ -32,6 +32,8 @@ enum Command {
     Tokenizer(commands::tokenizer::TokenizerArgs),
     /// Tokenise documents and pack them into fixed-length rows with segment lengths (Parquet).
     Pack(commands::pack::PackArgs),
+    /// Mixtures: SQL components with token-budget weights, in stages (plan, run).
+    Mix(commands::mix::MixArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Classify(args) => commands::classify::run(args),
         Command::Tokenizer(args) => commands::tokenizer::run(args),
         Command::Pack(args) => commands::pack::run(args),
+        Command::Mix(args) => commands::mix::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

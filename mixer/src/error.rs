@@ -21,6 +21,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error(transparent)]
+    Encoder(#[from] dapt_encoder::Error),
+
     #[error("reading the input: {0}")]
     Input(String),
 }

@@ -2,6 +2,7 @@
 pub mod classify;
 pub mod dedup;
 pub mod ingest;
+pub mod mix;
 pub mod pack;
 pub mod run;
 pub mod sql;

@@ -1,0 +1,753 @@
+//! Planning and materialising mixes.
+//!
+//! Each component is a sequence of epochs; epoch `j` lists the component's documents ordered by
+//! `xxhash64(id, seed(seed, component, j))` (then id). A stage takes the documents whose middle
+//! position (tokens before them in that sequence) falls in its token interval: stage 1 takes
+//! `[0, target)`, a later stage that reuses the component (same name and SQL) continues at the next
+//! position. So whether a document (and which repetition of it) is taken depends on the seed, the
+//! component, the document id and the token counts only — never on partition order or threads — and
+//! consecutive stages neither lose nor repeat a sample until a component is exhausted.
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use dapt_core::hash::sub_seed;
+use dapt_core::shard_writer::ShardWriter;
+use dapt_core::{Location, OutputDir};
+use dapt_encoder::TokenizerFile;
+use dapt_sql::SqlSession;
+use futures::StreamExt;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::mix::{Component, Mix, Pipeline};
+use crate::report::{
+    traits, Attribution, AttributionBuilder, Grounding, GroundingBuilder, Knowledge,
+};
+use crate::{Error, Result};
+
+/// Memory DataFusion may use before its sorts spill.
+const SQL_MEMORY: usize = 256 << 20;
+
+/// Schema of mix output shards.
+pub fn mix_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("document_id", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, true),
+        Field::new("component", DataType::Utf8, false),
+        Field::new("epoch", DataType::Int32, false),
+        Field::new("tokens", DataType::Int64, false),
+    ]))
+}
+
+/// A component's documents: ids and token counts (texts are not kept).
+pub struct Inventory {
+    pub ids: Vec<String>,
+    pub tokens: Vec<u64>,
+    pub attribution: Attribution,
+}
+
+impl Inventory {
+    pub fn total_tokens(&self) -> u64 {
+        self.tokens.iter().sum()
+    }
+}
+
+/// A component's plan in one stage.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ComponentPlan {
+    pub name: String,
+    pub weight: f64,
+    pub target_tokens: u64,
+    pub available_documents: u64,
+    pub available_tokens: u64,
+    /// Epochs over the component this stage's target needs (from where earlier stages stopped).
+    pub epochs_needed: f64,
+    pub max_epochs: Option<f64>,
+    /// The target needs more epochs than `max_epochs` allows; the component gets less.
+    pub capped: bool,
+    /// Token interval of the component's sequence this stage takes.
+    pub start: u64,
+    pub end: u64,
+}
+
+/// What a stage achieved for one component.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ComponentReport {
+    #[serde(flatten)]
+    pub plan: ComponentPlan,
+    pub documents: u64,
+    pub tokens: u64,
+    pub target_share: f64,
+    pub achieved_share: f64,
+    /// Documents of this stage whose id an earlier stage of the pipeline already used.
+    pub seen_in_earlier_stages: u64,
+    pub attribution: Attribution,
+    /// QA/instruct components in a later stage: answers checked against earlier stages' text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grounding: Option<Grounding>,
+}
+
+/// `mix_report.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MixReport {
+    pub stage: String,
+    pub mix: String,
+    pub seed: u64,
+    pub total_tokens: u64,
+    pub documents: u64,
+    pub tokens: u64,
+    /// Largest |achieved − target| share over components, in percentage points.
+    pub max_share_error_points: f64,
+    pub components: Vec<ComponentReport>,
+}
+
+fn input_error(component: &str, e: impl std::fmt::Display) -> Error {
+    Error::Input(format!("component {component}: {e}"))
+}
+
+async fn session(mix: &Mix) -> Result<SqlSession> {
+    let session = SqlSession::with_memory_limit(SQL_MEMORY)?;
+    session.register_sources(&mix.sources).await?;
+    Ok(session)
+}
+
+fn strings(batch: &RecordBatch, name: &str, component: &str) -> Result<Option<ArrayRef>> {
+    batch
+        .column_by_name(name)
+        .map(|c| arrow::compute::cast(c, &DataType::Utf8).map_err(|e| input_error(component, e)))
+        .transpose()
+}
+
+/// Counts a component's documents and tokens (and its attribution) by running its query.
+pub async fn inventory(
+    session: &SqlSession,
+    component: &Component,
+    tokenizer: &TokenizerFile,
+    target_language: Option<&str>,
+) -> Result<Inventory> {
+    let mut stream = session
+        .query(&component.sql)
+        .await
+        .map_err(|e| input_error(&component.name, e))?;
+    let (mut ids, mut tokens) = (Vec::new(), Vec::new());
+    let mut attribution = AttributionBuilder::new(target_language.map(str::to_string));
+    let mut seen: HashSet<String> = HashSet::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| input_error(&component.name, e))?;
+        let (Some(id), Some(text)) = (
+            strings(&batch, "id", &component.name)?,
+            strings(&batch, "text", &component.name)?,
+        ) else {
+            return Err(Error::Column {
+                column: "id, text".into(),
+                reason: format!("component {}'s query must return both", component.name),
+            });
+        };
+        let (id, text) = (id.as_string::<i32>(), text.as_string::<i32>());
+        let rows: Vec<(String, &str)> = (0..batch.num_rows())
+            .filter(|&i| id.is_valid(i) && text.is_valid(i))
+            .map(|i| (id.value(i).to_string(), text.value(i)))
+            .collect();
+        let counted: Vec<(u64, Option<&'static str>, crate::report::DocumentTraits)> = rows
+            .par_iter()
+            .map(|(id, text)| {
+                let n = tokenizer.encode(id, text)?.len() as u64;
+                let (language, t) = traits(text, target_language);
+                Ok((n, language, t))
+            })
+            .collect::<std::result::Result<_, dapt_encoder::Error>>()
+            .map_err(|e| input_error(&component.name, e))?;
+        for ((id, _), (n, language, t)) in rows.into_iter().zip(counted) {
+            if !seen.insert(id.clone()) {
+                return Err(input_error(
+                    &component.name,
+                    format!("document id {id:?} appears twice (ids must be unique)"),
+                ));
+            }
+            attribution.add(language, t, n);
+            ids.push(id);
+            tokens.push(n);
+        }
+    }
+    Ok(Inventory {
+        ids,
+        tokens,
+        attribution: attribution.finish(),
+    })
+}
+
+/// The seed that orders epoch `epoch` of a component (kept below 2^63 for SQL's Int64).
+fn epoch_seed(seed: u64, component: &str, epoch: u64) -> u64 {
+    sub_seed(seed, &format!("mix-order/{component}"), epoch) & (i64::MAX as u64)
+}
+
+/// Document indices of an epoch, in order.
+fn epoch_order(inventory: &Inventory, seed: u64) -> Vec<usize> {
+    let mut order: Vec<(u64, usize)> = inventory
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (xxhash_rust::xxh64::xxh64(id.as_bytes(), seed), i))
+        .collect();
+    order.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| inventory.ids[a.1].cmp(&inventory.ids[b.1]))
+    });
+    order.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Plans a component: target tokens from the weight, the interval from `start`, capped by epochs.
+fn plan_component(
+    component: &Component,
+    inventory: &Inventory,
+    total: u64,
+    start: u64,
+) -> ComponentPlan {
+    let available = inventory.total_tokens();
+    let target = (component.weight * total as f64).round() as u64;
+    let mut end = start + target;
+    let needed = (end as f64 / available.max(1) as f64) - (start as f64 / available.max(1) as f64);
+    let mut capped = false;
+    if let Some(max) = component.max_epochs {
+        let cap = (max * available as f64).floor() as u64;
+        if end > cap {
+            end = cap.max(start);
+            capped = true;
+        }
+    }
+    ComponentPlan {
+        name: component.name.clone(),
+        weight: component.weight,
+        target_tokens: target,
+        available_documents: inventory.ids.len() as u64,
+        available_tokens: available,
+        epochs_needed: needed,
+        max_epochs: component.max_epochs,
+        capped,
+        start,
+        end,
+    }
+}
+
+/// For each epoch the plan touches: the documents it takes (a document is taken when its middle
+/// position falls in `[start, end)`).
+fn selection(plan: &ComponentPlan, inventory: &Inventory, seed: u64) -> Vec<(u64, Vec<usize>)> {
+    let available = inventory.total_tokens();
+    if available == 0 || plan.end <= plan.start {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let (first, last) = (plan.start / available, plan.end.div_ceil(available));
+    for epoch in first..=last {
+        let mut position = epoch * available;
+        let mut taken = Vec::new();
+        for i in epoch_order(inventory, epoch_seed(seed, &plan.name, epoch)) {
+            // A document belongs to the interval holding its midpoint: consecutive intervals
+            // partition the sequence, and a stage is off its target by at most half a document.
+            let middle = position + inventory.tokens[i] / 2;
+            if middle >= plan.start && middle < plan.end {
+                taken.push(i);
+            }
+            position += inventory.tokens[i];
+        }
+        if !taken.is_empty() {
+            out.push((epoch, taken));
+        }
+    }
+    out
+}
+
+/// A stage's plan: every component's inventory and plan.
+pub struct StagePlan {
+    pub components: Vec<(Component, Inventory, ComponentPlan)>,
+}
+
+/// Runs the component queries and plans a stage (counting, not materialising). `starts` maps a
+/// component's (name, SQL) to where earlier stages stopped in its sequence.
+pub async fn plan_stage(
+    mix: &Mix,
+    tokenizer: &TokenizerFile,
+    starts: &HashMap<(String, String), u64>,
+) -> Result<StagePlan> {
+    let session = session(mix).await?;
+    let total = mix.total_tokens.unwrap_or(0);
+    let mut components = Vec::new();
+    for component in &mix.components {
+        let inventory = inventory(
+            &session,
+            component,
+            tokenizer,
+            mix.target_language.as_deref(),
+        )
+        .await?;
+        let available = inventory.total_tokens();
+        if available == 0 {
+            return Err(Error::Setting {
+                key: format!("{}: component {}", mix.path, component.name),
+                reason: "its query returns no tokens".into(),
+            });
+        }
+        if available < component.min_tokens {
+            return Err(Error::Setting {
+                key: format!("{}: component {}.min_tokens", mix.path, component.name),
+                reason: format!(
+                    "{available} tokens available, {} required",
+                    component.min_tokens
+                ),
+            });
+        }
+        let start = starts
+            .get(&(component.name.clone(), component.sql.clone()))
+            .copied()
+            .unwrap_or(0);
+        let plan = plan_component(component, &inventory, total, start);
+        if plan.capped {
+            tracing::warn!(
+                "component {}: the target needs {:.2} epochs, max_epochs is {}; it gets {} of {} tokens",
+                component.name,
+                plan.epochs_needed,
+                component.max_epochs.unwrap_or(0.0),
+                plan.end - plan.start,
+                plan.target_tokens
+            );
+        }
+        components.push((component.clone(), inventory, plan));
+    }
+    Ok(StagePlan { components })
+}
+
+/// A document on its way to the output.
+struct OutDocument {
+    id: String,
+    text: String,
+    source: Option<String>,
+    answer: Option<String>,
+    component: usize,
+    epoch: u64,
+    tokens: u64,
+}
+
+/// Streams one component's selected documents, epoch by epoch, in each epoch's order.
+struct ComponentStream {
+    index: usize,
+    name: String,
+    sql: String,
+    seed: u64,
+    epochs: VecDeque<(u64, HashSet<String>)>,
+    tokens: HashMap<String, u64>,
+    current: Option<(u64, HashSet<String>, datafusion_stream::Stream)>,
+    buffer: VecDeque<OutDocument>,
+}
+
+mod datafusion_stream {
+    /// The record-batch stream of a running query.
+    pub type Stream = std::pin::Pin<
+        Box<
+            dyn futures::Stream<Item = std::result::Result<arrow::array::RecordBatch, String>>
+                + Send,
+        >,
+    >;
+}
+
+impl ComponentStream {
+    async fn next(&mut self, session: &SqlSession) -> Result<Option<OutDocument>> {
+        loop {
+            if let Some(doc) = self.buffer.pop_front() {
+                return Ok(Some(doc));
+            }
+            if self.current.is_none() {
+                let Some((epoch, selected)) = self.epochs.pop_front() else {
+                    return Ok(None);
+                };
+                let seed = epoch_seed(self.seed, &self.name, epoch);
+                let query = format!(
+                    "SELECT * FROM ({}) AS dapt_component \
+                     ORDER BY xxhash64(CAST(id AS VARCHAR), {seed}), CAST(id AS VARCHAR)",
+                    self.sql
+                );
+                let stream = session
+                    .query(&query)
+                    .await
+                    .map_err(|e| input_error(&self.name, e))?
+                    .map(|b| b.map_err(|e| e.to_string()));
+                self.current = Some((epoch, selected, Box::pin(stream)));
+            }
+            let Some((epoch, selected, stream)) = self.current.as_mut() else {
+                continue;
+            };
+            match stream.next().await {
+                None => self.current = None,
+                Some(batch) => {
+                    let batch = batch.map_err(|e| input_error(&self.name, e))?;
+                    let column = |n: &str| strings(&batch, n, &self.name);
+                    let (Some(ids), Some(texts)) = (column("id")?, column("text")?) else {
+                        return Err(input_error(&self.name, "the query lost id or text"));
+                    };
+                    let (sources, answers) = (column("source")?, column("answer")?);
+                    let ids = ids.as_string::<i32>();
+                    let texts = texts.as_string::<i32>();
+                    let sources = sources.as_ref().map(|s| s.as_string::<i32>());
+                    let answers = answers.as_ref().map(|s| s.as_string::<i32>());
+                    for i in 0..batch.num_rows() {
+                        if !ids.is_valid(i)
+                            || !texts.is_valid(i)
+                            || !selected.contains(ids.value(i))
+                        {
+                            continue;
+                        }
+                        let id = ids.value(i).to_string();
+                        let optional = |a: Option<&StringArray>| {
+                            a.filter(|a| a.is_valid(i)).map(|a| a.value(i).to_string())
+                        };
+                        self.buffer.push_back(OutDocument {
+                            tokens: self.tokens.get(&id).copied().unwrap_or(0),
+                            text: texts.value(i).to_string(),
+                            source: optional(sources),
+                            answer: optional(answers),
+                            component: self.index,
+                            epoch: *epoch,
+                            id,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Cross-stage state of a pipeline run: where each component stopped, which ids were used, and the
+/// text n-grams of earlier stages.
+#[derive(Default)]
+pub struct PipelineState {
+    pub starts: HashMap<(String, String), u64>,
+    pub used_ids: HashSet<String>,
+    pub knowledge: Knowledge,
+}
+
+fn shard_name(index: usize) -> String {
+    format!("part-{index:05}.parquet")
+}
+
+/// Materialises one stage into `output` (reusing a complete output): merges the components'
+/// streams so that every prefix of the output has the target shares (the component furthest behind
+/// its target goes next), shuffles within windows of `shuffle_window` documents by a hash of
+/// (seed, component, id, epoch), and writes shards of `documents_per_shard` rows. Returns the report.
+pub async fn run_stage(
+    stage: &str,
+    mix: &Mix,
+    tokenizer: &TokenizerFile,
+    output: &mut OutputDir,
+    state: &mut PipelineState,
+) -> Result<MixReport> {
+    let plan = plan_stage(mix, tokenizer, &state.starts).await?;
+    let session = session(mix).await?;
+    let total = mix.total_tokens.unwrap_or(0);
+    let mut streams = Vec::new();
+    let mut targets = Vec::new();
+    for (index, (component, inventory, plan)) in plan.components.iter().enumerate() {
+        let selected = selection(plan, inventory, mix.seed);
+        let tokens: HashMap<String, u64> = inventory
+            .ids
+            .iter()
+            .cloned()
+            .zip(inventory.tokens.iter().copied())
+            .collect();
+        let target: u64 = selected
+            .iter()
+            .flat_map(|(_, docs)| docs.iter().map(|&i| inventory.tokens[i]))
+            .sum();
+        targets.push(target.max(1));
+        streams.push(ComponentStream {
+            index,
+            name: component.name.clone(),
+            sql: component.sql.clone(),
+            seed: mix.seed,
+            epochs: selected
+                .into_iter()
+                .map(|(epoch, docs)| {
+                    (
+                        epoch,
+                        docs.into_iter().map(|i| inventory.ids[i].clone()).collect(),
+                    )
+                })
+                .collect(),
+            tokens,
+            current: None,
+            buffer: VecDeque::new(),
+        });
+    }
+
+    let mut heads: Vec<Option<OutDocument>> = Vec::new();
+    for stream in streams.iter_mut() {
+        heads.push(stream.next(&session).await?);
+    }
+    let mut emitted = vec![0u64; streams.len()];
+    let mut documents = vec![0u64; streams.len()];
+    let mut seen_before = vec![0u64; streams.len()];
+    let mut groundings: Vec<GroundingBuilder> = (0..streams.len())
+        .map(|_| GroundingBuilder::default())
+        .collect();
+    let check_grounding = !state.knowledge.is_empty();
+    let mut stage_ids: HashSet<String> = HashSet::new();
+    let mut stage_knowledge = Knowledge::default();
+    let mut window: Vec<OutDocument> = Vec::with_capacity(mix.shuffle_window);
+    let mut writer = MixWriter::new(output, mix, stage)?;
+    loop {
+        // The component furthest behind its share goes next.
+        let next = heads
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.is_some())
+            .min_by(|a, b| {
+                let progress = |i: usize| emitted[i] as f64 / targets[i] as f64;
+                progress(a.0).total_cmp(&progress(b.0)).then(a.0.cmp(&b.0))
+            })
+            .map(|(i, _)| i);
+        let Some(i) = next else { break };
+        let Some(doc) = heads[i].take() else { break };
+        heads[i] = streams[i].next(&session).await?;
+        emitted[i] += doc.tokens;
+        documents[i] += 1;
+        if state.used_ids.contains(&doc.id) {
+            seen_before[i] += 1;
+        }
+        stage_ids.insert(doc.id.clone());
+        let component = &plan.components[i].0;
+        if component.qa && check_grounding {
+            let answer = doc.answer.as_deref().unwrap_or(&doc.text);
+            groundings[i].add(&doc.id, answer, state.knowledge.grounding(answer));
+        }
+        stage_knowledge.add(&doc.text);
+        window.push(doc);
+        if window.len() == mix.shuffle_window {
+            writer.write_window(&mut window, &plan, mix.seed).await?;
+        }
+    }
+    writer.write_window(&mut window, &plan, mix.seed).await?;
+
+    let produced: u64 = emitted.iter().sum();
+    let mut components = Vec::new();
+    let mut max_error: f64 = 0.0;
+    for (i, ((component, inventory, plan), grounding)) in
+        plan.components.iter().zip(groundings).enumerate()
+    {
+        let achieved_share = emitted[i] as f64 / produced.max(1) as f64;
+        max_error = max_error.max((achieved_share - component.weight).abs() * 100.0);
+        components.push(ComponentReport {
+            plan: plan.clone(),
+            documents: documents[i],
+            tokens: emitted[i],
+            target_share: component.weight,
+            achieved_share,
+            seen_in_earlier_stages: seen_before[i],
+            attribution: inventory.attribution.clone(),
+            grounding: (component.qa && check_grounding).then(|| grounding.finish(10)),
+        });
+        state
+            .starts
+            .insert((component.name.clone(), component.sql.clone()), plan.end);
+    }
+    let report = MixReport {
+        stage: stage.to_string(),
+        mix: mix.path.clone(),
+        seed: mix.seed,
+        total_tokens: total,
+        documents: documents.iter().sum(),
+        tokens: produced,
+        max_share_error_points: max_error,
+        components,
+    };
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Input(e.to_string()))?;
+    writer.finish(json).await?;
+    state.used_ids.extend(stage_ids);
+    state.knowledge = merge_knowledge(std::mem::take(&mut state.knowledge), stage_knowledge);
+    Ok(report)
+}
+
+fn merge_knowledge(mut a: Knowledge, b: Knowledge) -> Knowledge {
+    a.extend(b);
+    a
+}
+
+/// Writes windows of documents into streamed shards, skipping shards a previous run published.
+struct MixWriter<'a> {
+    output: &'a mut OutputDir,
+    metadata: BTreeMap<String, String>,
+    per_shard: usize,
+    shard: usize,
+    in_shard: usize,
+    writer: Option<ShardWriter>,
+}
+
+impl<'a> MixWriter<'a> {
+    fn new(output: &'a mut OutputDir, mix: &Mix, stage: &str) -> Result<Self> {
+        let mut metadata = BTreeMap::new();
+        metadata.insert("dapt.mix".to_string(), mix.path.clone());
+        metadata.insert("dapt.stage".to_string(), stage.to_string());
+        metadata.insert(
+            dapt_core::schema::metadata::SEED.to_string(),
+            mix.seed.to_string(),
+        );
+        metadata.insert(
+            dapt_core::schema::metadata::CONFIG_HASH.to_string(),
+            output.manifest().config_hash.clone(),
+        );
+        Ok(Self {
+            output,
+            metadata,
+            per_shard: mix.documents_per_shard,
+            shard: 0,
+            in_shard: 0,
+            writer: None,
+        })
+    }
+
+    async fn write_window(
+        &mut self,
+        window: &mut Vec<OutDocument>,
+        plan: &StagePlan,
+        seed: u64,
+    ) -> Result<()> {
+        let name_of = |d: &OutDocument| plan.components[d.component].0.name.as_str();
+        let window_seed = sub_seed(seed, "mix-window", 0);
+        let key = |d: &OutDocument| {
+            xxhash_rust::xxh64::xxh64(
+                format!("{}/{}/{}", name_of(d), d.id, d.epoch).as_bytes(),
+                window_seed,
+            )
+        };
+        window.sort_by_cached_key(|d| (key(d), name_of(d).to_string(), d.id.clone(), d.epoch));
+        let mut rest: &[OutDocument] = window;
+        while !rest.is_empty() {
+            let take = (self.per_shard - self.in_shard).min(rest.len());
+            let (now, later) = rest.split_at(take);
+            let name = shard_name(self.shard);
+            if !self.output.is_published(&name) {
+                if self.writer.is_none() {
+                    self.writer = Some(ShardWriter::create(
+                        self.output.location(),
+                        &name,
+                        mix_schema(),
+                        &self.metadata,
+                    )?);
+                }
+                let batch = batch(now, plan)?;
+                if let Some(writer) = self.writer.as_mut() {
+                    writer.write(&batch).await?;
+                }
+            }
+            self.in_shard += take;
+            if self.in_shard == self.per_shard {
+                self.close().await?;
+            }
+            rest = later;
+        }
+        window.clear();
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some(writer) = self.writer.take() {
+            let entry = writer.finish().await?;
+            self.output.record(entry, Vec::new()).await?;
+        }
+        self.shard += 1;
+        self.in_shard = 0;
+        Ok(())
+    }
+
+    async fn finish(mut self, report: Vec<u8>) -> Result<()> {
+        if self.in_shard > 0 {
+            self.close().await?;
+        }
+        self.output
+            .location()
+            .write("mix_report.json", bytes::Bytes::from(report))
+            .await?;
+        let summary = serde_json::json!({ "shards": self.shard });
+        self.output.finish(summary).await?;
+        Ok(())
+    }
+}
+
+fn batch(docs: &[OutDocument], plan: &StagePlan) -> Result<RecordBatch> {
+    let name = |d: &OutDocument| plan.components[d.component].0.name.clone();
+    let ids: StringArray = docs
+        .iter()
+        .map(|d| {
+            let base = format!("{}/{}", name(d), d.id);
+            Some(if d.epoch == 0 {
+                base
+            } else {
+                format!("{base}#{}", d.epoch)
+            })
+        })
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(ids),
+        Arc::new(
+            docs.iter()
+                .map(|d| Some(d.id.clone()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            docs.iter()
+                .map(|d| Some(d.text.clone()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            docs.iter()
+                .map(|d| d.source.clone())
+                .collect::<StringArray>(),
+        ),
+        Arc::new(docs.iter().map(|d| Some(name(d))).collect::<StringArray>()),
+        Arc::new(docs.iter().map(|d| d.epoch as i32).collect::<Int32Array>()),
+        Arc::new(docs.iter().map(|d| d.tokens as i64).collect::<Int64Array>()),
+    ];
+    RecordBatch::try_new(mix_schema(), columns).map_err(|e| Error::Input(e.to_string()))
+}
+
+/// Plans every stage of a pipeline (stages after the first continue where the earlier ones stop).
+pub async fn plan_pipeline(pipeline: &Pipeline) -> Result<Vec<(String, StagePlan)>> {
+    let mut starts: HashMap<(String, String), u64> = HashMap::new();
+    let mut out = Vec::new();
+    for (name, mix) in &pipeline.stages {
+        let tokenizer = TokenizerFile::load_with(&mix.tokenizer, mix.encoder)?;
+        let plan = plan_stage(mix, &tokenizer, &starts).await?;
+        for (component, _, p) in &plan.components {
+            starts.insert((component.name.clone(), component.sql.clone()), p.end);
+        }
+        out.push((name.clone(), plan));
+    }
+    Ok(out)
+}
+
+/// Runs every stage of a pipeline into `out/<stage>/` (a single mix: `out/` itself). `hash` is the
+/// configuration's hash (recorded in each manifest; a changed configuration is refused).
+pub async fn run_pipeline(
+    pipeline: &Pipeline,
+    out: &Location,
+    hash: &str,
+) -> Result<Vec<MixReport>> {
+    let mut state = PipelineState::default();
+    let mut reports = Vec::new();
+    let single = pipeline.stages.len() == 1 && pipeline.stages[0].0 == "mix";
+    for (name, mix) in &pipeline.stages {
+        let location = if single {
+            out.clone()
+        } else {
+            Location::parse(&format!("{}/{name}/", out.url().trim_end_matches('/')))?
+        };
+        let tokenizer = TokenizerFile::load_with(&mix.tokenizer, mix.encoder)?;
+        let mut output = OutputDir::open(location, "mix", hash).await?;
+        // A complete stage is still replayed (deterministically, without writing) so that the
+        // cross-stage state of later stages is the same as in an uninterrupted run.
+        let report = run_stage(name, mix, &tokenizer, &mut output, &mut state).await?;
+        reports.push(report);
+    }
+    Ok(reports)
+}

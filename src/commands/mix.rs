@@ -1,0 +1,124 @@
+//! `dapt mix plan|run`: mixtures defined as SQL components with token-budget weights, in stages.
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use dapt_core::Location;
+use dapt_mixer::{Mix, Pipeline};
+
+use crate::config::RunSettings;
+
+/// Arguments of `dapt mix`.
+#[derive(Args)]
+pub struct MixArgs {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Count each component's documents and tokens (nothing is written) and print, per stage and
+    /// component, the weight, target tokens, epochs needed and what max_epochs caps.
+    Plan {
+        /// A mix file (with total_tokens) or a pipeline file ([[stage]] name, mix, tokens).
+        file: PathBuf,
+    },
+    /// Materialise the mix (or every stage of a pipeline, into OUT/<stage>/) as Parquet shards with
+    /// a `component` column, `_manifest.json` and `mix_report.json`; deterministic and resumable.
+    Run {
+        file: PathBuf,
+        /// Output directory (URL).
+        #[arg(long)]
+        out: String,
+    },
+}
+
+pub fn run(args: MixArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match args.mode {
+        Mode::Plan { file } => {
+            let pipeline = Pipeline::load(&file)?;
+            let plans = runtime.block_on(dapt_mixer::plan_pipeline(&pipeline))?;
+            println!(
+                "{:<10} {:<20} {:>7} {:>10} {:>12} {:>12} {:>8} {:>10}",
+                "stage",
+                "component",
+                "weight",
+                "documents",
+                "available",
+                "target",
+                "epochs",
+                "max_epochs"
+            );
+            for (stage, plan) in &plans {
+                for (_, inventory, p) in &plan.components {
+                    println!(
+                        "{:<10} {:<20} {:>7.4} {:>10} {:>12} {:>12} {:>8.3} {:>10}{}",
+                        stage,
+                        p.name,
+                        p.weight,
+                        inventory.ids.len(),
+                        p.available_tokens,
+                        p.target_tokens,
+                        p.epochs_needed,
+                        p.max_epochs.map_or("-".to_string(), |m| m.to_string()),
+                        if p.capped {
+                            "  WARNING: needs more epochs than max_epochs allows"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+        Mode::Run { file, out } => {
+            let pipeline = Pipeline::load(&file)?;
+            let hash = RunSettings::hash_of(&pipeline_identity(&pipeline));
+            let reports = runtime.block_on(dapt_mixer::run_pipeline(
+                &pipeline,
+                &Location::parse(&out)?,
+                &hash,
+            ))?;
+            for report in &reports {
+                println!(
+                    "stage {}: {} documents, {} tokens (target {}); max share error {:.3} points",
+                    report.stage,
+                    report.documents,
+                    report.tokens,
+                    report.total_tokens,
+                    report.max_share_error_points
+                );
+                for c in &report.components {
+                    println!(
+                        "  {:<20} target {:>6.2}% achieved {:>6.2}%  {} docs, {} seen in earlier stages{}",
+                        c.plan.name,
+                        100.0 * c.target_share,
+                        100.0 * c.achieved_share,
+                        c.documents,
+                        c.seen_in_earlier_stages,
+                        c.grounding
+                            .as_ref()
+                            .map_or(String::new(), |g| format!(", grounded {:.1}%", 100.0 * g.grounded_share))
+                    );
+                }
+            }
+            println!("wrote {out}");
+        }
+    }
+    Ok(())
+}
+
+/// What identifies a pipeline's output: every stage's mix settings and the tokenizer bytes.
+fn pipeline_identity(pipeline: &Pipeline) -> Vec<(String, &Mix, String)> {
+    pipeline
+        .stages
+        .iter()
+        .map(|(name, mix)| {
+            let tokenizer = std::fs::read(&mix.tokenizer)
+                .map(|b| dapt_core::hash::sha256_hex(&b))
+                .unwrap_or_default();
+            (name.clone(), mix, tokenizer)
+        })
+        .collect()
+}
