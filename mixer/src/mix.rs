@@ -255,6 +255,7 @@ impl Mix {
             }
             if !source.url.contains("://") && !Path::new(&source.url).is_absolute() {
                 let joined = relative(base, Path::new(&source.url));
+                let joined = std::fs::canonicalize(&joined).unwrap_or(joined);
                 let mut url = joined.display().to_string();
                 if source.url.ends_with('/') && !url.ends_with('/') {
                     url.push('/');

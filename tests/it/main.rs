@@ -2,6 +2,7 @@
 //! files it writes, read back and checked.
 mod common;
 mod ingest_cli;
+mod mix_cli;
 mod pack_cli;
 mod pipeline;
 mod sql_cli;

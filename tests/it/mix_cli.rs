@@ -1,0 +1,312 @@
+//! `dapt mix plan|run` on the shared corpus: shares, epochs caps, determinism, stages, reports.
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::{dapt, shared};
+use anyhow::{ensure, Result};
+
+fn mix_file(dir: &Path, name: &str, top: &str, body: &str) -> Result<std::path::PathBuf> {
+    let corpus = shared().canonicalize()?.join("corpus");
+    let tokenizer = shared().join("tokenizers/qwen3/tokenizer.json");
+    let head = format!(
+        "seed = 7\ntokenizer = {tokenizer:?}\ntarget_language = \"ru\"\nshuffle_window = 256\ndocuments_per_shard = 2000\n\
+         [sources.ru]\nurl = {:?}\n[sources.handbook]\nurl = {:?}\n[sources.en]\nurl = {:?}\n\
+         [sources.code]\nurl = {:?}\n[sources.math]\nurl = {:?}\n",
+        corpus.join("ru/fortunes-ru.jsonl"),
+        corpus.join("ru/debian-handbook-ru.jsonl"),
+        corpus.join("en/fortunes.jsonl"),
+        corpus.join("code/rust-src.jsonl"),
+        corpus.join("math/maxima-doc.jsonl"),
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{top}{head}{body}"))?;
+    Ok(path)
+}
+
+const ID: &str = "concat(path, '#', CAST(i AS VARCHAR)) AS id";
+
+fn components(handbook_weight: f64) -> String {
+    format!(
+        "[[component]]\nname = \"ru_fortunes\"\nweight = 0.4\nsql = \"SELECT {ID}, text FROM ru\"\n\
+         [[component]]\nname = \"handbook\"\nweight = {handbook_weight}\nmax_epochs = 1\nsql = \"SELECT {ID}, text FROM handbook\"\n\
+         [[component]]\nname = \"en\"\nweight = 0.25\nsql = \"SELECT {ID}, text FROM en\"\n\
+         [[component]]\nname = \"code\"\nweight = 0.1\nsql = \"SELECT {ID}, text FROM code\"\n\
+         [[component]]\nname = \"math\"\nweight = 0.1\nsql = \"SELECT {ID}, text FROM math\"\n"
+    )
+}
+
+fn report(dir: &Path) -> Result<serde_json::Value> {
+    Ok(serde_json::from_slice(&std::fs::read(
+        dir.join("mix_report.json"),
+    )?)?)
+}
+
+fn same_files(a: &Path, b: &Path) -> Result<()> {
+    let mut names: Vec<_> = std::fs::read_dir(a)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    ensure!(names.len() > 2);
+    for name in names {
+        ensure!(
+            std::fs::read(a.join(&name))? == std::fs::read(b.join(&name))?,
+            "{name:?} differs"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn mix_plan_and_run_hit_the_shares_deterministically() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mix = mix_file(
+        dir.path(),
+        "mix.toml",
+        "total_tokens = 2000000\n",
+        &components(0.15),
+    )?;
+    let plan = dapt(&["mix", "plan", mix.to_str().unwrap()]);
+    ensure!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let printed = String::from_utf8(plan.stdout)?;
+    ensure!(
+        printed.lines().count() == 6 && printed.contains("ru_fortunes"),
+        "{printed}"
+    );
+
+    let out = dir.path().join("out");
+    let run = dapt(&[
+        "mix",
+        "run",
+        mix.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    ensure!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let r = report(&out)?;
+    ensure!(
+        r["max_share_error_points"].as_f64().unwrap() <= 0.5,
+        "{r:#}"
+    );
+    let tokens = r["tokens"].as_u64().unwrap() as f64;
+    ensure!((tokens / 2e6 - 1.0).abs() < 0.01, "{tokens}");
+    // ru_fortunes needs more than one epoch: some documents appear twice, with epoch 1.
+    let ru = &r["components"][0];
+    ensure!(ru["epochs_needed"].as_f64().unwrap() > 1.0 && !ru["capped"].as_bool().unwrap());
+    // Lang-swap attribution: English and code are flagged, Russian fortunes mostly not.
+    let share = |i: usize, key: &str| r["components"][i]["attribution"][key].as_f64().unwrap();
+    ensure!(share(2, "other_language_documents") > 0.9, "{r:#}");
+    ensure!(share(0, "other_language_documents") < 0.2, "{r:#}");
+    ensure!(share(3, "code_documents") > 0.5, "{r:#}");
+    ensure!(share(0, "code_documents") < 0.05, "{r:#}");
+
+    // An independent reader sees the component column and the achieved token shares.
+    let check = Command::new("python3")
+        .args(["-c", "import sys, glob, pyarrow as pa, pyarrow.parquet as pq, pyarrow.compute as pc; \
+                      t = pa.concat_tables([pq.read_table(f) for f in sorted(glob.glob(sys.argv[1] + '/part-*.parquet'))]); \
+                      ids = t['id'].to_pylist(); assert len(ids) == len(set(ids)); \
+                      e = pc.max(t['epoch']).as_py(); \
+                      g = t.group_by('component').aggregate([('tokens', 'sum')]).to_pydict(); \
+                      total = sum(g['tokens_sum']); \
+                      want = dict(ru_fortunes=0.4, handbook=0.15, en=0.25, code=0.1, math=0.1); \
+                      assert all(abs(s / total - want[c]) < 0.005 for c, s in zip(g['component'], g['tokens_sum'])), g; \
+                      print(e, len(g['component']))"])
+        .arg(&out)
+        .output()?;
+    let printed = String::from_utf8(check.stdout)?;
+    ensure!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    ensure!(printed.trim() == "1 5", "{printed}");
+
+    // Same inputs and seed, one thread: identical bytes.
+    let again = dir.path().join("again");
+    let one = Command::new(env!("CARGO_BIN_EXE_dapt"))
+        .args([
+            "mix",
+            "run",
+            mix.to_str().unwrap(),
+            "--out",
+            again.to_str().unwrap(),
+        ])
+        .env("RAYON_NUM_THREADS", "1")
+        .output()?;
+    ensure!(one.status.success());
+    same_files(&out, &again)?;
+
+    // Killed mid-run, then rerun: identical to the uninterrupted output.
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dapt"))
+        .args([
+            "mix",
+            "run",
+            mix.to_str().unwrap(),
+            "--out",
+            killed.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(4500));
+    child.kill()?;
+    child.wait()?;
+    let rerun = dapt(&[
+        "mix",
+        "run",
+        mix.to_str().unwrap(),
+        "--out",
+        killed.to_str().unwrap(),
+    ]);
+    ensure!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    same_files(&out, &killed)?;
+
+    // A target beyond max_epochs is capped, warned about in the plan, and reported.
+    let capped = mix_file(
+        dir.path(),
+        "capped.toml",
+        "total_tokens = 2000000\n",
+        &components(0.6),
+    )?;
+    let plan = dapt(&["mix", "plan", capped.to_str().unwrap()]);
+    ensure!(String::from_utf8(plan.stdout)?.contains("WARNING: needs more epochs"));
+    let out = dir.path().join("capped");
+    ensure!(dapt(&[
+        "mix",
+        "run",
+        capped.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let handbook = &report(&out)?["components"][1];
+    ensure!(handbook["capped"] == true, "{handbook:#}");
+    ensure!(handbook["tokens"].as_u64() <= handbook["available_tokens"].as_u64());
+    Ok(())
+}
+
+/// Two stages: Stage 2 continues Stage 1's components (no document seen twice while one is not
+/// exhausted), and its QA component is checked against Stage 1's text with planted answers.
+#[test]
+fn stages_continue_components_and_check_qa_grounding() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Stage-1 knowledge: Russian fortunes. QA: grounded answers copy a fortune's first sentence,
+    // planted ungrounded answers are invented.
+    let fortunes: Vec<String> =
+        std::fs::read_to_string(shared().join("corpus/ru/fortunes-ru.jsonl"))?
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+    let mut qa = String::new();
+    let mut facts = String::new();
+    for (i, text) in fortunes
+        .iter()
+        .filter(|t| t.split_whitespace().count() > 8)
+        .take(40)
+        .enumerate()
+    {
+        let answer: String = text
+            .split_whitespace()
+            .take(8)
+            .collect::<Vec<_>>()
+            .join(" ");
+        facts.push_str(
+            &(serde_json::json!({"id": format!("f{i}"), "text": text}).to_string() + "\n"),
+        );
+        qa.push_str(&(serde_json::json!({"id": format!("g{i}"), "text": format!("Вопрос?\n{answer}"), "answer": answer}).to_string() + "\n"));
+    }
+    for i in 0..3 {
+        let answer = format!(
+            "квазарный пингвин {i} изобрёл синхрофазотрон из облепихового варенья на Юпитере"
+        );
+        qa.push_str(&(serde_json::json!({"id": format!("planted{i}"), "text": format!("Вопрос?\n{answer}"), "answer": answer}).to_string() + "\n"));
+    }
+    std::fs::write(dir.path().join("qa.jsonl"), qa)?;
+    std::fs::write(dir.path().join("facts.jsonl"), facts)?;
+    let stage1 = mix_file(
+        dir.path(),
+        "stage1.toml",
+        "",
+        &format!(
+            "[sources.facts]\nurl = {:?}\n[[component]]\nname = \"ru\"\nweight = 0.9\nsql = \"SELECT {ID}, text FROM ru\"\n\
+             [[component]]\nname = \"facts\"\nweight = 0.1\nmax_epochs = 1\nsql = \"SELECT id, text FROM facts\"\n",
+            dir.path().join("facts.jsonl")
+        ),
+    )?;
+    let stage2 = mix_file(
+        dir.path(),
+        "stage2.toml",
+        "",
+        &format!(
+            "[sources.qa]\nurl = {:?}\n[[component]]\nname = \"ru\"\nweight = 0.5\nsql = \"SELECT {ID}, text FROM ru\"\n\
+             [[component]]\nname = \"qa\"\nweight = 0.5\nkind = \"qa\"\nmax_epochs = 3\nsql = \"SELECT id, text, answer FROM qa\"\n",
+            dir.path().join("qa.jsonl")
+        ),
+    )?;
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "seed = 3\n[[stage]]\nname = \"stage1\"\nmix = {stage1:?}\ntokens = 700000\n\
+             [[stage]]\nname = \"stage2\"\nmix = {stage2:?}\ntokens = 20000\n"
+        ),
+    )?;
+    let out = dir.path().join("out");
+    let run = dapt(&[
+        "mix",
+        "run",
+        pipeline.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    ensure!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let (r1, r2) = (report(&out.join("stage1"))?, report(&out.join("stage2"))?);
+    // 630k of ≈773k tokens in stage 1; stage 2 takes the next 10k: nothing seen twice.
+    ensure!(r1["components"][0]["seen_in_earlier_stages"] == 0);
+    let ru2 = &r2["components"][0];
+    ensure!(ru2["start"] == r1["components"][0]["end"], "{ru2:#}");
+    ensure!(
+        ru2["seen_in_earlier_stages"] == 0 && ru2["documents"].as_u64() > Some(50),
+        "{ru2:#}"
+    );
+    let grounding = &r2["components"][1]["grounding"];
+    let least: Vec<&str> = grounding["least_grounded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(3)
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    ensure!(
+        least.iter().all(|id| id.starts_with("planted")),
+        "{grounding:#}"
+    );
+    ensure!(grounding["least_grounded"][0]["grounding"].as_f64() == Some(0.0));
+    // Most grounded answers come from fortunes Stage 1 used (≈90% of them).
+    ensure!(
+        grounding["grounded_share"].as_f64().unwrap() > 0.6,
+        "{grounding:#}"
+    );
+    Ok(())
+}
