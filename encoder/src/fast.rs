@@ -165,26 +165,15 @@ impl FastEncoder {
             end_of_word_suffix: Value,
         }
         let t: Header = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-        let model = serde_json::json!({
-            "type": t.model.kind,
-            "dropout": t.model.dropout,
-            "unk_token": t.model.unk_token,
-            "byte_fallback": t.model.byte_fallback,
-            "continuing_subword_prefix": t.model.continuing_subword_prefix,
-            "end_of_word_suffix": t.model.end_of_word_suffix,
-        });
-        let model = &model;
-        if model["type"] != "BPE" {
-            return Err(format!("model {} is not BPE", model["type"]));
+        let model = &t.model;
+        if model.kind != "BPE" {
+            return Err(format!("model {} is not BPE", model.kind));
         }
-        if !model["dropout"].is_null()
-            || model["byte_fallback"] == true
-            || !model["unk_token"].is_null()
-        {
+        if !model.dropout.is_null() || model.byte_fallback == true || !model.unk_token.is_null() {
             return Err("BPE with dropout, byte fallback or an unknown token".into());
         }
-        let affix = |key: &str| model[key].as_str().is_some_and(|s| !s.is_empty());
-        if affix("continuing_subword_prefix") || affix("end_of_word_suffix") {
+        let affix = |v: &Value| v.as_str().is_some_and(|s| !s.is_empty());
+        if affix(&model.continuing_subword_prefix) || affix(&model.end_of_word_suffix) {
             return Err("BPE with subword prefixes or suffixes".into());
         }
         let nfc = match &t.normalizer {

@@ -322,6 +322,7 @@ impl Pipeline {
                 stages: vec![("mix".to_string(), mix)],
             });
         }
+        // Parsed again from the text (not the value) so that errors keep their line numbers.
         let options: PipelineOptions =
             toml::from_str(&text).map_err(|e| setting(path, "", e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));

@@ -110,9 +110,7 @@ fn input_error(component: &str, e: impl std::fmt::Display) -> Error {
 }
 
 async fn session(mix: &Mix) -> Result<SqlSession> {
-    let session = SqlSession::with_memory_limit(SQL_MEMORY)?;
-    session.register_sources(&mix.sources).await?;
-    Ok(session)
+    Ok(SqlSession::over_sources(&mix.sources, Some(SQL_MEMORY)).await?)
 }
 
 fn strings(batch: &RecordBatch, name: &str, component: &str) -> Result<Option<ArrayRef>> {
@@ -269,16 +267,16 @@ pub struct StagePlan {
 /// Runs the component queries and plans a stage (counting, not materialising). `starts` maps a
 /// component's (name, SQL) to where earlier stages stopped in its sequence.
 pub async fn plan_stage(
+    session: &SqlSession,
     mix: &Mix,
     tokenizer: &TokenizerFile,
     starts: &HashMap<(String, String), u64>,
 ) -> Result<StagePlan> {
-    let session = session(mix).await?;
     let total = mix.total_tokens.unwrap_or(0);
     let mut components = Vec::new();
     for component in &mix.components {
         let inventory = inventory(
-            &session,
+            session,
             component,
             tokenizer,
             mix.target_language.as_deref(),
@@ -339,19 +337,13 @@ struct ComponentStream {
     seed: u64,
     epochs: VecDeque<(u64, HashSet<String>)>,
     tokens: HashMap<String, u64>,
-    current: Option<(u64, HashSet<String>, datafusion_stream::Stream)>,
+    current: Option<(u64, HashSet<String>, BatchStream)>,
     buffer: VecDeque<OutDocument>,
 }
 
-mod datafusion_stream {
-    /// The record-batch stream of a running query.
-    pub type Stream = std::pin::Pin<
-        Box<
-            dyn futures::Stream<Item = std::result::Result<arrow::array::RecordBatch, String>>
-                + Send,
-        >,
-    >;
-}
+/// The record batches of a running query.
+type BatchStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = std::result::Result<RecordBatch, String>> + Send>>;
 
 impl ComponentStream {
     async fn next(&mut self, session: &SqlSession) -> Result<Option<OutDocument>> {
@@ -443,8 +435,8 @@ pub async fn run_stage(
     output: &mut OutputDir,
     state: &mut PipelineState,
 ) -> Result<MixReport> {
-    let plan = plan_stage(mix, tokenizer, &state.starts).await?;
     let session = session(mix).await?;
+    let plan = plan_stage(&session, mix, tokenizer, &state.starts).await?;
     let total = mix.total_tokens.unwrap_or(0);
     let mut streams = Vec::new();
     let mut targets = Vec::new();
@@ -564,13 +556,8 @@ pub async fn run_stage(
     let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Input(e.to_string()))?;
     writer.finish(json).await?;
     state.used_ids.extend(stage_ids);
-    state.knowledge = merge_knowledge(std::mem::take(&mut state.knowledge), stage_knowledge);
+    state.knowledge.extend(stage_knowledge);
     Ok(report)
-}
-
-fn merge_knowledge(mut a: Knowledge, b: Knowledge) -> Knowledge {
-    a.extend(b);
-    a
 }
 
 /// Writes windows of documents into streamed shards, skipping shards a previous run published.
@@ -717,7 +704,7 @@ pub async fn plan_pipeline(pipeline: &Pipeline) -> Result<Vec<(String, StagePlan
     let mut out = Vec::new();
     for (name, mix) in &pipeline.stages {
         let tokenizer = TokenizerFile::load_with(&mix.tokenizer, mix.encoder)?;
-        let plan = plan_stage(mix, &tokenizer, &starts).await?;
+        let plan = plan_stage(&session(mix).await?, mix, &tokenizer, &starts).await?;
         for (component, _, p) in &plan.components {
             starts.insert((component.name.clone(), component.sql.clone()), p.end);
         }

@@ -3,11 +3,40 @@ use serde::{Deserialize, Serialize};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{
-    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
-    Tokenizer, TokenizerBuilder,
+    AddedToken, DecoderWrapper, Model, ModelWrapper, NormalizerWrapper, PostProcessorWrapper,
+    PreTokenizerWrapper, Tokenizer, TokenizerBuilder, TokenizerImpl, Trainer,
 };
 
 use crate::{Error, Result, TokenizerFile};
+
+type Pipeline<M> =
+    TokenizerImpl<M, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>;
+
+/// Trains `tokenizer`'s model on `texts` and returns the result as a tokenizer file.
+fn train<M, T>(
+    mut tokenizer: Pipeline<M>,
+    trainer: &mut T,
+    texts: &[String],
+) -> Result<TokenizerFile>
+where
+    M: Model<Trainer = T> + Send + Sync + Into<ModelWrapper>,
+    T: Trainer<Model = M> + Sync,
+{
+    let fail = |reason: String| Error::Tokenizer {
+        what: "training".into(),
+        reason,
+    };
+    tokenizer
+        .train(trainer, texts.iter())
+        .map_err(|e| fail(e.to_string()))?;
+    let json = Tokenizer::from(tokenizer)
+        .to_string(false)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(TokenizerFile::from_json(
+        json.into_bytes(),
+        "trained tokenizer",
+    )?)
+}
 
 /// Options for training a byte-level BPE tokenizer (`[tokenizer.train]`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,17 +98,8 @@ pub fn train_bpe(texts: &[String], options: &BpeTrainOptions) -> Result<Tokenize
         .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
         .with_post_processor(Some(ByteLevel::new(false, true, true).into()))
         .with_decoder(Some(ByteLevel::new(false, true, true).into()));
-    let mut tokenizer = builder.build().map_err(|e| fail(e.to_string()))?;
-    tokenizer
-        .train(&mut trainer, texts.iter())
-        .map_err(|e| fail(e.to_string()))?;
-    let json = Tokenizer::from(tokenizer)
-        .to_string(false)
-        .map_err(|e| fail(e.to_string()))?;
-    Ok(TokenizerFile::from_json(
-        json.into_bytes(),
-        "trained tokenizer",
-    )?)
+    let tokenizer = builder.build().map_err(|e| fail(e.to_string()))?;
+    train(tokenizer, &mut trainer, texts)
 }
 
 /// Options for training a Unigram tokenizer (SentencePiece-style, `▁` for spaces).
@@ -133,17 +153,8 @@ pub fn train_unigram(texts: &[String], options: &UnigramTrainOptions) -> Result<
         .with_pre_tokenizer(Some(Metaspace::default().into()))
         .with_post_processor(None)
         .with_decoder(Some(Metaspace::default().into()));
-    let mut tokenizer = builder.build().map_err(|e| fail(e.to_string()))?;
-    tokenizer
-        .train(&mut trainer, texts.iter())
-        .map_err(|e| fail(e.to_string()))?;
-    let json = Tokenizer::from(tokenizer)
-        .to_string(false)
-        .map_err(|e| fail(e.to_string()))?;
-    Ok(TokenizerFile::from_json(
-        json.into_bytes(),
-        "trained tokenizer",
-    )?)
+    let tokenizer = builder.build().map_err(|e| fail(e.to_string()))?;
+    train(tokenizer, &mut trainer, texts)
 }
 
 #[cfg(test)]

@@ -313,19 +313,22 @@ pub async fn pack_documents(
             .total_cmp(&dapt_core::hash::unit_interval(order_seed, &ids[b]))
             .then_with(|| ids[a].cmp(&ids[b]))
     });
-    let documents: Vec<PackDocument> = order
-        .iter()
-        .map(|&i| PackDocument {
-            id: ids[i].clone(),
-            text: texts[i].clone(),
-            source: sources
-                .get(i)
-                .filter(|_| sources.len() == ids.len())
-                .cloned(),
-        })
-        .collect();
-    let chunks: Vec<Result<Vec<PackDocument>>> =
-        documents.chunks(1024).map(|c| Ok(c.to_vec())).collect();
+    let mut documents = order.iter().map(|&i| PackDocument {
+        id: ids[i].clone(),
+        text: texts[i].clone(),
+        source: sources
+            .get(i)
+            .filter(|_| sources.len() == ids.len())
+            .cloned(),
+    });
+    let mut chunks: Vec<Result<Vec<PackDocument>>> = Vec::new();
+    loop {
+        let chunk: Vec<PackDocument> = documents.by_ref().take(1024).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(Ok(chunk));
+    }
     pack_stream(
         output,
         tokenizer,

@@ -26,10 +26,7 @@ impl Default for SqlSession {
 impl SqlSession {
     /// A session with one partition per core.
     pub fn new() -> Self {
-        let config = SessionConfig::new().with_information_schema(true);
-        let context = SessionContext::new_with_config(config);
-        crate::functions::register_functions(&context);
-        Self { context }
+        Self::with_context(SessionContext::new_with_config(Self::config()))
     }
 
     /// A session whose operators (sorts, joins, aggregations) spill to temporary files beyond
@@ -42,10 +39,33 @@ impl SqlSession {
                 path: "memory limit".into(),
                 reason: e.to_string(),
             })?;
-        let config = SessionConfig::new().with_information_schema(true);
-        let context = SessionContext::new_with_config_rt(config, runtime);
+        Ok(Self::with_context(SessionContext::new_with_config_rt(
+            Self::config(),
+            runtime,
+        )))
+    }
+
+    /// A session over the tables, tokenizers and classifiers of a sources file; with a memory limit,
+    /// see [`SqlSession::with_memory_limit`].
+    pub async fn over_sources(
+        sources: &SourcesOptions,
+        memory_limit: Option<usize>,
+    ) -> Result<Self> {
+        let session = match memory_limit {
+            Some(bytes) => Self::with_memory_limit(bytes)?,
+            None => Self::new(),
+        };
+        session.register_sources(sources).await?;
+        Ok(session)
+    }
+
+    fn config() -> SessionConfig {
+        SessionConfig::new().with_information_schema(true)
+    }
+
+    fn with_context(context: SessionContext) -> Self {
         crate::functions::register_functions(&context);
-        Ok(Self { context })
+        Self { context }
     }
 
     /// The underlying DataFusion context, for callers that register more.

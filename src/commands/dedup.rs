@@ -101,8 +101,7 @@ pub fn run(args: DedupArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let session = SqlSession::new();
-        session.register_sources(&sources).await?;
+        let session = SqlSession::over_sources(&sources, None).await?;
         let stream = session.query(&common.query).await?;
         let input = stream.map(|batch| batch.map_err(|e| e.to_string()));
         let duplicates = match &near {

@@ -41,8 +41,7 @@ pub fn query_layout(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let session = SqlSession::new();
-        session.register_sources(&sources).await?;
+        let session = SqlSession::over_sources(&sources, None).await?;
         let stream = session.query(query).await?;
         let schema = stream.schema();
         let Some(layout) = layouts

@@ -192,8 +192,7 @@ async fn ordered_documents(
         None => SourcesOptions::default(),
     };
     // The sort spills to temporary files beyond this, so memory does not grow with the input.
-    let session = SqlSession::with_memory_limit(256 << 20)?;
-    session.register_sources(&sources).await?;
+    let session = SqlSession::over_sources(&sources, Some(256 << 20)).await?;
     let order_seed = dapt_core::hash::sub_seed(seed, "pack-order", 0) & (i64::MAX as u64);
     let inner = query.trim().trim_end_matches(';');
     let ordered = format!(

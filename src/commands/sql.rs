@@ -79,8 +79,7 @@ pub fn run(args: SqlArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let session = SqlSession::new();
-        session.register_sources(&sources).await?;
+        let session = SqlSession::over_sources(&sources, None).await?;
         let Some(mut stream) = session.run_script(&script, &sources.storage).await? else {
             return Ok(());
         };

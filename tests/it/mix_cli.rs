@@ -35,6 +35,22 @@ fn components(handbook_weight: f64) -> String {
     )
 }
 
+/// `dapt mix run FILE --out OUT`, on `threads` rayon threads if given; fails with its stderr.
+fn mix_run(file: &Path, out: &Path, threads: Option<usize>) -> Result<()> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dapt"));
+    command.args(["mix", "run"]).arg(file).arg("--out").arg(out);
+    if let Some(threads) = threads {
+        command.env("RAYON_NUM_THREADS", threads.to_string());
+    }
+    let run = command.output()?;
+    ensure!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    Ok(())
+}
+
 fn report(dir: &Path) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&std::fs::read(
         dir.join("mix_report.json"),
@@ -78,18 +94,7 @@ fn mix_plan_and_run_hit_the_shares_deterministically() -> Result<()> {
     );
 
     let out = dir.path().join("out");
-    let run = dapt(&[
-        "mix",
-        "run",
-        mix.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    ensure!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    mix_run(&mix, &out, None)?;
     let r = report(&out)?;
     ensure!(
         r["max_share_error_points"].as_f64().unwrap() <= 0.5,
@@ -130,17 +135,7 @@ fn mix_plan_and_run_hit_the_shares_deterministically() -> Result<()> {
 
     // Same inputs and seed, one thread: identical bytes.
     let again = dir.path().join("again");
-    let one = Command::new(env!("CARGO_BIN_EXE_dapt"))
-        .args([
-            "mix",
-            "run",
-            mix.to_str().unwrap(),
-            "--out",
-            again.to_str().unwrap(),
-        ])
-        .env("RAYON_NUM_THREADS", "1")
-        .output()?;
-    ensure!(one.status.success());
+    mix_run(&mix, &again, Some(1))?;
     same_files(&out, &again)?;
 
     // Killed mid-run, then rerun: identical to the uninterrupted output.
@@ -158,18 +153,7 @@ fn mix_plan_and_run_hit_the_shares_deterministically() -> Result<()> {
     std::thread::sleep(std::time::Duration::from_millis(4500));
     child.kill()?;
     child.wait()?;
-    let rerun = dapt(&[
-        "mix",
-        "run",
-        mix.to_str().unwrap(),
-        "--out",
-        killed.to_str().unwrap(),
-    ]);
-    ensure!(
-        rerun.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rerun.stderr)
-    );
+    mix_run(&mix, &killed, None)?;
     same_files(&out, &killed)?;
 
     // A target beyond max_epochs is capped, warned about in the plan, and reported.
@@ -182,15 +166,7 @@ fn mix_plan_and_run_hit_the_shares_deterministically() -> Result<()> {
     let plan = dapt(&["mix", "plan", capped.to_str().unwrap()]);
     ensure!(String::from_utf8(plan.stdout)?.contains("WARNING: needs more epochs"));
     let out = dir.path().join("capped");
-    ensure!(dapt(&[
-        "mix",
-        "run",
-        capped.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap()
-    ])
-    .status
-    .success());
+    mix_run(&capped, &out, None)?;
     let handbook = &report(&out)?["components"][1];
     ensure!(handbook["capped"] == true, "{handbook:#}");
     ensure!(handbook["tokens"].as_u64() <= handbook["available_tokens"].as_u64());
@@ -269,18 +245,7 @@ fn stages_continue_components_and_check_qa_grounding() -> Result<()> {
         ),
     )?;
     let out = dir.path().join("out");
-    let run = dapt(&[
-        "mix",
-        "run",
-        pipeline.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    ensure!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    mix_run(&pipeline, &out, None)?;
     let (r1, r2) = (report(&out.join("stage1"))?, report(&out.join("stage2"))?);
     // 630k of ≈773k tokens in stage 1; stage 2 takes the next 10k: nothing seen twice.
     ensure!(r1["components"][0]["seen_in_earlier_stages"] == 0);
