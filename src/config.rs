@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use dapt_ingest::{IngestOptions, IngestSettings};
 use dapt_packer::{BpeTrainOptions, PackOptions, PackSettings};
-use dapt_trainer::{ModelConfig, TrainOptions};
+use dapt_trainer::{ModelConfig, TokenIds, TrainOptions};
 use serde::{Deserialize, Serialize};
 
 /// A pipeline run, as written in TOML.
@@ -173,10 +173,10 @@ impl RunSettings {
             num_key_value_heads: m.num_key_value_heads,
             max_position_embeddings: self.pack.seq_len as i64,
             rms_norm_eps: m.rms_norm_eps,
-            rope_theta: m.rope_theta,
+            rope_theta: Some(m.rope_theta),
             tie_word_embeddings: m.tie_word_embeddings,
-            eos_token_id: Some(eos_id as i64),
-            pad_token_id: Some(pad_id as i64),
+            eos_token_id: Some(TokenIds::One(eos_id as i64)),
+            pad_token_id: Some(TokenIds::One(pad_id as i64)),
             ..ModelConfig::default()
         }
     }

@@ -1,6 +1,6 @@
 //! Perplexity over packed rows.
 use dapt_core::PackedRow;
-use dapt_trainer::{Batch, Llama};
+use dapt_trainer::{Batch, CausalLm};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
@@ -20,7 +20,7 @@ pub struct Perplexity {
 /// Scores `rows` in batches of `batch_size` without gradients. The result does not depend on the
 /// batch size: losses are summed per token and divided once.
 pub fn perplexity(
-    model: &Llama,
+    model: &CausalLm,
     rows: &[PackedRow],
     batch_size: usize,
     device: Device,

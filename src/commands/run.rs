@@ -14,7 +14,6 @@
 //!
 //! A rerun reuses finished data stages and publishes nothing twice.
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -25,7 +24,7 @@ use dapt_core::hash::sub_seed;
 use dapt_core::{parquet_io, Location, OutputDir, PackedRow};
 use dapt_packer::{pack_documents, read_packed, split_heldout, TokenizerFile};
 use dapt_trainer::tch::{self, nn, Device};
-use dapt_trainer::Llama;
+use dapt_trainer::{CausalLm, InMemoryRows, Trainer};
 use serde_json::json;
 
 use crate::config::{RunSettings, TokenizerSource};
@@ -135,7 +134,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let device = Device::cuda_if_available();
     let config = settings.model_config(tokenizer.vocab_size(), eos_id, pad_id);
     let vs = nn::VarStore::new(device);
-    let model = Llama::new(&vs.root(), &config)?;
+    let model = CausalLm::new(&vs.root(), &config)?;
     let parameters: i64 = vs
         .trainable_variables()
         .iter()
@@ -150,44 +149,34 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     );
 
     let log_path = out.join("train_log.jsonl");
-    let mut log = std::io::BufWriter::new(
-        std::fs::File::create(&log_path)
-            .with_context(|| format!("cannot create {}", log_path.display()))?,
-    );
     let bar = progress::bar(settings.train.steps as u64, "train", "steps");
-    let mut log_error = None;
-    let history = dapt_trainer::train(
-        &model,
-        &vs,
-        &train_rows,
-        &settings.train,
-        settings.seed,
-        |m| {
-            bar.inc(1);
-            bar.set_message(format!("loss {:.3}", m.loss));
-            if m.step % 10 == 0 || m.step + 1 == settings.train.steps {
-                tracing::info!(
-                    step = m.step,
-                    loss = m.loss,
-                    lr = m.learning_rate,
-                    grad_norm = m.grad_norm,
-                    tokens_per_second = m.tokens_per_second as u64,
-                    "train"
-                );
-            }
-            if let Err(e) = serde_json::to_writer(&mut log, m)
-                .map_err(std::io::Error::from)
-                .and_then(|()| log.write_all(b"\n"))
-            {
-                log_error.get_or_insert(e);
-            }
-        },
-    )?;
+    let mut data = InMemoryRows::new(train_rows, settings.seed)?;
+    let trainer = Trainer {
+        model: &model,
+        trainable: &vs,
+        options: &settings.train,
+        seed: settings.seed,
+        heldout: None,
+        freeze_embeddings_below: None,
+        checkpoint_dir: None,
+        log_path: Some(log_path),
+    };
+    let outcome = trainer.run(&mut data, false, |m| {
+        bar.inc(1);
+        bar.set_message(format!("loss {:.3}", m.loss));
+        if m.step % 10 == 0 || m.step + 1 == settings.train.steps {
+            tracing::info!(
+                step = m.step,
+                loss = m.loss,
+                lr = m.learning_rate,
+                grad_norm = m.grad_norm,
+                tokens_per_second = m.tokens_per_second as u64,
+                "train"
+            );
+        }
+    })?;
+    let history = outcome.history;
     bar.finish_and_clear();
-    if let Some(e) = log_error {
-        return Err(e).with_context(|| format!("cannot write {}", log_path.display()));
-    }
-    log.flush()?;
     model.save(&vs, &out.join("model"))?;
     let after = dapt_eval::perplexity(&model, &heldout_rows, settings.eval.batch_size, device)?;
 

@@ -1,7 +1,19 @@
 //! Training batches from packed rows: ids, per-segment positions, a block-diagonal causal mask and
 //! next-token targets that never cross a segment boundary.
 use dapt_core::PackedRow;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
+
+/// Which tokens a batch trains on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Continual pretraining: every next token within a segment.
+    #[default]
+    Cpt,
+    /// Supervised fine-tuning: only next tokens whose `loss_mask` is set (the answers).
+    Sft,
+}
 
 /// Target value that the loss ignores.
 pub const IGNORE_INDEX: i64 = -100;
@@ -23,8 +35,14 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Builds a batch; every row must have the same length.
+    /// Builds a batch that honours `loss_mask` (the SFT objective); every row must have the same length.
     pub fn from_rows(rows: &[&PackedRow], device: Device) -> Self {
+        Self::from_rows_with(rows, device, Objective::Sft)
+    }
+
+    /// Builds a batch for an objective; every row must have the same length.
+    pub fn from_rows_with(rows: &[&PackedRow], device: Device, objective: Objective) -> Self {
+        let use_mask = objective == Objective::Sft;
         let batch = rows.len() as i64;
         let seq = rows.first().map_or(0, |r| r.input_ids.len()) as i64;
         let mut ids = Vec::with_capacity((batch * seq) as usize);
@@ -53,7 +71,7 @@ impl Batch {
                 let valid = next < seq as usize
                     && row_segments[t] == row_segments[next]
                     && row_segments[t] != pad_segment
-                    && row.loss_mask[next];
+                    && (!use_mask || row.loss_mask.get(next).copied().unwrap_or(true));
                 if valid {
                     targets.push(row.input_ids[next] as i64);
                     target_count += 1;

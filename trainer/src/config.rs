@@ -1,14 +1,35 @@
-//! Model configuration in HF `config.json` terms (Llama family).
+//! Model configuration in HF `config.json` terms: the Llama 3, Qwen2 and Qwen3 families. Keys the model
+//! does not use are kept (`extra`) and written back, so a saved `config.json` is the one that was read.
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::{Error, Result};
 
-/// The fields of an HF Llama `config.json` that the model uses; written back as a `config.json` that
-/// HF `transformers` reads.
+/// A token id or a list of them (Llama 3.1 lists several `eos_token_id`s).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(i64),
+    Many(Vec<i64>),
+}
+
+impl TokenIds {
+    /// Every id.
+    pub fn ids(&self) -> Vec<i64> {
+        match self {
+            Self::One(id) => vec![*id],
+            Self::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+/// The fields of an HF `config.json` that the model uses; written back as a `config.json` that HF
+/// `transformers` reads.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ModelConfig {
     pub architectures: Vec<String>,
+    /// `llama`, `qwen2` or `qwen3`.
     pub model_type: String,
     pub vocab_size: i64,
     pub hidden_size: i64,
@@ -16,17 +37,34 @@ pub struct ModelConfig {
     pub num_hidden_layers: i64,
     pub num_attention_heads: i64,
     pub num_key_value_heads: i64,
+    /// Size of one attention head; `hidden_size / num_attention_heads` when absent (Qwen3 sets it apart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<i64>,
     pub max_position_embeddings: i64,
     pub rms_norm_eps: f64,
-    pub rope_theta: f64,
+    /// RoPE base (transformers 4 layout); `rope_parameters.rope_theta` wins when present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    /// RoPE scaling (transformers 4 layout): `{rope_type|type, factor, …}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<Value>,
+    /// RoPE settings (transformers 5 layout): `{rope_type, rope_theta, factor, …}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<Value>,
     pub tie_word_embeddings: bool,
     pub hidden_act: String,
     pub initializer_range: f64,
-    pub attention_bias: bool,
-    pub bos_token_id: Option<i64>,
-    pub eos_token_id: Option<i64>,
-    pub pad_token_id: Option<i64>,
-    pub torch_dtype: String,
+    /// Biases on the attention projections (Llama: q/k/v/o; Qwen3: q/k/v/o). Qwen2 always has q/k/v biases.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_bias: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mlp_bias: Option<bool>,
+    pub bos_token_id: Option<TokenIds>,
+    pub eos_token_id: Option<TokenIds>,
+    pub pad_token_id: Option<TokenIds>,
+    /// Every other key of the file, written back unchanged.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 impl Default for ModelConfig {
@@ -40,33 +78,137 @@ impl Default for ModelConfig {
             num_hidden_layers: 32,
             num_attention_heads: 32,
             num_key_value_heads: 32,
+            head_dim: None,
             max_position_embeddings: 4096,
             rms_norm_eps: 1e-6,
-            rope_theta: 10000.0,
+            rope_theta: Some(10000.0),
+            rope_scaling: None,
+            rope_parameters: None,
             tie_word_embeddings: false,
             hidden_act: "silu".into(),
             initializer_range: 0.02,
-            attention_bias: false,
+            attention_bias: Some(false),
+            mlp_bias: None,
             bos_token_id: None,
             eos_token_id: None,
             pad_token_id: None,
-            torch_dtype: "float32".into(),
+            extra: Map::new(),
         }
     }
+}
+
+/// How rotary frequencies are derived from the base ones.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3's frequency-dependent scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// Resolved RoPE settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rope {
+    pub theta: f64,
+    pub scaling: RopeScaling,
 }
 
 impl ModelConfig {
     /// Size of one attention head.
     pub fn head_dim(&self) -> i64 {
-        self.hidden_size / self.num_attention_heads
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Whether q/k/v projections have biases.
+    pub fn qkv_bias(&self) -> bool {
+        self.model_type == "qwen2" || self.attention_bias.unwrap_or(false)
+    }
+
+    /// Whether the output projection has a bias.
+    pub fn o_bias(&self) -> bool {
+        self.model_type != "qwen2" && self.attention_bias.unwrap_or(false)
+    }
+
+    /// Whether q and k are RMS-normalised per head before RoPE (Qwen3).
+    pub fn qk_norm(&self) -> bool {
+        self.model_type == "qwen3"
+    }
+
+    /// The end-of-sequence ids.
+    pub fn eos_ids(&self) -> Vec<i64> {
+        self.eos_token_id
+            .as_ref()
+            .map(TokenIds::ids)
+            .unwrap_or_default()
+    }
+
+    fn bad(key: &str, reason: String) -> Error {
+        Error::Setting {
+            key: format!("model.{key}"),
+            reason,
+        }
+    }
+
+    /// RoPE base and scaling from either config layout.
+    pub fn rope(&self) -> Result<Rope> {
+        let (key, parameters) = match (&self.rope_parameters, &self.rope_scaling) {
+            (Some(p), _) => ("rope_parameters", Some(p)),
+            (None, Some(s)) if !s.is_null() => ("rope_scaling", Some(s)),
+            _ => ("rope_scaling", None),
+        };
+        let number = |name: &str| -> Result<Option<f64>> {
+            match parameters.and_then(|p| p.get(name)) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+                    Self::bad(&format!("{key}.{name}"), format!("{v} is not a number"))
+                }),
+            }
+        };
+        let theta = number("rope_theta")?.or(self.rope_theta).unwrap_or(10000.0);
+        let kind = parameters
+            .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let required = |name: &str| -> Result<f64> {
+            number(name)?.ok_or_else(|| {
+                Self::bad(
+                    &format!("{key}.{name}"),
+                    format!("required by rope_type {kind:?}"),
+                )
+            })
+        };
+        let scaling = match kind {
+            "default" => RopeScaling::None,
+            "linear" => RopeScaling::Linear {
+                factor: required("factor")?,
+            },
+            "llama3" => RopeScaling::Llama3 {
+                factor: required("factor")?,
+                low_freq_factor: required("low_freq_factor")?,
+                high_freq_factor: required("high_freq_factor")?,
+                original_max_position_embeddings: required("original_max_position_embeddings")?,
+            },
+            other => {
+                return Err(Self::bad(
+                    &format!("{key}.rope_type"),
+                    format!("{other:?} is not supported (default, linear and llama3 are)"),
+                ))
+            }
+        };
+        Ok(Rope { theta, scaling })
     }
 
     /// Checks the shape relations the model relies on; errors name the key.
     pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, reason: String| Error::Setting {
-            key: format!("model.{key}"),
-            reason,
-        };
         for (key, value) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -76,11 +218,20 @@ impl ModelConfig {
             ("num_key_value_heads", self.num_key_value_heads),
         ] {
             if value <= 0 {
-                return Err(bad(key, format!("must be positive, is {value}")));
+                return Err(Self::bad(key, format!("must be positive, is {value}")));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(bad(
+        if !matches!(self.model_type.as_str(), "llama" | "qwen2" | "qwen3") {
+            return Err(Self::bad(
+                "model_type",
+                format!(
+                    "{:?} is not supported (llama, qwen2, qwen3 are)",
+                    self.model_type
+                ),
+            ));
+        }
+        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+            return Err(Self::bad(
                 "hidden_size",
                 format!(
                     "{} is not divisible by num_attention_heads {}",
@@ -88,11 +239,14 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim() % 2 != 0 {
-            return Err(bad("hidden_size", "head size must be even for RoPE".into()));
+        if self.head_dim() <= 0 || self.head_dim() % 2 != 0 {
+            return Err(Self::bad(
+                "head_dim",
+                format!("{} must be positive and even for RoPE", self.head_dim()),
+            ));
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
-            return Err(bad(
+            return Err(Self::bad(
                 "num_key_value_heads",
                 format!(
                     "{} does not divide num_attention_heads {}",
@@ -101,11 +255,21 @@ impl ModelConfig {
             ));
         }
         if self.hidden_act != "silu" {
-            return Err(bad(
+            return Err(Self::bad(
                 "hidden_act",
                 format!("{:?} is not supported (silu is)", self.hidden_act),
             ));
         }
+        if self.mlp_bias == Some(true) {
+            return Err(Self::bad("mlp_bias", "MLP biases are not supported".into()));
+        }
+        if self.extra.get("use_sliding_window") == Some(&Value::Bool(true)) {
+            return Err(Self::bad(
+                "use_sliding_window",
+                "sliding-window attention is not supported".into(),
+            ));
+        }
+        self.rope()?;
         Ok(())
     }
 
@@ -119,7 +283,52 @@ impl ModelConfig {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        config.validate()?;
+        config.validate().map_err(|e| Error::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         Ok(config)
+    }
+
+    /// Writes `config.json` into `dir`.
+    pub fn save(&self, dir: &std::path::Path) -> Result<()> {
+        let path = dir.join("config.json");
+        let json = serde_json::to_string_pretty(self).map_err(|e| Error::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        crate::weights::write_atomically(&path, (json + "\n").as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_rope_layouts_resolve() {
+        let v4: ModelConfig = serde_json::from_str(
+            r#"{"model_type":"llama","rope_theta":500000.0,"rope_scaling":{"rope_type":"llama3","factor":8.0,
+            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192},
+            "eos_token_id":[1,2],"some_key":7}"#,
+        )
+        .unwrap();
+        let v5: ModelConfig = serde_json::from_str(
+            r#"{"model_type":"llama","rope_parameters":{"rope_type":"llama3","rope_theta":500000.0,"factor":8.0,
+            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#,
+        )
+        .unwrap();
+        assert_eq!(v4.rope().unwrap(), v5.rope().unwrap());
+        assert_eq!(v4.rope().unwrap().theta, 500000.0);
+        assert_eq!(v4.eos_ids(), [1, 2]);
+        let written = serde_json::to_value(&v4).unwrap();
+        assert_eq!(written["some_key"], 7, "unknown keys are written back");
+        let yarn: ModelConfig =
+            serde_json::from_str(r#"{"rope_scaling":{"rope_type":"yarn","factor":4.0}}"#).unwrap();
+        let error = yarn.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("rope_scaling.rope_type") && error.contains("yarn"),
+            "{error}"
+        );
     }
 }

@@ -1,20 +1,34 @@
-//! dapt-trainer: training on LibTorch (tch). Its job is Llama-style decoder models whose variables carry
-//! the HF checkpoint names (so `config.json` + `model.safetensors` load and save without renaming),
-//! batches built from packed rows with positions that restart in every segment and a block-diagonal
-//! causal mask (no token attends across documents), and a training loop (AdamW with decoupled weight
-//! decay, warmup + cosine schedule, gradient clipping). Its input is packed Parquet rows from the
-//! packer (via `dapt-core`); its output is a model directory and per-step metrics.
+//! dapt-trainer: training on LibTorch (tch). Its job is decoder models of the Llama 3 / Qwen2 / Qwen3
+//! families whose variables carry the HF checkpoint names (so HF model directories load and save without
+//! renaming), batches built from packed rows with positions that restart in every segment and a
+//! block-diagonal causal mask (no token attends across documents), LoRA adapters in PEFT's layout,
+//! embedding resizing for extended vocabularies, and a training loop (AdamW with decoupled weight decay,
+//! warmup + decay, clipping, accumulation, checkpoints with exact resume). Its input is packed Parquet
+//! rows from the packer (via `dapt-core`) and HF model directories; its output is model and adapter
+//! directories, checkpoints and per-step metrics.
 
 mod batch;
 mod config;
+mod data;
 mod error;
+mod lora;
 mod model;
+mod optim;
+mod resize;
 mod train;
+pub mod weights;
 
-pub use batch::Batch;
-pub use config::ModelConfig;
+pub use batch::{Batch, Objective, IGNORE_INDEX};
+pub use config::{ModelConfig, Rope, RopeScaling, TokenIds};
+pub use data::{DataCursor, InMemoryRows, PackedShards, RowSource};
 pub use error::{Error, Result};
-pub use model::Llama;
+pub use lora::{save_adapter, LoraInit, LoraOptions, ALL_LINEAR};
+pub use model::CausalLm;
+pub use optim::AdamW;
+pub use resize::{resize_embeddings, NewTokenSpec, ResizeInit, ResizeReport};
 /// The tch version the trainer is built with, for callers that handle devices and seeds.
 pub use tch;
-pub use train::{train, StepMetrics, TrainOptions, TrainSettings};
+pub use train::{
+    describe_precision, mean_loss, CheckpointState, Schedule, StepMetrics, TrainOptions,
+    TrainOutcome, TrainSettings, Trainer,
+};

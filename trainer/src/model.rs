@@ -1,19 +1,21 @@
-//! Llama-style decoder. Variable names equal HF checkpoint keys (`model.layers.0.self_attn.q_proj.weight`,
-//! …), so `model.safetensors` files load and save without renaming.
+//! Decoder-only causal LMs of the Llama 3 / Qwen2 / Qwen3 families: RMSNorm, RoPE (with the config's
+//! theta and scaling), grouped-query attention, SwiGLU, tied or untied embeddings, Qwen2's q/k/v biases,
+//! Qwen3's per-head q/k norms. Variable names equal HF checkpoint keys
+//! (`model.layers.0.self_attn.q_proj.weight`, …), so `model.safetensors` loads and saves without
+//! renaming, and a saved directory is one HF `transformers` loads.
+use std::cell::Cell;
 use std::path::Path;
 
-use tch::nn::{self, Module};
+use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
 use crate::batch::{Batch, IGNORE_INDEX};
+use crate::config::RopeScaling;
+use crate::lora::{LoraInit, LoraOptions};
+use crate::weights::{load_into, save_safetensors, weight_files};
 use crate::{Error, ModelConfig, Result};
 
-/// Parameter group for the optimiser: weights that decay.
-pub const GROUP_DECAY: usize = 0;
-/// Parameter group for the optimiser: norms (and biases), which do not decay.
-pub const GROUP_NO_DECAY: usize = 1;
-
-/// Root-mean-square layer norm. `weight: [hidden]`.
+/// Root-mean-square layer norm. `weight: [size]`.
 #[derive(Debug)]
 struct RmsNorm {
     weight: Tensor,
@@ -22,30 +24,114 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn new(path: nn::Path, size: i64, eps: f64) -> Self {
-        let path = path.set_group(GROUP_NO_DECAY);
         Self {
-            weight: path.ones("weight", &[size]),
+            weight: path.var("weight", &[size], Init::Const(1.0)),
             eps,
         }
     }
 
-    /// `x: [.., hidden]` → same shape.
+    /// `x: [.., size]` → same shape; computed in float32 like HF.
     fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let x = x.to_kind(Kind::Float);
         let variance = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        x * (variance + self.eps).rsqrt() * &self.weight
+        (x * (variance + self.eps).rsqrt()).to_kind(kind) * &self.weight
     }
 }
 
-fn linear(path: nn::Path, inputs: i64, outputs: i64, std: f64) -> nn::Linear {
-    let config = nn::LinearConfig {
-        ws_init: nn::Init::Randn {
-            mean: 0.0,
-            stdev: std,
-        },
-        bs_init: None,
-        bias: false,
-    };
-    nn::linear(path.set_group(GROUP_DECAY), inputs, outputs, config)
+/// A LoRA update beside a linear layer: `dropout(x)·Aᵀ·Bᵀ·scale`. `a: [r, in]`, `b: [out, r]`.
+#[derive(Debug)]
+struct LoraAdapter {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
+    dropout: f64,
+}
+
+/// `y = x·Wᵀ + b` (+ LoRA). `weight: [out, in]`, `bias: [out]`.
+#[derive(Debug)]
+struct Linear {
+    /// HF name of the module (`model.layers.0.self_attn.q_proj`).
+    name: String,
+    weight: Tensor,
+    bias: Option<Tensor>,
+    lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    fn new(path: nn::Path, name: &str, inputs: i64, outputs: i64, bias: bool, std: f64) -> Self {
+        let full = format!("{}.{name}", path.components().collect::<Vec<_>>().join("."));
+        let path = &path / name;
+        Self {
+            name: full,
+            weight: path.var(
+                "weight",
+                &[outputs, inputs],
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: std,
+                },
+            ),
+            bias: bias.then(|| path.var("bias", &[outputs], Init::Const(0.0))),
+            lora: None,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, training: bool) -> Tensor {
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match &self.lora {
+            None => y,
+            Some(lora) => {
+                let input = if training && lora.dropout > 0.0 {
+                    x.dropout(lora.dropout, true)
+                } else {
+                    x.shallow_clone()
+                };
+                y + input
+                    .linear::<Tensor>(&lora.a, None)
+                    .linear::<Tensor>(&lora.b, None)
+                    * lora.scale
+            }
+        }
+    }
+
+    /// Adds an adapter below `root` (the adapter VarStore's root) under PEFT's name.
+    fn attach(&mut self, root: &nn::Path, options: &LoraOptions) {
+        let mut path = root / "base_model" / "model";
+        for part in self.name.split('.') {
+            path = &path / part;
+        }
+        let (outputs, inputs) = (self.weight.size()[0], self.weight.size()[1]);
+        let a_init = match options.init {
+            LoraInit::Kaiming => {
+                let bound = 1.0 / (inputs as f64).sqrt();
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                }
+            }
+            LoraInit::Gaussian => Init::Randn {
+                mean: 0.0,
+                stdev: 1.0 / options.r as f64,
+            },
+        };
+        self.lora = Some(LoraAdapter {
+            a: (&path / "lora_A").var("weight", &[options.r, inputs], a_init),
+            b: (&path / "lora_B").var("weight", &[outputs, options.r], Init::Const(0.0)),
+            scale: options.scale(),
+            dropout: options.dropout,
+        });
+    }
+
+    /// Folds the adapter into the weight: `W += B·A·scale`.
+    fn merge(&mut self) {
+        if let Some(lora) = self.lora.take() {
+            tch::no_grad(|| {
+                let update = lora.b.matmul(&lora.a) * lora.scale;
+                let _ = self.weight.g_add_(&update.to_kind(self.weight.kind()));
+            });
+        }
+    }
 }
 
 /// Rotates the two halves of the last dimension: `[x1, x2]` → `[-x2, x1]`.
@@ -59,10 +145,12 @@ fn rotate_half(x: &Tensor) -> Tensor {
 /// Grouped-query self-attention with rotary position embeddings.
 #[derive(Debug)]
 struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    o_proj: nn::Linear,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -72,44 +160,59 @@ impl Attention {
     fn new(path: nn::Path, c: &ModelConfig) -> Self {
         let hd = c.head_dim();
         let std = c.initializer_range;
+        let (h, kv, hidden) = (c.num_attention_heads, c.num_key_value_heads, c.hidden_size);
+        let norm = |name: &str| {
+            c.qk_norm()
+                .then(|| RmsNorm::new(&path / name, hd, c.rms_norm_eps))
+        };
         Self {
-            q_proj: linear(
-                &path / "q_proj",
-                c.hidden_size,
-                c.num_attention_heads * hd,
-                std,
-            ),
-            k_proj: linear(
-                &path / "k_proj",
-                c.hidden_size,
-                c.num_key_value_heads * hd,
-                std,
-            ),
-            v_proj: linear(
-                &path / "v_proj",
-                c.hidden_size,
-                c.num_key_value_heads * hd,
-                std,
-            ),
-            o_proj: linear(
-                &path / "o_proj",
-                c.num_attention_heads * hd,
-                c.hidden_size,
-                std,
-            ),
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
+            q_proj: Linear::new(path.clone(), "q_proj", hidden, h * hd, c.qkv_bias(), std),
+            k_proj: Linear::new(path.clone(), "k_proj", hidden, kv * hd, c.qkv_bias(), std),
+            v_proj: Linear::new(path.clone(), "v_proj", hidden, kv * hd, c.qkv_bias(), std),
+            o_proj: Linear::new(path.clone(), "o_proj", h * hd, hidden, c.o_bias(), std),
+            q_norm: norm("q_norm"),
+            k_norm: norm("k_norm"),
+            heads: h,
+            kv_heads: kv,
             head_dim: hd,
         }
     }
 
+    fn linears(&mut self) -> [&mut Linear; 4] {
+        [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+        ]
+    }
+
     /// `x: [b, t, hidden]`, `cos`/`sin: [b, 1, t, head_dim]`, `mask: [b, 1, t, t]` → `[b, t, hidden]`.
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Tensor {
-        let (b, t, _) = x.size3().expect("[batch, seq, hidden]");
-        let split = |y: Tensor, heads: i64| y.view([b, t, heads, self.head_dim]).transpose(1, 2);
-        let q = split(self.q_proj.forward(x), self.heads);
-        let k = split(self.k_proj.forward(x), self.kv_heads);
-        let v = split(self.v_proj.forward(x), self.kv_heads);
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        training: bool,
+    ) -> Tensor {
+        let size = x.size();
+        let (b, t) = (size[0], size[1]);
+        let split = |y: Tensor, heads: i64, norm: &Option<RmsNorm>| {
+            let y = y.view([b, t, heads, self.head_dim]);
+            let y = match norm {
+                Some(norm) => norm.forward(&y),
+                None => y,
+            };
+            y.transpose(1, 2)
+        };
+        let q = split(self.q_proj.forward(x, training), self.heads, &self.q_norm);
+        let k = split(
+            self.k_proj.forward(x, training),
+            self.kv_heads,
+            &self.k_norm,
+        );
+        let v = split(self.v_proj.forward(x, training), self.kv_heads, &None);
         let q = &q * cos + rotate_half(&q) * sin;
         let mut k = &k * cos + rotate_half(&k) * sin;
         let mut v = v;
@@ -124,31 +227,33 @@ impl Attention {
             .transpose(1, 2)
             .contiguous()
             .view([b, t, self.heads * self.head_dim]);
-        self.o_proj.forward(&y)
+        self.o_proj.forward(&y, training)
     }
 }
 
 /// SwiGLU feed-forward block.
 #[derive(Debug)]
 struct Mlp {
-    gate_proj: nn::Linear,
-    up_proj: nn::Linear,
-    down_proj: nn::Linear,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
 }
 
 impl Mlp {
     fn new(path: nn::Path, c: &ModelConfig) -> Self {
         let std = c.initializer_range;
+        let (hidden, inner) = (c.hidden_size, c.intermediate_size);
         Self {
-            gate_proj: linear(&path / "gate_proj", c.hidden_size, c.intermediate_size, std),
-            up_proj: linear(&path / "up_proj", c.hidden_size, c.intermediate_size, std),
-            down_proj: linear(&path / "down_proj", c.intermediate_size, c.hidden_size, std),
+            gate_proj: Linear::new(path.clone(), "gate_proj", hidden, inner, false, std),
+            up_proj: Linear::new(path.clone(), "up_proj", hidden, inner, false, std),
+            down_proj: Linear::new(path, "down_proj", inner, hidden, false, std),
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    fn forward(&self, x: &Tensor, training: bool) -> Tensor {
+        let gate = self.gate_proj.forward(x, training).silu();
         self.down_proj
-            .forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+            .forward(&(gate * self.up_proj.forward(x, training)), training)
     }
 }
 
@@ -160,35 +265,66 @@ struct DecoderLayer {
     mlp: Mlp,
 }
 
-/// A Llama-family causal language model.
+/// A decoder-only causal language model (Llama 3, Qwen2, Qwen3).
 #[derive(Debug)]
-pub struct Llama {
+pub struct CausalLm {
     config: ModelConfig,
-    embed_tokens: nn::Embedding,
+    /// `[vocab, hidden]`.
+    embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Option<nn::Linear>,
+    /// `[vocab, hidden]`; `None` when tied to the input embeddings.
+    lm_head: Option<Tensor>,
     /// `[head_dim / 2]` rotary inverse frequencies.
     inv_freq: Tensor,
+    training: Cell<bool>,
 }
 
-impl Llama {
+/// Rotary inverse frequencies as HF computes them (`1 / theta^(2i/d)`), then scaled.
+fn inverse_frequencies(c: &ModelConfig, device: Device) -> Result<Tensor> {
+    let rope = c.rope()?;
+    let hd = c.head_dim();
+    let exponents =
+        Tensor::arange_start_step(0, hd, 2, (Kind::Int64, device)).to_kind(Kind::Float) / hd as f64;
+    let inv_freq = Tensor::pow_scalar(rope.theta, &exponents).reciprocal();
+    Ok(match rope.scaling {
+        RopeScaling::None => inv_freq,
+        RopeScaling::Linear { factor } => inv_freq / factor,
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old,
+        } => {
+            let low_freq_wavelen = old / low_freq_factor;
+            let high_freq_wavelen = old / high_freq_factor;
+            let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
+            let scaled = inv_freq.where_self(&wavelen.le(low_freq_wavelen), &(&inv_freq / factor));
+            let smooth = ((wavelen.reciprocal() * old) - low_freq_factor)
+                / (high_freq_factor - low_freq_factor);
+            let smoothed = (smooth.ones_like() - &smooth) * &scaled / factor + &smooth * &scaled;
+            let medium = wavelen
+                .ge(high_freq_wavelen)
+                .logical_and(&wavelen.le(low_freq_wavelen));
+            smoothed.where_self(&medium, &scaled)
+        }
+    })
+}
+
+impl CausalLm {
     /// Creates the variables below `root` (the VarStore root) with HF names and initialises them like
-    /// HF (`normal(0, initializer_range)`, norms at one).
+    /// HF (`normal(0, initializer_range)`, norms at one, biases at zero).
     pub fn new(root: &nn::Path, config: &ModelConfig) -> Result<Self> {
         config.validate()?;
         let c = config;
         let model = root / "model";
-        let embed_tokens = nn::embedding(
-            (&model / "embed_tokens").set_group(GROUP_DECAY),
-            c.vocab_size,
-            c.hidden_size,
-            nn::EmbeddingConfig {
-                ws_init: nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: c.initializer_range,
-                },
-                ..Default::default()
+        let std = c.initializer_range;
+        let embed_tokens = (&model / "embed_tokens").var(
+            "weight",
+            &[c.vocab_size, c.hidden_size],
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
             },
         );
         let layers = (0..c.num_hidden_layers)
@@ -212,26 +348,23 @@ impl Llama {
             .collect();
         let norm = RmsNorm::new(&model / "norm", c.hidden_size, c.rms_norm_eps);
         let lm_head = (!c.tie_word_embeddings).then(|| {
-            linear(
-                root / "lm_head",
-                c.hidden_size,
-                c.vocab_size,
-                c.initializer_range,
+            (root / "lm_head").var(
+                "weight",
+                &[c.vocab_size, c.hidden_size],
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: std,
+                },
             )
         });
-        let hd = c.head_dim();
-        let inv_freq = (Tensor::arange_start_step(0, hd, 2, (Kind::Float, root.device()))
-            / hd as f64
-            * c.rope_theta.ln())
-        .exp()
-        .reciprocal();
         Ok(Self {
             config: config.clone(),
             embed_tokens,
             layers,
             norm,
             lm_head,
-            inv_freq,
+            inv_freq: inverse_frequencies(c, root.device())?,
+            training: Cell::new(false),
         })
     }
 
@@ -239,72 +372,172 @@ impl Llama {
         &self.config
     }
 
-    /// `input_ids`, `positions: [b, t]` int64, `mask: [b, 1, t, t]` bool → logits `[b, t, vocab]` float.
+    /// Dropout (in LoRA adapters) is active only in training mode.
+    pub fn set_training(&self, training: bool) {
+        self.training.set(training);
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.training.get()
+    }
+
+    /// `[vocab, hidden]` input embeddings (a view of the variable).
+    pub fn input_embeddings(&self) -> &Tensor {
+        &self.embed_tokens
+    }
+
+    /// `[vocab, hidden]` output embeddings, unless tied.
+    pub fn output_embeddings(&self) -> Option<&Tensor> {
+        self.lm_head.as_ref()
+    }
+
+    fn linears(&mut self) -> Vec<&mut Linear> {
+        let mut out = Vec::new();
+        for layer in &mut self.layers {
+            out.extend(layer.self_attn.linears());
+            out.push(&mut layer.mlp.gate_proj);
+            out.push(&mut layer.mlp.up_proj);
+            out.push(&mut layer.mlp.down_proj);
+        }
+        out
+    }
+
+    /// Adds LoRA adapters to the targeted linear layers, their variables below `root` (the root of the
+    /// adapter VarStore) under PEFT's names. Returns how many layers got one.
+    pub fn attach_lora(&mut self, root: &nn::Path, options: &LoraOptions) -> Result<usize> {
+        options.validate()?;
+        let mut count = 0;
+        for linear in self.linears() {
+            let module = linear.name.rsplit('.').next().unwrap_or("");
+            if options.targets(module) {
+                linear.attach(root, options);
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Whether any adapter is attached.
+    pub fn has_lora(&self) -> bool {
+        self.layers.iter().any(|l| {
+            [
+                &l.self_attn.q_proj,
+                &l.self_attn.k_proj,
+                &l.self_attn.v_proj,
+                &l.self_attn.o_proj,
+                &l.mlp.gate_proj,
+                &l.mlp.up_proj,
+                &l.mlp.down_proj,
+            ]
+            .iter()
+            .any(|x| x.lora.is_some())
+        })
+    }
+
+    /// Folds every adapter into its base weight (`W += B·A·alpha/r`) and removes it.
+    pub fn merge_lora(&mut self) {
+        for linear in self.linears() {
+            linear.merge();
+        }
+    }
+
+    /// `input_ids`, `positions: [b, t]` int64, `mask: [b, 1, t, t]` bool → logits `[b, t, vocab]`.
     pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Tensor {
+        let training = self.training.get();
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
         let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
-        let (cos, sin) = (angles.cos(), angles.sin());
-        let mut x = self.embed_tokens.forward(input_ids);
+        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        let kind = x.kind();
+        let (cos, sin) = (angles.cos().to_kind(kind), angles.sin().to_kind(kind));
         for layer in &self.layers {
-            let h = layer
-                .self_attn
-                .forward(&layer.input_layernorm.forward(&x), &cos, &sin, mask);
+            let h = layer.self_attn.forward(
+                &layer.input_layernorm.forward(&x),
+                &cos,
+                &sin,
+                mask,
+                training,
+            );
             x = &x + &h;
             let h = layer
                 .mlp
-                .forward(&layer.post_attention_layernorm.forward(&x));
+                .forward(&layer.post_attention_layernorm.forward(&x), training);
             x = &x + &h;
         }
         let x = self.norm.forward(&x);
-        match &self.lm_head {
-            Some(head) => head.forward(&x),
-            None => x.matmul(&self.embed_tokens.ws.tr()),
-        }
+        x.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
+    }
+
+    /// Per-position next-token cross-entropy `[b, t]` (zero where the target is ignored).
+    pub fn token_losses(&self, batch: &Batch) -> Tensor {
+        let logits = self.forward(&batch.input_ids, &batch.positions, &batch.mask);
+        let vocab = logits.size()[2];
+        logits
+            .view([-1, vocab])
+            .to_kind(Kind::Float)
+            .cross_entropy_loss::<Tensor>(
+                &batch.targets.view([-1]),
+                None,
+                tch::Reduction::None,
+                IGNORE_INDEX,
+                0.0,
+            )
+            .view_as(&batch.targets)
     }
 
     /// Sum of next-token cross-entropy over the batch's counted targets (a scalar float tensor).
     pub fn loss_sum(&self, batch: &Batch) -> Tensor {
         let logits = self.forward(&batch.input_ids, &batch.positions, &batch.mask);
-        let vocab = self.config.vocab_size;
-        logits.view([-1, vocab]).cross_entropy_loss::<Tensor>(
-            &batch.targets.view([-1]),
-            None,
-            tch::Reduction::Sum,
-            IGNORE_INDEX,
-            0.0,
-        )
+        let vocab = logits.size()[2];
+        logits
+            .view([-1, vocab])
+            .to_kind(Kind::Float)
+            .cross_entropy_loss::<Tensor>(
+                &batch.targets.view([-1]),
+                None,
+                tch::Reduction::Sum,
+                IGNORE_INDEX,
+                0.0,
+            )
     }
 
-    /// Writes `config.json` and `model.safetensors` into `dir` (created if needed): a directory that
-    /// HF `transformers` loads.
+    /// Writes `config.json` and `model.safetensors` (the base VarStore `vs`, without adapters) into
+    /// `dir` (created if needed): a directory that HF `transformers` loads.
     pub fn save(&self, vs: &nn::VarStore, dir: &Path) -> Result<()> {
-        let file_error = |path: &Path, reason: String| Error::File {
-            path: path.display().to_string(),
-            reason,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e.to_string()))?;
-        let config_path = dir.join("config.json");
-        let json = serde_json::to_string_pretty(&self.config)
-            .map_err(|e| file_error(&config_path, e.to_string()))?;
-        std::fs::write(&config_path, json + "\n")
-            .map_err(|e| file_error(&config_path, e.to_string()))?;
-        let weights = dir.join("model.safetensors");
-        vs.save(&weights).map_err(|source| Error::Torch {
-            what: format!("saving {}", weights.display()),
-            source,
-        })
+        std::fs::create_dir_all(dir).map_err(|e| Error::File {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut config = self.config.clone();
+        config
+            .extra
+            .insert("dtype".into(), dtype_name(self.embed_tokens.kind()).into());
+        config.extra.remove("torch_dtype");
+        config.save(dir)?;
+        let tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        save_safetensors(&dir.join("model.safetensors"), &tensors)
     }
 
-    /// Loads a model directory written by [`Llama::save`] (or an HF Llama checkpoint in one file).
-    pub fn load(dir: &Path, device: Device) -> Result<(nn::VarStore, Self)> {
+    /// Loads an HF model directory (`config.json` + `model.safetensors` or sharded safetensors) in
+    /// `kind` (float32 for training on CPU; the checkpoint's dtype is converted).
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<(nn::VarStore, Self)> {
         let config = ModelConfig::load(&dir.join("config.json"))?;
         let mut vs = nn::VarStore::new(device);
         let model = Self::new(&vs.root(), &config)?;
-        let weights = dir.join("model.safetensors");
-        vs.load(&weights).map_err(|source| Error::Torch {
-            what: format!("loading {}", weights.display()),
-            source,
+        if kind != Kind::Float {
+            vs.set_kind(kind);
+        }
+        let tied = config.tie_word_embeddings;
+        load_into(&vs.variables(), &weight_files(dir)?, &|name| {
+            tied && name == "lm_head.weight"
         })?;
         Ok((vs, model))
+    }
+}
+
+fn dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BFloat16 => "bfloat16",
+        Kind::Half => "float16",
+        _ => "float32",
     }
 }

@@ -1,19 +1,35 @@
-//! The training loop: AdamW with decoupled weight decay (none on norms), linear warmup then cosine
-//! decay, gradient accumulation with the loss averaged over all target tokens of the window, and
-//! global gradient-norm clipping.
+//! The training loop: AdamW with decoupled weight decay (none on norms/biases), linear warmup then
+//! cosine or linear decay, gradient accumulation with the loss averaged over all target tokens of the
+//! window, global gradient-norm clipping, bf16 autocast on CUDA, periodic held-out loss, a JSONL
+//! metrics log, and atomic checkpoints (trainable weights, optimiser moments, step, data cursor) from
+//! which `resume` continues so that the loss curve equals the uninterrupted run's.
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use dapt_core::hash::{sub_seed, unit_interval};
+use dapt_core::hash::sub_seed;
 use dapt_core::PackedRow;
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, OptimizerConfig};
-use tch::{Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
-use crate::model::{GROUP_DECAY, GROUP_NO_DECAY};
-use crate::{Batch, Error, Llama, Result};
+use crate::batch::Objective;
+use crate::data::{DataCursor, RowSource};
+use crate::optim::AdamW;
+use crate::weights::{load_into, read_safetensors, save_safetensors, write_atomically};
+use crate::{Batch, CausalLm, Error, Result};
+
+/// Shape of the learning-rate decay after warmup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    #[default]
+    Cosine,
+    Linear,
+    Constant,
+}
 
 /// Training options (`[train]`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainOptions {
     /// Optimiser steps.
@@ -28,12 +44,27 @@ pub struct TrainOptions {
     pub min_lr_ratio: f64,
     /// Steps of linear warmup.
     pub warmup_steps: usize,
-    /// Decoupled weight decay (not applied to norms).
+    /// Decay after warmup: cosine, linear or constant.
+    pub schedule: Schedule,
+    /// Decoupled weight decay (not applied to norms and biases).
     pub weight_decay: f64,
     pub beta1: f64,
     pub beta2: f64,
+    pub eps: f64,
     /// Maximum global gradient L2 norm; 0 disables clipping.
     pub grad_clip: f64,
+    /// `cpt`: loss on every token of every segment; `sft`: only where `loss_mask` is set.
+    pub objective: Objective,
+    /// bf16 autocast (CUDA only; CPU trains in float32).
+    pub bf16: bool,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept (older ones are deleted).
+    pub keep_checkpoints: usize,
+    /// Held-out loss every this many steps (0: never; needs held-out rows).
+    pub eval_every: usize,
+    /// Peak accelerator throughput in TFLOP/s for the MFU estimate (0: not reported).
+    pub peak_tflops: f64,
 }
 
 impl Default for TrainOptions {
@@ -45,10 +76,18 @@ impl Default for TrainOptions {
             learning_rate: 3e-4,
             min_lr_ratio: 0.1,
             warmup_steps: 10,
+            schedule: Schedule::Cosine,
             weight_decay: 0.1,
             beta1: 0.9,
             beta2: 0.95,
+            eps: 1e-8,
             grad_clip: 1.0,
+            objective: Objective::Cpt,
+            bf16: true,
+            checkpoint_every: 0,
+            keep_checkpoints: 2,
+            eval_every: 0,
+            peak_tflops: 0.0,
         }
     }
 }
@@ -78,16 +117,22 @@ impl TrainOptions {
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return Err(bad("min_lr_ratio", "must be in [0, 1]"));
         }
-        if self.weight_decay < 0.0 || self.grad_clip < 0.0 {
-            return Err(bad(
-                "weight_decay",
-                "weight_decay and grad_clip must not be negative",
-            ));
+        if self.weight_decay < 0.0 {
+            return Err(bad("weight_decay", "must not be negative"));
+        }
+        if self.grad_clip < 0.0 {
+            return Err(bad("grad_clip", "must not be negative"));
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return Err(bad("beta1", "beta1 and beta2 must be in [0, 1)"));
+        }
+        if self.keep_checkpoints == 0 {
+            return Err(bad("keep_checkpoints", "must be at least 1"));
         }
         Ok(())
     }
 
-    /// Learning rate at a step (0-based): linear warmup, then cosine decay to `min_lr_ratio`.
+    /// Learning rate at a step (0-based): linear warmup, then decay to `min_lr_ratio` of the peak.
     pub fn learning_rate_at(&self, step: usize) -> f64 {
         let peak = self.learning_rate;
         if step < self.warmup_steps {
@@ -96,12 +141,18 @@ impl TrainOptions {
         let decay_steps = self.steps.saturating_sub(self.warmup_steps).max(1);
         let progress = ((step - self.warmup_steps) as f64 / decay_steps as f64).min(1.0);
         let floor = peak * self.min_lr_ratio;
-        floor + (peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        match self.schedule {
+            Schedule::Cosine => {
+                floor + (peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+            Schedule::Linear => peak - (peak - floor) * progress,
+            Schedule::Constant => peak,
+        }
     }
 }
 
-/// Metrics of one optimiser step.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Metrics of one optimiser step (one line of the JSONL log).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
     pub step: usize,
     /// Mean loss per target token over the step's window.
@@ -112,150 +163,349 @@ pub struct StepMetrics {
     /// Target tokens in the step.
     pub tokens: i64,
     pub tokens_per_second: f64,
+    /// Model FLOPs utilisation, when `peak_tflops` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfu: Option<f64>,
+    /// Mean held-out loss after this step, when evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heldout_loss: Option<f64>,
 }
 
-/// The order in which rows are visited in an epoch: a function of (seed, epoch, row index).
-fn epoch_order(seed: u64, epoch: u64, rows: usize) -> Vec<usize> {
-    let seed = sub_seed(seed, "train-order", epoch);
-    let mut order: Vec<(f64, usize)> = (0..rows)
-        .map(|i| (unit_interval(seed, &i.to_string()), i))
-        .collect();
-    order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    order.into_iter().map(|(_, i)| i).collect()
+/// What a checkpoint records besides tensors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Steps completed.
+    pub step: usize,
+    pub cursor: DataCursor,
+    pub seed: u64,
+    /// Optimiser steps taken (equals `step`).
+    pub optimizer_steps: i64,
 }
 
-/// Trains `model` (whose variables live in `vs`) on `rows`; calls `on_step` after every step.
-pub fn train(
-    model: &Llama,
-    vs: &nn::VarStore,
+/// A training run over one model.
+pub struct Trainer<'a> {
+    pub model: &'a CausalLm,
+    /// The VarStore whose variables train: the model's own (full fine-tuning) or the adapters' (LoRA).
+    pub trainable: &'a nn::VarStore,
+    pub options: &'a TrainSettings,
+    pub seed: u64,
+    /// Held-out rows for `eval_every`.
+    pub heldout: Option<&'a [PackedRow]>,
+    /// Keep input/output embedding rows below this id unchanged (train only new tokens' rows).
+    pub freeze_embeddings_below: Option<i64>,
+    /// Where checkpoints go (`step-00000010/`, `latest`); none: no checkpoints.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// The JSONL metrics log; on resume, lines of steps not yet redone are dropped.
+    pub log_path: Option<PathBuf>,
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    /// Metrics of the steps run in this call (after a resume: from the resumed step on).
+    pub history: Vec<StepMetrics>,
+    /// The step training resumed from (0 for a fresh run).
+    pub resumed_from: usize,
+    pub trainable_parameters: i64,
+}
+
+fn file_error(path: &Path, reason: impl ToString) -> Error {
+    Error::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Mean loss of `model` over `rows` (no gradients, batch size does not change the result).
+pub fn mean_loss(
+    model: &CausalLm,
     rows: &[PackedRow],
-    options: &TrainSettings,
-    seed: u64,
-    mut on_step: impl FnMut(&StepMetrics),
-) -> Result<Vec<StepMetrics>> {
-    options.validate()?;
-    if rows.is_empty() {
-        return Err(Error::Setting {
-            key: "train.data".into(),
-            reason: "no training rows".into(),
-        });
-    }
-    let device = vs.device();
-    let mut optimizer = nn::AdamW {
-        beta1: options.beta1,
-        beta2: options.beta2,
-        wd: options.weight_decay,
-        eps: 1e-8,
-        amsgrad: false,
-    }
-    .build(vs, options.learning_rate)
-    .map_err(|source| Error::Torch {
-        what: "building the optimiser".into(),
-        source,
-    })?;
-    optimizer.set_weight_decay_group(GROUP_DECAY, options.weight_decay);
-    optimizer.set_weight_decay_group(GROUP_NO_DECAY, 0.0);
-
-    let mut cursor = Cursor::new(seed, rows.len());
-    let mut history = Vec::with_capacity(options.steps);
-    for step in 0..options.steps {
-        let started = Instant::now();
-        let learning_rate = options.learning_rate_at(step);
-        optimizer.set_lr(learning_rate);
-        let batches: Vec<Batch> = (0..options.grad_accumulation)
-            .map(|_| {
-                let picked: Vec<&PackedRow> = (0..options.batch_size)
-                    .map(|_| &rows[cursor.next()])
-                    .collect();
-                Batch::from_rows(&picked, device)
-            })
-            .collect();
-        let tokens: i64 = batches.iter().map(|b| b.target_count).sum();
-        optimizer.zero_grad();
-        let mut loss_sum = 0.0;
-        for batch in &batches {
-            let loss = model.loss_sum(batch);
-            loss_sum += loss.double_value(&[]);
-            (loss / tokens.max(1) as f64).backward();
+    batch_size: usize,
+    objective: Objective,
+    device: Device,
+) -> (f64, i64) {
+    let was = model.is_training();
+    model.set_training(false);
+    let (sum, tokens) = tch::no_grad(|| {
+        let mut sum = 0.0;
+        let mut tokens = 0;
+        for chunk in rows.chunks(batch_size.max(1)) {
+            let refs: Vec<&PackedRow> = chunk.iter().collect();
+            let batch = Batch::from_rows_with(&refs, device, objective);
+            sum += model.loss_sum(&batch).double_value(&[]);
+            tokens += batch.target_count;
         }
-        let loss = loss_sum / tokens.max(1) as f64;
-        if !loss.is_finite() {
-            return Err(Error::Diverged { step, loss });
-        }
-        let grad_norm = clip_grad_norm(vs, options.grad_clip, device);
-        optimizer.step();
-        let metrics = StepMetrics {
-            step,
-            loss,
-            learning_rate,
-            grad_norm,
-            tokens,
-            tokens_per_second: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
-        };
-        on_step(&metrics);
-        history.push(metrics);
-    }
-    Ok(history)
+        (sum, tokens)
+    });
+    model.set_training(was);
+    (sum / tokens.max(1) as f64, tokens)
 }
 
-/// Scales gradients so that their global L2 norm is at most `max` (when `max > 0`); returns the norm
-/// before scaling.
-fn clip_grad_norm(vs: &nn::VarStore, max: f64, device: Device) -> f64 {
-    tch::no_grad(|| {
-        let grads: Vec<Tensor> = vs
-            .trainable_variables()
-            .iter()
-            .map(|v| v.grad())
-            .filter(|g| g.defined())
-            .collect();
-        if grads.is_empty() {
-            return 0.0;
+impl Trainer<'_> {
+    fn embedding_rows(&self) -> Vec<Tensor> {
+        let mut out = vec![self.model.input_embeddings().shallow_clone()];
+        if let Some(head) = self.model.output_embeddings() {
+            out.push(head.shallow_clone());
         }
-        let squares: Vec<Tensor> = grads
-            .iter()
-            .map(|g| g.pow_tensor_scalar(2).sum(Kind::Float))
-            .collect();
-        let norm = Tensor::stack(&squares, 0)
-            .sum(Kind::Float)
-            .sqrt()
-            .to_device(device);
-        let norm = norm.double_value(&[]);
-        if max > 0.0 && norm > max {
-            let scale = max / (norm + 1e-6);
-            for mut g in grads {
-                let _ = g.g_mul_scalar_(scale);
+        out
+    }
+
+    /// Trains from step 0, or from the latest checkpoint when `resume` is set and one exists.
+    pub fn run(
+        &self,
+        data: &mut dyn RowSource,
+        resume: bool,
+        mut on_step: impl FnMut(&StepMetrics),
+    ) -> Result<TrainOutcome> {
+        let options = self.options;
+        options.validate()?;
+        let device = self.trainable.device();
+        let mut optimizer = AdamW::new(
+            self.trainable,
+            options.beta1,
+            options.beta2,
+            options.eps,
+            options.weight_decay,
+        );
+        let trainable_parameters = optimizer.parameter_count();
+        if trainable_parameters == 0 {
+            return Err(Error::Setting {
+                key: "train".into(),
+                reason: "the model has no trainable parameters".into(),
+            });
+        }
+        let mut start = 0;
+        if resume {
+            if let Some(state) = self.load_latest(&mut optimizer)? {
+                tracing::info!(step = state.step, "resuming from checkpoint");
+                data.seek(state.cursor)?;
+                start = state.step;
             }
         }
-        norm
-    })
-}
-
-/// Walks rows epoch by epoch in a seeded order.
-struct Cursor {
-    seed: u64,
-    epoch: u64,
-    order: Vec<usize>,
-    position: usize,
-}
-
-impl Cursor {
-    fn new(seed: u64, rows: usize) -> Self {
-        Self {
-            seed,
-            epoch: 0,
-            order: epoch_order(seed, 0, rows),
-            position: 0,
+        let mut log = self.open_log(start)?;
+        let frozen: Vec<(Tensor, Tensor)> = match self.freeze_embeddings_below {
+            Some(rows) => self
+                .embedding_rows()
+                .into_iter()
+                .map(|t| {
+                    let kept = t.narrow(0, 0, rows.min(t.size()[0])).copy();
+                    (t, kept)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let flops_per_token = self.flops_per_token();
+        let autocast = options.bf16 && device.is_cuda();
+        let mut history = Vec::new();
+        self.model.set_training(true);
+        for step in start..options.steps {
+            let started = Instant::now();
+            // Dropout draws depend on (seed, step) only, so a resumed run draws what the full one did.
+            tch::manual_seed(sub_seed(self.seed, "train-step", step as u64) as i64);
+            let learning_rate = options.learning_rate_at(step);
+            let mut batches = Vec::with_capacity(options.grad_accumulation);
+            for _ in 0..options.grad_accumulation {
+                let rows = (0..options.batch_size)
+                    .map(|_| data.next_row())
+                    .collect::<Result<Vec<_>>>()?;
+                let refs: Vec<&PackedRow> = rows.iter().collect();
+                batches.push(Batch::from_rows_with(&refs, device, options.objective));
+            }
+            let tokens: i64 = batches.iter().map(|b| b.target_count).sum();
+            optimizer.zero_grad();
+            let mut loss_sum = 0.0;
+            for batch in &batches {
+                let loss = tch::autocast(autocast, || self.model.loss_sum(batch));
+                loss_sum += loss.double_value(&[]);
+                (loss / tokens.max(1) as f64).backward();
+            }
+            let loss = loss_sum / tokens.max(1) as f64;
+            if !loss.is_finite() {
+                return Err(Error::Diverged { step, loss });
+            }
+            let grad_norm = optimizer.clip_grad_norm(options.grad_clip);
+            optimizer.step(learning_rate);
+            if !frozen.is_empty() {
+                tch::no_grad(|| {
+                    for (table, kept) in &frozen {
+                        table.narrow(0, 0, kept.size()[0]).copy_(kept);
+                    }
+                });
+            }
+            let seconds = started.elapsed().as_secs_f64().max(1e-9);
+            let tokens_per_second = tokens as f64 / seconds;
+            let heldout_loss = match (self.heldout, options.eval_every) {
+                (Some(rows), every)
+                    if every > 0 && ((step + 1) % every == 0 || step + 1 == options.steps) =>
+                {
+                    Some(
+                        mean_loss(
+                            self.model,
+                            rows,
+                            options.batch_size,
+                            options.objective,
+                            device,
+                        )
+                        .0,
+                    )
+                }
+                _ => None,
+            };
+            let metrics = StepMetrics {
+                step,
+                loss,
+                learning_rate,
+                grad_norm,
+                tokens,
+                tokens_per_second,
+                mfu: (options.peak_tflops > 0.0)
+                    .then(|| tokens_per_second * flops_per_token / (options.peak_tflops * 1e12)),
+                heldout_loss,
+            };
+            if let Some((path, file)) = log.as_mut() {
+                let line = serde_json::to_string(&metrics).map_err(|e| file_error(path, e))?;
+                writeln!(file, "{line}")
+                    .and_then(|()| file.flush())
+                    .map_err(|e| file_error(path, e))?;
+            }
+            on_step(&metrics);
+            history.push(metrics);
+            let done = step + 1;
+            let due = options.checkpoint_every > 0 && done % options.checkpoint_every == 0;
+            if due || done == options.steps {
+                self.save_checkpoint(&optimizer, done, data.cursor())?;
+            }
         }
+        self.model.set_training(false);
+        Ok(TrainOutcome {
+            history,
+            resumed_from: start,
+            trainable_parameters,
+        })
     }
 
-    fn next(&mut self) -> usize {
-        if self.position == self.order.len() {
-            self.epoch += 1;
-            self.order = epoch_order(self.seed, self.epoch, self.order.len());
-            self.position = 0;
+    /// Forward + backward FLOPs per target token: 6 per weight plus attention scores.
+    fn flops_per_token(&self) -> f64 {
+        let c = self.model.config();
+        let weights: i64 = self.model.input_embeddings().size().iter().product::<i64>()
+            * if c.tie_word_embeddings { 1 } else { 2 };
+        let per_layer =
+            c.hidden_size * c.head_dim() * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
+                + 3 * c.hidden_size * c.intermediate_size;
+        let n = (weights + per_layer * c.num_hidden_layers) as f64;
+        6.0 * n + 6.0 * (c.num_hidden_layers * c.num_attention_heads * c.head_dim()) as f64 * 512.0
+    }
+
+    fn open_log(&self, start: usize) -> Result<Option<(PathBuf, std::fs::File)>> {
+        let Some(path) = &self.log_path else {
+            return Ok(None);
+        };
+        let mut kept = String::new();
+        if start > 0 {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                for line in text.lines() {
+                    let step = serde_json::from_str::<StepMetrics>(line).map(|m| m.step);
+                    if matches!(step, Ok(s) if s < start) {
+                        kept.push_str(line);
+                        kept.push('\n');
+                    }
+                }
+            }
         }
-        self.position += 1;
-        self.order[self.position - 1]
+        std::fs::write(path, kept).map_err(|e| file_error(path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| file_error(path, e))?;
+        Ok(Some((path.clone(), file)))
+    }
+
+    fn save_checkpoint(&self, optimizer: &AdamW, step: usize, cursor: DataCursor) -> Result<()> {
+        let Some(dir) = &self.checkpoint_dir else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+        let name = format!("step-{step:08}");
+        let final_dir = dir.join(&name);
+        let tmp = dir.join(format!("{name}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| file_error(&tmp, e))?;
+        let weights: Vec<(String, Tensor)> = self.trainable.variables().into_iter().collect();
+        save_safetensors(&tmp.join("trainable.safetensors"), &weights)?;
+        let (moments, optimizer_steps) = optimizer.state();
+        save_safetensors(&tmp.join("optimizer.safetensors"), &moments)?;
+        let state = CheckpointState {
+            step,
+            cursor,
+            seed: self.seed,
+            optimizer_steps,
+        };
+        let json = serde_json::to_string_pretty(&state).map_err(|e| file_error(&tmp, e))?;
+        write_atomically(&tmp.join("state.json"), json.as_bytes())?;
+        let _ = std::fs::remove_dir_all(&final_dir);
+        std::fs::rename(&tmp, &final_dir).map_err(|e| file_error(&final_dir, e))?;
+        write_atomically(&dir.join("latest"), name.as_bytes())?;
+        tracing::debug!(step, dir = %final_dir.display(), "checkpoint saved");
+        // Prune older checkpoints.
+        let mut existing: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| file_error(dir, e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
+            .collect();
+        existing.sort();
+        let keep = self.options.keep_checkpoints.max(1);
+        if existing.len() > keep {
+            for old in &existing[..existing.len() - keep] {
+                let _ = std::fs::remove_dir_all(dir.join(old));
+            }
+        }
+        Ok(())
+    }
+
+    fn load_latest(&self, optimizer: &mut AdamW) -> Result<Option<CheckpointState>> {
+        let Some(dir) = &self.checkpoint_dir else {
+            return Ok(None);
+        };
+        let latest = dir.join("latest");
+        let Ok(name) = std::fs::read_to_string(&latest) else {
+            return Ok(None);
+        };
+        let checkpoint = dir.join(name.trim());
+        let state_path = checkpoint.join("state.json");
+        let text = std::fs::read_to_string(&state_path).map_err(|e| file_error(&state_path, e))?;
+        let state: CheckpointState =
+            serde_json::from_str(&text).map_err(|e| file_error(&state_path, e))?;
+        if state.seed != self.seed {
+            return Err(file_error(
+                &state_path,
+                format!(
+                    "was written with seed {}, this run has seed {}",
+                    state.seed, self.seed
+                ),
+            ));
+        }
+        load_into(
+            &self.trainable.variables(),
+            &[checkpoint.join("trainable.safetensors")],
+            &|_| false,
+        )?;
+        let optimizer_path = checkpoint.join("optimizer.safetensors");
+        optimizer.load_state(
+            read_safetensors(&optimizer_path)?,
+            state.optimizer_steps,
+            &optimizer_path.display().to_string(),
+        )?;
+        Ok(Some(state))
+    }
+}
+
+/// Checks that a device supports what the options ask (bf16 autocast falls back to float32 on CPU).
+pub fn describe_precision(options: &TrainSettings, device: Device) -> &'static str {
+    if options.bf16 && device.is_cuda() {
+        "bf16 autocast"
+    } else {
+        "float32"
     }
 }
 
@@ -277,17 +527,11 @@ mod tests {
         assert!((options.learning_rate_at(10) - 1.0).abs() < 1e-12);
         assert!((options.learning_rate_at(60) - 0.55).abs() < 1e-12);
         assert!((options.learning_rate_at(110) - 0.1).abs() < 1e-12);
-    }
-
-    #[test]
-    fn cursor_visits_every_row_once_per_epoch() {
-        let mut cursor = Cursor::new(5, 7);
-        let mut first: Vec<usize> = (0..7).map(|_| cursor.next()).collect();
-        let mut second: Vec<usize> = (0..7).map(|_| cursor.next()).collect();
-        assert_ne!(first, second, "epochs are reshuffled");
-        first.sort();
-        second.sort();
-        assert_eq!(first, (0..7).collect::<Vec<_>>());
-        assert_eq!(second, first);
+        let linear = TrainOptions {
+            schedule: Schedule::Linear,
+            ..options
+        };
+        assert!((linear.learning_rate_at(60) - 0.55).abs() < 1e-12);
+        assert!((linear.learning_rate_at(35) - 0.775).abs() < 1e-12);
     }
 }

@@ -2,7 +2,7 @@
 //! trainer's mean loss over the same targets.
 use dapt_core::PackedRow;
 use dapt_trainer::tch::{nn, Device};
-use dapt_trainer::{Batch, Llama, ModelConfig};
+use dapt_trainer::{Batch, CausalLm, ModelConfig};
 
 #[test]
 fn perplexity_is_batch_size_independent_and_matches_the_loss() {
@@ -17,7 +17,7 @@ fn perplexity_is_batch_size_independent_and_matches_the_loss() {
         ..ModelConfig::default()
     };
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Llama::new(&vs.root(), &config).unwrap();
+    let model = CausalLm::new(&vs.root(), &config).unwrap();
     let rows: Vec<PackedRow> = (0..7)
         .map(|r| {
             let used = 10 + r;

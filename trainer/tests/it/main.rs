@@ -1,10 +1,34 @@
-//! Integration tests of dapt-trainer on tiny random models.
-use dapt_core::PackedRow;
-use dapt_trainer::tch::{nn, Device, Tensor};
-use dapt_trainer::{Batch, Llama, ModelConfig};
+//! Integration tests of dapt-trainer: parity with HF transformers and PEFT on committed fixtures
+//! (`tests/fixtures/generate.py` regenerates them), packed-vs-unpacked equality, LoRA merge, exact
+//! resume from checkpoints over streamed packed Parquet, embedding resize.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-fn tiny(tied: bool) -> ModelConfig {
+use dapt_core::{Location, OutputDir, PackedRow};
+use dapt_trainer::tch::{nn, Device, Kind, Tensor};
+use dapt_trainer::weights::read_safetensors;
+use dapt_trainer::{
+    Batch, CausalLm, InMemoryRows, LoraOptions, ModelConfig, NewTokenSpec, PackedShards,
+    ResizeInit, RowSource, StepMetrics, TrainOptions, Trainer,
+};
+
+/// LibTorch's random generator is global to the process: tests that seed it and draw from it take
+/// turns, or parallel tests would interleave their draws.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn tiny(model_type: &str, tied: bool) -> ModelConfig {
     ModelConfig {
+        model_type: model_type.into(),
         vocab_size: 61,
         hidden_size: 32,
         intermediate_size: 48,
@@ -17,20 +41,189 @@ fn tiny(tied: bool) -> ModelConfig {
     }
 }
 
-fn logits_of(model: &Llama, row: &PackedRow) -> Tensor {
-    let batch = Batch::from_rows(&[row], Device::Cpu);
-    model
-        .forward(&batch.input_ids, &batch.positions, &batch.mask)
-        .squeeze_dim(0)
+fn single(ids: &[i32]) -> PackedRow {
+    PackedRow {
+        input_ids: ids.to_vec(),
+        segment_lengths: vec![ids.len() as i32],
+        loss_mask: vec![true; ids.len()],
+        ..Default::default()
+    }
 }
 
-/// A packed row gives, at every token, the logits its document gives when run alone: no attention
-/// across segments, positions restart per segment.
+/// Logits `[b, t, vocab]` of rows that are one document each.
+fn logits_of(model: &CausalLm, rows: &[PackedRow]) -> Tensor {
+    let refs: Vec<&PackedRow> = rows.iter().collect();
+    let batch = Batch::from_rows(&refs, Device::Cpu);
+    dapt_trainer::tch::no_grad(|| model.forward(&batch.input_ids, &batch.positions, &batch.mask))
+}
+
+fn max_difference(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+/// `input_ids` rows and HF's logits from a fixture's `reference.safetensors`.
+fn reference(dir: &Path) -> (Vec<PackedRow>, Tensor) {
+    let tensors: BTreeMap<String, Tensor> = read_safetensors(&dir.join("reference.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let ids = &tensors["input_ids"];
+    let rows = (0..ids.size()[0])
+        .map(|r| {
+            let row: Vec<i64> = ids.get(r).try_into().unwrap();
+            single(&row.iter().map(|&i| i as i32).collect::<Vec<_>>())
+        })
+        .collect();
+    (rows, tensors["logits"].shallow_clone())
+}
+
+fn assert_parity(family: &str) {
+    let dir = fixture(family);
+    let (_vs, model) = CausalLm::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(model.config().model_type, family);
+    let (rows, expected) = reference(&dir);
+    let difference = max_difference(&logits_of(&model, &rows), &expected);
+    assert!(
+        difference < 1e-4,
+        "{family}: max |dapt - transformers| = {difference}"
+    );
+    let spread = expected.std(true).double_value(&[]);
+    assert!(spread > 0.5, "the fixture's logits vary ({spread})");
+}
+
+/// Llama 3 with llama3 RoPE scaling, untied head: logits equal transformers' within 1e-4.
+#[test]
+fn llama_matches_transformers() {
+    assert_parity("llama");
+}
+
+/// Qwen2 with q/k/v biases and tied embeddings.
+#[test]
+fn qwen2_matches_transformers() {
+    assert_parity("qwen2");
+}
+
+/// Qwen3 with per-head q/k norms and head_dim apart from hidden/heads.
+#[test]
+fn qwen3_matches_transformers() {
+    assert_parity("qwen3");
+}
+
+/// A saved model carries HF's names and config keys, and loads back to the same logits.
+#[test]
+fn save_keeps_hf_names_config_and_logits() {
+    let dir = fixture("llama");
+    let (vs, model) = CausalLm::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    model.save(&vs, out.path()).unwrap();
+    let names = |path: &Path| -> Vec<String> {
+        let mut n: Vec<String> = read_safetensors(path)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(&out.path().join("model.safetensors")),
+        names(&dir.join("model.safetensors"))
+    );
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(written["rope_parameters"]["rope_type"], "llama3");
+    assert_eq!(
+        written["pretraining_tp"], 1,
+        "keys dapt does not use survive"
+    );
+    let (_, loaded) = CausalLm::load(out.path(), Device::Cpu, Kind::Float).unwrap();
+    let (rows, _) = reference(&dir);
+    assert_eq!(
+        max_difference(&logits_of(&model, &rows), &logits_of(&loaded, &rows)),
+        0.0
+    );
+}
+
+/// Missing or extra weights are errors that name the file and the key.
+#[test]
+fn mismatched_checkpoint_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("qwen2").join(file), dir.path().join(file)).unwrap();
+    }
+    // Claim Qwen3: the checkpoint lacks q_norm/k_norm.
+    let config = std::fs::read_to_string(dir.path().join("config.json"))
+        .unwrap()
+        .replace("\"qwen2\"", "\"qwen3\"");
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    let error = CausalLm::load(dir.path(), Device::Cpu, Kind::Float)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("q_proj.bias") || error.contains("k_norm"),
+        "{error}"
+    );
+}
+
+/// PEFT's adapter loads under PEFT's names and gives PEFT's logits; merging changes nothing; dapt
+/// writes the same keys back.
+#[test]
+fn peft_adapter_loads_merges_and_saves_in_peft_layout() {
+    let lora_dir = fixture("lora");
+    let (_vs, mut model) = CausalLm::load(&fixture("qwen3"), Device::Cpu, Kind::Float).unwrap();
+    let options = LoraOptions::load_peft(&lora_dir).unwrap();
+    assert_eq!((options.r, options.alpha), (4, 8.0));
+    let adapters = nn::VarStore::new(Device::Cpu);
+    let attached = model.attach_lora(&adapters.root(), &options).unwrap();
+    assert_eq!(attached, 2 * 4, "q, v, o, down in two layers");
+    dapt_trainer::weights::load_into(
+        &adapters.variables(),
+        &[lora_dir.join("adapter_model.safetensors")],
+        &|_| false,
+    )
+    .unwrap();
+    let (rows, expected) = reference(&lora_dir);
+    let with_adapter = logits_of(&model, &rows);
+    let difference = max_difference(&with_adapter, &expected);
+    assert!(difference < 1e-4, "dapt+LoRA vs PEFT: {difference}");
+    let (_, base_logits) = reference(&fixture("qwen3"));
+    assert!(
+        max_difference(&with_adapter, &base_logits) > 1e-2,
+        "the adapter changes the logits"
+    );
+
+    let out = tempfile::tempdir().unwrap();
+    dapt_trainer::save_adapter(out.path(), &adapters, &options, Some("qwen3")).unwrap();
+    let keys = |path: PathBuf| -> Vec<String> {
+        let mut k: Vec<String> = read_safetensors(&path)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(out.path().join("adapter_model.safetensors")),
+        keys(lora_dir.join("adapter_model.safetensors"))
+    );
+    assert_eq!(LoraOptions::load_peft(out.path()).unwrap(), options);
+
+    model.merge_lora();
+    assert!(!model.has_lora());
+    let merged = logits_of(&model, &rows);
+    let difference = max_difference(&merged, &with_adapter);
+    assert!(difference < 1e-4, "merged vs unmerged: {difference}");
+}
+
+/// A packed row gives, at every token, the logits and losses its document gives when run alone: no
+/// attention across segments, positions restart per segment.
 #[test]
 fn packed_row_equals_documents_run_one_by_one() {
+    let _rng = rng_lock();
     dapt_trainer::tch::manual_seed(3);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Llama::new(&vs.root(), &tiny(false)).unwrap();
+    let model = CausalLm::new(&vs.root(), &tiny("qwen3", false)).unwrap();
     let documents: Vec<Vec<i32>> = vec![
         (0..5).map(|i| 3 + i * 7 % 50).collect(),
         (0..9).map(|i| 1 + i * 5 % 60).collect(),
@@ -46,81 +239,37 @@ fn packed_row_equals_documents_run_one_by_one() {
         loss_mask: (0..seq_len).map(|i| i < used).collect(),
         ..Default::default()
     };
-    let packed_logits = logits_of(&model, &packed);
+    let packed_batch = Batch::from_rows(&[&packed], Device::Cpu);
+    let packed_logits = logits_of(&model, std::slice::from_ref(&packed)).squeeze_dim(0);
+    let packed_losses = model.token_losses(&packed_batch).squeeze_dim(0);
     let mut start = 0;
+    let mut total = 0.0;
     for document in &documents {
-        let alone = PackedRow {
-            input_ids: document.clone(),
-            segment_lengths: vec![document.len() as i32],
-            loss_mask: vec![true; document.len()],
-            ..Default::default()
-        };
-        let alone_logits = logits_of(&model, &alone);
-        let slice = packed_logits.narrow(0, start, document.len() as i64);
-        let difference = (&slice - &alone_logits).abs().max().double_value(&[]);
+        let alone = single(document);
+        let alone_logits = logits_of(&model, std::slice::from_ref(&alone)).squeeze_dim(0);
+        let n = document.len() as i64;
+        let difference = max_difference(&packed_logits.narrow(0, start, n), &alone_logits);
         assert!(
             difference < 1e-5,
             "document at {start}: max difference {difference}"
         );
-        start += document.len() as i64;
+        let alone_losses = model
+            .token_losses(&Batch::from_rows(&[&alone], Device::Cpu))
+            .squeeze_dim(0);
+        let difference = max_difference(&packed_losses.narrow(0, start, n), &alone_losses);
+        assert!(difference < 1e-5, "losses at {start}: {difference}");
+        total += alone_losses.sum(Kind::Double).double_value(&[]);
+        start += n;
     }
+    let packed_sum = model.loss_sum(&packed_batch).double_value(&[]);
+    assert!((packed_sum - total).abs() < 1e-3, "{packed_sum} vs {total}");
+    assert_eq!(packed_batch.target_count, (5 - 1) + (9 - 1) + (4 - 1));
 }
 
-/// Saved weights carry HF names and load back to the same logits.
-#[test]
-fn save_and_load_round_trip_with_hf_names() {
-    dapt_trainer::tch::manual_seed(4);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = Llama::new(&vs.root(), &tiny(true)).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    model.save(&vs, dir.path()).unwrap();
-    let names: Vec<String> = Tensor::read_safetensors(dir.path().join("model.safetensors"))
-        .unwrap()
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect();
-    for expected in [
-        "model.embed_tokens.weight",
-        "model.layers.0.self_attn.q_proj.weight",
-        "model.layers.1.self_attn.k_proj.weight",
-        "model.layers.1.mlp.gate_proj.weight",
-        "model.layers.0.input_layernorm.weight",
-        "model.layers.0.post_attention_layernorm.weight",
-        "model.norm.weight",
-    ] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "{expected} missing from {names:?}"
-        );
-    }
-    assert!(
-        !names.iter().any(|n| n.starts_with("lm_head")),
-        "tied embeddings have no lm_head"
-    );
-    let (_, loaded) = Llama::load(dir.path(), Device::Cpu).unwrap();
-    let row = PackedRow {
-        input_ids: vec![1, 2, 3, 4, 5, 6],
-        segment_lengths: vec![6],
-        loss_mask: vec![true; 6],
-        ..Default::default()
-    };
-    let difference = (logits_of(&model, &row) - logits_of(&loaded, &row))
-        .abs()
-        .max()
-        .double_value(&[]);
-    assert_eq!(difference, 0.0);
-    assert_eq!(loaded.config(), model.config());
-}
-
-/// Training on a repeated pattern drives its loss far down; GQA and untied heads train too.
-#[test]
-fn training_learns_a_pattern() {
-    dapt_trainer::tch::manual_seed(5);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = Llama::new(&vs.root(), &tiny(false)).unwrap();
-    let rows: Vec<PackedRow> = (0..16)
+fn pattern_rows(count: usize) -> Vec<PackedRow> {
+    (0..count)
         .map(|r| {
-            let ids: Vec<i32> = (0..32).map(|i| (i + r) % 10 + 5).collect();
+            let ids: Vec<i32> = (0..32).map(|i| ((i + r) % 10 + 5) as i32).collect();
             PackedRow {
                 input_ids: ids,
                 segment_lengths: vec![16, 16],
@@ -128,8 +277,17 @@ fn training_learns_a_pattern() {
                 ..Default::default()
             }
         })
-        .collect();
-    let options = dapt_trainer::TrainOptions {
+        .collect()
+}
+
+/// Training on a repeated pattern drives its loss far down; GQA and untied heads train too.
+#[test]
+fn training_learns_a_pattern() {
+    let _rng = rng_lock();
+    dapt_trainer::tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = CausalLm::new(&vs.root(), &tiny("llama", false)).unwrap();
+    let options = TrainOptions {
         steps: 60,
         batch_size: 4,
         grad_accumulation: 2,
@@ -137,10 +295,365 @@ fn training_learns_a_pattern() {
         warmup_steps: 5,
         ..Default::default()
     };
-    let history = dapt_trainer::train(&model, &vs, &rows, &options, 9, |_| {}).unwrap();
+    let trainer = Trainer {
+        model: &model,
+        trainable: &vs,
+        options: &options,
+        seed: 9,
+        heldout: None,
+        freeze_embeddings_below: None,
+        checkpoint_dir: None,
+        log_path: None,
+    };
+    let mut data = InMemoryRows::new(pattern_rows(16), 9).unwrap();
+    let history = trainer.run(&mut data, false, |_| {}).unwrap().history;
     let first = history[0].loss;
     let last = history.last().unwrap().loss;
     assert!(first > 3.5, "random init is near ln(61) = 4.1: {first}");
     assert!(last < 0.5, "pattern learned: {first} → {last}");
     assert!(history.iter().all(|m| m.tokens == 8 * 30));
+}
+
+/// Writes rows as a packer output directory (`part-NNNNN.parquet` + `_manifest.json`).
+fn write_packed_dir(dir: &Path, rows: &[PackedRow], per_shard: usize) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let location = Location::parse(dir.to_str().unwrap()).unwrap();
+        let mut out = OutputDir::open(location, "pack", "test").await.unwrap();
+        for (i, chunk) in rows.chunks(per_shard).enumerate() {
+            let batch = dapt_core::packed::rows_to_batch(chunk).unwrap();
+            let bytes = dapt_core::parquet_io::encode_packed(
+                batch.schema(),
+                &[batch],
+                &BTreeMap::new(),
+                "test",
+            )
+            .unwrap();
+            out.publish(&format!("part-{i:05}.parquet"), bytes, chunk.len() as u64)
+                .await
+                .unwrap();
+        }
+        out.finish(serde_json::json!({})).await.unwrap();
+    });
+}
+
+/// Fails after a number of rows: an interruption in the middle of a run.
+struct Interrupted<'a> {
+    inner: &'a mut dyn RowSource,
+    left: usize,
+}
+
+impl RowSource for Interrupted<'_> {
+    fn next_row(&mut self) -> dapt_trainer::Result<PackedRow> {
+        if self.left == 0 {
+            return Err(dapt_trainer::Error::Setting {
+                key: "test".into(),
+                reason: "interrupted".into(),
+            });
+        }
+        self.left -= 1;
+        self.inner.next_row()
+    }
+    fn cursor(&self) -> dapt_trainer::DataCursor {
+        self.inner.cursor()
+    }
+    fn seek(&mut self, cursor: dapt_trainer::DataCursor) -> dapt_trainer::Result<()> {
+        self.inner.seek(cursor)
+    }
+}
+
+fn read_log(path: &Path) -> Vec<StepMetrics> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Runs `steps` steps of full or LoRA training over streamed shards in `data_dir`; when `interrupt_after`
+/// rows is set, the data fails there, and a second process-like run (fresh model, fresh reader) resumes.
+fn resumable_run(
+    data_dir: &Path,
+    work: &Path,
+    lora: bool,
+    interrupt_after: Option<usize>,
+) -> Vec<StepMetrics> {
+    let options = TrainOptions {
+        steps: 10,
+        batch_size: 3,
+        grad_accumulation: 2,
+        learning_rate: 5e-3,
+        warmup_steps: 2,
+        checkpoint_every: 3,
+        ..Default::default()
+    };
+    let run = |resume: bool, limit: Option<usize>| -> dapt_trainer::Result<()> {
+        dapt_trainer::tch::manual_seed(11);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let mut model = CausalLm::new(&vs.root(), &tiny("qwen2", true)).unwrap();
+        let adapters = nn::VarStore::new(Device::Cpu);
+        if lora {
+            vs.freeze();
+            let options = LoraOptions {
+                r: 4,
+                dropout: 0.1,
+                ..Default::default()
+            };
+            model.attach_lora(&adapters.root(), &options).unwrap();
+        }
+        let trainer = Trainer {
+            model: &model,
+            trainable: if lora { &adapters } else { &vs },
+            options: &options,
+            seed: 21,
+            heldout: None,
+            freeze_embeddings_below: None,
+            checkpoint_dir: Some(work.join("checkpoints")),
+            log_path: Some(work.join("log.jsonl")),
+        };
+        let mut shards =
+            PackedShards::open(Location::parse(data_dir.to_str().unwrap()).unwrap(), 21, 8)
+                .unwrap();
+        match limit {
+            Some(left) => {
+                let mut data = Interrupted {
+                    inner: &mut shards,
+                    left,
+                };
+                trainer.run(&mut data, resume, |_| {})?;
+            }
+            None => {
+                trainer.run(&mut shards, resume, |_| {})?;
+            }
+        }
+        Ok(())
+    };
+    if let Some(rows) = interrupt_after {
+        assert!(
+            run(false, Some(rows)).is_err(),
+            "the first run is interrupted"
+        );
+        run(true, None).unwrap();
+    } else {
+        run(false, None).unwrap();
+    }
+    read_log(&work.join("log.jsonl"))
+}
+
+/// A run interrupted mid-way and resumed from its last checkpoint logs the same losses, learning rates
+/// and gradient norms as the uninterrupted run — full-weight and LoRA (with dropout), over streamed
+/// Parquet shards that span several epochs.
+#[test]
+fn interrupted_and_resumed_run_equals_the_uninterrupted_one() {
+    let _rng = rng_lock();
+    let data = tempfile::tempdir().unwrap();
+    let rows: Vec<PackedRow> = (0..23)
+        .map(|r| {
+            let ids: Vec<i32> = (0..16).map(|i| (i * 7 + r * 3) % 50 + 3).collect();
+            PackedRow {
+                input_ids: ids,
+                segment_lengths: vec![7, 9],
+                loss_mask: vec![true; 16],
+                segment_sources: vec!["a".into(), "b".into()],
+            }
+        })
+        .collect();
+    write_packed_dir(data.path(), &rows, 5);
+    for lora in [false, true] {
+        let whole = tempfile::tempdir().unwrap();
+        let reference = resumable_run(data.path(), whole.path(), lora, None);
+        let broken = tempfile::tempdir().unwrap();
+        // 6 rows per step: the interruption falls inside step 8, after the checkpoint of step 6.
+        let resumed = resumable_run(data.path(), broken.path(), lora, Some(6 * 7 + 4));
+        assert_eq!(reference.len(), 10);
+        assert_eq!(
+            resumed.len(),
+            10,
+            "lora={lora}: the log is whole, without repeats"
+        );
+        for (a, b) in reference.iter().zip(&resumed) {
+            assert_eq!(a.step, b.step);
+            assert_eq!(a.loss, b.loss, "lora={lora} step {}", a.step);
+            assert_eq!(a.grad_norm, b.grad_norm, "lora={lora} step {}", a.step);
+            assert_eq!(a.learning_rate, b.learning_rate);
+        }
+        let checkpoints: Vec<String> = std::fs::read_dir(broken.path().join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            checkpoints.contains(&"step-00000010".to_string()),
+            "{checkpoints:?}"
+        );
+        assert!(
+            checkpoints
+                .iter()
+                .filter(|n| n.starts_with("step-"))
+                .count()
+                <= 2,
+            "{checkpoints:?}"
+        );
+    }
+}
+
+/// LoRA trains only the adapters (base weights bit-identical), the trainable count is r·(in+out) per
+/// adapted layer, and the merged model gives the adapted model's logits.
+#[test]
+fn lora_trains_adapters_only_and_merges() {
+    let _rng = rng_lock();
+    dapt_trainer::tch::manual_seed(7);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let mut model = CausalLm::new(&vs.root(), &tiny("llama", false)).unwrap();
+    let before: BTreeMap<String, Tensor> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect();
+    vs.freeze();
+    let adapters = nn::VarStore::new(Device::Cpu);
+    let options = LoraOptions {
+        r: 4,
+        target_modules: vec!["q_proj".into(), "v_proj".into()],
+        dropout: 0.0,
+        ..Default::default()
+    };
+    assert_eq!(model.attach_lora(&adapters.root(), &options).unwrap(), 4);
+    let train_options = TrainOptions {
+        steps: 20,
+        batch_size: 4,
+        learning_rate: 1e-2,
+        warmup_steps: 2,
+        ..Default::default()
+    };
+    let trainer = Trainer {
+        model: &model,
+        trainable: &adapters,
+        options: &train_options,
+        seed: 3,
+        heldout: None,
+        freeze_embeddings_below: None,
+        checkpoint_dir: None,
+        log_path: None,
+    };
+    let mut data = InMemoryRows::new(pattern_rows(8), 3).unwrap();
+    let outcome = trainer.run(&mut data, false, |_| {}).unwrap();
+    // q: 32→32, v: 32→16 (2 kv heads of 8), two layers.
+    assert_eq!(
+        outcome.trainable_parameters,
+        2 * 4 * ((32 + 32) + (32 + 16))
+    );
+    assert!(outcome.history.last().unwrap().loss < outcome.history[0].loss);
+    for (name, tensor) in vs.variables() {
+        assert!(tensor.equal(&before[&name]), "{name} changed");
+    }
+    let rows = vec![
+        single(&[5, 6, 7, 8, 9, 10, 11]),
+        single(&[12, 13, 14, 5, 6, 7, 8]),
+    ];
+    let adapted = logits_of(&model, &rows);
+    let mut base_only = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+    for (name, tensor) in &before {
+        if name.ends_with("q_proj.weight") {
+            base_only = tensor.shallow_clone();
+        }
+    }
+    model.merge_lora();
+    let merged = logits_of(&model, &rows);
+    assert!(max_difference(&merged, &adapted) < 1e-4);
+    assert!(
+        !vs.variables()
+            .iter()
+            .find(|(n, _)| n.ends_with("layers.1.self_attn.q_proj.weight"))
+            .unwrap()
+            .1
+            .equal(&base_only),
+        "merging changed the base weights"
+    );
+}
+
+/// Resizing grows both tables, new rows are the mean of their sub-token rows, the model loads, and
+/// training with old rows frozen changes only new rows.
+#[test]
+fn resize_initialises_new_rows_as_subtoken_means_and_freezing_keeps_old_rows() {
+    let _rng = rng_lock();
+    dapt_trainer::tch::manual_seed(8);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = CausalLm::new(&vs.root(), &tiny("llama", false)).unwrap();
+    let base = tempfile::tempdir().unwrap();
+    model.save(&vs, base.path()).unwrap();
+    let tokens = vec![
+        NewTokenSpec {
+            id: 61,
+            text: "ab".into(),
+            decomposition: vec![3, 4],
+        },
+        NewTokenSpec {
+            id: 62,
+            text: "abc".into(),
+            decomposition: vec![3, 4, 10],
+        },
+        NewTokenSpec {
+            id: 64,
+            text: "?".into(),
+            decomposition: vec![],
+        },
+    ];
+    let out = tempfile::tempdir().unwrap();
+    let report =
+        dapt_trainer::resize_embeddings(base.path(), &tokens, 64, ResizeInit::Mean, 1, out.path())
+            .unwrap();
+    assert_eq!((report.old_rows, report.new_rows), (61, 65));
+    assert_eq!(report.from_subtokens, 2);
+    assert_eq!(
+        report.random, 2,
+        "id 63 (padding) and id 64 (no decomposition)"
+    );
+    let (vs2, resized) = CausalLm::load(out.path(), Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(resized.config().vocab_size, 65);
+    for (table_old, table_new) in [
+        (model.input_embeddings(), resized.input_embeddings()),
+        (
+            model.output_embeddings().unwrap(),
+            resized.output_embeddings().unwrap(),
+        ),
+    ] {
+        assert!(table_new.narrow(0, 0, 61).equal(table_old));
+        let expected = (table_old.get(3) + table_old.get(4)) / 2.0;
+        assert!(max_difference(&table_new.get(61), &expected) < 1e-7);
+        let expected = (table_old.get(3) + table_old.get(4) + table_old.get(10)) / 3.0;
+        assert!(max_difference(&table_new.get(62), &expected) < 1e-7);
+    }
+    // Train with the old rows frozen.
+    let before_in = resized.input_embeddings().copy();
+    let options = TrainOptions {
+        steps: 5,
+        batch_size: 2,
+        learning_rate: 1e-2,
+        warmup_steps: 1,
+        ..Default::default()
+    };
+    let trainer = Trainer {
+        model: &resized,
+        trainable: &vs2,
+        options: &options,
+        seed: 2,
+        heldout: None,
+        freeze_embeddings_below: Some(61),
+        checkpoint_dir: None,
+        log_path: None,
+    };
+    let rows: Vec<PackedRow> = (0..4)
+        .map(|r| single(&[61, 3 + r, 62, 64, 5, 61, 62, 7]))
+        .collect();
+    let mut data = InMemoryRows::new(rows, 2).unwrap();
+    trainer.run(&mut data, false, |_| {}).unwrap();
+    let after_in = resized.input_embeddings();
+    assert!(
+        after_in.narrow(0, 0, 61).equal(&before_in.narrow(0, 0, 61)),
+        "old rows frozen"
+    );
+    assert!(
+        !after_in.get(61).equal(&before_in.get(61)),
+        "new rows train"
+    );
 }

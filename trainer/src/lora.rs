@@ -1,0 +1,224 @@
+//! LoRA (Hu et al. 2021): a low-rank update `B·A·alpha/r` beside chosen linear layers, the base frozen.
+//! Adapters live in their own VarStore under PEFT's names
+//! (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`) and are saved in PEFT's layout
+//! (`adapter_config.json` + `adapter_model.safetensors`), so HF PEFT loads them and dapt loads PEFT's.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tch::nn;
+
+use crate::weights::{save_safetensors, write_atomically};
+use crate::{Error, Result};
+
+/// The linear layers of a decoder block, by HF name.
+pub const ALL_LINEAR: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// How `A` starts (`B` starts at zero, so a fresh adapter leaves the model unchanged).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraInit {
+    /// PEFT's default: Kaiming-uniform with `a = √5`, i.e. `U(-1/√in, 1/√in)`.
+    #[default]
+    Kaiming,
+    /// `N(0, 1/r)`.
+    Gaussian,
+}
+
+/// `[lora]` of a training stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraOptions {
+    /// Rank of the update.
+    pub r: i64,
+    /// Scale numerator: the update is multiplied by `alpha / r` (`alpha / √r` with `rslora`).
+    pub alpha: f64,
+    /// Dropout on the adapter's input while training.
+    pub dropout: f64,
+    /// Module names (`q_proj`, …, `down_proj`) or `["all-linear"]`.
+    pub target_modules: Vec<String>,
+    /// Initialisation of `A`.
+    pub init: LoraInit,
+    /// Rank-stabilised scaling `alpha / √r`.
+    pub rslora: bool,
+}
+
+impl Default for LoraOptions {
+    fn default() -> Self {
+        Self {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            target_modules: ALL_LINEAR.iter().map(|s| s.to_string()).collect(),
+            init: LoraInit::Kaiming,
+            rslora: false,
+        }
+    }
+}
+
+impl LoraOptions {
+    /// Checks the options; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, reason: String| Error::Setting {
+            key: format!("lora.{key}"),
+            reason,
+        };
+        if self.r <= 0 {
+            return Err(bad("r", format!("must be positive, is {}", self.r)));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(bad(
+                "dropout",
+                format!("must be in [0, 1), is {}", self.dropout),
+            ));
+        }
+        if self.target_modules.is_empty() {
+            return Err(bad("target_modules", "names no module".into()));
+        }
+        for name in &self.target_modules {
+            if name != "all-linear" && !ALL_LINEAR.contains(&name.as_str()) {
+                return Err(bad(
+                    "target_modules",
+                    format!(
+                        "{name:?} is not one of all-linear, {}",
+                        ALL_LINEAR.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a module (by its last name component) gets an adapter.
+    pub fn targets(&self, module: &str) -> bool {
+        self.target_modules
+            .iter()
+            .any(|t| t == "all-linear" || t == module)
+    }
+
+    /// The factor applied to `B·A`.
+    pub fn scale(&self) -> f64 {
+        if self.rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+
+    /// Reads PEFT's `adapter_config.json`.
+    pub fn load_peft(dir: &Path) -> Result<Self> {
+        let path = dir.join("adapter_config.json");
+        let fail = |reason: String| Error::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        if json.get("peft_type").and_then(Value::as_str) != Some("LORA") {
+            return Err(fail("peft_type is not LORA".into()));
+        }
+        for (key, unsupported) in [("use_dora", true), ("fan_in_fan_out", true)] {
+            if json.get(key).and_then(Value::as_bool) == Some(unsupported) {
+                return Err(fail(format!("{key} = true is not supported")));
+            }
+        }
+        if json.get("bias").and_then(Value::as_str).unwrap_or("none") != "none" {
+            return Err(fail("bias other than \"none\" is not supported".into()));
+        }
+        for key in ["rank_pattern", "alpha_pattern"] {
+            if json
+                .get(key)
+                .and_then(Value::as_object)
+                .is_some_and(|m| !m.is_empty())
+            {
+                return Err(fail(format!("{key} is not supported")));
+            }
+        }
+        let target_modules = match json.get("target_modules") {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(list)) => {
+                let mut names: Vec<String> = list
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect();
+                names.sort();
+                names
+            }
+            _ => return Err(fail("target_modules missing".into())),
+        };
+        let options = Self {
+            r: json.get("r").and_then(Value::as_i64).unwrap_or(8),
+            alpha: json
+                .get("lora_alpha")
+                .and_then(Value::as_f64)
+                .unwrap_or(8.0),
+            dropout: json
+                .get("lora_dropout")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0),
+            target_modules,
+            init: LoraInit::Kaiming,
+            rslora: json
+                .get("use_rslora")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        };
+        options.validate().map_err(|e| fail(e.to_string()))?;
+        Ok(options)
+    }
+
+    /// PEFT's `adapter_config.json` for these options.
+    pub fn peft_config(&self, base_model: Option<&str>) -> Value {
+        json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": self.target_modules,
+            "use_rslora": self.rslora,
+            "use_dora": false,
+            "fan_in_fan_out": false,
+            "bias": "none",
+            "init_lora_weights": match self.init { LoraInit::Kaiming => json!(true), LoraInit::Gaussian => json!("gaussian") },
+            "inference_mode": true,
+            "modules_to_save": null,
+            "layers_to_transform": null,
+            "layers_pattern": null,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+        })
+    }
+}
+
+/// Writes `adapter_config.json` and `adapter_model.safetensors` (the adapter VarStore's variables,
+/// whose names are PEFT's keys) into `dir`.
+pub fn save_adapter(
+    dir: &Path,
+    adapters: &nn::VarStore,
+    options: &LoraOptions,
+    base_model: Option<&str>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::File {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let config = serde_json::to_string_pretty(&options.peft_config(base_model)).map_err(|e| {
+        Error::Setting {
+            key: "lora".into(),
+            reason: e.to_string(),
+        }
+    })?;
+    write_atomically(&dir.join("adapter_config.json"), (config + "\n").as_bytes())?;
+    let tensors: Vec<(String, tch::Tensor)> = adapters.variables().into_iter().collect();
+    save_safetensors(&dir.join("adapter_model.safetensors"), &tensors)
+}

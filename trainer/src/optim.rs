@@ -1,0 +1,197 @@
+//! AdamW (Loshchilov & Hutter) with decoupled weight decay, written on tensors so that its state
+//! (first and second moments, step count) can be saved and restored exactly — LibTorch's C++ optimiser
+//! that tch wraps exposes no state. Norm weights and biases do not decay. Matches `torch.optim.AdamW`.
+use std::collections::HashMap;
+
+use tch::{nn, Kind, Tensor};
+
+use crate::{Error, Result};
+
+/// One optimised variable and its moments.
+#[derive(Debug)]
+struct Parameter {
+    name: String,
+    tensor: Tensor,
+    decay: bool,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+/// AdamW over the trainable variables of one VarStore.
+#[derive(Debug)]
+pub struct AdamW {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    /// Steps taken.
+    step: i64,
+    parameters: Vec<Parameter>,
+}
+
+/// Whether a variable decays: not norms, not biases.
+pub fn decays(name: &str) -> bool {
+    !(name.contains("norm") || name.ends_with(".bias"))
+}
+
+impl AdamW {
+    /// Optimises every variable of `vs` that requires a gradient, in name order.
+    pub fn new(vs: &nn::VarStore, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Self {
+        let mut variables: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        let parameters = variables
+            .into_iter()
+            .map(|(name, tensor)| Parameter {
+                decay: decays(&name),
+                exp_avg: tensor.zeros_like().to_kind(Kind::Float),
+                exp_avg_sq: tensor.zeros_like().to_kind(Kind::Float),
+                name,
+                tensor,
+            })
+            .collect();
+        Self {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step: 0,
+            parameters,
+        }
+    }
+
+    /// Number of optimised values.
+    pub fn parameter_count(&self) -> i64 {
+        self.parameters
+            .iter()
+            .map(|p| p.tensor.numel() as i64)
+            .sum()
+    }
+
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> i64 {
+        self.step
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.parameters {
+            let mut grad = p.tensor.grad();
+            if grad.defined() {
+                let _ = grad.detach_().zero_();
+            }
+        }
+    }
+
+    /// Global L2 norm of the gradients; scales them to at most `max` when `max > 0`. Returns the norm
+    /// before scaling.
+    pub fn clip_grad_norm(&mut self, max: f64) -> f64 {
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> = self
+                .parameters
+                .iter()
+                .map(|p| p.tensor.grad())
+                .filter(|g| g.defined())
+                .collect();
+            if grads.is_empty() {
+                return 0.0;
+            }
+            let squares: Vec<Tensor> = grads
+                .iter()
+                .map(|g| g.to_kind(Kind::Float).pow_tensor_scalar(2).sum(Kind::Float))
+                .collect();
+            let norm = Tensor::stack(&squares, 0)
+                .sum(Kind::Float)
+                .sqrt()
+                .double_value(&[]);
+            if max > 0.0 && norm > max {
+                let scale = max / (norm + 1e-6);
+                for mut g in grads {
+                    let _ = g.g_mul_scalar_(scale);
+                }
+            }
+            norm
+        })
+    }
+
+    /// One update at learning rate `lr`.
+    pub fn step(&mut self, lr: f64) {
+        self.step += 1;
+        let t = self.step as i32;
+        let bias1 = 1.0 - self.beta1.powi(t);
+        let bias2 = 1.0 - self.beta2.powi(t);
+        tch::no_grad(|| {
+            for p in &mut self.parameters {
+                let grad = p.tensor.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let grad = grad.to_kind(Kind::Float);
+                if p.decay && self.weight_decay > 0.0 {
+                    let _ = p.tensor.g_mul_scalar_(1.0 - lr * self.weight_decay);
+                }
+                let _ = p
+                    .exp_avg
+                    .g_mul_scalar_(self.beta1)
+                    .g_add_(&(&grad * (1.0 - self.beta1)));
+                let _ = p
+                    .exp_avg_sq
+                    .g_mul_scalar_(self.beta2)
+                    .g_add_(&(&grad * &grad * (1.0 - self.beta2)));
+                let denominator = (p.exp_avg_sq.sqrt() / bias2.sqrt()) + self.eps;
+                let update = (&p.exp_avg / denominator) * (lr / bias1);
+                let _ = p.tensor.g_sub_(&update.to_kind(p.tensor.kind()));
+            }
+        });
+    }
+
+    /// The state as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`) plus the step count.
+    pub fn state(&self) -> (Vec<(String, Tensor)>, i64) {
+        let mut out = Vec::with_capacity(self.parameters.len() * 2);
+        for p in &self.parameters {
+            out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
+            out.push((
+                format!("exp_avg_sq.{}", p.name),
+                p.exp_avg_sq.shallow_clone(),
+            ));
+        }
+        (out, self.step)
+    }
+
+    /// Restores a state written by [`AdamW::state`]; every moment must be present.
+    pub fn load_state(
+        &mut self,
+        tensors: Vec<(String, Tensor)>,
+        step: i64,
+        what: &str,
+    ) -> Result<()> {
+        let mut by_name: HashMap<String, Tensor> = tensors.into_iter().collect();
+        for p in &mut self.parameters {
+            for (prefix, target) in [
+                ("exp_avg", &mut p.exp_avg),
+                ("exp_avg_sq", &mut p.exp_avg_sq),
+            ] {
+                let key = format!("{prefix}.{}", p.name);
+                let value = by_name.remove(&key).ok_or_else(|| Error::File {
+                    path: what.into(),
+                    reason: format!("optimiser state has no {key}"),
+                })?;
+                if value.size() != target.size() {
+                    return Err(Error::File {
+                        path: what.into(),
+                        reason: format!(
+                            "{key} has shape {:?}, expected {:?}",
+                            value.size(),
+                            target.size()
+                        ),
+                    });
+                }
+                tch::no_grad(|| target.copy_(&value.to_device(target.device())));
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
