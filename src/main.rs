@@ -34,6 +34,10 @@ enum Command {
     Pack(commands::pack::PackArgs),
     /// Mixtures: SQL components with token-budget weights, in stages (plan, run).
     Mix(commands::mix::MixArgs),
+    /// Train in stages (CPT → CPT → SFT; full-weight or LoRA) on packed Parquet; resumable.
+    Train(commands::train::TrainArgs),
+    /// Model surgery: resize embeddings for an extended tokenizer, merge a LoRA adapter.
+    Model(commands::model::ModelArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,8 @@ fn main() -> ExitCode {
         Command::Tokenizer(args) => commands::tokenizer::run(args),
         Command::Pack(args) => commands::pack::run(args),
         Command::Mix(args) => commands::mix::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Model(args) => commands::model::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,10 +3,12 @@ pub mod classify;
 pub mod dedup;
 pub mod ingest;
 pub mod mix;
+pub mod model;
 pub mod pack;
 pub mod run;
 pub mod sql;
 pub mod tokenizer;
+pub mod train;
 
 use std::path::Path;
 

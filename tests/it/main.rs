@@ -7,3 +7,4 @@ mod pack_cli;
 mod pipeline;
 mod sql_cli;
 mod tokenizer_cli;
+mod train_cli;

@@ -15,6 +15,7 @@ mod lora;
 mod model;
 mod optim;
 mod resize;
+mod stages;
 mod train;
 pub mod weights;
 
@@ -26,6 +27,10 @@ pub use lora::{save_adapter, LoraInit, LoraOptions, ALL_LINEAR};
 pub use model::CausalLm;
 pub use optim::AdamW;
 pub use resize::{resize_embeddings, NewTokenSpec, ResizeInit, ResizeReport};
+pub use stages::{
+    read_all_rows, run_stages, DeviceChoice, Method, StageOptions, StageReport, TrainConfig,
+    TrainConfigOptions, Trainable,
+};
 /// The tch version the trainer is built with, for callers that handle devices and seeds.
 pub use tch;
 pub use train::{

@@ -1,0 +1,505 @@
+//! `dapt train` and `dapt model` as a user runs them: a tokenizer trained on the shared corpus, CPT and
+//! SFT rows packed by `dapt pack`, a three-stage config (CPT full → CPT LoRA → SFT full) on a small
+//! proxy model, a SIGKILL in the middle and a rerun that gives the same bytes.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{dapt, shared};
+use anyhow::{ensure, Result};
+use dapt_trainer::tch::{Device, Kind};
+
+fn run_ok(args: &[&str]) -> Result<String> {
+    let output = dapt(args);
+    ensure!(
+        output.status.success(),
+        "dapt {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// Tokenizer, CPT rows (train + held-out) and SFT rows in `dir`.
+fn prepare(dir: &Path) -> Result<(PathBuf, usize)> {
+    let corpus = shared().canonicalize()?.join("corpus");
+    let task: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        shared().join("tasks/bigbench/qa_wikidata/task.json"),
+    )?)?;
+    let mut pairs = String::new();
+    for (i, example) in task["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(300)
+        .enumerate()
+    {
+        let response = match &example["target"] {
+            serde_json::Value::Array(list) => list[0].clone(),
+            target => target.clone(),
+        };
+        pairs.push_str(
+            &(serde_json::json!({"id": format!("q{i}"), "prompt": example["input"], "response": response})
+                .to_string()
+                + "\n"),
+        );
+    }
+    std::fs::write(dir.join("pairs.jsonl"), pairs)?;
+    let sources = dir.join("sources.toml");
+    std::fs::write(
+        &sources,
+        format!(
+            "[sources.ru]\nurl = {:?}\n[sources.pairs]\nurl = {:?}\n",
+            corpus.join("ru/fortunes-ru.jsonl"),
+            dir.join("pairs.jsonl")
+        ),
+    )?;
+    let sources = sources.to_str().unwrap();
+    let tokenizer = dir.join("tokenizer.json");
+    run_ok(&[
+        "tokenizer",
+        "train",
+        "--config",
+        sources,
+        "-e",
+        "SELECT text FROM ru",
+        "--vocab-size",
+        "384",
+        "--special-token",
+        "<|endoftext|>",
+        "--special-token",
+        "<|pad|>",
+        "--special-token",
+        "<|im_start|>",
+        "--special-token",
+        "<|im_end|>",
+        "--out",
+        tokenizer.to_str().unwrap(),
+    ])?;
+    let id = "concat(path, '#', CAST(i AS VARCHAR)) AS id";
+    for (query, out) in [
+        (
+            format!("SELECT {id}, text FROM ru WHERE i % 20 <> 0"),
+            "cpt",
+        ),
+        (
+            format!("SELECT {id}, text FROM ru WHERE i % 20 = 0"),
+            "heldout",
+        ),
+    ] {
+        run_ok(&[
+            "pack",
+            "--config",
+            sources,
+            "-e",
+            &query,
+            "--tokenizer",
+            tokenizer.to_str().unwrap(),
+            "--seq-len",
+            "64",
+            "--rows-per-shard",
+            "100",
+            "--pad-token",
+            "<|pad|>",
+            "--out",
+            dir.join(out).to_str().unwrap(),
+        ])?;
+    }
+    run_ok(&[
+        "pack",
+        "--mode",
+        "sft",
+        "--config",
+        sources,
+        "-e",
+        "SELECT id, prompt, response FROM pairs",
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--chat-template",
+        "chatml",
+        "--seq-len",
+        "64",
+        "--pad-token",
+        "<|pad|>",
+        "--eos-token",
+        "<|im_end|>",
+        "--out",
+        dir.join("sft").to_str().unwrap(),
+    ])?;
+    let vocab = dapt_packer::TokenizerFile::load(&tokenizer)?.vocab_size();
+    Ok((tokenizer, vocab))
+}
+
+fn config(dir: &Path, vocab: usize) -> Result<PathBuf> {
+    let path = dir.join("train.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"seed = 5
+device = "cpu"
+
+[init]
+model_type = "qwen3"
+vocab_size = {vocab}
+hidden_size = 48
+head_dim = 16
+intermediate_size = 96
+num_hidden_layers = 2
+num_attention_heads = 4
+num_key_value_heads = 2
+tie_word_embeddings = true
+
+[[stage]]
+name = "cpt1"
+data = "cpt"
+heldout = "heldout"
+[stage.train]
+steps = 40
+batch_size = 8
+learning_rate = 1e-2
+warmup_steps = 4
+checkpoint_every = 5
+
+[[stage]]
+name = "cpt2"
+data = "cpt"
+heldout = "heldout"
+method = "lora"
+[stage.train]
+steps = 10
+batch_size = 8
+learning_rate = 5e-3
+warmup_steps = 2
+checkpoint_every = 5
+[stage.lora]
+r = 4
+alpha = 8
+dropout = 0.1
+target_modules = ["q_proj", "v_proj", "down_proj"]
+
+[[stage]]
+name = "sft"
+data = "sft"
+[stage.train]
+steps = 10
+batch_size = 8
+learning_rate = 3e-3
+warmup_steps = 2
+objective = "sft"
+"#
+        ),
+    )?;
+    Ok(path)
+}
+
+fn train_command(config: &Path, out: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dapt"));
+    command
+        .args(["train"])
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .env("DAPT_LOG", "warn");
+    command
+}
+
+fn stage_report(out: &Path, stage: &str) -> Result<serde_json::Value> {
+    Ok(serde_json::from_slice(&std::fs::read(
+        out.join(stage).join("stage.json"),
+    )?)?)
+}
+
+/// Three stages train from one another; CPT lowers held-out loss; LoRA writes a PEFT adapter and a
+/// merged model; SFT trains on answer tokens only; every model directory loads; a run killed with
+/// SIGKILL mid-stage and rerun writes the same model bytes as the uninterrupted run.
+#[test]
+fn staged_training_resumes_after_kill_to_identical_models() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_tokenizer, vocab) = prepare(dir.path())?;
+    let config = config(dir.path(), vocab)?;
+    let whole = dir.path().join("whole");
+    let run = train_command(&config, &whole).output()?;
+    ensure!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8(run.stdout)?;
+    ensure!(stdout.lines().count() == 3, "{stdout}");
+
+    let cpt1 = stage_report(&whole, "cpt1")?;
+    let (before, after) = (
+        cpt1["heldout_before"].as_f64().unwrap_or(0.0),
+        cpt1["heldout_after"].as_f64().unwrap_or(f64::MAX),
+    );
+    ensure!(
+        before > 5.0 && after < before - 1.0,
+        "held-out loss {before} → {after}"
+    );
+    ensure!(cpt1["steps"] == 40 && !whole.join("cpt1/checkpoints").exists());
+    let cpt2 = stage_report(&whole, "cpt2")?;
+    ensure!(cpt2["method"] == "lora");
+    // q: 48→64, v: 48→32, down: 96→48, r = 4, two layers.
+    ensure!(
+        cpt2["trainable_parameters"] == 2 * 4 * ((48 + 64) + (48 + 32) + (96 + 48)),
+        "{cpt2}"
+    );
+    let adapter: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        whole.join("cpt2/adapter/adapter_config.json"),
+    )?)?;
+    ensure!(adapter["peft_type"] == "LORA" && adapter["r"] == 4);
+    ensure!(whole
+        .join("cpt2/adapter/adapter_model.safetensors")
+        .exists());
+    let sft = stage_report(&whole, "sft")?;
+    let cpt_tokens_per_step = 8 * 63; // at most: every next token of every row
+    let sft_tokens = sft["target_tokens"].as_i64().unwrap_or(0);
+    ensure!(
+        sft_tokens > 0 && sft_tokens < 10 * cpt_tokens_per_step / 2,
+        "SFT trains on answers only: {sft_tokens} target tokens"
+    );
+    for stage in ["cpt1", "cpt2", "sft"] {
+        let (_, model) = dapt_trainer::CausalLm::load(
+            &whole.join(stage).join("model"),
+            Device::Cpu,
+            Kind::Float,
+        )?;
+        ensure!(model.config().vocab_size == vocab as i64 && !model.has_lora());
+    }
+
+    // Kill mid-way through the first stage, after a checkpoint, then rerun.
+    let killed = dir.path().join("killed");
+    let mut child = train_command(&config, &killed).spawn()?;
+    let latest = killed.join("cpt1/checkpoints/latest");
+    let started = std::time::Instant::now();
+    while !latest.exists() && started.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill()?;
+    child.wait()?;
+    let finished_early = killed.join("cpt1/stage.json").exists();
+    eprintln!("killed after a checkpoint; stage finished before the kill: {finished_early}");
+    let rerun = train_command(&config, &killed).output()?;
+    ensure!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    for stage in ["cpt1", "cpt2", "sft"] {
+        let a = std::fs::read(whole.join(stage).join("model/model.safetensors"))?;
+        let b = std::fs::read(killed.join(stage).join("model/model.safetensors"))?;
+        ensure!(a == b, "{stage}: the resumed run's model differs");
+        let losses = |out: &Path| -> Result<Vec<f64>> {
+            Ok(
+                std::fs::read_to_string(out.join(stage).join("train_log.jsonl"))?
+                    .lines()
+                    .map(|l| {
+                        serde_json::from_str::<serde_json::Value>(l)
+                            .map(|v| v["loss"].as_f64().unwrap_or(0.0))
+                    })
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+        ensure!(
+            losses(&whole)? == losses(&killed)?,
+            "{stage}: loss curves differ"
+        );
+    }
+    // A third run finds everything done.
+    let again = train_command(&config, &killed).output()?;
+    ensure!(again.status.success());
+    Ok(())
+}
+
+/// Config mistakes are errors that name the file and the key.
+#[test]
+fn bad_train_config_names_the_key() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "seed = 1\nmodel = \"m\"\n[[stage]]\nname = \"a\"\ndata = \"d\"\n[stage.train]\nstepz = 3\n",
+    )?;
+    let run = dapt(&[
+        "train",
+        path.to_str().unwrap(),
+        "--out",
+        dir.path().join("o").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    ensure!(
+        !run.status.success() && stderr.contains("stepz") && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
+    std::fs::write(
+        &path,
+        "seed = 1\nmodel = \"m\"\n[[stage]]\nname = \"a\"\ndata = \"d\"\nmethod = \"lora\"\n[stage.lora]\ntarget_modules = [\"qq_proj\"]\n",
+    )?;
+    let run = dapt(&[
+        "train",
+        path.to_str().unwrap(),
+        "--out",
+        dir.path().join("o").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    ensure!(
+        stderr.contains("stage[0].lora") && stderr.contains("qq_proj"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+/// `dapt tokenizer extend` → `dapt model resize-embeddings`: new rows are the means of their
+/// sub-token rows, the tokenizer travels with the model; `dapt model merge-lora` folds PEFT's adapter
+/// into the base (the fixture from HF PEFT) and gives PEFT's logits.
+#[test]
+fn resize_embeddings_and_merge_lora_from_the_cli() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (tokenizer, vocab) = prepare_tokenizer_only(dir.path())?;
+    // A base model over the small tokenizer.
+    let base = dir.path().join("base");
+    {
+        let vs = dapt_trainer::tch::nn::VarStore::new(Device::Cpu);
+        let config = dapt_trainer::ModelConfig {
+            vocab_size: vocab as i64,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            ..Default::default()
+        };
+        let model = dapt_trainer::CausalLm::new(&vs.root(), &config)?;
+        model.save(&vs, &base)?;
+    }
+    let extended = dir.path().join("extended");
+    let corpus = shared().canonicalize()?.join("corpus");
+    let sources = dir.path().join("ext.toml");
+    std::fs::write(
+        &sources,
+        format!(
+            "[sources.hb]\nurl = {:?}\n",
+            corpus.join("ru/debian-handbook-ru.jsonl")
+        ),
+    )?;
+    run_ok(&[
+        "tokenizer",
+        "extend",
+        "--config",
+        sources.to_str().unwrap(),
+        "-e",
+        "SELECT text FROM hb LIMIT 200",
+        "--base",
+        tokenizer.to_str().unwrap(),
+        "--new-tokens",
+        "50",
+        "--out",
+        extended.to_str().unwrap(),
+    ])?;
+    let resized = dir.path().join("resized");
+    let stdout = run_ok(&[
+        "model",
+        "resize-embeddings",
+        "--model",
+        base.to_str().unwrap(),
+        "--tokenizer",
+        extended.to_str().unwrap(),
+        "--out",
+        resized.to_str().unwrap(),
+    ])?;
+    ensure!(stdout.contains("from sub-token means"), "{stdout}");
+    ensure!(resized.join("tokenizer.json").exists());
+    let new_tokens: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(extended.join("new_tokens.json"))?)?;
+    ensure!(new_tokens.len() == 50);
+    let (_, old) = dapt_trainer::CausalLm::load(&base, Device::Cpu, Kind::Float)?;
+    let (_, new) = dapt_trainer::CausalLm::load(&resized, Device::Cpu, Kind::Float)?;
+    ensure!(new.config().vocab_size == vocab as i64 + 50);
+    for token in &new_tokens {
+        let id = token["id"].as_i64().unwrap_or(-1);
+        let pieces: Vec<i64> = token["decomposition"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap_or(0))
+            .collect();
+        ensure!(pieces.len() >= 2, "{token}");
+        let mean = old
+            .input_embeddings()
+            .index_select(0, &dapt_trainer::tch::Tensor::from_slice(&pieces))
+            .mean_dim(0, false, Kind::Float);
+        let difference = (new.input_embeddings().get(id) - mean)
+            .abs()
+            .max()
+            .double_value(&[]);
+        ensure!(difference < 1e-6, "token {id}: {difference}");
+    }
+
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("trainer/tests/fixtures");
+    let merged = dir.path().join("merged");
+    let stdout = run_ok(&[
+        "model",
+        "merge-lora",
+        "--model",
+        fixtures.join("qwen3").to_str().unwrap(),
+        "--adapter",
+        fixtures.join("lora").to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ])?;
+    ensure!(stdout.starts_with("merged 8 adapted layers"), "{stdout}");
+    let (_, model) = dapt_trainer::CausalLm::load(&merged, Device::Cpu, Kind::Float)?;
+    let reference =
+        dapt_trainer::weights::read_safetensors(&fixtures.join("lora/reference.safetensors"))?;
+    let get = |name: &str| {
+        reference
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shallow_clone())
+    };
+    let (ids, expected) = (get("input_ids").unwrap(), get("logits").unwrap());
+    let rows: Vec<dapt_core::PackedRow> = (0..ids.size()[0])
+        .map(|r| {
+            let row: Vec<i64> = ids.get(r).try_into().unwrap();
+            dapt_core::PackedRow {
+                input_ids: row.iter().map(|&i| i as i32).collect(),
+                segment_lengths: vec![row.len() as i32],
+                loss_mask: vec![true; row.len()],
+                ..Default::default()
+            }
+        })
+        .collect();
+    let refs: Vec<&dapt_core::PackedRow> = rows.iter().collect();
+    let batch = dapt_trainer::Batch::from_rows(&refs, Device::Cpu);
+    let logits = dapt_trainer::tch::no_grad(|| {
+        model.forward(&batch.input_ids, &batch.positions, &batch.mask)
+    });
+    let difference = (logits - expected).abs().max().double_value(&[]);
+    ensure!(difference < 1e-4, "merged vs PEFT: {difference}");
+    Ok(())
+}
+
+fn prepare_tokenizer_only(dir: &Path) -> Result<(PathBuf, usize)> {
+    let corpus = shared().canonicalize()?.join("corpus");
+    let sources = dir.join("tok.toml");
+    std::fs::write(
+        &sources,
+        format!(
+            "[sources.ru]\nurl = {:?}\n",
+            corpus.join("ru/fortunes-ru.jsonl")
+        ),
+    )?;
+    let tokenizer = dir.join("tokenizer.json");
+    run_ok(&[
+        "tokenizer",
+        "train",
+        "--config",
+        sources.to_str().unwrap(),
+        "-e",
+        "SELECT text FROM ru",
+        "--vocab-size",
+        "384",
+        "--out",
+        tokenizer.to_str().unwrap(),
+    ])?;
+    let vocab = dapt_packer::TokenizerFile::load(&tokenizer)?.vocab_size();
+    Ok((tokenizer, vocab))
+}

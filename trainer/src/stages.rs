@@ -1,0 +1,485 @@
+//! Training in stages (seed §5): a config lists stages — CPT stage 1 → CPT stage 2 → SFT, say — each
+//! trained from the previous stage's output model, full-weight or LoRA, on packed Parquet (a packer
+//! output directory, local or object store). Every stage writes `OUT/<stage>/`: `model/` (an HF model
+//! directory; LoRA stages merge their adapter into it), `adapter/` (LoRA, PEFT layout),
+//! `train_log.jsonl`, `checkpoints/` while running, and `stage.json` when done. A rerun skips finished
+//! stages and resumes an interrupted one from its last checkpoint, so the outputs are byte-identical to
+//! an uninterrupted run's.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dapt_core::hash::{sha256_hex, sub_seed};
+use dapt_core::{Location, PackedRow};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind};
+
+use crate::data::{PackedShards, RowSource};
+use crate::lora::{save_adapter, LoraOptions};
+use crate::train::{mean_loss, StepMetrics, TrainOptions, Trainer};
+use crate::weights::write_atomically;
+use crate::{CausalLm, Error, ModelConfig, Result};
+
+/// Full fine-tuning or LoRA.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    #[default]
+    Full,
+    Lora,
+}
+
+/// What a full-weight stage trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trainable {
+    /// Every weight.
+    #[default]
+    All,
+    /// Only the input and output embeddings (the first step after a vocabulary extension).
+    Embeddings,
+}
+
+/// Where training runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceChoice {
+    pub fn device(self) -> Result<Device> {
+        Ok(match self {
+            Self::Auto => Device::cuda_if_available(),
+            Self::Cpu => Device::Cpu,
+            Self::Cuda => {
+                if !tch::Cuda::is_available() {
+                    return Err(Error::Setting {
+                        key: "device".into(),
+                        reason: "cuda was asked for but LibTorch sees no CUDA device".into(),
+                    });
+                }
+                Device::Cuda(0)
+            }
+        })
+    }
+}
+
+/// One `[[stage]]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageOptions {
+    /// Directory name of the stage's outputs.
+    pub name: String,
+    /// Packed Parquet directory (path or URL) to train on.
+    pub data: String,
+    /// Packed Parquet directory of held-out rows: loss before/after and every `train.eval_every` steps.
+    #[serde(default)]
+    pub heldout: Option<String>,
+    #[serde(default)]
+    pub method: Method,
+    #[serde(default)]
+    pub trainable: Trainable,
+    /// Keep embedding rows below this id unchanged (e.g. the old vocabulary after an extension).
+    #[serde(default)]
+    pub freeze_embeddings_below: Option<i64>,
+    #[serde(default)]
+    pub train: TrainOptions,
+    #[serde(default)]
+    pub lora: LoraOptions,
+}
+
+/// A training config (`dapt train CONFIG`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfigOptions {
+    /// The run's one seed.
+    #[serde(default)]
+    pub seed: u64,
+    /// The base model: an HF model directory (relative to the config file).
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+    /// Or a model initialised at random from these `config.json` keys (a proxy model).
+    #[serde(default)]
+    pub init: Option<ModelConfig>,
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// Rows read ahead by the data loader.
+    #[serde(default = "default_prefetch")]
+    pub prefetch_rows: usize,
+    /// object_store options for `data`/`heldout` URLs (`aws_endpoint`, `aws_region`, …).
+    #[serde(default)]
+    pub storage: BTreeMap<String, String>,
+    #[serde(rename = "stage")]
+    pub stages: Vec<StageOptions>,
+}
+
+fn default_prefetch() -> usize {
+    4096
+}
+
+/// A validated training config.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub options: TrainConfigOptions,
+    /// Directory of the config file (relative paths resolve against it).
+    pub base_dir: PathBuf,
+}
+
+impl TrainConfig {
+    /// Reads and validates a config file; errors name the file and key.
+    pub fn load(path: &Path) -> Result<Self> {
+        let fail = |reason: String| Error::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let options: TrainConfigOptions = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let config = Self { options, base_dir };
+        config.validate().map_err(|e| fail(e.to_string()))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let o = &self.options;
+        let bad = |key: String, reason: String| Error::Setting { key, reason };
+        match (&o.model, &o.init) {
+            (None, None) => {
+                return Err(bad(
+                    "model".into(),
+                    "give `model` (an HF directory) or `[init]`".into(),
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "init".into(),
+                    "give either `model` or `[init]`, not both".into(),
+                ))
+            }
+            (None, Some(init)) => init.validate()?,
+            _ => {}
+        }
+        if o.stages.is_empty() {
+            return Err(bad("stage".into(), "no [[stage]]".into()));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, stage) in o.stages.iter().enumerate() {
+            let key = |k: &str| format!("stage[{i}].{k}");
+            if stage.name.is_empty()
+                || stage.name.contains(['/', '\\'])
+                || stage.name.starts_with('.')
+            {
+                return Err(bad(
+                    key("name"),
+                    format!("{:?} is not a directory name", stage.name),
+                ));
+            }
+            if !names.insert(&stage.name) {
+                return Err(bad(key("name"), format!("{:?} is used twice", stage.name)));
+            }
+            stage
+                .train
+                .validate()
+                .map_err(|e| bad(key("train"), e.to_string()))?;
+            if stage.method == Method::Lora {
+                stage
+                    .lora
+                    .validate()
+                    .map_err(|e| bad(key("lora"), e.to_string()))?;
+                if stage.trainable != Trainable::All {
+                    return Err(bad(
+                        key("trainable"),
+                        "LoRA stages train adapters; `trainable` is for full stages".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `data`/`heldout` as a location: URLs as they are, paths relative to the config file.
+    pub fn location(&self, input: &str) -> Result<Location> {
+        let is_url = input.contains("://");
+        let resolved = if is_url || Path::new(input).is_absolute() {
+            input.to_string()
+        } else {
+            self.base_dir.join(input).display().to_string()
+        };
+        Ok(Location::parse_with(&resolved, &self.options.storage)?)
+    }
+
+    fn model_dir(&self) -> Option<PathBuf> {
+        self.options.model.as_ref().map(|m| {
+            if m.is_absolute() {
+                m.clone()
+            } else {
+                self.base_dir.join(m)
+            }
+        })
+    }
+}
+
+/// `stage.json`: what a finished stage did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    pub name: String,
+    /// Hash of the stage's settings and its input model.
+    pub hash: String,
+    pub method: Method,
+    pub steps: usize,
+    pub target_tokens: i64,
+    pub trainable_parameters: i64,
+    pub first_loss: f64,
+    pub last_loss: f64,
+    pub heldout_before: Option<f64>,
+    pub heldout_after: Option<f64>,
+    pub seconds: f64,
+    /// The output model directory.
+    pub model: String,
+}
+
+fn io_error(path: &Path, e: impl ToString) -> Error {
+    Error::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Identity of a model directory: its config and the names and sizes of its weight files (hashing the
+/// weights themselves would read gigabytes).
+fn model_identity(dir: &Path) -> Result<String> {
+    let mut parts = vec![std::fs::read(dir.join("config.json"))
+        .map_err(|e| io_error(&dir.join("config.json"), e))?];
+    for file in crate::weights::weight_files(dir)? {
+        let size = std::fs::metadata(&file)
+            .map_err(|e| io_error(&file, e))?
+            .len();
+        parts.push(
+            format!(
+                "{}:{size}",
+                file.file_name().unwrap_or_default().to_string_lossy()
+            )
+            .into_bytes(),
+        );
+    }
+    Ok(sha256_hex(&parts.concat()))
+}
+
+/// Files of an HF model directory that travel with the weights (tokenizer, chat template, generation
+/// settings).
+fn copy_companions(from: &Path, to: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(from) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let companion = name.starts_with("tokenizer")
+            || name == "generation_config.json"
+            || name == "special_tokens_map.json"
+            || name == "vocab.json"
+            || name == "merges.txt"
+            || name == "chat_template.jinja";
+        if companion && entry.path().is_file() {
+            std::fs::copy(entry.path(), to.join(&name))
+                .map_err(|e| io_error(&to.join(&name), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every row of a packed directory (one epoch), for held-out evaluation.
+pub fn read_all_rows(location: Location, prefetch: usize) -> Result<Vec<PackedRow>> {
+    let mut shards = PackedShards::open(location, 0, prefetch)?;
+    let count = shards.rows_per_epoch();
+    (0..count).map(|_| shards.next_row()).collect()
+}
+
+/// Runs every stage in order into `out`; `on_step(stage, metrics)` after each step. Returns the reports.
+pub fn run_stages(
+    config: &TrainConfig,
+    out: &Path,
+    mut on_step: impl FnMut(&str, &StepMetrics),
+) -> Result<Vec<StageReport>> {
+    let o = &config.options;
+    let device = o.device.device()?;
+    std::fs::create_dir_all(out).map_err(|e| io_error(out, e))?;
+    let mut input_dir = config.model_dir();
+    let mut input_identity = match &input_dir {
+        Some(dir) => model_identity(dir)?,
+        None => sha256_hex(&serde_json::to_vec(&o.init).unwrap_or_default()),
+    };
+    let mut reports = Vec::new();
+    for (index, stage) in o.stages.iter().enumerate() {
+        let stage_dir = out.join(&stage.name);
+        let hash = sha256_hex(
+            &serde_json::to_vec(&(&input_identity, stage, o.seed, index)).unwrap_or_default(),
+        );
+        let report_path = stage_dir.join("stage.json");
+        if let Ok(text) = std::fs::read_to_string(&report_path) {
+            let report: StageReport =
+                serde_json::from_str(&text).map_err(|e| io_error(&report_path, e))?;
+            if report.hash == hash {
+                tracing::info!(stage = %stage.name, "stage already done; skipped");
+                input_dir = Some(stage_dir.join("model"));
+                input_identity = report.hash.clone();
+                reports.push(report);
+                continue;
+            }
+            return Err(io_error(
+                &report_path,
+                "was written by other settings or another input model; remove the stage directory to retrain it",
+            ));
+        }
+        std::fs::create_dir_all(&stage_dir).map_err(|e| io_error(&stage_dir, e))?;
+        let hash_path = stage_dir.join("settings.sha256");
+        match std::fs::read_to_string(&hash_path) {
+            Ok(previous) if previous.trim() != hash => {
+                return Err(io_error(
+                    &stage_dir,
+                    "holds checkpoints of other settings; remove it to train this stage afresh",
+                ))
+            }
+            Ok(_) => {}
+            Err(_) => write_atomically(&hash_path, hash.as_bytes())?,
+        }
+        let report = run_stage(
+            config,
+            stage,
+            index,
+            input_dir.as_deref(),
+            &stage_dir,
+            &hash,
+            device,
+            &mut on_step,
+        )?;
+        let json = serde_json::to_string_pretty(&report).map_err(|e| io_error(&report_path, e))?;
+        write_atomically(&report_path, (json + "\n").as_bytes())?;
+        let _ = std::fs::remove_dir_all(stage_dir.join("checkpoints"));
+        input_dir = Some(stage_dir.join("model"));
+        input_identity = hash;
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_stage(
+    config: &TrainConfig,
+    stage: &StageOptions,
+    index: usize,
+    input_dir: Option<&Path>,
+    stage_dir: &Path,
+    hash: &str,
+    device: Device,
+    on_step: &mut impl FnMut(&str, &StepMetrics),
+) -> Result<StageReport> {
+    let started = Instant::now();
+    let o = &config.options;
+    let seed = sub_seed(o.seed, &stage.name, index as u64);
+    let (mut vs, mut model) = match (input_dir, &o.init) {
+        (Some(dir), _) => CausalLm::load(dir, device, Kind::Float)?,
+        (None, Some(init)) => {
+            tch::manual_seed(sub_seed(o.seed, "model-init", 0) as i64);
+            let vs = nn::VarStore::new(device);
+            let model = CausalLm::new(&vs.root(), init)?;
+            (vs, model)
+        }
+        (None, None) => unreachable!("validated: model or init"),
+    };
+    let adapters = nn::VarStore::new(device);
+    match stage.method {
+        Method::Lora => {
+            vs.freeze();
+            tch::manual_seed(sub_seed(seed, "lora-init", 0) as i64);
+            let count = model.attach_lora(&adapters.root(), &stage.lora)?;
+            tracing::info!(stage = %stage.name, layers = count, r = stage.lora.r, "LoRA adapters attached");
+        }
+        Method::Full => {
+            if stage.trainable == Trainable::Embeddings {
+                vs.freeze();
+                let _ = model.input_embeddings().set_requires_grad(true);
+                if let Some(head) = model.output_embeddings() {
+                    let _ = head.set_requires_grad(true);
+                }
+            }
+        }
+    }
+    let trainable = match stage.method {
+        Method::Lora => &adapters,
+        Method::Full => &vs,
+    };
+    let heldout = match &stage.heldout {
+        Some(h) => Some(read_all_rows(config.location(h)?, o.prefetch_rows)?),
+        None => None,
+    };
+    let objective = stage.train.objective;
+    let heldout_before = heldout
+        .as_deref()
+        .map(|rows| mean_loss(&model, rows, stage.train.batch_size, objective, device).0);
+    let mut data = PackedShards::open(config.location(&stage.data)?, seed, o.prefetch_rows)?;
+    tracing::info!(
+        stage = %stage.name,
+        rows_per_epoch = data.rows_per_epoch(),
+        steps = stage.train.steps,
+        precision = crate::train::describe_precision(&stage.train, device),
+        ?device,
+        "training"
+    );
+    let trainer = Trainer {
+        model: &model,
+        trainable,
+        options: &stage.train,
+        seed,
+        heldout: heldout.as_deref(),
+        freeze_embeddings_below: stage.freeze_embeddings_below,
+        checkpoint_dir: Some(stage_dir.join("checkpoints")),
+        log_path: Some(stage_dir.join("train_log.jsonl")),
+    };
+    let outcome = trainer.run(&mut data, true, |m| on_step(&stage.name, m))?;
+    // The whole curve (a resumed run logged its earlier steps before the interruption).
+    let log_path = stage_dir.join("train_log.jsonl");
+    let log: Vec<StepMetrics> = std::fs::read_to_string(&log_path)
+        .map_err(|e| io_error(&log_path, e))?
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let model_dir = stage_dir.join("model");
+    if stage.method == Method::Lora {
+        save_adapter(
+            &stage_dir.join("adapter"),
+            &adapters,
+            &stage.lora,
+            input_dir.map(|d| d.display().to_string()).as_deref(),
+        )?;
+        model.merge_lora();
+    }
+    let heldout_after = heldout
+        .as_deref()
+        .map(|rows| mean_loss(&model, rows, stage.train.batch_size, objective, device).0);
+    model.save(&vs, &model_dir)?;
+    if let Some(dir) = input_dir {
+        copy_companions(dir, &model_dir)?;
+    }
+    Ok(StageReport {
+        name: stage.name.clone(),
+        hash: hash.to_string(),
+        method: stage.method,
+        steps: log.len(),
+        target_tokens: log.iter().map(|m| m.tokens).sum(),
+        trainable_parameters: outcome.trainable_parameters,
+        first_loss: log.first().map_or(f64::NAN, |m| m.loss),
+        last_loss: log.last().map_or(f64::NAN, |m| m.loss),
+        heldout_before,
+        heldout_after,
+        seconds: started.elapsed().as_secs_f64(),
+        model: model_dir.display().to_string(),
+    })
+}
