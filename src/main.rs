@@ -38,6 +38,12 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Model surgery: resize embeddings for an extended tokenizer, merge a LoRA adapter.
     Model(commands::model::ModelArgs),
+    /// Score a checkpoint: perplexity, bits-per-byte, multiple-choice tasks, generation lang-swap.
+    Eval(commands::eval::EvalArgs),
+    /// Compare eval.json files side by side (Markdown or HTML with SVG charts), flag regressions.
+    Report(commands::eval::ReportArgs),
+    /// Serve a checkpoint over an OpenAI-compatible /v1/completions endpoint.
+    Serve(commands::eval::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +67,9 @@ fn main() -> ExitCode {
         Command::Mix(args) => commands::mix::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Model(args) => commands::model::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Report(args) => commands::eval::report(args),
+        Command::Serve(args) => commands::eval::serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,11 +7,13 @@
 
 mod error;
 pub mod hash;
+pub mod lang;
 pub mod location;
 pub mod manifest;
 pub mod packed;
 pub mod parquet_io;
 pub mod schema;
+pub mod script;
 pub mod shard_writer;
 
 pub use error::{Error, Result};

@@ -1,12 +1,24 @@
-/// Errors of evaluation.
+/// Errors of evaluation; each names the file, task, row or request concerned.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     #[error(transparent)]
     Trainer(#[from] dapt_trainer::Error),
 
+    #[error(transparent)]
+    Tokenizer(#[from] dapt_encoder::Error),
+
     #[error("nothing to evaluate: {what}")]
     Empty { what: String },
+
+    #[error("request {index}: {reason}")]
+    Request { index: usize, reason: String },
+
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+
+    #[error("invalid setting {key}: {reason}")]
+    Setting { key: String, reason: String },
 }
 
 /// Result with [`Error`] as the default error.

@@ -1,10 +1,29 @@
-//! dapt-eval: did the adaptation help, and what did it break? Its job is to score trained models:
-//! here, perplexity on held-out packed rows (mean next-token loss over the same targets the trainer
-//! uses, and its exponent). Its input is a model from `dapt-trainer` and packed rows from `dapt-core`;
-//! its output is a serialisable result that reports compare across checkpoints.
+//! dapt-eval: did the adaptation help, and what did it break? Its job is to score models: perplexity
+//! on held-out packed rows, bits-per-byte on held-out text (comparable across tokenizers),
+//! multiple-choice tasks by log-likelihood (lm-evaluation-harness style, batch-size independent),
+//! generation with a KV cache and the lang-swap rate of generations, side-by-side reports across
+//! checkpoints, and an OpenAI-compatible completions endpoint. Its input is a model from
+//! `dapt-trainer`, a tokenizer, packed rows, texts and task files; its output is serialisable results,
+//! reports (Markdown/HTML with SVG plots) and HTTP responses.
 
 mod error;
+mod generate;
+mod langswap;
 mod perplexity;
+mod report;
+mod results;
+mod scorer;
+mod serve;
+mod tasks;
+mod text;
 
 pub use error::{Error, Result};
+pub use generate::{generate, FinishReason, GenerateOptions, Generation};
+pub use langswap::{foreign_spans, lang_swap, ForeignSpan, LangSwapExample, LangSwapReport};
 pub use perplexity::{perplexity, Perplexity};
+pub use report::{build as build_report, LossCurve, RedFlag, Report, ReportOptions};
+pub use results::{EvalResults, GenerationRecord, GenerationResults};
+pub use scorer::{LogLikelihood, Request, Scorer, TokenScore};
+pub use serve::Server;
+pub use tasks::{evaluate_task, load_task, ExampleResult, McExample, TaskFormat, TaskResult};
+pub use text::{score_texts, TextScore};

@@ -1,6 +1,7 @@
 //! One module per subcommand, and what several of them share.
 pub mod classify;
 pub mod dedup;
+pub mod eval;
 pub mod ingest;
 pub mod mix;
 pub mod model;

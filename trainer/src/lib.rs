@@ -24,7 +24,7 @@ pub use config::{ModelConfig, Rope, RopeScaling, TokenIds};
 pub use data::{DataCursor, InMemoryRows, PackedShards, RowSource};
 pub use error::{Error, Result};
 pub use lora::{save_adapter, LoraInit, LoraOptions, ALL_LINEAR};
-pub use model::CausalLm;
+pub use model::{CausalLm, KvCache};
 pub use optim::AdamW;
 pub use resize::{resize_embeddings, NewTokenSpec, ResizeInit, ResizeReport};
 pub use stages::{

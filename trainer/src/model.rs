@@ -187,15 +187,14 @@ impl Attention {
         ]
     }
 
-    /// `x: [b, t, hidden]`, `cos`/`sin: [b, 1, t, head_dim]`, `mask: [b, 1, t, t]` → `[b, t, hidden]`.
-    fn forward(
+    /// Queries, keys and values after norms and RoPE: `[b, heads|kv_heads, t, head_dim]`.
+    fn project(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
         training: bool,
-    ) -> Tensor {
+    ) -> (Tensor, Tensor, Tensor) {
         let size = x.size();
         let (b, t) = (size[0], size[1]);
         let split = |y: Tensor, heads: i64, norm: &Option<RmsNorm>| {
@@ -214,20 +213,44 @@ impl Attention {
         );
         let v = split(self.v_proj.forward(x, training), self.kv_heads, &None);
         let q = &q * cos + rotate_half(&q) * sin;
-        let mut k = &k * cos + rotate_half(&k) * sin;
-        let mut v = v;
-        if self.kv_heads != self.heads {
+        let k = &k * cos + rotate_half(&k) * sin;
+        (q, k, v)
+    }
+
+    /// Attention of `q: [b, heads, t, d]` over `k`, `v: [b, kv_heads, s, d]` where `mask: [b|1, 1, t, s]`
+    /// allows, then the output projection → `[b, t, hidden]`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, training: bool) -> Tensor {
+        let size = q.size();
+        let (b, t) = (size[0], size[2]);
+        let (k, v) = if self.kv_heads != self.heads {
             let repeats = self.heads / self.kv_heads;
-            k = k.repeat_interleave_self_int(repeats, Some(1), None);
-            v = v.repeat_interleave_self_int(repeats, Some(1), None);
-        }
+            (
+                k.repeat_interleave_self_int(repeats, Some(1), None),
+                v.repeat_interleave_self_int(repeats, Some(1), None),
+            )
+        } else {
+            (k.shallow_clone(), v.shallow_clone())
+        };
         let y =
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, false);
+            Tensor::scaled_dot_product_attention(q, &k, &v, Some(mask), 0.0, false, None, false);
         let y = y
             .transpose(1, 2)
             .contiguous()
             .view([b, t, self.heads * self.head_dim]);
         self.o_proj.forward(&y, training)
+    }
+
+    /// `x: [b, t, hidden]`, `cos`/`sin: [b, 1, t, head_dim]`, `mask: [b, 1, t, t]` → `[b, t, hidden]`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        training: bool,
+    ) -> Tensor {
+        let (q, k, v) = self.project(x, cos, sin, training);
+        self.attend(&q, &k, &v, mask, training)
     }
 }
 
@@ -263,6 +286,25 @@ struct DecoderLayer {
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
     mlp: Mlp,
+}
+
+/// Keys and values of the tokens seen so far, per layer (`[b, kv_heads, seen, head_dim]` each), for
+/// generation that feeds one new token at a time.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    seen: i64,
+}
+
+impl KvCache {
+    /// Tokens seen so far.
+    pub fn len(&self) -> i64 {
+        self.seen
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen == 0
+    }
 }
 
 /// A decoder-only causal language model (Llama 3, Qwen2, Qwen3).
@@ -463,6 +505,49 @@ impl CausalLm {
                 .forward(&layer.post_attention_layernorm.forward(&x), training);
             x = &x + &h;
         }
+        let x = self.norm.forward(&x);
+        x.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
+    }
+
+    /// Logits `[b, t, vocab]` of `input_ids: [b, t]` that follow the tokens in `cache` (positions go on
+    /// from `cache.len()`); the new keys and values are appended to the cache.
+    pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Tensor {
+        let size = input_ids.size();
+        let (b, t) = (size[0], size[1]);
+        let device = input_ids.device();
+        let past = cache.seen;
+        let positions = Tensor::arange_start(past, past + t, (Kind::Int64, device))
+            .unsqueeze(0)
+            .expand([b, t], false);
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        let kind = x.kind();
+        let (cos, sin) = (angles.cos().to_kind(kind), angles.sin().to_kind(kind));
+        // Query i (at position past + i) sees keys 0..=past + i.
+        let query = Tensor::arange_start(past, past + t, (Kind::Int64, device)).unsqueeze(1);
+        let key = Tensor::arange(past + t, (Kind::Int64, device)).unsqueeze(0);
+        let mask = key.le_tensor(&query).unsqueeze(0).unsqueeze(0);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let normed = layer.input_layernorm.forward(&x);
+            let (q, k, v) = layer.self_attn.project(&normed, &cos, &sin, false);
+            let (k, v) = match cache.layers.get(i) {
+                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2), Tensor::cat(&[pv, &v], 2)),
+                None => (k, v),
+            };
+            let h = layer.self_attn.attend(&q, &k, &v, &mask, false);
+            if i < cache.layers.len() {
+                cache.layers[i] = (k, v);
+            } else {
+                cache.layers.push((k, v));
+            }
+            x = &x + &h;
+            let h = layer
+                .mlp
+                .forward(&layer.post_attention_layernorm.forward(&x), false);
+            x = &x + &h;
+        }
+        cache.seen = past + t;
         let x = self.norm.forward(&x);
         x.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
     }

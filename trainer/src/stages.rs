@@ -316,6 +316,19 @@ pub fn run_stages(
         Some(dir) => model_identity(dir)?,
         None => sha256_hex(&serde_json::to_vec(&o.init).unwrap_or_default()),
     };
+    if input_dir.is_none() {
+        // A model initialised at random: keep it as OUT/init/model, the baseline of reports.
+        let init_dir = out.join("init").join("model");
+        if !init_dir.join("model.safetensors").exists() {
+            if let Some(init) = &o.init {
+                tch::manual_seed(sub_seed(o.seed, "model-init", 0) as i64);
+                let vs = nn::VarStore::new(Device::Cpu);
+                let model = CausalLm::new(&vs.root(), init)?;
+                model.save(&vs, &init_dir)?;
+            }
+        }
+        input_dir = Some(init_dir);
+    }
     let mut reports = Vec::new();
     for (index, stage) in o.stages.iter().enumerate() {
         let stage_dir = out.join(&stage.name);
@@ -354,7 +367,7 @@ pub fn run_stages(
             config,
             stage,
             index,
-            input_dir.as_deref(),
+            &input_dir.clone().unwrap_or_default(),
             &stage_dir,
             &hash,
             device,
@@ -375,7 +388,7 @@ fn run_stage(
     config: &TrainConfig,
     stage: &StageOptions,
     index: usize,
-    input_dir: Option<&Path>,
+    input_dir: &Path,
     stage_dir: &Path,
     hash: &str,
     device: Device,
@@ -384,16 +397,7 @@ fn run_stage(
     let started = Instant::now();
     let o = &config.options;
     let seed = sub_seed(o.seed, &stage.name, index as u64);
-    let (mut vs, mut model) = match (input_dir, &o.init) {
-        (Some(dir), _) => CausalLm::load(dir, device, Kind::Float)?,
-        (None, Some(init)) => {
-            tch::manual_seed(sub_seed(o.seed, "model-init", 0) as i64);
-            let vs = nn::VarStore::new(device);
-            let model = CausalLm::new(&vs.root(), init)?;
-            (vs, model)
-        }
-        (None, None) => unreachable!("validated: model or init"),
-    };
+    let (mut vs, mut model) = CausalLm::load(input_dir, device, Kind::Float)?;
     let adapters = nn::VarStore::new(device);
     match stage.method {
         Method::Lora => {
@@ -457,7 +461,7 @@ fn run_stage(
             &stage_dir.join("adapter"),
             &adapters,
             &stage.lora,
-            input_dir.map(|d| d.display().to_string()).as_deref(),
+            Some(&input_dir.display().to_string()),
         )?;
         model.merge_lora();
     }
@@ -465,9 +469,7 @@ fn run_stage(
         .as_deref()
         .map(|rows| mean_loss(&model, rows, stage.train.batch_size, objective, device).0);
     model.save(&vs, &model_dir)?;
-    if let Some(dir) = input_dir {
-        copy_companions(dir, &model_dir)?;
-    }
+    copy_companions(input_dir, &model_dir)?;
     Ok(StageReport {
         name: stage.name.clone(),
         hash: hash.to_string(),

@@ -29,11 +29,11 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 
 pub mod classifier;
-pub mod lang;
+pub use dapt_core::lang;
 pub mod minhash;
 pub mod models;
 pub mod quality;
-pub mod script;
+pub use dapt_core::script;
 pub mod stats;
 
 /// Registers every dapt function on `context`; `token_count` and `classify` know no models yet (see

@@ -657,3 +657,27 @@ fn resize_initialises_new_rows_as_subtoken_means_and_freezing_keeps_old_rows() {
         "new rows train"
     );
 }
+
+/// Feeding a prompt and then one token at a time through the KV cache gives the logits of one full
+/// forward pass (Qwen3 fixture, GQA and q/k norms included).
+#[test]
+fn kv_cache_matches_the_full_forward() {
+    let (_vs, model) = CausalLm::load(&fixture("qwen3"), Device::Cpu, Kind::Float).unwrap();
+    let (rows, expected) = reference(&fixture("qwen3"));
+    let ids: Vec<i64> = rows[0].input_ids.iter().map(|&i| i as i64).collect();
+    let mut cache = dapt_trainer::KvCache::default();
+    let prompt = Tensor::from_slice(&ids[..5]).unsqueeze(0);
+    let mut pieces = vec![dapt_trainer::tch::no_grad(|| {
+        model.forward_cached(&prompt, &mut cache)
+    })];
+    for &id in &ids[5..] {
+        let next = Tensor::from_slice(&[id]).unsqueeze(0);
+        pieces.push(dapt_trainer::tch::no_grad(|| {
+            model.forward_cached(&next, &mut cache)
+        }));
+    }
+    assert_eq!(cache.len(), ids.len() as i64);
+    let incremental = Tensor::cat(&pieces, 1).squeeze_dim(0);
+    let difference = max_difference(&incremental, &expected.get(0));
+    assert!(difference < 1e-4, "cached vs transformers: {difference}");
+}

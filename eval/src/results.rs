@@ -1,0 +1,79 @@
+//! `eval.json`: everything one `dapt eval` measured of one checkpoint.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, GenerateOptions, LangSwapReport, Perplexity, Result, TaskResult, TextScore};
+
+/// One generation of the lang-swap check.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerationRecord {
+    pub prompt: String,
+    pub output: String,
+    pub finish_reason: crate::FinishReason,
+}
+
+/// Generations for target-language prompts and their lang-swap rate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerationResults {
+    pub options: GenerateOptions,
+    pub lang_swap: LangSwapReport,
+    pub outputs: Vec<GenerationRecord>,
+}
+
+/// The results of one checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalResults {
+    /// Name of the checkpoint in reports.
+    pub label: String,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    pub tokenizer_sha256: String,
+    /// Perplexity on packed held-out rows, by name.
+    #[serde(default)]
+    pub perplexity: BTreeMap<String, Perplexity>,
+    /// Bits-per-byte on held-out texts, by name.
+    #[serde(default)]
+    pub bits_per_byte: BTreeMap<String, TextScore>,
+    /// Multiple-choice tasks, by name.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, TaskResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationResults>,
+}
+
+impl EvalResults {
+    pub fn load(path: &Path) -> Result<Self> {
+        let fail = |reason: String| Error::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| fail(e.to_string()))
+    }
+
+    /// The headline metrics as (name, value, higher is better).
+    pub fn metrics(&self) -> Vec<(String, f64, bool)> {
+        let mut out = Vec::new();
+        for (name, s) in &self.bits_per_byte {
+            out.push((format!("bpb/{name}"), s.bits_per_byte, false));
+        }
+        for (name, p) in &self.perplexity {
+            out.push((format!("ppl/{name}"), p.perplexity, false));
+        }
+        for (name, t) in &self.tasks {
+            out.push((format!("acc/{name}"), t.acc, true));
+            out.push((format!("acc_norm/{name}"), t.acc_norm, true));
+        }
+        if let Some(g) = &self.generation {
+            out.push((
+                format!("lang_swap/{}", g.lang_swap.target_language),
+                g.lang_swap.rate,
+                false,
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,454 @@
+//! Multiple-choice tasks scored by log-likelihood, as lm-evaluation-harness does: each choice is a
+//! continuation of the prompt (few-shot examples, then the question); `acc` takes the most likely
+//! choice, `acc_norm` the most likely per character of the choice. Loaders turn the common formats into
+//! [`McExample`]s: dapt's own JSONL, HellaSwag, ARC, MMLU (JSONL rows as the HF datasets hold them) and
+//! BIG-bench `task.json` (multiple-choice examples with `target_scores`).
+use std::path::Path;
+use std::str::FromStr;
+
+use dapt_core::hash::{sub_seed, unit_interval};
+use dapt_encoder::TokenizerFile;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::scorer::{Request, Scorer};
+use crate::{Error, Result};
+
+/// One multiple-choice question.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McExample {
+    pub id: String,
+    /// The prompt the choices continue.
+    pub context: String,
+    pub choices: Vec<String>,
+    /// Index of the right choice.
+    pub gold: usize,
+}
+
+/// File formats of tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskFormat {
+    /// JSONL: `{"id"?, "context", "choices": [..], "gold": index}`.
+    Dapt,
+    /// JSONL: `activity_label`?, `ctx` (or `ctx_a` + `ctx_b`), `endings`, `label`.
+    Hellaswag,
+    /// JSONL: `question`, `choices: {text: [..], label: [..]}`, `answerKey`.
+    Arc,
+    /// JSONL: `question`, `choices: [..]`, `answer` (index or letter); choices shown as A–D.
+    Mmlu,
+    /// BIG-bench `task.json`: `examples` with `input` and `target_scores`.
+    Bigbench,
+}
+
+impl FromStr for TaskFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "dapt" => Self::Dapt,
+            "hellaswag" => Self::Hellaswag,
+            "arc" => Self::Arc,
+            "mmlu" => Self::Mmlu,
+            "bigbench" => Self::Bigbench,
+            other => {
+                return Err(format!(
+                    "unknown task format {other:?} (dapt, hellaswag, arc, mmlu, bigbench)"
+                ))
+            }
+        })
+    }
+}
+
+impl TaskFormat {
+    /// The format a file name suggests: `task.json` → BIG-bench, else dapt JSONL.
+    pub fn guess(path: &Path) -> Self {
+        if path.extension().is_some_and(|e| e == "json") {
+            Self::Bigbench
+        } else {
+            Self::Dapt
+        }
+    }
+}
+
+fn bad(path: &Path, row: usize, reason: impl Into<String>) -> Error {
+    Error::File {
+        path: format!("{}:{}", path.display(), row),
+        reason: reason.into(),
+    }
+}
+
+fn string(v: &Value, key: &str, path: &Path, row: usize) -> Result<String> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| bad(path, row, format!("no string `{key}`")))
+}
+
+fn strings(v: Option<&Value>, key: &str, path: &Path, row: usize) -> Result<Vec<String>> {
+    let list = v
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad(path, row, format!("no list `{key}`")))?;
+    list.iter()
+        .map(|x| match x {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            _ => Err(bad(path, row, format!("`{key}` holds a non-string"))),
+        })
+        .collect()
+}
+
+fn index(v: Option<&Value>, choices: usize, key: &str, path: &Path, row: usize) -> Result<usize> {
+    let i = match v {
+        Some(Value::Number(n)) => n.as_u64().map(|n| n as usize),
+        Some(Value::String(s)) => s.trim().parse::<usize>().ok().or_else(|| {
+            let c = s.trim().chars().next()?;
+            c.is_ascii_uppercase().then(|| (c as u8 - b'A') as usize)
+        }),
+        _ => None,
+    };
+    match i {
+        Some(i) if i < choices => Ok(i),
+        _ => Err(bad(
+            path,
+            row,
+            format!("`{key}` is not an index into {choices} choices"),
+        )),
+    }
+}
+
+/// Reads a task file.
+pub fn load_task(path: &Path, format: TaskFormat) -> Result<Vec<McExample>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    if format == TaskFormat::Bigbench {
+        let json: Value = serde_json::from_str(&text).map_err(|e| bad(path, 0, e.to_string()))?;
+        let examples = json
+            .get("examples")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad(path, 0, "no `examples` list"))?;
+        for (i, e) in examples.iter().enumerate() {
+            let Some(scores) = e.get("target_scores").and_then(Value::as_object) else {
+                continue; // a generative example
+            };
+            let input = string(e, "input", path, i + 1)?;
+            let choices: Vec<String> = scores.keys().cloned().collect();
+            let gold = scores
+                .values()
+                .enumerate()
+                .max_by(|a, b| {
+                    let (x, y) = (a.1.as_f64().unwrap_or(0.0), b.1.as_f64().unwrap_or(0.0));
+                    x.total_cmp(&y).then(b.0.cmp(&a.0))
+                })
+                .map(|(i, _)| i)
+                .ok_or_else(|| bad(path, i + 1, "empty target_scores"))?;
+            out.push(McExample {
+                id: format!("{i}"),
+                context: format!("Q: {input}\nA:"),
+                choices,
+                gold,
+            });
+        }
+        return Ok(out);
+    }
+    for (line_no, line) in text.lines().enumerate() {
+        let row = line_no + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).map_err(|e| bad(path, row, e.to_string()))?;
+        let id = v
+            .get("id")
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| i.to_string())
+            })
+            .unwrap_or_else(|| format!("{line_no}"));
+        let example = match format {
+            TaskFormat::Dapt => {
+                let choices = strings(v.get("choices"), "choices", path, row)?;
+                let gold = index(v.get("gold"), choices.len(), "gold", path, row)?;
+                McExample {
+                    id,
+                    context: string(&v, "context", path, row)?,
+                    choices,
+                    gold,
+                }
+            }
+            TaskFormat::Hellaswag => {
+                let ctx = match v.get("ctx").and_then(Value::as_str) {
+                    Some(c) => c.to_string(),
+                    None => {
+                        let b = string(&v, "ctx_b", path, row)?;
+                        let mut chars = b.chars();
+                        let b = match chars.next() {
+                            Some(c) => c.to_uppercase().collect::<String>() + chars.as_str(),
+                            None => String::new(),
+                        };
+                        format!("{} {b}", string(&v, "ctx_a", path, row)?)
+                    }
+                };
+                let context = match v.get("activity_label").and_then(Value::as_str) {
+                    Some(label) => format!("{label}: {ctx}"),
+                    None => ctx,
+                };
+                let choices = strings(v.get("endings"), "endings", path, row)?;
+                let gold = index(v.get("label"), choices.len(), "label", path, row)?;
+                McExample {
+                    id,
+                    context,
+                    choices,
+                    gold,
+                }
+            }
+            TaskFormat::Arc => {
+                let choices_obj = v.get("choices");
+                let texts = strings(
+                    choices_obj.and_then(|c| c.get("text")),
+                    "choices.text",
+                    path,
+                    row,
+                )?;
+                let labels = strings(
+                    choices_obj.and_then(|c| c.get("label")),
+                    "choices.label",
+                    path,
+                    row,
+                )?;
+                let key = string(&v, "answerKey", path, row)?;
+                let gold = labels
+                    .iter()
+                    .position(|l| *l == key)
+                    .ok_or_else(|| bad(path, row, format!("answerKey {key:?} is not a label")))?;
+                McExample {
+                    id,
+                    context: format!("Question: {}\nAnswer:", string(&v, "question", path, row)?),
+                    choices: texts,
+                    gold,
+                }
+            }
+            TaskFormat::Mmlu => {
+                let options = strings(v.get("choices"), "choices", path, row)?;
+                let gold = index(v.get("answer"), options.len(), "answer", path, row)?;
+                let letters: Vec<String> = (0..options.len())
+                    .map(|i| ((b'A' + i as u8) as char).to_string())
+                    .collect();
+                let listed: Vec<String> = options
+                    .iter()
+                    .zip(&letters)
+                    .map(|(o, l)| format!("{l}. {o}"))
+                    .collect();
+                McExample {
+                    id,
+                    context: format!(
+                        "{}\n{}\nAnswer:",
+                        string(&v, "question", path, row)?.trim(),
+                        listed.join("\n")
+                    ),
+                    choices: letters,
+                    gold,
+                }
+            }
+            TaskFormat::Bigbench => unreachable!(),
+        };
+        if example.choices.len() < 2 {
+            return Err(bad(path, row, "fewer than two choices"));
+        }
+        out.push(example);
+    }
+    Ok(out)
+}
+
+/// Results of one task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub examples: usize,
+    pub num_fewshot: usize,
+    pub acc: f64,
+    pub acc_norm: f64,
+    /// Accuracy of always guessing: mean of 1 / choices.
+    pub chance: f64,
+    /// Per example: id, choice picked by acc, gold, log-likelihood of each choice.
+    pub details: Vec<ExampleResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExampleResult {
+    pub id: String,
+    pub predicted: usize,
+    pub gold: usize,
+    pub logprobs: Vec<f64>,
+}
+
+/// Few-shot examples for example `i`: `k` others, picked by a seeded hash of their ids.
+fn fewshot(examples: &[McExample], i: usize, k: usize, seed: u64) -> Vec<&McExample> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let seed = sub_seed(seed, "fewshot", i as u64);
+    let mut others: Vec<(f64, usize)> = examples
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(j, e)| (unit_interval(seed, &e.id), j))
+        .collect();
+    others.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    others
+        .into_iter()
+        .take(k)
+        .map(|(_, j)| &examples[j])
+        .collect()
+}
+
+/// Token ids of `continuation` after `context`, as lm-eval splits them: encode the whole and take what
+/// follows the context's tokens (falling back to encoding the continuation alone).
+fn split_tokens(
+    tokenizer: &TokenizerFile,
+    context: &str,
+    continuation: &str,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let whole = tokenizer.encode("task", &format!("{context}{continuation}"))?;
+    let head = tokenizer.encode("task", context)?;
+    if whole.len() > head.len() && whole[..head.len()] == head[..] {
+        Ok((head.clone(), whole[head.len()..].to_vec()))
+    } else {
+        Ok((head, tokenizer.encode("task", continuation)?))
+    }
+}
+
+/// Scores a task. Contexts are scored as they tokenise (as lm-evaluation-harness does, no BOS added);
+/// `prefix` (a BOS/EOS id) stands in for an empty context.
+pub fn evaluate_task(
+    scorer: &Scorer,
+    tokenizer: &TokenizerFile,
+    examples: &[McExample],
+    num_fewshot: usize,
+    seed: u64,
+    prefix: u32,
+) -> Result<TaskResult> {
+    if examples.is_empty() {
+        return Err(Error::Empty {
+            what: "a task without examples".into(),
+        });
+    }
+    let mut requests = Vec::new();
+    for (i, example) in examples.iter().enumerate() {
+        let shots: Vec<String> = fewshot(examples, i, num_fewshot, seed)
+            .into_iter()
+            .map(|e| format!("{} {}", e.context, e.choices[e.gold]))
+            .collect();
+        let context = if shots.is_empty() {
+            example.context.clone()
+        } else {
+            format!("{}\n\n{}", shots.join("\n\n"), example.context)
+        };
+        for choice in &example.choices {
+            let (mut head, tail) = split_tokens(tokenizer, &context, &format!(" {choice}"))?;
+            if head.is_empty() {
+                head.push(prefix);
+            }
+            requests.push(Request {
+                context: head,
+                continuation: tail,
+            });
+        }
+    }
+    let scores = scorer.loglikelihoods(&requests)?;
+    let mut at = 0;
+    let (mut correct, mut correct_norm, mut chance) = (0usize, 0usize, 0.0);
+    let mut details = Vec::with_capacity(examples.len());
+    let argmax = |values: &[f64]| {
+        values
+            .iter()
+            .enumerate()
+            .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 {
+                    (i, v)
+                } else {
+                    best
+                }
+            })
+            .0
+    };
+    for example in examples {
+        let n = example.choices.len();
+        let logprobs: Vec<f64> = scores[at..at + n].iter().map(|s| s.logprob).collect();
+        at += n;
+        let normalised: Vec<f64> = logprobs
+            .iter()
+            .zip(&example.choices)
+            .map(|(l, c)| l / (c.chars().count() + 1) as f64)
+            .collect();
+        let predicted = argmax(&logprobs);
+        correct += usize::from(predicted == example.gold);
+        correct_norm += usize::from(argmax(&normalised) == example.gold);
+        chance += 1.0 / n as f64;
+        details.push(ExampleResult {
+            id: example.id.clone(),
+            predicted,
+            gold: example.gold,
+            logprobs,
+        });
+    }
+    let count = examples.len() as f64;
+    Ok(TaskResult {
+        examples: examples.len(),
+        num_fewshot,
+        acc: correct as f64 / count,
+        acc_norm: correct_norm as f64 / count,
+        chance: chance / count,
+        details,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_load_into_examples() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let arc = write(
+            "arc.jsonl",
+            r#"{"id":"a1","question":"What is hot?","choices":{"text":["ice","fire"],"label":["A","B"]},"answerKey":"B"}"#,
+        );
+        let e = &load_task(&arc, TaskFormat::Arc).unwrap()[0];
+        assert_eq!(
+            (e.gold, e.context.as_str()),
+            (1, "Question: What is hot?\nAnswer:")
+        );
+        let mmlu = write(
+            "mmlu.jsonl",
+            r#"{"question":"2+2?","choices":["3","4","5","6"],"answer":1}"#,
+        );
+        let e = &load_task(&mmlu, TaskFormat::Mmlu).unwrap()[0];
+        assert_eq!(e.choices, ["A", "B", "C", "D"]);
+        assert!(e.context.contains("B. 4") && e.gold == 1);
+        let hs = write(
+            "hs.jsonl",
+            r#"{"activity_label":"Cooking","ctx_a":"He cuts onions.","ctx_b":"then he","endings":["a","b","c","d"],"label":"2"}"#,
+        );
+        let e = &load_task(&hs, TaskFormat::Hellaswag).unwrap()[0];
+        assert_eq!(e.context, "Cooking: He cuts onions. Then he");
+        assert_eq!(e.gold, 2);
+        let broken = write(
+            "bad.jsonl",
+            "{\"context\":\"x\",\"choices\":[\"a\",\"b\"],\"gold\":5}\n",
+        );
+        let error = load_task(&broken, TaskFormat::Dapt)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("bad.jsonl:1") && error.contains("gold"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,444 @@
+//! `dapt eval`, `dapt report`, `dapt serve`: score a checkpoint, compare checkpoints, serve one.
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use dapt_eval::{
+    EvalResults, GenerateOptions, GenerationRecord, GenerationResults, LossCurve, ReportOptions,
+    Scorer, TaskFormat,
+};
+use dapt_packer::TokenizerFile;
+use dapt_trainer::tch::{nn, Device, Kind};
+use dapt_trainer::{CausalLm, LoraOptions};
+
+/// The model, its tokenizer and where they came from.
+pub struct Checkpoint {
+    pub _vs: nn::VarStore,
+    pub model: CausalLm,
+    pub tokenizer: TokenizerFile,
+    pub device: Device,
+}
+
+/// Arguments shared by the commands that load a checkpoint.
+#[derive(Args, Clone)]
+pub struct CheckpointArgs {
+    /// HF model directory (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// A LoRA adapter (PEFT layout) applied on top (merged in memory).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// tokenizer.json (default: the model directory's).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+impl CheckpointArgs {
+    pub fn load(&self) -> anyhow::Result<Checkpoint> {
+        let device = match self.device.as_str() {
+            "cpu" => Device::Cpu,
+            "cuda" => Device::Cuda(0),
+            "auto" => Device::cuda_if_available(),
+            other => bail!("--device {other:?}: expected cpu, cuda or auto"),
+        };
+        let (vs, mut model) = CausalLm::load(&self.model, device, Kind::Float)?;
+        if let Some(adapter) = &self.adapter {
+            let options = LoraOptions::load_peft(adapter)?;
+            let adapters = nn::VarStore::new(device);
+            model.attach_lora(&adapters.root(), &options)?;
+            dapt_trainer::weights::load_into(
+                &adapters.variables(),
+                &[adapter.join("adapter_model.safetensors")],
+                &|_| false,
+            )?;
+            model.merge_lora();
+        }
+        let tokenizer_path = self
+            .tokenizer
+            .clone()
+            .unwrap_or_else(|| self.model.join("tokenizer.json"));
+        let tokenizer = TokenizerFile::load(&tokenizer_path).with_context(|| {
+            format!(
+                "the model's tokenizer ({}); pass --tokenizer",
+                tokenizer_path.display()
+            )
+        })?;
+        if tokenizer.vocab_size() as i64 > model.config().vocab_size {
+            bail!(
+                "{}: {} tokens, more than the model's vocab_size {} (resize the embeddings first)",
+                tokenizer_path.display(),
+                tokenizer.vocab_size(),
+                model.config().vocab_size
+            );
+        }
+        Ok(Checkpoint {
+            _vs: vs,
+            model,
+            tokenizer,
+            device,
+        })
+    }
+}
+
+/// Arguments of `dapt eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
+    /// Multiple-choice task: NAME=PATH[:FORMAT] (formats: dapt, hellaswag, arc, mmlu, bigbench;
+    /// default: bigbench for .json, dapt for .jsonl). Repeatable.
+    #[arg(long = "task")]
+    tasks: Vec<String>,
+    /// Few-shot examples per question (drawn from the task's other examples).
+    #[arg(long, default_value_t = 0)]
+    num_fewshot: usize,
+    /// Questions per task at most (the first ones).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Held-out text for bits-per-byte: NAME=PATH (JSONL with a `text` field). Repeatable.
+    #[arg(long = "text")]
+    texts: Vec<String>,
+    /// Packed held-out rows for perplexity: NAME=DIR (a `dapt pack` output). Repeatable.
+    #[arg(long = "packed")]
+    packed: Vec<String>,
+    /// Prompts to generate from for the lang-swap rate: JSONL with a `prompt` field.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Language the generations should be in.
+    #[arg(long, default_value = "ru")]
+    target_language: String,
+    /// Generation: tokens at most.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Generation: 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Generation: stop strings (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Lang-swap: spans with fewer letters are not judged.
+    #[arg(long, default_value_t = 12)]
+    min_letters: usize,
+    /// Requests per forward pass (results do not depend on it).
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Longest input in tokens (default: the model's max_position_embeddings, at most 2048).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Token that conditions the first token of a held-out text (and stands in for an empty context);
+    /// default: BOS, else the first EOS id.
+    #[arg(long)]
+    prefix_token: Option<u32>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Name of the checkpoint in reports (default: the model directory's name, or its parent's when
+    /// it is called `model`).
+    #[arg(long)]
+    label: Option<String>,
+    /// Where eval.json goes.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn named(spec: &str, what: &str) -> anyhow::Result<(String, String)> {
+    let (name, rest) = spec
+        .split_once('=')
+        .with_context(|| format!("--{what} {spec:?}: expected NAME=PATH"))?;
+    Ok((name.to_string(), rest.to_string()))
+}
+
+fn default_label(model: &Path) -> String {
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
+    };
+    let canonical = model.canonicalize().unwrap_or_else(|_| model.to_path_buf());
+    if name(&canonical) == "model" {
+        canonical.parent().map(name).unwrap_or_default()
+    } else {
+        name(&canonical)
+    }
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let checkpoint = args.checkpoint.load()?;
+    let (model, tokenizer, device) = (&checkpoint.model, &checkpoint.tokenizer, checkpoint.device);
+    let config = model.config();
+    let max_length = args
+        .max_length
+        .unwrap_or_else(|| (config.max_position_embeddings.max(1) as usize).min(2048));
+    let prefix = match args.prefix_token {
+        Some(p) => p,
+        None => config
+            .bos_token_id
+            .as_ref()
+            .map(|b| b.ids())
+            .and_then(|ids| ids.first().copied())
+            .or_else(|| config.eos_ids().first().copied())
+            .map(|id| id as u32)
+            .context("the model config has no bos_token_id or eos_token_id: pass --prefix-token")?,
+    };
+    let scorer = Scorer {
+        model,
+        device,
+        max_length,
+        batch_size: args.batch_size,
+    };
+    let mut results = EvalResults {
+        label: args
+            .label
+            .clone()
+            .unwrap_or_else(|| default_label(&args.checkpoint.model)),
+        model: args.checkpoint.model.display().to_string(),
+        adapter: args
+            .checkpoint
+            .adapter
+            .as_ref()
+            .map(|a| a.display().to_string()),
+        tokenizer_sha256: tokenizer.sha256().to_string(),
+        ..Default::default()
+    };
+    for spec in &args.packed {
+        let (name, dir) = named(spec, "packed")?;
+        let rows = dapt_trainer::read_all_rows(dapt_core::Location::parse(&dir)?, 4096)?;
+        let p = dapt_eval::perplexity(model, &rows, args.batch_size, device)?;
+        tracing::info!(
+            name,
+            perplexity = p.perplexity,
+            tokens = p.tokens,
+            "perplexity"
+        );
+        results.perplexity.insert(name, p);
+    }
+    for spec in &args.texts {
+        let (name, path) = named(spec, "text")?;
+        let texts = read_field(Path::new(&path), "text")?;
+        let score = dapt_eval::score_texts(&scorer, tokenizer, &texts, prefix)?;
+        tracing::info!(
+            name,
+            bits_per_byte = score.bits_per_byte,
+            documents = score.documents,
+            "bits per byte"
+        );
+        results.bits_per_byte.insert(name, score);
+    }
+    for spec in &args.tasks {
+        let (name, rest) = named(spec, "task")?;
+        let (path, format) = match rest.rsplit_once(':') {
+            Some((p, f)) if f.parse::<TaskFormat>().is_ok() => (
+                PathBuf::from(p),
+                f.parse::<TaskFormat>().map_err(anyhow::Error::msg)?,
+            ),
+            _ => (PathBuf::from(&rest), TaskFormat::guess(Path::new(&rest))),
+        };
+        let mut examples = dapt_eval::load_task(&path, format)?;
+        if let Some(limit) = args.limit {
+            examples.truncate(limit);
+        }
+        let result = dapt_eval::evaluate_task(
+            &scorer,
+            tokenizer,
+            &examples,
+            args.num_fewshot,
+            args.seed,
+            prefix,
+        )?;
+        tracing::info!(
+            name,
+            acc = result.acc,
+            acc_norm = result.acc_norm,
+            examples = result.examples,
+            "task"
+        );
+        results.tasks.insert(name, result);
+    }
+    if let Some(path) = &args.prompts {
+        let prompts = read_field(path, "prompt")?;
+        let options = GenerateOptions {
+            max_tokens: args.max_tokens,
+            temperature: args.temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+            stop: args.stop.clone(),
+        };
+        let bar = crate::progress::bar(prompts.len() as u64, "generate", "prompts");
+        let mut outputs = Vec::with_capacity(prompts.len());
+        for (i, prompt) in prompts.iter().enumerate() {
+            let mut ids = tokenizer.encode(&format!("prompt {i}"), prompt)?;
+            if ids.is_empty() {
+                ids.push(prefix);
+            }
+            let generation = dapt_eval::generate(model, tokenizer, &ids, &options, device)?;
+            outputs.push(GenerationRecord {
+                prompt: prompt.clone(),
+                output: generation.text,
+                finish_reason: generation.finish_reason,
+            });
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let pairs: Vec<(String, String)> = outputs
+            .iter()
+            .map(|o| (o.prompt.clone(), o.output.clone()))
+            .collect();
+        let lang_swap = dapt_eval::lang_swap(&pairs, &args.target_language, args.min_letters);
+        tracing::info!(
+            rate = lang_swap.rate,
+            generations = lang_swap.generations,
+            "lang-swap"
+        );
+        results.generation = Some(GenerationResults {
+            options,
+            lang_swap,
+            outputs,
+        });
+    }
+    if results.perplexity.is_empty()
+        && results.bits_per_byte.is_empty()
+        && results.tasks.is_empty()
+        && results.generation.is_none()
+    {
+        bail!("nothing to evaluate: give --task, --text, --packed or --prompts");
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    for (name, value, _) in results.metrics() {
+        println!("{:<32} {value:.4}", name);
+    }
+    Ok(())
+}
+
+/// A string field of every line of a JSONL file.
+fn read_field(path: &Path, field: &str) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        let value = v
+            .get(field)
+            .and_then(|t| t.as_str())
+            .with_context(|| format!("{}:{}: no string field `{field}`", path.display(), i + 1))?;
+        out.push(value.to_string());
+    }
+    Ok(out)
+}
+
+/// Arguments of `dapt report`.
+#[derive(Args)]
+pub struct ReportArgs {
+    /// eval.json files, the first one the baseline (e.g. base, cpt1, cpt2, sft).
+    #[arg(required = true)]
+    results: Vec<PathBuf>,
+    /// Training logs to plot: NAME=train_log.jsonl (repeatable; plotted one after another).
+    #[arg(long = "train-log")]
+    train_logs: Vec<String>,
+    /// Metrics (substrings of names) whose fall is a red flag; default: all.
+    #[arg(long = "general")]
+    general: Vec<String>,
+    /// report.md (charts written to plots/ beside it) or report.html (self-contained).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let results = args
+        .results
+        .iter()
+        .map(|p| EvalResults::load(p))
+        .collect::<dapt_eval::Result<Vec<_>>>()?;
+    let mut curves = Vec::new();
+    let mut offset = 0.0;
+    for spec in &args.train_logs {
+        let (name, path) = named(spec, "train-log")?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        let mut points = Vec::new();
+        for line in text.lines() {
+            let m: dapt_trainer::StepMetrics = serde_json::from_str(line)
+                .with_context(|| format!("{path}: not a train log line"))?;
+            points.push((offset + m.step as f64, m.loss));
+        }
+        offset += points.len() as f64;
+        curves.push(LossCurve { name, points });
+    }
+    let html = args.out.extension().is_some_and(|e| e == "html");
+    let options = ReportOptions {
+        general: args.general.clone(),
+        ..Default::default()
+    };
+    let report = dapt_eval::build_report(&results, &curves, &options, html);
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+        if !report.charts.is_empty() {
+            let plots = parent.join("plots");
+            std::fs::create_dir_all(&plots)?;
+            for (name, svg) in &report.charts {
+                std::fs::write(plots.join(format!("{name}.svg")), svg)?;
+            }
+        }
+    }
+    std::fs::write(&args.out, &report.document)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!(
+        "{} checkpoints, {} red flags; report: {}",
+        results.len(),
+        report.red_flags.len(),
+        args.out.display()
+    );
+    for flag in &report.red_flags {
+        println!(
+            "red flag: {} {} {:.4} → {:.4}",
+            flag.checkpoint, flag.metric, flag.base, flag.value
+        );
+    }
+    Ok(())
+}
+
+/// Arguments of `dapt serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
+    /// Address to listen on (port 0: any free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: String,
+    /// Longest input in tokens for log-probabilities.
+    #[arg(long, default_value_t = 2048)]
+    max_length: usize,
+    /// Model name clients see.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let checkpoint = args.checkpoint.load()?;
+    let listener = TcpListener::bind(&args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let server = dapt_eval::Server {
+        model: &checkpoint.model,
+        tokenizer: &checkpoint.tokenizer,
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| default_label(&args.checkpoint.model)),
+        device: checkpoint.device,
+        max_length: args.max_length,
+    };
+    println!("listening on http://{address}/v1/completions");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    server.run(listener, &|| false)?;
+    Ok(())
+}
