@@ -8,8 +8,11 @@
 //! OUT/packed/train/     packed rows for training
 //! OUT/packed/heldout/   packed rows of the held-out documents
 //! OUT/model/            config.json + model.safetensors (HF layout)
+//! OUT/base/model/       the model before training (with tokenizer.json)
 //! OUT/train_log.jsonl   per-step metrics
+//! OUT/eval/             eval.json of the base and the adapted model
 //! OUT/report.json       held-out perplexity before and after training
+//! OUT/report.md         base vs adapted side by side (perplexity, bits-per-byte, lang-swap), plots/
 //! ```
 //!
 //! A rerun reuses finished data stages and publishes nothing twice.
@@ -142,6 +145,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .sum();
     tracing::info!(parameters, ?device, "model initialised");
     let before = dapt_eval::perplexity(&model, &heldout_rows, settings.eval.batch_size, device)?;
+    save_with_tokenizer(&model, &vs, &tokenizer, &out.join("base").join("model"))?;
+    let base_eval = evaluate(
+        &model,
+        &tokenizer,
+        &heldout_rows,
+        &heldout_texts,
+        "base",
+        settings.eval.batch_size,
+        eos_id,
+        device,
+    )?;
     tracing::info!(
         perplexity = before.perplexity,
         tokens = before.tokens,
@@ -177,8 +191,44 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
     let history = outcome.history;
     bar.finish_and_clear();
-    model.save(&vs, &out.join("model"))?;
+    save_with_tokenizer(&model, &vs, &tokenizer, &out.join("model"))?;
     let after = dapt_eval::perplexity(&model, &heldout_rows, settings.eval.batch_size, device)?;
+    let adapted_eval = evaluate(
+        &model,
+        &tokenizer,
+        &heldout_rows,
+        &heldout_texts,
+        "adapted",
+        settings.eval.batch_size,
+        eos_id,
+        device,
+    )?;
+    let eval_dir = out.join("eval");
+    std::fs::create_dir_all(&eval_dir)?;
+    for results in [&base_eval, &adapted_eval] {
+        std::fs::write(
+            eval_dir.join(format!("{}.json", results.label)),
+            serde_json::to_string_pretty(results)? + "\n",
+        )?;
+    }
+    let curve = dapt_eval::LossCurve {
+        name: "train".into(),
+        points: history.iter().map(|m| (m.step as f64, m.loss)).collect(),
+    };
+    let comparison = dapt_eval::build_report(
+        &[base_eval, adapted_eval],
+        &[curve],
+        &dapt_eval::ReportOptions::default(),
+        false,
+    );
+    let plots = out.join("plots");
+    std::fs::create_dir_all(&plots)?;
+    for (name, svg) in &comparison.charts {
+        std::fs::write(plots.join(format!("{name}.svg")), svg)?;
+    }
+    let comparison_path = out.join("report.md");
+    std::fs::write(&comparison_path, &comparison.document)
+        .with_context(|| format!("cannot write {}", comparison_path.display()))?;
 
     let report = json!({
         "config": args.config.display().to_string(),
@@ -192,19 +242,114 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             "last_loss": history.last().map(|m| m.loss),
         },
         "heldout": { "before": before, "after": after },
+        "comparison": comparison_path.display().to_string(),
     });
     let report_path = out.join("report.json");
     std::fs::write(&report_path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("cannot write {}", report_path.display()))?;
     println!(
-        "held-out perplexity: before {:.2}, after {:.2} ({} tokens, {} documents); report: {}",
+        "held-out perplexity: before {:.2}, after {:.2} ({} tokens, {} documents); report: {}; base vs adapted: {}",
         before.perplexity,
         after.perplexity,
         after.tokens,
         heldout_ids.len(),
-        report_path.display()
+        report_path.display(),
+        comparison_path.display()
     );
     Ok(())
+}
+
+/// Writes the model with its tokenizer: a complete HF model directory.
+fn save_with_tokenizer(
+    model: &CausalLm,
+    vs: &nn::VarStore,
+    tokenizer: &TokenizerFile,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    model.save(vs, dir)?;
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.json())?;
+    Ok(())
+}
+
+/// The demo's evaluation of one checkpoint: perplexity on the held-out rows, bits-per-byte of the
+/// held-out documents by language, and the lang-swap rate of greedy continuations of Russian openings.
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    model: &CausalLm,
+    tokenizer: &TokenizerFile,
+    heldout_rows: &[PackedRow],
+    heldout_texts: &[String],
+    label: &str,
+    batch_size: usize,
+    eos_id: u32,
+    device: Device,
+) -> anyhow::Result<dapt_eval::EvalResults> {
+    let mut results = dapt_eval::EvalResults {
+        label: label.into(),
+        model: label.into(),
+        tokenizer_sha256: tokenizer.sha256().to_string(),
+        ..Default::default()
+    };
+    results.perplexity.insert(
+        "heldout".into(),
+        dapt_eval::perplexity(model, heldout_rows, batch_size, device)?,
+    );
+    let scorer = dapt_eval::Scorer {
+        model,
+        device,
+        max_length: model.config().max_position_embeddings.max(2) as usize,
+        batch_size,
+    };
+    let mut by_language: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for text in heldout_texts {
+        if let Some(language) = dapt_core::lang::lang_id(text) {
+            by_language.entry(language).or_default().push(text.clone());
+        }
+    }
+    for (language, texts) in &by_language {
+        if texts.len() >= 3 {
+            let score = dapt_eval::score_texts(&scorer, tokenizer, texts, eos_id)?;
+            results.bits_per_byte.insert((*language).to_string(), score);
+        }
+    }
+    // Openings of Russian held-out documents: does the model go on in Russian?
+    let prompts: Vec<String> = by_language
+        .get("ru")
+        .map(|texts| {
+            texts
+                .iter()
+                .take(8)
+                .map(|t| t.split_whitespace().take(4).collect::<Vec<_>>().join(" "))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !prompts.is_empty() {
+        let options = dapt_eval::GenerateOptions {
+            max_tokens: 24,
+            ..Default::default()
+        };
+        let mut outputs = Vec::new();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let ids = tokenizer.encode(&format!("prompt {i}"), prompt)?;
+            let generation = dapt_eval::generate(model, tokenizer, &ids, &options, device)?;
+            outputs.push(dapt_eval::GenerationRecord {
+                prompt: prompt.clone(),
+                output: generation.text,
+                finish_reason: generation.finish_reason,
+            });
+        }
+        let pairs: Vec<(String, String)> = outputs
+            .iter()
+            .map(|o| (o.prompt.clone(), o.output.clone()))
+            .collect();
+        let lang_swap = dapt_eval::lang_swap(&pairs, "ru", 12);
+        results.generation = Some(dapt_eval::GenerationResults {
+            options,
+            lang_swap,
+            outputs,
+        });
+    }
+    Ok(results)
 }
 
 fn location(path: &Path) -> anyhow::Result<Location> {

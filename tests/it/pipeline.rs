@@ -208,6 +208,29 @@ fn pipeline_runs_end_to_end_and_reruns_identically() -> Result<()> {
     ensure!(model_config["vocab_size"] == 700);
     ensure!(out.join("model/model.safetensors").exists());
 
+    // The run ends with base vs adapted side by side.
+    let comparison = std::fs::read_to_string(out.join("report.md"))?;
+    ensure!(
+        comparison.contains("| metric | base | adapted |"),
+        "{comparison}"
+    );
+    ensure!(comparison.contains("ppl/heldout") && out.join("plots/training_loss.svg").exists());
+    let adapted: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("eval/adapted.json"))?)?;
+    let base: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("eval/base.json"))?)?;
+    let bpb = |v: &serde_json::Value| -> f64 {
+        v["bits_per_byte"].as_object().map_or(0.0, |m| {
+            m.values()
+                .map(|s| s["bits_per_byte"].as_f64().unwrap_or(0.0))
+                .sum()
+        })
+    };
+    ensure!(
+        bpb(&adapted) > 0.0 && bpb(&adapted) < bpb(&base),
+        "bits per byte fall with training"
+    );
+
     // A rerun into the same directory, and a fresh run elsewhere, give the same bytes.
     let first_digests = digests(&out);
     let rerun = dapt(&[
@@ -281,4 +304,28 @@ fn help_lists_only_working_commands() {
     assert!(text.contains("run"), "{text}");
     let run_help = dapt(&["run", "--help"]);
     assert!(String::from_utf8_lossy(&run_help.stdout).contains("--out"));
+    for command in [
+        vec!["ingest"],
+        vec!["sql"],
+        vec!["dedup"],
+        vec!["classify"],
+        vec!["tokenizer"],
+        vec!["pack"],
+        vec!["mix"],
+        vec!["train"],
+        vec!["model", "resize-embeddings"],
+        vec!["model", "merge-lora"],
+        vec!["eval"],
+        vec!["report"],
+        vec!["serve"],
+    ] {
+        assert!(text.contains(command[0]), "{command:?} missing from --help");
+        let mut args = command.clone();
+        args.push("--help");
+        let help = dapt(&args);
+        assert!(
+            help.status.success() && !help.stdout.is_empty(),
+            "{command:?} --help"
+        );
+    }
 }
