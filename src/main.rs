@@ -44,6 +44,8 @@ enum Command {
     Report(commands::eval::ReportArgs),
     /// Serve a checkpoint over an OpenAI-compatible /v1/completions endpoint.
     Serve(commands::eval::ServeArgs),
+    /// Ablations over mixtures: components tokenised once, a proxy trained and evaluated per variant.
+    Sweep(commands::sweep::SweepArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(args),
         Command::Report(args) => commands::eval::report(args),
         Command::Serve(args) => commands::eval::serve(args),
+        Command::Sweep(args) => commands::sweep::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,7 +21,7 @@ pub use error::{Error, Result};
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
 pub use langswap::{foreign_spans, lang_swap, ForeignSpan, LangSwapExample, LangSwapReport};
 pub use perplexity::{perplexity, Perplexity};
-pub use report::{build as build_report, LossCurve, RedFlag, Report, ReportOptions};
+pub use report::{bar_chart, build as build_report, LossCurve, RedFlag, Report, ReportOptions};
 pub use results::{EvalResults, GenerationRecord, GenerationResults};
 pub use scorer::{LogLikelihood, Request, Scorer, TokenScore};
 pub use serve::Server;

@@ -73,8 +73,8 @@ const COLOURS: [&str; 8] = [
     "#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#3ca951", "#ff8ab7", "#a463f2", "#97bbf5",
 ];
 
-/// A bar chart of one metric across checkpoints.
-fn bar_chart(metric: &str, labels: &[String], values: &[Option<f64>]) -> String {
+/// A bar chart (SVG) of one metric across checkpoints or variants.
+pub fn bar_chart(metric: &str, labels: &[String], values: &[Option<f64>]) -> String {
     let (width, height, left, bottom) = (120 + 90 * labels.len(), 240, 60.0, 50.0);
     let max = values
         .iter()

@@ -8,6 +8,7 @@ pub mod model;
 pub mod pack;
 pub mod run;
 pub mod sql;
+pub mod sweep;
 pub mod tokenizer;
 pub mod train;
 

@@ -7,5 +7,6 @@ mod mix_cli;
 mod pack_cli;
 mod pipeline;
 mod sql_cli;
+mod sweep_cli;
 mod tokenizer_cli;
 mod train_cli;

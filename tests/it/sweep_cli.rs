@@ -1,0 +1,205 @@
+//! `dapt sweep` on the shared corpus: three mixtures of Russian, English and code, each assembled from
+//! components tokenised once, a proxy trained and evaluated per mixture; a rerun with a fourth variant
+//! tokenises nothing and retrains nothing that was done.
+use std::path::Path;
+
+use crate::common::{dapt, shared};
+use anyhow::{ensure, Result};
+
+fn run_ok(args: &[&str]) -> Result<String> {
+    let output = dapt(args);
+    ensure!(
+        output.status.success(),
+        "dapt {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+const ID: &str = "concat(path, '#', CAST(i AS VARCHAR)) AS id";
+
+fn files(dir: &Path, variants: &str) -> Result<std::path::PathBuf> {
+    let corpus = shared().canonicalize()?.join("corpus");
+    let tokenizer = shared()
+        .canonicalize()?
+        .join("tokenizers/qwen3/tokenizer.json");
+    // A small tokenizer keeps the proxy small: train one on the components' text.
+    let small = dir.join("tokenizer.json");
+    if !small.exists() {
+        std::fs::write(
+            dir.join("tok.toml"),
+            format!(
+                "[sources.ru]\nurl = {:?}\n[sources.en]\nurl = {:?}\n",
+                corpus.join("ru/fortunes-ru.jsonl"),
+                corpus.join("en/fortunes.jsonl")
+            ),
+        )?;
+        run_ok(&[
+            "tokenizer",
+            "train",
+            "--config",
+            dir.join("tok.toml").to_str().unwrap(),
+            "-e",
+            "SELECT text FROM ru UNION ALL SELECT text FROM en",
+            "--vocab-size",
+            "512",
+            "--out",
+            small.to_str().unwrap(),
+        ])?;
+    }
+    let _ = tokenizer;
+    std::fs::write(
+        dir.join("mix.toml"),
+        format!(
+            "seed = 3\ntokenizer = {small:?}\n\
+             [sources.ru]\nurl = {:?}\n[sources.en]\nurl = {:?}\n[sources.code]\nurl = {:?}\n\
+             [[component]]\nname = \"ru\"\nweight = 0.4\nsql = \"SELECT {ID}, text FROM ru WHERE i % 10 <> 0\"\n\
+             [[component]]\nname = \"en\"\nweight = 0.3\nsql = \"SELECT {ID}, text FROM en\"\n\
+             [[component]]\nname = \"code\"\nweight = 0.3\nsql = \"SELECT {ID}, text FROM code WHERE i < 600 AND character_length(text) < 3000\"\n",
+            corpus.join("ru/fortunes-ru.jsonl"),
+            corpus.join("en/fortunes.jsonl"),
+            corpus.join("code/rust-src.jsonl"),
+        ),
+    )?;
+    // Held-out Russian: the documents the ru component leaves out.
+    let heldout: String = std::fs::read_to_string(corpus.join("ru/fortunes-ru.jsonl"))?
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| i % 10 == 0)
+        .take(150)
+        .map(|(_, l)| l.to_string() + "\n")
+        .collect();
+    std::fs::write(dir.join("heldout-ru.jsonl"), heldout)?;
+    let path = dir.join("sweep.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "seed = 5\nmix = \"mix.toml\"\ntokens = 40000\nseq_len = 64\n{variants}\
+             [model]\nmodel_type = \"llama\"\nhidden_size = 48\nintermediate_size = 96\nnum_hidden_layers = 2\n\
+             num_attention_heads = 4\nnum_key_value_heads = 2\ntie_word_embeddings = true\n\
+             [train]\nsteps = 40\nbatch_size = 8\nlearning_rate = 1e-2\nwarmup_steps = 4\n\
+             [eval]\nobjective = \"bpb/ru\"\n[eval.texts]\nru = \"heldout-ru.jsonl\"\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+const THREE: &str =
+    "[[variant]]\nname = \"ru-heavy\"\nweights = { ru = 0.8, en = 0.1, code = 0.1 }\n\
+     [[variant]]\nname = \"balanced\"\nweights = { ru = 0.34, en = 0.33, code = 0.33 }\n\
+     [[variant]]\nname = \"code-heavy\"\nweights = { ru = 0.1, en = 0.1, code = 0.8 }\n";
+
+fn results(dir: &Path) -> Result<serde_json::Value> {
+    Ok(serde_json::from_slice(&std::fs::read(
+        dir.join("sweep_results.json"),
+    )?)?)
+}
+
+#[test]
+fn sweep_tokenises_components_once_and_ranks_mixtures() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sweep = files(dir.path(), THREE)?;
+    let out = dir.path().join("out");
+    let stdout = run_ok(&[
+        "sweep",
+        sweep.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])?;
+    ensure!(
+        stdout.contains("| ru-heavy |") && stdout.contains("## Regression"),
+        "{stdout}"
+    );
+    let first = results(&out)?;
+    let data = &first["data"];
+    ensure!(data["components_tokenised"] == 3);
+    // Every component text went through the tokenizer exactly once, however many variants.
+    ensure!(
+        data["bytes_tokenised"] == data["component_bytes"]
+            && data["bytes_tokenised"].as_u64().unwrap_or(0) > 0
+    );
+    let variants = first["variants"].as_array().unwrap();
+    ensure!(variants.len() == 3);
+    for v in variants {
+        for (component, weight) in v["weights"].as_object().unwrap() {
+            let share = v["shares"][component].as_f64().unwrap();
+            let weight = weight.as_f64().unwrap();
+            ensure!(
+                (share - weight).abs() < 0.02,
+                "{}: {component} share {share} vs weight {weight}",
+                v["name"]
+            );
+        }
+        ensure!(v["metrics"]["bpb/ru"].as_f64().unwrap_or(0.0) > 0.0);
+    }
+    let bpb = |name: &str| -> f64 {
+        variants.iter().find(|v| v["name"] == name).unwrap()["metrics"]["bpb/ru"]
+            .as_f64()
+            .unwrap()
+    };
+    ensure!(
+        bpb("ru-heavy") < bpb("code-heavy"),
+        "more Russian, better Russian: {} vs {}",
+        bpb("ru-heavy"),
+        bpb("code-heavy")
+    );
+    let regression = &first["regression"];
+    ensure!(regression["objective"] == "bpb/ru");
+    ensure!(
+        regression["coefficients"]["ru"].as_f64().unwrap()
+            < regression["coefficients"]["code"].as_f64().unwrap()
+    );
+    ensure!(
+        regression["predicted_best"]["ru"].as_f64().unwrap() >= 0.5,
+        "{regression}"
+    );
+    ensure!(out.join("plots/bpb_ru.svg").exists() && out.join("sweep.md").exists());
+
+    // A fourth variant: components come from the cache; finished variants are not retrained.
+    let log_before = std::fs::read(out.join("variants/balanced/run/train/train_log.jsonl"))?;
+    let four =
+        format!("{THREE}[[variant]]\nname = \"no-code\"\nweights = {{ ru = 0.5, en = 0.5 }}\n");
+    let sweep = files(dir.path(), &four)?;
+    run_ok(&[
+        "sweep",
+        sweep.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])?;
+    let second = results(&out)?;
+    ensure!(second["data"]["components_tokenised"] == 0 && second["data"]["bytes_tokenised"] == 0);
+    ensure!(second["variants"].as_array().unwrap().len() == 4);
+    ensure!(std::fs::read(out.join("variants/balanced/run/train/train_log.jsonl"))? == log_before);
+    for (a, b) in first["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(second["variants"].as_array().unwrap())
+    {
+        ensure!(a["metrics"] == b["metrics"], "reruns give the same results");
+    }
+    ensure!(second["variants"][3]["shares"]["code"].as_f64() == Some(0.0));
+    Ok(())
+}
+
+/// A variant naming a component the mix does not have is an error naming both.
+#[test]
+fn sweep_rejects_unknown_components() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sweep = files(
+        dir.path(),
+        "[[variant]]\nname = \"x\"\nweights = { math = 1.0 }\n",
+    )?;
+    let run = dapt(&[
+        "sweep",
+        sweep.to_str().unwrap(),
+        "--out",
+        dir.path().join("o").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    ensure!(
+        !run.status.success() && stderr.contains("\"math\"") && stderr.contains("ru, en, code"),
+        "{stderr}"
+    );
+    Ok(())
+}
