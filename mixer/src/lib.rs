@@ -20,4 +20,4 @@ pub use dedup::{
 };
 pub use error::{Error, Result};
 pub use mix::{Mix, MixOptions, Pipeline};
-pub use run::{plan_pipeline, run_pipeline, MixReport};
+pub use run::{plan_pipeline, plan_pipeline_with, run_pipeline, InventoryCache, MixReport};

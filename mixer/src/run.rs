@@ -43,6 +43,67 @@ pub fn mix_schema() -> SchemaRef {
     ]))
 }
 
+/// Inventories already counted in this run, by (SQL, sources, tokenizer, target language): a component
+/// that several stages share (or plan then run) is tokenised once.
+#[derive(Default)]
+pub struct InventoryCache {
+    inventories: HashMap<String, Arc<Inventory>>,
+    /// Documents tokenised by this cache's owner (for reports and tests).
+    pub documents_tokenised: u64,
+}
+
+impl InventoryCache {
+    async fn get(
+        &mut self,
+        session: &SqlSession,
+        mix: &Mix,
+        component: &Component,
+        tokenizer: &TokenizerFile,
+    ) -> Result<Arc<Inventory>> {
+        let key = dapt_core::hash::sha256_hex(
+            format!(
+                "{}\u{0}{:?}\u{0}{}\u{0}{:?}",
+                component.sql,
+                mix.sources,
+                tokenizer.sha256(),
+                mix.target_language
+            )
+            .as_bytes(),
+        );
+        if let Some(found) = self.inventories.get(&key) {
+            return Ok(found.clone());
+        }
+        let counted = Arc::new(
+            inventory(
+                session,
+                component,
+                tokenizer,
+                mix.target_language.as_deref(),
+            )
+            .await?,
+        );
+        self.documents_tokenised += counted.ids.len() as u64;
+        self.inventories.insert(key, counted.clone());
+        Ok(counted)
+    }
+}
+
+/// Tokenizers loaded in this run, by path and encoder.
+#[derive(Default)]
+pub struct TokenizerCache(HashMap<(std::path::PathBuf, String), Arc<TokenizerFile>>);
+
+impl TokenizerCache {
+    pub fn get(&mut self, mix: &Mix) -> Result<Arc<TokenizerFile>> {
+        let key = (mix.tokenizer.clone(), format!("{:?}", mix.encoder));
+        if let Some(found) = self.0.get(&key) {
+            return Ok(found.clone());
+        }
+        let loaded = Arc::new(TokenizerFile::load_with(&mix.tokenizer, mix.encoder)?);
+        self.0.insert(key, loaded.clone());
+        Ok(loaded)
+    }
+}
+
 /// A component's documents: ids and token counts (texts are not kept).
 pub struct Inventory {
     pub ids: Vec<String>,
@@ -261,7 +322,7 @@ fn selection(plan: &ComponentPlan, inventory: &Inventory, seed: u64) -> Vec<(u64
 
 /// A stage's plan: every component's inventory and plan.
 pub struct StagePlan {
-    pub components: Vec<(Component, Inventory, ComponentPlan)>,
+    pub components: Vec<(Component, Arc<Inventory>, ComponentPlan)>,
 }
 
 /// Runs the component queries and plans a stage (counting, not materialising). `starts` maps a
@@ -271,17 +332,12 @@ pub async fn plan_stage(
     mix: &Mix,
     tokenizer: &TokenizerFile,
     starts: &HashMap<(String, String), u64>,
+    cache: &mut InventoryCache,
 ) -> Result<StagePlan> {
     let total = mix.total_tokens.unwrap_or(0);
     let mut components = Vec::new();
     for component in &mix.components {
-        let inventory = inventory(
-            session,
-            component,
-            tokenizer,
-            mix.target_language.as_deref(),
-        )
-        .await?;
+        let inventory = cache.get(session, mix, component, tokenizer).await?;
         let available = inventory.total_tokens();
         if available == 0 {
             return Err(Error::Setting {
@@ -415,6 +471,7 @@ impl ComponentStream {
 /// text n-grams of earlier stages.
 #[derive(Default)]
 pub struct PipelineState {
+    pub inventories: InventoryCache,
     pub starts: HashMap<(String, String), u64>,
     pub used_ids: HashSet<String>,
     pub knowledge: Knowledge,
@@ -436,7 +493,14 @@ pub async fn run_stage(
     state: &mut PipelineState,
 ) -> Result<MixReport> {
     let session = session(mix).await?;
-    let plan = plan_stage(&session, mix, tokenizer, &state.starts).await?;
+    let plan = plan_stage(
+        &session,
+        mix,
+        tokenizer,
+        &state.starts,
+        &mut state.inventories,
+    )
+    .await?;
     let total = mix.total_tokens.unwrap_or(0);
     let mut streams = Vec::new();
     let mut targets = Vec::new();
@@ -700,11 +764,21 @@ fn batch(docs: &[OutDocument], plan: &StagePlan) -> Result<RecordBatch> {
 
 /// Plans every stage of a pipeline (stages after the first continue where the earlier ones stop).
 pub async fn plan_pipeline(pipeline: &Pipeline) -> Result<Vec<(String, StagePlan)>> {
+    plan_pipeline_with(pipeline, &mut InventoryCache::default()).await
+}
+
+/// [`plan_pipeline`] with a cache of component inventories: a component shared by stages (same SQL,
+/// sources, tokenizer) is tokenised once, and the cache can serve a later run.
+pub async fn plan_pipeline_with(
+    pipeline: &Pipeline,
+    inventories: &mut InventoryCache,
+) -> Result<Vec<(String, StagePlan)>> {
     let mut starts: HashMap<(String, String), u64> = HashMap::new();
     let mut out = Vec::new();
+    let mut tokenizers = TokenizerCache::default();
     for (name, mix) in &pipeline.stages {
-        let tokenizer = TokenizerFile::load_with(&mix.tokenizer, mix.encoder)?;
-        let plan = plan_stage(&session(mix).await?, mix, &tokenizer, &starts).await?;
+        let tokenizer = tokenizers.get(mix)?;
+        let plan = plan_stage(&session(mix).await?, mix, &tokenizer, &starts, inventories).await?;
         for (component, _, p) in &plan.components {
             starts.insert((component.name.clone(), component.sql.clone()), p.end);
         }
@@ -721,6 +795,7 @@ pub async fn run_pipeline(
     hash: &str,
 ) -> Result<Vec<MixReport>> {
     let mut state = PipelineState::default();
+    let mut tokenizers = TokenizerCache::default();
     let mut reports = Vec::new();
     let single = pipeline.stages.len() == 1 && pipeline.stages[0].0 == "mix";
     for (name, mix) in &pipeline.stages {
@@ -729,7 +804,7 @@ pub async fn run_pipeline(
         } else {
             Location::parse(&format!("{}/{name}/", out.url().trim_end_matches('/')))?
         };
-        let tokenizer = TokenizerFile::load_with(&mix.tokenizer, mix.encoder)?;
+        let tokenizer = tokenizers.get(mix)?;
         let mut output = OutputDir::open(location, "mix", hash).await?;
         // A complete stage is still replayed (deterministically, without writing) so that the
         // cross-stage state of later stages is the same as in an uninterrupted run.

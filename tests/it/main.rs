@@ -1,6 +1,7 @@
 //! End-to-end tests of the `dapt` binary, driven as a user drives it: a config file, the CLI, and the
 //! files it writes, read back and checked.
 mod common;
+mod configs;
 mod eval_cli;
 mod ingest_cli;
 mod mix_cli;

@@ -157,6 +157,7 @@ batch_size = 8
 learning_rate = 1e-2
 warmup_steps = 4
 checkpoint_every = 5
+eval_every = 10
 
 [[stage]]
 name = "cpt2"
@@ -235,6 +236,19 @@ fn staged_training_resumes_after_kill_to_identical_models() -> Result<()> {
         "held-out loss {before} → {after}"
     );
     ensure!(cpt1["steps"] == 40 && !whole.join("cpt1/checkpoints").exists());
+    let log = std::fs::read_to_string(whole.join("cpt1/train_log.jsonl"))?;
+    let evaluated: Vec<f64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["heldout_loss"].as_f64())
+        .collect();
+    ensure!(
+        evaluated.len() == 4,
+        "held-out loss every 10 steps: {evaluated:?}"
+    );
+    ensure!(
+        (evaluated[3] - after).abs() < 1e-6,
+        "the last held-out loss is the stage's"
+    );
     let cpt2 = stage_report(&whole, "cpt2")?;
     ensure!(cpt2["method"] == "lora");
     // q: 48→64, v: 48→32, down: 96→48, r = 4, two layers.

@@ -244,3 +244,28 @@ fn planted_near_duplicates_are_found_precisely_and_deterministically() {
     shuffled.rotate_left(123);
     assert_eq!(run(&shuffled, 1, &options), found);
 }
+
+/// Components that several stages share are tokenised once per run: the demo pipeline's stage 2
+/// repeats three of stage 1's components, so only its new QA component is counted again.
+#[tokio::test]
+async fn shared_components_are_tokenised_once_per_run() {
+    let configs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/mixes");
+    let pipeline = dapt_mixer::Pipeline::load(&configs.join("demo-pipeline.toml")).unwrap();
+    let mut cache = dapt_mixer::InventoryCache::default();
+    let plans = dapt_mixer::plan_pipeline_with(&pipeline, &mut cache)
+        .await
+        .unwrap();
+    let documents = |stage: usize, names: &[&str]| -> u64 {
+        plans[stage]
+            .1
+            .components
+            .iter()
+            .filter(|(c, _, _)| names.contains(&c.name.as_str()))
+            .map(|(_, _, p)| p.available_documents)
+            .sum()
+    };
+    let stage1 = documents(0, &["ru_2001", "ru_2002", "en_computers", "en_art"]);
+    let qa = documents(1, &["qa"]);
+    assert!(stage1 > 0 && qa > 0);
+    assert_eq!(cache.documents_tokenised, stage1 + qa);
+}
