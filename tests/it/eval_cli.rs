@@ -159,7 +159,10 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
              intermediate_size = 128\nnum_hidden_layers = 2\nnum_attention_heads = 4\nnum_key_value_heads = 2\n\
              tie_word_embeddings = true\neos_token_id = 0\nmax_position_embeddings = 64\n\
              [[stage]]\nname = \"facts\"\ndata = \"facts\"\nheldout = \"facts\"\n\
-             [stage.train]\nsteps = 600\nbatch_size = 8\nlearning_rate = 1e-2\nwarmup_steps = 10\nweight_decay = 0.0\n"
+             [stage.train]\nsteps = 600\nbatch_size = 8\nlearning_rate = 1e-2\nwarmup_steps = 10\nweight_decay = 0.0\n\
+             [[stage]]\nname = \"lora\"\ndata = \"facts\"\nmethod = \"lora\"\n\
+             [stage.train]\nsteps = 20\nbatch_size = 8\nlearning_rate = 1e-2\nwarmup_steps = 2\n\
+             [stage.lora]\nr = 4\ndropout = 0.0\n"
         ),
     )?;
     run_ok(&[
@@ -170,7 +173,7 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
     ])?;
     let runs = d.join("runs");
     for entry in ["tokenizer.json"] {
-        for model in ["init/model", "facts/model"] {
+        for model in ["init/model", "facts/model", "lora/model"] {
             std::fs::copy(&tokenizer, runs.join(model).join(entry))?;
         }
     }
@@ -272,6 +275,91 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
     ensure!(generation["outputs"].as_array().unwrap().len() == 3);
     let rate = generation["lang_swap"]["rate"].as_f64().unwrap();
     ensure!((0.0..=1.0).contains(&rate));
+
+    // A LoRA adapter applied at evaluation gives the merged model's results.
+    let task = format!("planted={}", d.join("planted.jsonl").display());
+    let with_adapter = d.join("adapter.json");
+    run_ok(&[
+        "eval",
+        "--model",
+        runs.join("facts/model").to_str().unwrap(),
+        "--adapter",
+        runs.join("lora/adapter").to_str().unwrap(),
+        "--task",
+        &task,
+        "--device",
+        "cpu",
+        "--out",
+        with_adapter.to_str().unwrap(),
+    ])?;
+    let merged = d.join("merged.json");
+    run_ok(&[
+        "eval",
+        "--model",
+        runs.join("lora/model").to_str().unwrap(),
+        "--task",
+        &task,
+        "--device",
+        "cpu",
+        "--out",
+        merged.to_str().unwrap(),
+    ])?;
+    let (a, m) = (eval_json(&with_adapter)?, eval_json(&merged)?);
+    ensure!(a["adapter"].is_string());
+    for (x, y) in a["tasks"]["planted"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(m["tasks"]["planted"]["details"].as_array().unwrap())
+    {
+        for (p, q) in x["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(y["logprobs"].as_array().unwrap())
+        {
+            ensure!(
+                (p.as_f64().unwrap() - q.as_f64().unwrap()).abs() < 1e-4,
+                "adapter vs merged: {p} vs {q}"
+            );
+        }
+    }
+    // A real BIG-bench task file, zero- and few-shot.
+    let bigbench = shared().join("tasks/bigbench/general_knowledge/task.json");
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&bigbench)?)?;
+    let multiple_choice = file["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["target_scores"].is_object())
+        .count();
+    let mut shots = Vec::new();
+    for k in ["0", "2"] {
+        let out = d.join(format!("gk{k}.json"));
+        run_ok(&[
+            "eval",
+            "--model",
+            runs.join("facts/model").to_str().unwrap(),
+            "--task",
+            &format!("gk={}", bigbench.display()),
+            "--num-fewshot",
+            k,
+            "--limit",
+            "20",
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ])?;
+        shots.push(eval_json(&out)?);
+    }
+    ensure!(multiple_choice >= 20 && shots[0]["tasks"]["gk"]["examples"] == 20);
+    ensure!(shots[1]["tasks"]["gk"]["num_fewshot"] == 2);
+    ensure!(
+        shots[0]["tasks"]["gk"]["details"][0]["logprobs"]
+            != shots[1]["tasks"]["gk"]["details"][0]["logprobs"],
+        "few-shot examples change the context"
+    );
 
     // The report: base vs trained, charts, a red flag where a metric fell.
     let report = d.join("report/report.md");
