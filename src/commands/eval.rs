@@ -1,4 +1,5 @@
 //! `dapt eval`, `dapt report`, `dapt serve`: score a checkpoint, compare checkpoints, serve one.
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
@@ -102,6 +103,10 @@ pub struct EvalArgs {
     /// Held-out text for bits-per-byte: NAME=PATH (JSONL with a `text` field). Repeatable.
     #[arg(long = "text")]
     texts: Vec<String>,
+    /// Also score the held-out texts per value of this JSONL field (`component`, `source`, …), or per
+    /// language with `lang` (the SQL `lang_id`): NAME/VALUE entries beside NAME.
+    #[arg(long)]
+    group_by: Option<String>,
     /// Packed held-out rows for perplexity: NAME=DIR (a `dapt pack` output). Repeatable.
     #[arg(long = "packed")]
     packed: Vec<String>,
@@ -220,14 +225,34 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     for spec in &args.texts {
         let (name, path) = named(spec, "text")?;
         let texts = read_field(Path::new(&path), "text")?;
-        let score = dapt_eval::score_texts(&scorer, tokenizer, &texts, prefix)?;
-        tracing::info!(
-            name,
-            bits_per_byte = score.bits_per_byte,
-            documents = score.documents,
-            "bits per byte"
-        );
-        results.bits_per_byte.insert(name, score);
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        groups.insert(name.clone(), texts.clone());
+        if let Some(field) = &args.group_by {
+            let keys: Vec<String> = if field == "lang" {
+                texts
+                    .iter()
+                    .map(|t| dapt_core::lang::lang_id(t).unwrap_or("unknown").to_string())
+                    .collect()
+            } else {
+                read_field(Path::new(&path), field)?
+            };
+            for (key, text) in keys.into_iter().zip(texts) {
+                groups
+                    .entry(format!("{name}/{key}"))
+                    .or_default()
+                    .push(text);
+            }
+        }
+        for (group, texts) in groups {
+            let score = dapt_eval::score_texts(&scorer, tokenizer, &texts, prefix)?;
+            tracing::info!(
+                group,
+                bits_per_byte = score.bits_per_byte,
+                documents = score.documents,
+                "bits per byte"
+            );
+            results.bits_per_byte.insert(group, score);
+        }
     }
     for spec in &args.tasks {
         let (name, rest) = named(spec, "task")?;

@@ -145,11 +145,19 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
         d.join("facts").to_str().unwrap(),
     ])?;
     // The held-out Russian text for bits-per-byte.
-    let ru: String = std::fs::read_to_string(corpus.join("ru/fortunes-ru.jsonl"))?
+    let mut ru: String = std::fs::read_to_string(corpus.join("ru/fortunes-ru.jsonl"))?
         .lines()
         .take(200)
         .map(|l| l.to_string() + "\n")
         .collect();
+    // 50 English lines among them: scored apart with --group-by source.
+    for line in std::fs::read_to_string(corpus.join("en/fortunes.jsonl"))?
+        .lines()
+        .take(50)
+    {
+        ru.push_str(line);
+        ru.push('\n');
+    }
     std::fs::write(d.join("ru.jsonl"), ru)?;
     let vocab = dapt_packer::TokenizerFile::load(&tokenizer)?.vocab_size();
     std::fs::write(
@@ -194,6 +202,8 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
             "12",
             "--batch-size",
             batch,
+            "--group-by",
+            "source",
             "--device",
             "cpu",
             "--out",
@@ -267,6 +277,13 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
         "{eval_loss} vs {trainer_loss}"
     );
     ensure!((perplexity - trainer_loss.exp()).abs() < 1e-4 * perplexity);
+    let groups = &trained["bits_per_byte"];
+    ensure!(
+        groups["ru/fortunes-ru"]["documents"] == 200 && groups["ru/fortunes"]["documents"] == 50,
+        "{groups}"
+    );
+    let nll = |k: &str| groups[k]["nll"].as_f64().unwrap();
+    ensure!((nll("ru/fortunes-ru") + nll("ru/fortunes") - nll("ru")).abs() < 1e-6 * nll("ru"));
     let bpb = trained["bits_per_byte"]["ru"]["bits_per_byte"]
         .as_f64()
         .unwrap();
