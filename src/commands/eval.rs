@@ -11,7 +11,7 @@ use dapt_eval::{
 };
 use dapt_packer::TokenizerFile;
 use dapt_trainer::tch::{nn, Device, Kind};
-use dapt_trainer::{CausalLm, LoraOptions};
+use dapt_trainer::CausalLm;
 
 /// The model, its tokenizer and where they came from.
 pub struct Checkpoint {
@@ -48,14 +48,7 @@ impl CheckpointArgs {
         };
         let (vs, mut model) = CausalLm::load(&self.model, device, Kind::Float)?;
         if let Some(adapter) = &self.adapter {
-            let options = LoraOptions::load_peft(adapter)?;
-            let adapters = nn::VarStore::new(device);
-            model.attach_lora(&adapters.root(), &options)?;
-            dapt_trainer::weights::load_into(
-                &adapters.variables(),
-                &[adapter.join("adapter_model.safetensors")],
-                &|_| false,
-            )?;
+            model.load_adapter(adapter, device)?;
             model.merge_lora();
         }
         let tokenizer_path = self

@@ -3,8 +3,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use dapt_trainer::tch::{nn, Device, Kind};
-use dapt_trainer::{CausalLm, LoraOptions, NewTokenSpec, ResizeInit};
+use dapt_trainer::tch::{Device, Kind};
+use dapt_trainer::{CausalLm, NewTokenSpec, ResizeInit};
 
 /// Arguments of `dapt model`.
 #[derive(Args)]
@@ -130,14 +130,7 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
             out,
         } => {
             let (vs, mut base) = CausalLm::load(&model, Device::Cpu, Kind::Float)?;
-            let options = LoraOptions::load_peft(&adapter)?;
-            let adapters = nn::VarStore::new(Device::Cpu);
-            let layers = base.attach_lora(&adapters.root(), &options)?;
-            dapt_trainer::weights::load_into(
-                &adapters.variables(),
-                &[adapter.join("adapter_model.safetensors")],
-                &|_| false,
-            )?;
+            let (_adapters, options, layers) = base.load_adapter(&adapter, Device::Cpu)?;
             base.merge_lora();
             base.save(&vs, &out)?;
             for entry in std::fs::read_dir(&model)?.flatten() {

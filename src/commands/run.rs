@@ -175,19 +175,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         checkpoint_dir: None,
         log_path: Some(log_path),
     };
+    let steps = settings.train.steps;
     let outcome = trainer.run(&mut data, false, |m| {
-        bar.inc(1);
-        bar.set_message(format!("loss {:.3}", m.loss));
-        if m.step % 10 == 0 || m.step + 1 == settings.train.steps {
-            tracing::info!(
-                step = m.step,
-                loss = m.loss,
-                lr = m.learning_rate,
-                grad_norm = m.grad_norm,
-                tokens_per_second = m.tokens_per_second as u64,
-                "train"
-            );
-        }
+        progress::train_step(&bar, "train", m, steps)
     })?;
     let history = outcome.history;
     bar.finish_and_clear();

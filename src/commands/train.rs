@@ -22,24 +22,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let config = TrainConfig::load(&args.config)?;
     let total: usize = config.options.stages.iter().map(|s| s.train.steps).sum();
     let bar = progress::bar(total as u64, "train", "steps");
-    let mut current = String::new();
+    let steps: std::collections::BTreeMap<String, usize> = config
+        .options
+        .stages
+        .iter()
+        .map(|s| (s.name.clone(), s.train.steps))
+        .collect();
     let reports = run_stages(&config, &args.out, |stage, m| {
-        if stage != current {
-            current = stage.to_string();
-        }
-        bar.inc(1);
-        bar.set_message(format!("{stage} {:.3}", m.loss));
-        if m.step % 10 == 0 {
-            tracing::info!(
-                stage,
-                step = m.step,
-                loss = m.loss,
-                lr = m.learning_rate,
-                grad_norm = m.grad_norm,
-                tokens_per_second = m.tokens_per_second as u64,
-                "train"
-            );
-        }
+        progress::train_step(&bar, stage, m, steps.get(stage).copied().unwrap_or(0))
     })?;
     bar.finish_and_clear();
     for r in &reports {

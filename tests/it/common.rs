@@ -38,3 +38,21 @@ pub fn ingest(input: &std::path::Path, out: &std::path::Path) -> anyhow::Result<
     );
     Ok(())
 }
+
+/// Runs `dapt ARGS`, failing with its stderr unless it succeeds; returns its stdout.
+pub fn run_ok(args: &[&str]) -> anyhow::Result<String> {
+    let output = dapt(args);
+    anyhow::ensure!(
+        output.status.success(),
+        "dapt {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// Runs `dapt ARGS`, which must fail; returns its stderr.
+pub fn run_fails(args: &[&str]) -> anyhow::Result<String> {
+    let output = dapt(args);
+    anyhow::ensure!(!output.status.success(), "dapt {args:?} succeeded");
+    Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+}

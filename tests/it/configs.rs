@@ -3,21 +3,11 @@
 //! mixtures with a data stage that tokenises each component once.
 use std::path::PathBuf;
 
-use crate::common::dapt;
+use crate::common::run_ok;
 use anyhow::{ensure, Result};
 
 fn configs() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs")
-}
-
-fn run_ok(args: &[&str]) -> Result<String> {
-    let output = dapt(args);
-    ensure!(
-        output.status.success(),
-        "dapt {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
 }
 
 #[test]

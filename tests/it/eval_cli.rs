@@ -8,18 +8,8 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::common::{dapt, shared};
+use crate::common::{run_fails, run_ok, shared};
 use anyhow::{ensure, Context, Result};
-
-fn run_ok(args: &[&str]) -> Result<String> {
-    let output = dapt(args);
-    ensure!(
-        output.status.success(),
-        "dapt {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
-}
 
 /// 40 facts with one-word answers, and a 4-choice task over them.
 fn planted(dir: &Path) -> Result<()> {
@@ -521,7 +511,7 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
     result
 }
 
-/// Asking for nothing, or for a task file with a bad row, is an error that says what is wrong.
+/// A model without its tokenizer, or with one larger than its vocabulary, is an error that says what to do.
 #[test]
 fn eval_errors_name_the_problem() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -532,16 +522,25 @@ fn eval_errors_name_the_problem() -> Result<()> {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixtures.join(f), model.join(f))?;
     }
-    let run = dapt(&[
+    let model = model.to_str().unwrap();
+    let stderr = run_fails(&["eval", "--model", model, "--out", "x.json"])?;
+    ensure!(
+        stderr.contains("tokenizer.json") && stderr.contains("--tokenizer"),
+        "{stderr}"
+    );
+    // A tokenizer with more tokens than the model's embeddings.
+    let qwen = shared().join("tokenizers/qwen3/tokenizer.json");
+    let stderr = run_fails(&[
         "eval",
         "--model",
-        model.to_str().unwrap(),
+        model,
+        "--tokenizer",
+        qwen.to_str().unwrap(),
         "--out",
         "x.json",
-    ]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    ])?;
     ensure!(
-        !run.status.success() && stderr.contains("tokenizer"),
+        stderr.contains("vocab_size 128") && stderr.contains("resize"),
         "{stderr}"
     );
     Ok(())

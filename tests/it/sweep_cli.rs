@@ -3,18 +3,8 @@
 //! tokenises nothing and retrains nothing that was done.
 use std::path::Path;
 
-use crate::common::{dapt, shared};
+use crate::common::{run_fails, run_ok, shared};
 use anyhow::{ensure, Result};
-
-fn run_ok(args: &[&str]) -> Result<String> {
-    let output = dapt(args);
-    ensure!(
-        output.status.success(),
-        "dapt {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
-}
 
 const ID: &str = "concat(path, '#', CAST(i AS VARCHAR)) AS id";
 
@@ -190,15 +180,15 @@ fn sweep_rejects_unknown_components() -> Result<()> {
         dir.path(),
         "[[variant]]\nname = \"x\"\nweights = { math = 1.0 }\n",
     )?;
-    let run = dapt(&[
+    let out = dir.path().join("o");
+    let stderr = run_fails(&[
         "sweep",
         sweep.to_str().unwrap(),
         "--out",
-        dir.path().join("o").to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
+        out.to_str().unwrap(),
+    ])?;
     ensure!(
-        !run.status.success() && stderr.contains("\"math\"") && stderr.contains("ru, en, code"),
+        stderr.contains("\"math\"") && stderr.contains("ru, en, code"),
         "{stderr}"
     );
     Ok(())

@@ -4,19 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{dapt, shared};
+use crate::common::{run_fails, run_ok, shared};
 use anyhow::{ensure, Result};
 use dapt_trainer::tch::{Device, Kind};
-
-fn run_ok(args: &[&str]) -> Result<String> {
-    let output = dapt(args);
-    ensure!(
-        output.status.success(),
-        "dapt {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
-}
 
 /// Tokenizer, CPT rows (train + held-out) and SFT rows in `dir`.
 fn prepare(dir: &Path) -> Result<(PathBuf, usize)> {
@@ -332,28 +322,23 @@ fn bad_train_config_names_the_key() -> Result<()> {
         &path,
         "seed = 1\nmodel = \"m\"\n[[stage]]\nname = \"a\"\ndata = \"d\"\n[stage.train]\nstepz = 3\n",
     )?;
-    let run = dapt(&[
+    let out = dir.path().join("o");
+    let args = [
         "train",
         path.to_str().unwrap(),
         "--out",
-        dir.path().join("o").to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
+        out.to_str().unwrap(),
+    ];
+    let stderr = run_fails(&args)?;
     ensure!(
-        !run.status.success() && stderr.contains("stepz") && stderr.contains("bad.toml"),
+        stderr.contains("stepz") && stderr.contains("bad.toml"),
         "{stderr}"
     );
     std::fs::write(
         &path,
         "seed = 1\nmodel = \"m\"\n[[stage]]\nname = \"a\"\ndata = \"d\"\nmethod = \"lora\"\n[stage.lora]\ntarget_modules = [\"qq_proj\"]\n",
     )?;
-    let run = dapt(&[
-        "train",
-        path.to_str().unwrap(),
-        "--out",
-        dir.path().join("o").to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stderr = run_fails(&args)?;
     ensure!(
         stderr.contains("stage[0].lora") && stderr.contains("qq_proj"),
         "{stderr}"

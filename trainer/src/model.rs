@@ -552,8 +552,7 @@ impl CausalLm {
         x.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
     }
 
-    /// Per-position next-token cross-entropy `[b, t]` (zero where the target is ignored).
-    pub fn token_losses(&self, batch: &Batch) -> Tensor {
+    fn cross_entropy(&self, batch: &Batch, reduction: tch::Reduction) -> Tensor {
         let logits = self.forward(&batch.input_ids, &batch.positions, &batch.mask);
         let vocab = logits.size()[2];
         logits
@@ -562,27 +561,40 @@ impl CausalLm {
             .cross_entropy_loss::<Tensor>(
                 &batch.targets.view([-1]),
                 None,
-                tch::Reduction::None,
+                reduction,
                 IGNORE_INDEX,
                 0.0,
             )
+    }
+
+    /// Per-position next-token cross-entropy `[b, t]` (zero where the target is ignored).
+    pub fn token_losses(&self, batch: &Batch) -> Tensor {
+        self.cross_entropy(batch, tch::Reduction::None)
             .view_as(&batch.targets)
     }
 
     /// Sum of next-token cross-entropy over the batch's counted targets (a scalar float tensor).
     pub fn loss_sum(&self, batch: &Batch) -> Tensor {
-        let logits = self.forward(&batch.input_ids, &batch.positions, &batch.mask);
-        let vocab = logits.size()[2];
-        logits
-            .view([-1, vocab])
-            .to_kind(Kind::Float)
-            .cross_entropy_loss::<Tensor>(
-                &batch.targets.view([-1]),
-                None,
-                tch::Reduction::Sum,
-                IGNORE_INDEX,
-                0.0,
-            )
+        self.cross_entropy(batch, tch::Reduction::Sum)
+    }
+
+    /// Attaches the LoRA adapter in a PEFT directory (`adapter_config.json`,
+    /// `adapter_model.safetensors`); its variables live in the returned VarStore. Returns the store,
+    /// the adapter's options and how many layers got one.
+    pub fn load_adapter(
+        &mut self,
+        dir: &Path,
+        device: Device,
+    ) -> Result<(nn::VarStore, LoraOptions, usize)> {
+        let options = LoraOptions::load_peft(dir)?;
+        let adapters = nn::VarStore::new(device);
+        let layers = self.attach_lora(&adapters.root(), &options)?;
+        load_into(
+            &adapters.variables(),
+            &[dir.join("adapter_model.safetensors")],
+            &|_| false,
+        )?;
+        Ok((adapters, options, layers))
     }
 
     /// Writes `config.json` and `model.safetensors` (the base VarStore `vs`, without adapters) into

@@ -171,17 +171,9 @@ fn mismatched_checkpoint_names_the_key() {
 fn peft_adapter_loads_merges_and_saves_in_peft_layout() {
     let lora_dir = fixture("lora");
     let (_vs, mut model) = CausalLm::load(&fixture("qwen3"), Device::Cpu, Kind::Float).unwrap();
-    let options = LoraOptions::load_peft(&lora_dir).unwrap();
+    let (adapters, options, attached) = model.load_adapter(&lora_dir, Device::Cpu).unwrap();
     assert_eq!((options.r, options.alpha), (4, 8.0));
-    let adapters = nn::VarStore::new(Device::Cpu);
-    let attached = model.attach_lora(&adapters.root(), &options).unwrap();
     assert_eq!(attached, 2 * 4, "q, v, o, down in two layers");
-    dapt_trainer::weights::load_into(
-        &adapters.variables(),
-        &[lora_dir.join("adapter_model.safetensors")],
-        &|_| false,
-    )
-    .unwrap();
     let (rows, expected) = reference(&lora_dir);
     let with_adapter = logits_of(&model, &rows);
     let difference = max_difference(&with_adapter, &expected);
