@@ -74,8 +74,18 @@ struct SweepOptions {
     pad_token: Option<String>,
     #[serde(rename = "variant")]
     variants: Vec<VariantOptions>,
-    /// The proxy model (`config.json` keys; `vocab_size` defaults to the tokenizer's).
-    model: ModelConfig,
+    /// The proxy model trained from scratch (`config.json` keys; `vocab_size` defaults to the
+    /// tokenizer's) …
+    #[serde(default)]
+    model: Option<ModelConfig>,
+    /// … or an HF model directory (relative to the sweep file) that each variant adapts, fully or with
+    /// LoRA (`method`, `[lora]`).
+    #[serde(default)]
+    base: Option<PathBuf>,
+    #[serde(default)]
+    method: dapt_trainer::Method,
+    #[serde(default)]
+    lora: dapt_trainer::LoraOptions,
     #[serde(default)]
     train: TrainOptions,
     #[serde(default)]
@@ -226,14 +236,34 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     );
 
     // 2–4. Per variant: assemble + pack, train the proxy, evaluate.
-    let mut model_config = options.model.clone();
-    if model_config.vocab_size <= 0 || model_config.vocab_size == ModelConfig::default().vocab_size
-    {
-        model_config.vocab_size = tokenizer.vocab_size() as i64;
-    }
-    if model_config.eos_token_id.is_none() {
-        model_config.eos_token_id = Some(dapt_trainer::TokenIds::One(eos as i64));
-    }
+    let (init, base) = match (&options.model, &options.base) {
+        (Some(model), None) => {
+            let mut model = model.clone();
+            if model.vocab_size <= 0 || model.vocab_size == ModelConfig::default().vocab_size {
+                model.vocab_size = tokenizer.vocab_size() as i64;
+            }
+            if model.eos_token_id.is_none() {
+                model.eos_token_id = Some(dapt_trainer::TokenIds::One(eos as i64));
+            }
+            (Some(model), None)
+        }
+        (None, Some(base)) => {
+            let base = resolve(&base_dir, base);
+            let config = ModelConfig::load(&base.join("config.json"))?;
+            ensure!(
+                config.vocab_size >= tokenizer.vocab_size() as i64,
+                "{}: vocab_size {} is smaller than the mix tokenizer's {} tokens",
+                base.display(),
+                config.vocab_size,
+                tokenizer.vocab_size()
+            );
+            (None, Some(base))
+        }
+        _ => bail!(
+            "{}: give either [model] (a proxy trained from scratch) or `base` (a model directory)",
+            args.file.display()
+        ),
+    };
     let mut results = Vec::new();
     for variant in &options.variants {
         let dir = out.join("variants").join(&variant.name);
@@ -251,8 +281,8 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         let train = TrainConfig {
             options: TrainConfigOptions {
                 seed: sub_seed(options.seed, "sweep-train", 0),
-                model: None,
-                init: Some(model_config.clone()),
+                model: base.clone(),
+                init: init.clone(),
                 device: dapt_trainer::DeviceChoice::Auto,
                 prefetch_rows: 4096,
                 storage: BTreeMap::new(),
@@ -260,11 +290,11 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
                     name: "train".into(),
                     data: dir.join("packed").display().to_string(),
                     heldout: None,
-                    method: dapt_trainer::Method::Full,
+                    method: options.method,
                     trainable: dapt_trainer::Trainable::All,
                     freeze_embeddings_below: None,
                     train: options.train.clone(),
-                    lora: Default::default(),
+                    lora: options.lora.clone(),
                 }],
             },
             base_dir: base_dir.clone(),

@@ -169,6 +169,58 @@ fn sweep_tokenises_components_once_and_ranks_mixtures() -> Result<()> {
         ensure!(a["metrics"] == b["metrics"], "reruns give the same results");
     }
     ensure!(second["variants"][3]["shares"]["code"].as_f64() == Some(0.0));
+
+    // LoRA on a base model instead of proxies from scratch: the components come from the cache.
+    let base = out.join("variants/balanced/run/train/model");
+    let text = std::fs::read_to_string(&sweep)?;
+    let model_start = text.find("[model]").unwrap();
+    let train_start = text.find("[train]").unwrap();
+    let lora_sweep = dir.path().join("lora-sweep.toml");
+    std::fs::write(
+        &lora_sweep,
+        format!(
+            "base = {:?}\nmethod = \"lora\"\n{}[lora]\nr = 4\ndropout = 0.0\n{}",
+            base,
+            &text[..model_start],
+            &text[train_start..].replace("steps = 40", "steps = 10")
+        ),
+    )?;
+    let lora_out = dir.path().join("lora-out");
+    std::fs::create_dir_all(&lora_out)?;
+    copy_dir(&out.join("components"), &lora_out.join("components"))?;
+    run_ok(&[
+        "sweep",
+        lora_sweep.to_str().unwrap(),
+        "--out",
+        lora_out.to_str().unwrap(),
+    ])?;
+    let lora = results(&lora_out)?;
+    ensure!(
+        lora["data"]["components_tokenised"] == 0
+            && lora["variants"].as_array().unwrap().len() == 4
+    );
+    let stage: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        lora_out.join("variants/ru-heavy/run/train/stage.json"),
+    )?)?;
+    ensure!(
+        stage["method"] == "lora"
+            && lora_out
+                .join("variants/ru-heavy/run/train/adapter/adapter_config.json")
+                .exists()
+    );
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()))?;
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
     Ok(())
 }
 
