@@ -48,6 +48,21 @@ pub struct FastEncoder {
     byte_chars: [char; 256],
 }
 
+/// Gives memory that the allocator keeps after the vocabulary check (≈40 MB of cached words for a
+/// 150k vocabulary) back to the operating system, so that it does not add to every later peak.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: glibc's malloc_trim only releases free heap pages; it takes no pointers.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
 /// GPT-2's byte-level alphabet: the character that stands for each byte.
 pub fn byte_level_alphabet() -> [char; 256] {
     let mut chars = ['\0'; 256];
@@ -241,6 +256,7 @@ impl FastEncoder {
             .collect::<Result<_, String>>()?;
         model.clear_cache();
         let whole: ahash::AHashMap<Vec<u8>, u32> = checked.into_iter().flatten().collect();
+        release_free_memory();
         Ok(Self {
             tokenizer: tokenizer.clone(),
             whole,
