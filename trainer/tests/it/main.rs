@@ -673,3 +673,144 @@ fn kv_cache_matches_the_full_forward() {
     let difference = max_difference(&incremental, &expected.get(0));
     assert!(difference < 1e-4, "cached vs transformers: {difference}");
 }
+
+/// A checkpoint sharded HF-style (`model.safetensors.index.json` + shards) and one stored in bfloat16
+/// load into the same model: the shards give identical logits, bf16 weights give logits within bf16
+/// rounding of the float32 ones.
+#[test]
+fn sharded_and_bf16_checkpoints_load() {
+    let source = fixture("qwen2");
+    let tensors = read_safetensors(&source.join("model.safetensors")).unwrap();
+    let (rows, expected) = reference(&source);
+
+    let sharded = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        source.join("config.json"),
+        sharded.path().join("config.json"),
+    )
+    .unwrap();
+    let (first, second): (Vec<_>, Vec<_>) = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .partition(|(n, _)| n.contains("layers.0") || n.contains("embed"));
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", &first),
+        ("model-00002-of-00002.safetensors", &second),
+    ] {
+        dapt_trainer::weights::save_safetensors(&sharded.path().join(file), part).unwrap();
+        for (name, _) in part.iter() {
+            weight_map.insert(name.clone(), file.into());
+        }
+    }
+    std::fs::write(
+        sharded.path().join("model.safetensors.index.json"),
+        serde_json::json!({ "metadata": {}, "weight_map": weight_map }).to_string(),
+    )
+    .unwrap();
+    let (_vs, model) = CausalLm::load(sharded.path(), Device::Cpu, Kind::Float).unwrap();
+    assert!(max_difference(&logits_of(&model, &rows), &expected) < 1e-4);
+
+    let bf16 = tempfile::tempdir().unwrap();
+    std::fs::copy(source.join("config.json"), bf16.path().join("config.json")).unwrap();
+    let halved: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_kind(Kind::BFloat16)))
+        .collect();
+    dapt_trainer::weights::save_safetensors(&bf16.path().join("model.safetensors"), &halved)
+        .unwrap();
+    let (vs, model) = CausalLm::load(bf16.path(), Device::Cpu, Kind::Float).unwrap();
+    assert!(vs.variables().values().all(|t| t.kind() == Kind::Float));
+    let difference = max_difference(&logits_of(&model, &rows), &expected);
+    assert!(
+        difference > 0.0 && difference < 0.5,
+        "bf16 weights: {difference}"
+    );
+}
+
+/// Two micro-batches of two rows accumulate to the gradient of one batch of four: the loss is averaged
+/// over all target tokens of the window, not per micro-batch.
+#[test]
+fn gradient_accumulation_equals_one_large_batch() {
+    let _rng = rng_lock();
+    let run = |batch_size: usize, grad_accumulation: usize| -> Vec<StepMetrics> {
+        dapt_trainer::tch::manual_seed(13);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = CausalLm::new(&vs.root(), &tiny("llama", false)).unwrap();
+        let options = TrainOptions {
+            steps: 3,
+            batch_size,
+            grad_accumulation,
+            learning_rate: 1e-2,
+            warmup_steps: 1,
+            ..Default::default()
+        };
+        let trainer = Trainer {
+            model: &model,
+            trainable: &vs,
+            options: &options,
+            seed: 4,
+            heldout: None,
+            freeze_embeddings_below: None,
+            checkpoint_dir: None,
+            log_path: None,
+        };
+        // Rows of different lengths of targets, so that per-micro-batch averaging would differ.
+        let rows: Vec<PackedRow> = (0..12)
+            .map(|r| {
+                let used = 6 + 2 * (r % 5);
+                let mut ids: Vec<i32> = (0..used).map(|i| ((i * 3 + r) % 50 + 2) as i32).collect();
+                ids.resize(16, 0);
+                PackedRow {
+                    input_ids: ids,
+                    segment_lengths: vec![used as i32],
+                    loss_mask: (0..16).map(|i| i < used).collect(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let mut data = InMemoryRows::new(rows, 4).unwrap();
+        trainer.run(&mut data, false, |_| {}).unwrap().history
+    };
+    let large = run(4, 1);
+    let accumulated = run(2, 2);
+    for (a, b) in large.iter().zip(&accumulated) {
+        assert_eq!(a.tokens, b.tokens);
+        assert!(
+            (a.loss - b.loss).abs() < 1e-6,
+            "loss {} vs {}",
+            a.loss,
+            b.loss
+        );
+        assert!(
+            (a.grad_norm - b.grad_norm).abs() < 1e-5,
+            "grad norm {} vs {}",
+            a.grad_norm,
+            b.grad_norm
+        );
+    }
+}
+
+/// dapt's AdamW takes the steps `torch.optim.AdamW` takes (decoupled decay on weights, none on norms;
+/// fixture from the generating script).
+#[test]
+fn adamw_matches_torch() {
+    let fixture: BTreeMap<String, Tensor> = read_safetensors(&fixture("adamw.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let w = (vs.root() / "layer").var_copy("weight", &fixture["w0"]);
+    let n = (vs.root() / "norm").var_copy("weight", &fixture["n0"]);
+    let mut optimizer = dapt_trainer::AdamW::new(&vs, 0.9, 0.95, 1e-8, 0.1);
+    for (step, lr) in [1e-2, 5e-3, 2e-3].into_iter().enumerate() {
+        optimizer.zero_grad();
+        let loss = (&w * &fixture[&format!("gw{step}")]).sum(Kind::Float)
+            + (&n * &fixture[&format!("gn{step}")]).sum(Kind::Float);
+        loss.backward();
+        optimizer.step(lr);
+        let dw = max_difference(&w, &fixture[&format!("w{}", step + 1)]);
+        let dn = max_difference(&n, &fixture[&format!("n{}", step + 1)]);
+        assert!(dw < 1e-6 && dn < 1e-6, "step {step}: {dw} {dn}");
+    }
+}
