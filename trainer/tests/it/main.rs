@@ -759,11 +759,11 @@ fn gradient_accumulation_equals_one_large_batch() {
         let rows: Vec<PackedRow> = (0..12)
             .map(|r| {
                 let used = 6 + 2 * (r % 5);
-                let mut ids: Vec<i32> = (0..used).map(|i| ((i * 3 + r) % 50 + 2) as i32).collect();
+                let mut ids: Vec<i32> = (0..used).map(|i| (i * 3 + r) % 50 + 2).collect();
                 ids.resize(16, 0);
                 PackedRow {
                     input_ids: ids,
-                    segment_lengths: vec![used as i32],
+                    segment_lengths: vec![used],
                     loss_mask: (0..16).map(|i| i < used).collect(),
                     ..Default::default()
                 }
