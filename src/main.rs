@@ -48,7 +48,30 @@ enum Command {
     Sweep(commands::sweep::SweepArgs),
 }
 
+/// glibc gives every thread that allocates concurrently an arena of its own (up to 8 per core) and
+/// returns memory freed in one arena to no other: with rayon and tokio threads that raises the peak RSS
+/// of a data stage by ≈60 MB (`dapt pack` on the shared corpus: 530 → 465 MB) at no measurable cost in
+/// speed. One arena per core, unless `MALLOC_ARENA_MAX` says otherwise.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+            return;
+        }
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_ARENA_MAX: i32 = -8;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // SAFETY: mallopt only changes allocator settings; called before any other thread starts.
+        unsafe {
+            mallopt(M_ARENA_MAX, cores as i32);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

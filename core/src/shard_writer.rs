@@ -17,9 +17,9 @@ use sha2::{Digest, Sha256};
 use crate::{Error, Location, Result, ShardEntry};
 
 /// Encoded bytes kept in memory before a row group is flushed.
-const ROW_GROUP_BYTES: usize = 32 << 20;
+const ROW_GROUP_BYTES: usize = 8 << 20;
 /// Upload part size.
-const UPLOAD_BUFFER: usize = 16 << 20;
+const UPLOAD_BUFFER: usize = 8 << 20;
 
 /// Forwards bytes to the object writer and hashes them on the way.
 struct HashingWriter {

@@ -174,9 +174,59 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The query's documents as a stream of chunks, in an order that is a function of (seed, id) only
-/// (the query is wrapped in an `ORDER BY` on a seeded hash of the id, which DataFusion sorts with
-/// spilling). Segments are labelled with its `component` or `source` column, when it has one.
+/// Hash buckets of the external sort in [`ordered_documents`].
+const ORDER_BUCKETS: usize = 256;
+
+/// One document of a bucket file: (hash, id, text, source).
+type Keyed = (u64, String, String, Option<String>);
+
+fn write_record(out: &mut impl std::io::Write, doc: &Keyed) -> std::io::Result<()> {
+    out.write_all(&doc.0.to_le_bytes())?;
+    for field in [Some(&doc.1), Some(&doc.2), doc.3.as_ref()] {
+        match field {
+            Some(value) => {
+                out.write_all(&(value.len() as u64).to_le_bytes())?;
+                out.write_all(value.as_bytes())?;
+            }
+            None => out.write_all(&u64::MAX.to_le_bytes())?,
+        }
+    }
+    Ok(())
+}
+
+fn read_records(bytes: &[u8]) -> Option<Vec<Keyed>> {
+    let mut at = 0;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let slice = bytes.get(at..at + n)?;
+        at += n;
+        Some(slice)
+    };
+    let mut out = Vec::new();
+    while let Some(hash) = take(8) {
+        let hash = u64::from_le_bytes(hash.try_into().ok()?);
+        let mut fields = Vec::with_capacity(3);
+        for _ in 0..3 {
+            let len = u64::from_le_bytes(take(8)?.try_into().ok()?);
+            fields.push(if len == u64::MAX {
+                None
+            } else {
+                Some(String::from_utf8(take(len as usize)?.to_vec()).ok()?)
+            });
+        }
+        let source = fields.pop()?;
+        let text = fields.pop()??;
+        let id = fields.pop()??;
+        out.push((hash, id, text, source));
+    }
+    Some(out)
+}
+
+/// The query's documents as a stream of chunks, in an order that is a function of (seed, id) only:
+/// ascending `xxhash64(id, seed)`, then id. An external bucket sort with bounded memory: the query's
+/// rows (in whatever order they arrive) go to 256 temporary files by the top byte of their hash, then
+/// each file is read and sorted in turn, so memory holds one bucket (≈ 1/256 of the input) and the
+/// temporary files hold the input's text once. Segments are labelled with the query's `component` or
+/// `source` column, when it has one.
 async fn ordered_documents(
     config: Option<&std::path::Path>,
     query: &str,
@@ -187,20 +237,16 @@ async fn ordered_documents(
     use arrow::array::{Array, AsArray};
     use dapt_sql::{SourcesOptions, SqlSession};
     use futures::StreamExt;
+    use std::io::Write;
     let sources = match config {
         Some(path) => SourcesOptions::load(path)?,
         None => SourcesOptions::default(),
     };
-    // The sort spills to temporary files beyond this, so memory does not grow with the input.
-    let session = SqlSession::over_sources(&sources, Some(256 << 20)).await?;
+    let session = SqlSession::over_sources(&sources, None).await?;
     let order_seed = dapt_core::hash::sub_seed(seed, "pack-order", 0) & (i64::MAX as u64);
     let inner = query.trim().trim_end_matches(';');
-    let ordered = format!(
-        "SELECT * FROM ({inner}) AS dapt_input \
-         ORDER BY xxhash64(CAST(id AS VARCHAR), {order_seed}), CAST(id AS VARCHAR)"
-    );
-    let stream = session
-        .query(&ordered)
+    let mut stream = session
+        .query(inner)
         .await
         .with_context(|| format!("the query must return `id` and `text` columns: {query}"))?;
     let schema = stream.schema();
@@ -212,34 +258,73 @@ async fn ordered_documents(
     let label = ["component", "source"]
         .into_iter()
         .find(|c| schema.field_with_name(c).is_ok());
-    let strings = move |batch: &arrow::record_batch::RecordBatch,
-                        name: &str|
-          -> dapt_packer::Result<arrow::array::ArrayRef> {
+    let strings = |batch: &arrow::record_batch::RecordBatch,
+                   name: &str|
+     -> anyhow::Result<arrow::array::ArrayRef> {
         let column = batch
             .column_by_name(name)
-            .ok_or_else(|| dapt_packer::Error::Stopped(format!("column {name} vanished")))?;
-        arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)
-            .map_err(|e| dapt_packer::Error::Stopped(format!("column {name}: {e}")))
+            .with_context(|| format!("column {name} vanished"))?;
+        Ok(arrow::compute::cast(
+            column,
+            &arrow::datatypes::DataType::Utf8,
+        )?)
     };
-    Ok(stream.map(move |batch| {
-        let batch =
-            batch.map_err(|e| dapt_packer::Error::Stopped(format!("reading the query: {e}")))?;
+    let spill = tempfile::tempdir().context("cannot create a temporary directory for the sort")?;
+    let mut buckets = (0..ORDER_BUCKETS)
+        .map(|b| {
+            let path = spill.path().join(format!("bucket-{b:03}"));
+            std::fs::File::create(&path)
+                .map(std::io::BufWriter::new)
+                .with_context(|| format!("cannot create {}", path.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.with_context(|| format!("reading the query: {query}"))?;
         let ids = strings(&batch, "id")?;
         let texts = strings(&batch, "text")?;
         let labels = label.map(|l| strings(&batch, l)).transpose()?;
         let (ids, texts) = (ids.as_string::<i32>(), texts.as_string::<i32>());
         let labels = labels.as_ref().map(|l| l.as_string::<i32>());
-        Ok((0..batch.num_rows())
-            .filter(|&i| ids.is_valid(i) && texts.is_valid(i))
-            .map(|i| dapt_packer::PackDocument {
-                id: ids.value(i).to_string(),
-                text: texts.value(i).to_string(),
-                source: labels
+        for i in 0..batch.num_rows() {
+            if !(ids.is_valid(i) && texts.is_valid(i)) {
+                continue;
+            }
+            let id = ids.value(i);
+            let hash = xxhash_rust::xxh64::xxh64(id.as_bytes(), order_seed);
+            let doc: Keyed = (
+                hash,
+                id.to_string(),
+                texts.value(i).to_string(),
+                labels
                     .filter(|l| l.is_valid(i))
                     .map(|l| l.value(i).to_string()),
-            })
+            );
+            let bucket = (hash >> 56) as usize;
+            write_record(&mut buckets[bucket], &doc)
+                .context("cannot write the sort's temporary files")?;
+        }
+    }
+    for bucket in &mut buckets {
+        bucket
+            .flush()
+            .context("cannot write the sort's temporary files")?;
+    }
+    drop(buckets);
+    let chunks = futures::stream::iter(0..ORDER_BUCKETS).map(move |b| {
+        let path = spill.path().join(format!("bucket-{b:03}"));
+        let bytes = std::fs::read(&path)
+            .map_err(|e| dapt_packer::Error::Stopped(format!("{}: {e}", path.display())))?;
+        let _ = std::fs::remove_file(&path);
+        let mut docs = read_records(&bytes).ok_or_else(|| {
+            dapt_packer::Error::Stopped(format!("{}: a damaged sort file", path.display()))
+        })?;
+        docs.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        Ok(docs
+            .into_iter()
+            .map(|(_, id, text, source)| dapt_packer::PackDocument { id, text, source })
             .collect())
-    }))
+    });
+    Ok(chunks)
 }
 
 /// Chats from the query: a `messages` column (JSON) or `prompt` and `response` columns.
