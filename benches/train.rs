@@ -88,16 +88,7 @@ fn main() {
         warmup_steps: 1,
         ..Default::default()
     };
-    let trainer = Trainer {
-        model: &model,
-        trainable: &vs,
-        options: &options,
-        seed: 0,
-        heldout: None,
-        freeze_embeddings_below: None,
-        checkpoint_dir: None,
-        log_path: None,
-    };
+    let trainer = Trainer::new(&model, &vs, &options, 0);
     let mut data = InMemoryRows::new(rows, 0).unwrap();
     let mut started = None;
     let mut tokens = 0;

@@ -166,14 +166,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let bar = progress::bar(settings.train.steps as u64, "train", "steps");
     let mut data = InMemoryRows::new(train_rows, settings.seed)?;
     let trainer = Trainer {
-        model: &model,
-        trainable: &vs,
-        options: &settings.train,
-        seed: settings.seed,
-        heldout: None,
-        freeze_embeddings_below: None,
-        checkpoint_dir: None,
         log_path: Some(log_path),
+        ..Trainer::new(&model, &vs, &settings.train, settings.seed)
     };
     let steps = settings.train.steps;
     let outcome = trainer.run(&mut data, false, |m| {

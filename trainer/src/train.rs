@@ -241,7 +241,27 @@ pub fn mean_loss(
     (sum / tokens.max(1) as f64, tokens)
 }
 
-impl Trainer<'_> {
+impl<'a> Trainer<'a> {
+    /// A run without held-out rows, frozen embedding rows, checkpoints or a log (set those fields to
+    /// have them).
+    pub fn new(
+        model: &'a CausalLm,
+        trainable: &'a nn::VarStore,
+        options: &'a TrainSettings,
+        seed: u64,
+    ) -> Self {
+        Self {
+            model,
+            trainable,
+            options,
+            seed,
+            heldout: None,
+            freeze_embeddings_below: None,
+            checkpoint_dir: None,
+            log_path: None,
+        }
+    }
+
     fn embedding_rows(&self) -> Vec<Tensor> {
         let mut out = vec![self.model.input_embeddings().shallow_clone()];
         if let Some(head) = self.model.output_embeddings() {

@@ -287,16 +287,7 @@ fn training_learns_a_pattern() {
         warmup_steps: 5,
         ..Default::default()
     };
-    let trainer = Trainer {
-        model: &model,
-        trainable: &vs,
-        options: &options,
-        seed: 9,
-        heldout: None,
-        freeze_embeddings_below: None,
-        checkpoint_dir: None,
-        log_path: None,
-    };
+    let trainer = Trainer::new(&model, &vs, &options, 9);
     let mut data = InMemoryRows::new(pattern_rows(16), 9).unwrap();
     let history = trainer.run(&mut data, false, |_| {}).unwrap().history;
     let first = history[0].loss;
@@ -394,14 +385,9 @@ fn resumable_run(
             model.attach_lora(&adapters.root(), &options).unwrap();
         }
         let trainer = Trainer {
-            model: &model,
-            trainable: if lora { &adapters } else { &vs },
-            options: &options,
-            seed: 21,
-            heldout: None,
-            freeze_embeddings_below: None,
             checkpoint_dir: Some(work.join("checkpoints")),
             log_path: Some(work.join("log.jsonl")),
+            ..Trainer::new(&model, if lora { &adapters } else { &vs }, &options, 21)
         };
         let mut shards =
             PackedShards::open(Location::parse(data_dir.to_str().unwrap()).unwrap(), 21, 8)
@@ -517,16 +503,7 @@ fn lora_trains_adapters_only_and_merges() {
         warmup_steps: 2,
         ..Default::default()
     };
-    let trainer = Trainer {
-        model: &model,
-        trainable: &adapters,
-        options: &train_options,
-        seed: 3,
-        heldout: None,
-        freeze_embeddings_below: None,
-        checkpoint_dir: None,
-        log_path: None,
-    };
+    let trainer = Trainer::new(&model, &adapters, &train_options, 3);
     let mut data = InMemoryRows::new(pattern_rows(8), 3).unwrap();
     let outcome = trainer.run(&mut data, false, |_| {}).unwrap();
     // q: 32→32, v: 32→16 (2 kv heads of 8), two layers.
@@ -625,14 +602,8 @@ fn resize_initialises_new_rows_as_subtoken_means_and_freezing_keeps_old_rows() {
         ..Default::default()
     };
     let trainer = Trainer {
-        model: &resized,
-        trainable: &vs2,
-        options: &options,
-        seed: 2,
-        heldout: None,
         freeze_embeddings_below: Some(61),
-        checkpoint_dir: None,
-        log_path: None,
+        ..Trainer::new(&resized, &vs2, &options, 2)
     };
     let rows: Vec<PackedRow> = (0..4)
         .map(|r| single(&[61, 3 + r, 62, 64, 5, 61, 62, 7]))
@@ -745,16 +716,7 @@ fn gradient_accumulation_equals_one_large_batch() {
             warmup_steps: 1,
             ..Default::default()
         };
-        let trainer = Trainer {
-            model: &model,
-            trainable: &vs,
-            options: &options,
-            seed: 4,
-            heldout: None,
-            freeze_embeddings_below: None,
-            checkpoint_dir: None,
-            log_path: None,
-        };
+        let trainer = Trainer::new(&model, &vs, &options, 4);
         // Rows of different lengths of targets, so that per-micro-batch averaging would differ.
         let rows: Vec<PackedRow> = (0..12)
             .map(|r| {
