@@ -9,11 +9,15 @@
 //! BPE implementation whose semantics could drift, and replaces the pipeline:
 //! - added tokens are split off first (leftmost-longest, as HF's added vocabulary does);
 //! - NFC (the only normaliser accepted) is skipped for text that is already NFC;
-//! - the split regex (`fancy-regex`) yields pieces, gaps between matches included (HF's `Isolated`);
+//! - the split regex yields pieces, gaps between matches included (HF's `Isolated`); see
+//!   [`Splitter`] for how the usual `\s+(?!\S)` look-ahead runs without a backtracking engine;
 //! - a piece whose bytes spell a token is that token without calling the model, but only for tokens
-//!   that HF's merges turn their own spelling into (checked once per vocabulary at construction;
-//!   tiktoken-style cores skip that check and differ from HF on tokenizers with appended merges);
-//! - every other piece is mapped to the byte-level alphabet and given to HF's BPE model.
+//!   that HF's merges turn their own spelling into (checked by the model the first time a piece
+//!   spells the token, remembered per token id; tiktoken-style cores skip that check and differ
+//!   from HF on tokenizers with appended merges);
+//! - every other piece is mapped to the byte-level alphabet and given to HF's BPE model, and its ids
+//!   are remembered (a bounded cache shared by all threads, in front of HF's own word cache, whose
+//!   hits still cost a token with an owned string per id).
 //!
 //! Accepted: model `BPE` without dropout, unknown token or byte fallback, over the GPT-2 byte-level
 //! alphabet; normaliser none or NFC; pre-tokeniser `ByteLevel` (GPT-2 regex, no prefix space) or
@@ -23,9 +27,11 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+
 use aho_corasick::{AhoCorasick, MatchKind};
-use fancy_regex::Regex;
-use rayon::prelude::*;
+use regex_automata::{meta, Anchored, Input};
 use serde_json::Value;
 use tokenizers::{Model, ModelWrapper, Tokenizer};
 
@@ -33,34 +39,195 @@ use tokenizers::{Model, ModelWrapper, Tokenizer};
 const GPT2_PATTERN: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
-/// Words the BPE model remembers (HF's default is 10,000, too few for a multilingual corpus).
-const CACHE_WORDS: usize = 200_000;
+/// States of [`FastEncoder::spelled`].
+const UNCHECKED: u8 = 0;
+const SPELLS: u8 = 1;
+const SPLIT: u8 = 2;
+
+/// Pieces whose ids the fast encoder remembers (all shards together).
+const PIECE_CACHE_WORDS: usize = 200_000;
+const PIECE_CACHE_SHARDS: usize = 32;
+
+/// The tail that every GPT-2-style split pattern ends with: a run of white space keeps its last
+/// character for the next piece when a non-space follows.
+const LOOKAHEAD_TAIL: &str = r"|\s+(?!\S)|\s+";
+
+/// The split regex. Most split patterns are regular except for their tail `\s+(?!\S)|\s+`;
+/// for those the tail is matched as `\s+` by a DFA-based engine, and a match that only the tail
+/// made (no earlier alternative matches there, checked with an anchored search of the pattern's
+/// head) and that a non-space follows gives back its last character, which is what the look-ahead
+/// does. Leftmost-first priority makes this exact: where an earlier alternative matches, both
+/// patterns take it; where none does, `\s+` takes the whole run of white space and `\s+(?!\S)`
+/// the run without its last character (or fails, for one character, leaving it to `\s+`).
+/// Any other pattern runs on `fancy-regex` (a backtracking engine, several times slower).
+enum Splitter {
+    Dfa {
+        all: meta::Regex,
+        /// The pattern without its tail, when it had the look-ahead tail.
+        head: Option<meta::Regex>,
+    },
+    Backtracking(fancy_regex::Regex),
+}
+
+impl Splitter {
+    fn new(pattern: &str) -> Result<Self, String> {
+        if let Some(head) = pattern.strip_suffix(LOOKAHEAD_TAIL) {
+            if let (Ok(all), Ok(head)) = (
+                meta::Regex::new(&format!(r"{head}|\s+")),
+                meta::Regex::new(head),
+            ) {
+                return Ok(Self::Dfa {
+                    all,
+                    head: Some(head),
+                });
+            }
+        }
+        if let Ok(all) = meta::Regex::new(pattern) {
+            return Ok(Self::Dfa { all, head: None });
+        }
+        fancy_regex::Regex::new(pattern)
+            .map(Self::Backtracking)
+            .map_err(|e| format!("split regex: {e}"))
+    }
+
+    /// Calls `piece` with each piece of `text` in order: matches and the gaps between them.
+    fn split(
+        &self,
+        text: &str,
+        mut piece: impl FnMut(&str) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut last = 0;
+        match self {
+            Self::Backtracking(regex) => {
+                for m in regex.find_iter(text) {
+                    let m = m.map_err(|e| format!("split regex: {e}"))?;
+                    if m.start() > last {
+                        piece(&text[last..m.start()])?;
+                    }
+                    if m.end() > m.start() {
+                        piece(m.as_str())?;
+                    }
+                    last = m.end();
+                }
+            }
+            Self::Dfa { all, head } => {
+                let mut at = 0;
+                while at < text.len() {
+                    // Split patterns usually match wherever the last match ended; a match
+                    // anchored there is the leftmost one and needs no reverse scan for its start.
+                    let input = Input::new(text).span(at..text.len());
+                    let found = match all.search_half(&input.clone().anchored(Anchored::Yes)) {
+                        Some(half) => Some((at, half.offset())),
+                        None => all.search(&input).map(|m| (m.start(), m.end())),
+                    };
+                    let Some((start, mut end)) = found else {
+                        break;
+                    };
+                    if end == start {
+                        // An empty match splits nothing; look again one character on.
+                        at = end + text[end..].chars().next().map_or(1, char::len_utf8);
+                        continue;
+                    }
+                    if let Some(head) = head {
+                        end = Self::look_ahead(text, start, end, head);
+                    }
+                    if start > last {
+                        piece(&text[last..start])?;
+                    }
+                    piece(&text[start..end])?;
+                    last = end;
+                    at = end;
+                }
+            }
+        }
+        if last < text.len() {
+            piece(&text[last..])?;
+        }
+        Ok(())
+    }
+
+    /// The end of the match `start..end` under the look-ahead tail (see [`Splitter`]).
+    fn look_ahead(text: &str, start: usize, end: usize, head: &meta::Regex) -> usize {
+        let matched = &text[start..end];
+        let mut chars = matched.chars();
+        let Some(last) = chars.next_back() else {
+            return end;
+        };
+        let followed_by_non_space = text[end..]
+            .chars()
+            .next()
+            .is_some_and(|c| !c.is_whitespace());
+        if !last.is_whitespace() || chars.as_str().is_empty() || !followed_by_non_space {
+            return end;
+        }
+        let anchored = Input::new(text)
+            .span(start..text.len())
+            .anchored(Anchored::Yes);
+        if head.search_half(&anchored).is_some() {
+            return end; // an earlier alternative made this match
+        }
+        end - last.len_utf8()
+    }
+}
+
+/// One shard of [`PieceCache`]: ids by piece bytes.
+type PieceShard = Mutex<ahash::AHashMap<Box<[u8]>, Box<[u32]>>>;
+
+/// Ids of pieces that went through the BPE model, shared by all threads (sharded locks).
+struct PieceCache {
+    shards: Vec<PieceShard>,
+    hasher: ahash::RandomState,
+}
+
+impl PieceCache {
+    fn new() -> Self {
+        Self {
+            shards: (0..PIECE_CACHE_SHARDS)
+                .map(|_| Mutex::new(ahash::AHashMap::new()))
+                .collect(),
+            hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
+        }
+    }
+
+    fn shard(&self, piece: &[u8]) -> &PieceShard {
+        let hash = self.hasher.hash_one(piece) as usize;
+        &self.shards[hash % PIECE_CACHE_SHARDS]
+    }
+
+    /// Appends the remembered ids of `piece` to `ids`; false when not remembered.
+    fn extend(&self, piece: &[u8], ids: &mut Vec<u32>) -> bool {
+        let shard = self.shard(piece).lock().unwrap_or_else(|e| e.into_inner());
+        match shard.get(piece) {
+            Some(found) => {
+                ids.extend_from_slice(found);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&self, piece: &[u8], ids: &[u32]) {
+        let mut shard = self.shard(piece).lock().unwrap_or_else(|e| e.into_inner());
+        if shard.len() < PIECE_CACHE_WORDS / PIECE_CACHE_SHARDS {
+            shard.insert(piece.into(), ids.into());
+        }
+    }
+}
 
 /// The fast encoder.
 pub struct FastEncoder {
     /// The tokenizer whose BPE model encodes the pieces (shared with the HF backend).
     tokenizer: Arc<Tokenizer>,
-    /// Token ids by spelling (bytes), for tokens a piece may be turned into directly.
+    /// Token ids by spelling (bytes).
     whole: ahash::AHashMap<Vec<u8>, u32>,
-    split: Regex,
+    /// By token id: whether a piece that spells the token is that token ([`SPELLS`]), is split by
+    /// the merges ([`SPLIT`]), or not yet known.
+    spelled: Vec<AtomicU8>,
+    split: Splitter,
+    cache: PieceCache,
     added: Option<(AhoCorasick, Vec<u32>)>,
     nfc: bool,
     byte_chars: [char; 256],
-}
-
-/// Gives memory that the allocator keeps after the vocabulary check (≈40 MB of cached words for a
-/// 150k vocabulary) back to the operating system, so that it does not add to every later peak.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: glibc's malloc_trim only releases free heap pages; it takes no pointers.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
 }
 
 /// GPT-2's byte-level alphabet: the character that stands for each byte.
@@ -131,26 +298,15 @@ fn split_pattern(pre: &Value) -> Result<String, String> {
     }
 }
 
-/// Lets a BPE model remember more words than HF's default (a no-op for other models).
-pub fn enlarge_cache(tokenizer: &mut Tokenizer) {
-    if let ModelWrapper::BPE(bpe) = tokenizer.get_model() {
-        let mut bpe = bpe.clone();
-        bpe.resize_cache(CACHE_WORDS);
-        tokenizer.with_model(bpe);
-    }
-}
-
 impl FastEncoder {
     /// Builds the encoder from `tokenizer.json` bytes, or says why this tokenizer is not one it
     /// reproduces exactly.
     pub fn from_json(json: &[u8]) -> Result<Self, String> {
-        let mut tokenizer = Tokenizer::from_bytes(json).map_err(|e| e.to_string())?;
-        enlarge_cache(&mut tokenizer);
+        let tokenizer = Tokenizer::from_bytes(json).map_err(|e| e.to_string())?;
         Self::new(json, Arc::new(tokenizer))
     }
 
-    /// As [`FastEncoder::from_json`], sharing `tokenizer` (loaded from `json`; see
-    /// [`enlarge_cache`]).
+    /// As [`FastEncoder::from_json`], sharing `tokenizer` (loaded from `json`).
     pub fn new(json: &[u8], tokenizer: Arc<Tokenizer>) -> Result<Self, String> {
         /// The parts of `tokenizer.json` this backend reads (the vocabulary and merges are skipped
         /// here and taken from the loaded model).
@@ -197,7 +353,7 @@ impl FastEncoder {
             n => return Err(format!("normalizer {} is not supported", n["type"])),
         };
         let pattern = split_pattern(&t.pre_tokenizer)?;
-        let split = Regex::new(&pattern).map_err(|e| format!("split regex: {e}"))?;
+        let split = Splitter::new(&pattern)?;
 
         let mut added_tokens = Vec::new();
         let mut added_ids = Vec::new();
@@ -234,33 +390,30 @@ impl FastEncoder {
             return Err("model is not BPE".into());
         };
 
-        // A piece that spells a token is that token only if HF's merges turn the spelling into it.
+        // Every token's spelling in bytes; whether HF's merges turn a spelling into its token is
+        // checked the first time a piece spells it.
         let inverse = byte_level_inverse();
         let vocab = model.get_vocab();
         let added_set: std::collections::HashSet<&str> =
             added_tokens.iter().map(String::as_str).collect();
-        let checked: Vec<Option<(Vec<u8>, u32)>> = vocab
-            .par_iter()
-            .map(|(token, &id)| -> Result<Option<(Vec<u8>, u32)>, String> {
-                let bytes: Option<Vec<u8>> =
-                    token.chars().map(|c| inverse.get(&c).copied()).collect();
-                let Some(bytes) = bytes else {
-                    if added_set.contains(token.as_str()) {
-                        return Ok(None); // an added token also listed in the vocabulary
-                    }
-                    return Err(format!("token {token:?} is not in the byte-level alphabet"));
-                };
-                let merged = model.tokenize(token).map_err(|e| e.to_string())?;
-                Ok((merged.len() == 1 && merged[0].id == id).then_some((bytes, id)))
-            })
-            .collect::<Result<_, String>>()?;
-        model.clear_cache();
-        let whole: ahash::AHashMap<Vec<u8>, u32> = checked.into_iter().flatten().collect();
-        release_free_memory();
+        let mut whole = ahash::AHashMap::with_capacity(vocab.len());
+        for (token, &id) in &vocab {
+            let bytes: Option<Vec<u8>> = token.chars().map(|c| inverse.get(&c).copied()).collect();
+            match bytes {
+                Some(bytes) => {
+                    whole.insert(bytes, id);
+                }
+                None if added_set.contains(token.as_str()) => {} // an added token in the vocabulary
+                None => return Err(format!("token {token:?} is not in the byte-level alphabet")),
+            }
+        }
+        let ids = vocab.values().max().map_or(0, |&m| m as usize + 1);
         Ok(Self {
             tokenizer: tokenizer.clone(),
             whole,
+            spelled: (0..ids).map(|_| AtomicU8::new(UNCHECKED)).collect(),
             split,
+            cache: PieceCache::new(),
             added,
             nfc,
             byte_chars: byte_level_alphabet(),
@@ -300,21 +453,9 @@ impl FastEncoder {
         } else {
             Cow::Borrowed(text)
         };
-        let text: &str = &text;
-        let mut last = 0;
         let mut buffer = String::new();
-        for m in self.split.find_iter(text) {
-            let m = m.map_err(|e| format!("split regex: {e}"))?;
-            if m.start() > last {
-                self.encode_piece(&text[last..m.start()], &mut buffer, ids)?;
-            }
-            self.encode_piece(m.as_str(), &mut buffer, ids)?;
-            last = m.end();
-        }
-        if last < text.len() {
-            self.encode_piece(&text[last..], &mut buffer, ids)?;
-        }
-        Ok(())
+        self.split
+            .split(&text, |piece| self.encode_piece(piece, &mut buffer, ids))
     }
 
     fn encode_piece(
@@ -323,8 +464,14 @@ impl FastEncoder {
         buffer: &mut String,
         ids: &mut Vec<u32>,
     ) -> Result<(), String> {
-        if let Some(&id) = self.whole.get(piece.as_bytes()) {
-            ids.push(id);
+        let spells = self.whole.get(piece.as_bytes()).copied();
+        if let Some(id) = spells {
+            if self.spelled[id as usize].load(Ordering::Relaxed) == SPELLS {
+                ids.push(id);
+                return Ok(());
+            }
+        }
+        if self.cache.extend(piece.as_bytes(), ids) {
             return Ok(());
         }
         buffer.clear();
@@ -333,7 +480,84 @@ impl FastEncoder {
             return Err("model is not BPE".into());
         };
         let tokens = model.tokenize(buffer).map_err(|e| e.to_string())?;
+        let from = ids.len();
         ids.extend(tokens.iter().map(|t| t.id));
+        match spells {
+            Some(id) if tokens.len() == 1 && tokens[0].id == id => {
+                self.spelled[id as usize].store(SPELLS, Ordering::Relaxed);
+            }
+            Some(id) => {
+                self.spelled[id as usize].store(SPLIT, Ordering::Relaxed);
+                self.cache.insert(piece.as_bytes(), &ids[from..]);
+            }
+            None => self.cache.insert(piece.as_bytes(), &ids[from..]),
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(splitter: &Splitter, text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        splitter
+            .split(text, |p| {
+                out.push(p.to_string());
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    /// The DFA splitter with the emulated look-ahead cuts every text where the backtracking engine
+    /// does, on strings built to hit white-space runs of every kind before letters, digits,
+    /// punctuation, newlines and the end.
+    #[test]
+    fn emulated_look_ahead_splits_like_the_backtracking_engine() {
+        let patterns = [
+            GPT2_PATTERN,
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ];
+        let alphabet = [
+            " ", "  ", "\t", "\n", "\r\n", "\u{a0}", "\u{3000}", "\u{2009}", "a", "Я", "ё", "1",
+            "42", "٣", ".", "'s", "'LL", "—", "(", "\u{301}", "😀", "x\n",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut texts: Vec<String> = Vec::new();
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = 1 + (state % 12) as usize;
+            for _ in 0..len {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push_str(alphabet[(state % alphabet.len() as u64) as usize]);
+            }
+            texts.push(text);
+        }
+        for pattern in patterns {
+            let dfa = Splitter::new(pattern).unwrap();
+            assert!(
+                matches!(dfa, Splitter::Dfa { head: Some(_), .. }),
+                "{pattern}"
+            );
+            let backtracking = Splitter::Backtracking(fancy_regex::Regex::new(pattern).unwrap());
+            for text in &texts {
+                let got = pieces(&dfa, text);
+                assert_eq!(got, pieces(&backtracking, text), "{pattern}: {text:?}");
+                assert_eq!(got.concat(), *text);
+            }
+        }
+        // A pattern with a look-around elsewhere runs on the backtracking engine.
+        assert!(matches!(
+            Splitter::new(r"\p{L}+(?=\d)|\s+").unwrap(),
+            Splitter::Backtracking(_)
+        ));
     }
 }

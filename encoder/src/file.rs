@@ -99,12 +99,7 @@ impl TokenizerFile {
     pub fn with_encoder(mut self, choice: EncoderChoice) -> Result<Self> {
         self.fast = match choice {
             EncoderChoice::Hf => None,
-            EncoderChoice::Auto | EncoderChoice::Fast => {
-                let mut tokenizer = Arc::unwrap_or_clone(self.tokenizer);
-                crate::fast::enlarge_cache(&mut tokenizer);
-                self.tokenizer = Arc::new(tokenizer);
-                self.fast_encoder(choice)?
-            }
+            EncoderChoice::Auto | EncoderChoice::Fast => self.fast_encoder(choice)?,
         };
         Ok(self)
     }

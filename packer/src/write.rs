@@ -100,6 +100,12 @@ struct ShardPiece {
     last: bool,
 }
 
+/// Chunks of documents being tokenised at once by [`pack_stream`].
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// A chunk of documents and their token ids.
+type Encoded = (Vec<PackDocument>, Result<Vec<Vec<u32>>>);
+
 /// Packs a stream of document chunks for continual pretraining, in the order they arrive, into
 /// `output`, with reading, tokenising and writing overlapped: the stream is read on the async side
 /// while a worker tokenises the previous chunk in parallel (rayon) and packs it, and rows go to the
@@ -119,7 +125,7 @@ pub async fn pack_stream<S>(
     progress: PackProgress,
 ) -> Result<PackStats>
 where
-    S: Stream<Item = Result<Vec<PackDocument>>> + Unpin,
+    S: Stream<Item = Result<Vec<PackDocument>>> + Unpin + Send + 'static,
 {
     if output.manifest().complete {
         return Ok(serde_json::from_value(output.manifest().summary.clone()).unwrap_or_default());
@@ -175,17 +181,39 @@ where
             }
             Ok(())
         };
+        // Chunks are tokenised a few at a time (each in parallel over its documents), so that a
+        // core that finishes its part of one chunk goes on with the next instead of waiting for
+        // the chunk's longest document; they are packed in their order.
+        let mut in_flight: VecDeque<std::sync::mpsc::Receiver<Encoded>> = VecDeque::new();
+        let mut input_open = true;
         loop {
-            let started = std::time::Instant::now();
-            let Some(chunk) = chunk_rx.blocking_recv() else {
+            while input_open && in_flight.len() < CHUNKS_IN_FLIGHT {
+                let started = std::time::Instant::now();
+                let Some(chunk) = chunk_rx.blocking_recv() else {
+                    input_open = false;
+                    break;
+                };
+                waiting += started.elapsed().as_secs_f64();
+                let (done, result) = std::sync::mpsc::sync_channel(1);
+                let tokenizer = tokenizer.clone();
+                rayon::spawn(move || {
+                    let encoded = chunk
+                        .par_iter()
+                        .map(|d| tokenizer.encode(&d.id, &d.text))
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .map_err(Error::from);
+                    let _ = done.send((chunk, encoded));
+                });
+                in_flight.push_back(result);
+            }
+            let Some(next) = in_flight.pop_front() else {
                 break;
             };
-            waiting += started.elapsed().as_secs_f64();
             let started = std::time::Instant::now();
-            let encoded: Vec<Vec<u32>> = chunk
-                .par_iter()
-                .map(|d| tokenizer.encode(&d.id, &d.text))
-                .collect::<std::result::Result<_, _>>()?;
+            let (chunk, encoded) = next
+                .recv()
+                .map_err(|_| Error::Stopped("a tokenising task failed".into()))?;
+            let encoded = encoded?;
             tokenising += started.elapsed().as_secs_f64();
             for (document, ids) in chunk.iter().zip(&encoded) {
                 packer.push(ids, document.source.as_deref());
@@ -219,7 +247,9 @@ where
         tracing::debug!(tokenising, waiting, "pack worker seconds");
         Ok(stats)
     });
-    let feed = async move {
+    // The input is read on a task of its own: the shard writer below encodes row groups on its
+    // task, and the tokeniser must not wait for that.
+    let feed = tokio::spawn(async move {
         let chunk_tx = chunk_tx;
         let mut documents = documents;
         while let Some(chunk) = documents.next().await {
@@ -236,7 +266,7 @@ where
             }
         }
         Ok(())
-    };
+    });
     let write = async {
         let properties = parquet_io::packed_writer_properties(&kv).map_err(|source| {
             Error::Core(dapt_core::Error::Parquet {
@@ -271,8 +301,9 @@ where
         }
         Ok::<_, Error>(())
     };
-    let (fed, written) = tokio::join!(feed, write);
-    fed?;
+    let written = write.await;
+    feed.await
+        .map_err(|e| Error::Stopped(format!("the input reader failed: {e}")))??;
     let stats = worker
         .await
         .map_err(|e| Error::Stopped(format!("the packing worker failed: {e}")))??;

@@ -269,6 +269,7 @@ async fn ordered_documents(
             &arrow::datatypes::DataType::Utf8,
         )?)
     };
+    let phase = std::time::Instant::now();
     let spill = tempfile::tempdir().context("cannot create a temporary directory for the sort")?;
     let mut buckets = (0..ORDER_BUCKETS)
         .map(|b| {
@@ -310,21 +311,48 @@ async fn ordered_documents(
             .context("cannot write the sort's temporary files")?;
     }
     drop(buckets);
-    let chunks = futures::stream::iter(0..ORDER_BUCKETS).map(move |b| {
-        let path = spill.path().join(format!("bucket-{b:03}"));
-        let bytes = std::fs::read(&path)
-            .map_err(|e| dapt_packer::Error::Stopped(format!("{}: {e}", path.display())))?;
-        let _ = std::fs::remove_file(&path);
-        let mut docs = read_records(&bytes).ok_or_else(|| {
-            dapt_packer::Error::Stopped(format!("{}: a damaged sort file", path.display()))
-        })?;
-        docs.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        Ok(docs
-            .into_iter()
-            .map(|(_, id, text, source)| dapt_packer::PackDocument { id, text, source })
-            .collect())
-    });
-    Ok(chunks)
+    tracing::debug!(
+        seconds = phase.elapsed().as_secs_f64(),
+        "documents written to the sort's buckets"
+    );
+    // Buckets are read and sorted on a thread of their own, a few ahead of the tokeniser, so that
+    // neither waits for the other nor for the shard writer.
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<dapt_packer::Result<Vec<dapt_packer::PackDocument>>>(2);
+    std::thread::Builder::new()
+        .name("pack-sort".into())
+        .spawn(move || {
+            for b in 0..ORDER_BUCKETS {
+                let chunk = sorted_bucket(spill.path(), b);
+                let failed = chunk.is_err();
+                if tx.blocking_send(chunk).is_err() || failed {
+                    break;
+                }
+            }
+        })
+        .context("cannot start the sort's reader thread")?;
+    Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    })))
+}
+
+/// The documents of bucket `b` of the sort in `dir`, in order; the file is removed.
+fn sorted_bucket(
+    dir: &std::path::Path,
+    b: usize,
+) -> dapt_packer::Result<Vec<dapt_packer::PackDocument>> {
+    let path = dir.join(format!("bucket-{b:03}"));
+    let bytes = std::fs::read(&path)
+        .map_err(|e| dapt_packer::Error::Stopped(format!("{}: {e}", path.display())))?;
+    let _ = std::fs::remove_file(&path);
+    let mut docs = read_records(&bytes).ok_or_else(|| {
+        dapt_packer::Error::Stopped(format!("{}: a damaged sort file", path.display()))
+    })?;
+    docs.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    Ok(docs
+        .into_iter()
+        .map(|(_, id, text, source)| dapt_packer::PackDocument { id, text, source })
+        .collect())
 }
 
 /// Chats from the query: a `messages` column (JSON) or `prompt` and `response` columns.

@@ -274,42 +274,62 @@ fn sft_masks_exactly_the_assistant_turns_and_packs_densely() {
         .all(|r| r.segment_sources.len() == r.segment_lengths.len()));
 }
 
-/// The fast encoder gives HF's ids on real ru/en/code/math documents for qwen3, llama3_1 and gpt2 and
-/// on the llama.cpp conformance vectors; Mistral's (byte fallback) is refused.
+/// Every document of every file of the shared corpus (ru, en, code, math, bilingual).
+fn whole_corpus() -> Vec<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(shared().join("corpus"))
+        .unwrap()
+        .flat_map(|dir| std::fs::read_dir(dir.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 20, "{files:?}");
+    files
+        .iter()
+        .flat_map(|f| {
+            let file = f.strip_prefix(shared().join("corpus")).unwrap();
+            texts(file.to_str().unwrap(), usize::MAX)
+        })
+        .collect()
+}
+
+/// Asserts that `fast` gives HF's ids (`encode_fast`, no special tokens) on every document, with
+/// both cores busy.
+fn assert_same_ids(
+    name: &str,
+    hf: &TokenizerFile,
+    fast: &dapt_packer::FastEncoder,
+    docs: &[String],
+) {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = docs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (c, part) in docs.chunks(chunk).enumerate() {
+            scope.spawn(move || {
+                for (i, text) in part.iter().enumerate() {
+                    let expected = hf.tokenizer().encode_fast(text.as_str(), false).unwrap();
+                    assert_eq!(
+                        fast.encode(text).unwrap(),
+                        expected.get_ids(),
+                        "{name}: document {} differs: {:?}",
+                        c * chunk + i,
+                        text.chars().take(100).collect::<String>()
+                    );
+                }
+            });
+        }
+    });
+}
+
+/// The fast encoder gives HF's ids on every document of the shared corpus (92 MB of ru/en/code/math)
+/// for qwen3, llama3_1, gpt2 and an extended llama3_1 and on the llama.cpp conformance vectors;
+/// Mistral's (byte fallback) is refused.
 #[test]
 fn fast_encoder_reproduces_hf_ids() {
     use dapt_packer::FastEncoder;
-    let files = [
-        "ru/fortunes-ru.jsonl",
-        "ru/manpages-ru.jsonl",
-        "ru/gimp-help-ru.jsonl",
-        "en/fortunes.jsonl",
-        "en/python3.11-doc.jsonl",
-        "code/rust-src.jsonl",
-        "math/pari-doc-tex.jsonl",
-        "math/maxima-doc.jsonl",
-        "bilingual/mueller7-dict.jsonl",
-    ];
-    let mut documents = Vec::new();
-    for file in files {
-        documents.extend(texts(file, 250_000));
-    }
-    let check = |name: &str, hf: &TokenizerFile, fast: &FastEncoder, docs: &[String]| {
-        for (i, text) in docs.iter().enumerate() {
-            let expected = hf
-                .tokenizer()
-                .encode_fast(text.as_str(), false)
-                .unwrap()
-                .get_ids()
-                .to_vec();
-            assert_eq!(
-                fast.encode(text).unwrap(),
-                expected,
-                "{name}: document {i} differs: {:?}",
-                &text[..text.len().min(200)]
-            );
-        }
-    };
+    let documents = whole_corpus();
+    let bytes: usize = documents.iter().map(String::len).sum();
+    assert!(bytes > 80_000_000, "{bytes} bytes");
     for (name, conformance) in [
         ("qwen3", "qwen2"),
         ("llama3_1", "llama-bpe"),
@@ -318,7 +338,7 @@ fn fast_encoder_reproduces_hf_ids() {
         let path = shared().join(format!("tokenizers/{name}/tokenizer.json"));
         let hf = TokenizerFile::load(&path).unwrap();
         let fast = FastEncoder::from_json(hf.json()).unwrap_or_else(|e| panic!("{name}: {e}"));
-        check(name, &hf, &fast, &documents);
+        assert_same_ids(name, &hf, &fast, &documents);
         let dir = shared().join("tokenizers/conformance");
         let inputs =
             std::fs::read_to_string(dir.join(format!("ggml-vocab-{conformance}.gguf.inp")))
@@ -346,6 +366,23 @@ fn fast_encoder_reproduces_hf_ids() {
             outputs.len()
         );
     }
+    // A tokenizer extended by `dapt tokenizer extend` (here llama3_1's, with Russian domain tokens
+    // whose merges are appended after the base's) gives HF's ids too.
+    let base = TokenizerFile::load(&shared().join("tokenizers/llama3_1/tokenizer.json")).unwrap();
+    let extension = extend(&base, &texts("ru/kicad-doc-ru.jsonl", 600_000), 300, 2).unwrap();
+    let extended = &extension.tokenizer;
+    let fast = FastEncoder::from_json(extended.json()).unwrap();
+    assert_same_ids("llama3_1 extended", extended, &fast, &documents);
+    let first_new = extension.new_tokens[0].id;
+    let used = documents
+        .iter()
+        .take(3000)
+        .flat_map(|d| fast.encode(d).unwrap())
+        .filter(|&id| id >= first_new)
+        .count();
+    assert!(used > 1000, "{used} new tokens used");
+    println!("llama3_1 extended: {} documents identical", documents.len());
+
     // SentencePiece-style BPE with byte fallback is not reproduced: callers fall back to HF.
     let mistral =
         TokenizerFile::load(&shared().join("tokenizers/mistral7b_v01_hf/tokenizer.json")).unwrap();
