@@ -4,7 +4,7 @@
 // linker would otherwise drop as unused (leaving CUDA unavailable at run time).
 use std::path::Path;
 
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {

@@ -5,6 +5,11 @@
 //!
 //! Run: `cargo bench --profile dev --bench train`. `DAPT_BENCH_PYTHON` names the Python to compare
 //! with (default `python3`; skipped when it has no torch/transformers). `DAPT_BENCH_STEPS` (default 8).
+//!
+//! On a GPU machine: `DAPT_BENCH_DEVICE=cuda cargo bench --profile dev --features cuda --bench train`
+//! trains a Qwen2.5-0.5B-shaped model (random weights) in bf16 autocast with the flash varlen kernel
+//! on packed rows of several documents each and prints tokens/s and MFU against
+//! `DAPT_BENCH_PEAK_TFLOPS` (default 989, H100 SXM dense bf16).
 use std::process::Command;
 use std::time::Instant;
 
@@ -55,6 +60,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(8);
+    if std::env::var("DAPT_BENCH_DEVICE").is_ok_and(|d| d == "cuda") {
+        gpu(steps);
+        return;
+    }
     let config = ModelConfig {
         model_type: "qwen3".into(),
         vocab_size: VOCAB,
@@ -156,4 +165,73 @@ fn main() {
         ),
         Err(e) => println!("  PyTorch-Python: {python} cannot run ({e})"),
     }
+}
+
+/// The GPU figure: a Qwen2.5-0.5B-shaped model, bf16 autocast, flash varlen attention, 4×2048
+/// tokens per step in rows of three documents each.
+fn gpu(steps: usize) {
+    const SEQ: usize = 2048;
+    const BATCH: usize = 4;
+    assert!(
+        dapt_trainer::tch::Cuda::is_available(),
+        "DAPT_BENCH_DEVICE=cuda needs a CUDA device"
+    );
+    let peak_tflops: f64 = std::env::var("DAPT_BENCH_PEAK_TFLOPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(989.0);
+    let config = ModelConfig {
+        model_type: "qwen2".into(),
+        vocab_size: 151_936,
+        hidden_size: 896,
+        intermediate_size: 4864,
+        num_hidden_layers: 24,
+        num_attention_heads: 14,
+        num_key_value_heads: 2,
+        tie_word_embeddings: true,
+        ..ModelConfig::default()
+    };
+    dapt_trainer::tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cuda(0));
+    let model = CausalLm::new(&vs.root(), &config).unwrap();
+    let parameters: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
+    let rows: Vec<PackedRow> = (0..BATCH * (steps + 1))
+        .map(|r| PackedRow {
+            input_ids: (0..SEQ)
+                .map(|i| ((i * 7919 + r * 104729) % 151_000) as i32)
+                .collect(),
+            segment_lengths: vec![512, 1024, 512],
+            loss_mask: vec![true; SEQ],
+            ..Default::default()
+        })
+        .collect();
+    let options = TrainOptions {
+        steps: steps + 1,
+        batch_size: BATCH,
+        warmup_steps: 1,
+        bf16: true,
+        peak_tflops,
+        ..Default::default()
+    };
+    let trainer = Trainer::new(&model, &vs, &options, 0);
+    let mut data = InMemoryRows::new(rows, 0).unwrap();
+    let mut timed = Vec::new();
+    trainer
+        .run(&mut data, false, |m| {
+            if m.step > 0 {
+                timed.push((m.tokens_per_second, m.mfu.unwrap_or(0.0)));
+            }
+        })
+        .unwrap();
+    let n = timed.len().max(1) as f64;
+    let tokens_per_second = timed.iter().map(|t| t.0).sum::<f64>() / n;
+    let mfu = timed.iter().map(|t| t.1).sum::<f64>() / n;
+    println!(
+        "train step (CUDA, bf16 autocast, flash varlen): Qwen2.5-0.5B-shaped {:.0}M parameters, {BATCH}×{SEQ} tokens per step in 3 documents per row, {steps} steps",
+        parameters as f64 / 1e6
+    );
+    println!(
+        "  dapt (tch):       {tokens_per_second:>10.0} tokens/s, MFU {:.1}% of {peak_tflops} TFLOPS",
+        100.0 * mfu
+    );
 }

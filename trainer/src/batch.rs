@@ -32,6 +32,12 @@ pub struct Batch {
     pub targets: Tensor,
     /// Number of positions whose target counts.
     pub target_count: i64,
+    /// Where each segment (pads at a row's end included, as a segment of their own) starts in the
+    /// batch flattened to `batch × seq` tokens, and the total at the end: the `cu_seqlens` of
+    /// variable-length attention.
+    pub cu_seqlens: Vec<i32>,
+    /// The longest segment.
+    pub max_seqlen: i64,
 }
 
 impl Batch {
@@ -50,8 +56,20 @@ impl Batch {
         let mut segment_ids = Vec::with_capacity(ids.capacity());
         let mut targets = Vec::with_capacity(ids.capacity());
         let mut target_count = 0;
+        let mut cu_seqlens = vec![0i32];
+        let mut max_seqlen = 0i64;
         for row in rows {
             let start = segment_ids.len();
+            let mut used = 0;
+            for &length in &row.segment_lengths {
+                used += length as i64;
+                cu_seqlens.push(start as i32 + used as i32);
+                max_seqlen = max_seqlen.max(length as i64);
+            }
+            if used < seq {
+                cu_seqlens.push(start as i32 + seq as i32);
+                max_seqlen = max_seqlen.max(seq - used);
+            }
             for (segment, &length) in row.segment_lengths.iter().enumerate() {
                 for position in 0..length as i64 {
                     positions.push(position);
@@ -95,6 +113,8 @@ impl Batch {
             mask,
             targets: Tensor::from_slice(&targets).view(shape).to_device(device),
             target_count,
+            cu_seqlens,
+            max_seqlen,
         }
     }
 }
@@ -122,5 +142,43 @@ mod tests {
         assert!(at(2, 0) && at(2, 2) && !at(2, 3));
         assert!(!at(3, 2) && at(3, 3) && at(4, 3) && !at(3, 4));
         assert!(at(5, 5) && !at(5, 4));
+        assert_eq!(batch.cu_seqlens, [0, 3, 5, 6]);
+        assert_eq!(batch.max_seqlen, 3);
+    }
+
+    /// Segment starts over a flattened batch agree with the mask: tokens i and j share a segment
+    /// exactly when no boundary of `cu_seqlens` lies in (i, j].
+    #[test]
+    fn cu_seqlens_delimit_the_masks_segments() {
+        let rows = [
+            PackedRow {
+                input_ids: vec![1; 8],
+                segment_lengths: vec![8],
+                loss_mask: vec![true; 8],
+                ..Default::default()
+            },
+            PackedRow {
+                input_ids: vec![1; 8],
+                segment_lengths: vec![2, 1, 3],
+                loss_mask: vec![true; 8],
+                ..Default::default()
+            },
+        ];
+        let batch = Batch::from_rows(&[&rows[0], &rows[1]], Device::Cpu);
+        assert_eq!(batch.cu_seqlens, [0, 8, 10, 11, 14, 16]);
+        assert_eq!(batch.max_seqlen, 8);
+        let mask: Vec<bool> = batch.mask.view([-1]).try_into().unwrap();
+        for (r, row_start) in [0usize, 8].into_iter().enumerate() {
+            for i in 0..8 {
+                for j in 0..=i {
+                    let (a, b) = (row_start + j, row_start + i);
+                    let same = !batch
+                        .cu_seqlens
+                        .iter()
+                        .any(|&c| (c as usize) > a && (c as usize) <= b);
+                    assert_eq!(mask[r * 64 + i * 8 + j], same, "row {r}, {i} → {j}");
+                }
+            }
+        }
     }
 }

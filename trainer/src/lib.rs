@@ -11,6 +11,8 @@ mod batch;
 mod config;
 mod data;
 mod error;
+#[cfg(feature = "cuda")]
+mod flash;
 mod lora;
 mod model;
 mod optim;
@@ -23,6 +25,8 @@ pub use batch::{Batch, Objective, IGNORE_INDEX};
 pub use config::{ModelConfig, Rope, RopeScaling, TokenIds};
 pub use data::{DataCursor, InMemoryRows, PackedShards, RowSource};
 pub use error::{Error, Result};
+#[cfg(feature = "cuda")]
+pub use flash::varlen_attention as flash_varlen_attention;
 pub use lora::{save_adapter, LoraInit, LoraOptions, ALL_LINEAR};
 pub use model::{CausalLm, KvCache};
 pub use optim::AdamW;

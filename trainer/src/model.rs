@@ -240,18 +240,78 @@ impl Attention {
         self.o_proj.forward(&y, training)
     }
 
-    /// `x: [b, t, hidden]`, `cos`/`sin: [b, 1, t, head_dim]`, `mask: [b, 1, t, t]` → `[b, t, hidden]`.
+    /// `x: [b, t, hidden]`, `cos`/`sin: [b, 1, t, head_dim]` → `[b, t, hidden]`.
     fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        attend: &Attend,
         training: bool,
     ) -> Tensor {
         let (q, k, v) = self.project(x, cos, sin, training);
-        self.attend(&q, &k, &v, mask, training)
+        match attend {
+            Attend::Mask(mask) => self.attend(&q, &k, &v, mask, training),
+            #[cfg(feature = "cuda")]
+            Attend::Varlen {
+                cu_seqlens,
+                max_seqlen,
+                mask,
+            } => match self.attend_varlen(&q, &k, &v, cu_seqlens, *max_seqlen, training) {
+                Some(y) => y,
+                None => self.attend(&q, &k, &v, mask, training),
+            },
+        }
     }
+
+    /// As [`Attention::attend`] with the variable-length flash kernel over the flattened batch, in
+    /// bf16 (the kernel's precision; the trainer asks for it under bf16 autocast only). `None` where
+    /// the kernel does not take these inputs or fails (logged), for the caller to use the mask.
+    #[cfg(feature = "cuda")]
+    fn attend_varlen(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cu_seqlens: &Tensor,
+        max_seqlen: i64,
+        training: bool,
+    ) -> Option<Tensor> {
+        let size = q.size();
+        let (b, t) = (size[0], size[2]);
+        let flat = |x: &Tensor| {
+            let x = x.transpose(1, 2).to_kind(Kind::BFloat16);
+            let heads = x.size()[2];
+            x.contiguous().view([b * t, heads, self.head_dim])
+        };
+        let (fq, fk, fv) = (flat(q), flat(k), flat(v));
+        if !crate::flash::supported(&fq) {
+            return None;
+        }
+        match crate::flash::varlen_attention(&fq, &fk, &fv, cu_seqlens, max_seqlen) {
+            Ok(y) => {
+                let y = y.view([b, t, self.heads * self.head_dim]).to_kind(q.kind());
+                Some(self.o_proj.forward(&y, training))
+            }
+            Err(e) => {
+                tracing::warn!("flash attention failed, using the mask: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// How attention keeps to the segments of packed rows.
+enum Attend<'a> {
+    /// `[b|1, 1, t, s]` bool: true where a query may attend to a key.
+    Mask(&'a Tensor),
+    /// The flash kernel over the flattened batch (the mask where the kernel cannot run).
+    #[cfg(feature = "cuda")]
+    Varlen {
+        cu_seqlens: &'a Tensor,
+        max_seqlen: i64,
+        mask: &'a Tensor,
+    },
 }
 
 /// SwiGLU feed-forward block.
@@ -320,6 +380,9 @@ pub struct CausalLm {
     /// `[head_dim / 2]` rotary inverse frequencies.
     inv_freq: Tensor,
     training: Cell<bool>,
+    /// Flash varlen attention for batches on CUDA (see [`CausalLm::set_flash_attention`]).
+    #[cfg(feature = "cuda")]
+    flash: Cell<bool>,
 }
 
 /// Rotary inverse frequencies as HF computes them (`1 / theta^(2i/d)`), then scaled.
@@ -407,6 +470,8 @@ impl CausalLm {
             lm_head,
             inv_freq: inverse_frequencies(c, root.device())?,
             training: Cell::new(false),
+            #[cfg(feature = "cuda")]
+            flash: Cell::new(false),
         })
     }
 
@@ -485,6 +550,37 @@ impl CausalLm {
 
     /// `input_ids`, `positions: [b, t]` int64, `mask: [b, 1, t, t]` bool → logits `[b, t, vocab]`.
     pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Tensor {
+        self.forward_with(input_ids, positions, &Attend::Mask(mask))
+    }
+
+    /// Logits of a batch. With the `cuda` feature, on CUDA, when flash attention is on (see
+    /// [`CausalLm::set_flash_attention`]), attention runs the variable-length flash kernel over the
+    /// batch's segments; otherwise scaled-dot-product attention with the batch's mask.
+    pub fn forward_batch(&self, batch: &Batch) -> Tensor {
+        #[cfg(feature = "cuda")]
+        if self.flash.get() && batch.input_ids.device().is_cuda() {
+            let cu_seqlens =
+                Tensor::from_slice(&batch.cu_seqlens).to_device(batch.input_ids.device());
+            let attend = Attend::Varlen {
+                cu_seqlens: &cu_seqlens,
+                max_seqlen: batch.max_seqlen,
+                mask: &batch.mask,
+            };
+            return self.forward_with(&batch.input_ids, &batch.positions, &attend);
+        }
+        self.forward(&batch.input_ids, &batch.positions, &batch.mask)
+    }
+
+    /// Uses the variable-length flash kernel (bf16) for batches on CUDA when the crate is built with
+    /// the `cuda` feature (the trainer turns it on under bf16 autocast); a no-op otherwise.
+    pub fn set_flash_attention(&self, on: bool) {
+        #[cfg(feature = "cuda")]
+        self.flash.set(on);
+        #[cfg(not(feature = "cuda"))]
+        let _ = on;
+    }
+
+    fn forward_with(&self, input_ids: &Tensor, positions: &Tensor, attend: &Attend) -> Tensor {
         let training = self.training.get();
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
         let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
@@ -496,7 +592,7 @@ impl CausalLm {
                 &layer.input_layernorm.forward(&x),
                 &cos,
                 &sin,
-                mask,
+                attend,
                 training,
             );
             x = &x + &h;
@@ -553,7 +649,7 @@ impl CausalLm {
     }
 
     fn cross_entropy(&self, batch: &Batch, reduction: tch::Reduction) -> Tensor {
-        let logits = self.forward(&batch.input_ids, &batch.positions, &batch.mask);
+        let logits = self.forward_batch(batch);
         let vocab = logits.size()[2];
         logits
             .view([-1, vocab])

@@ -318,6 +318,7 @@ impl<'a> Trainer<'a> {
         let autocast = options.bf16 && device.is_cuda();
         let mut history = Vec::new();
         self.model.set_training(true);
+        self.model.set_flash_attention(autocast);
         for step in start..options.steps {
             let started = Instant::now();
             // Dropout draws depend on (seed, step) only, so a resumed run draws what the full one did.
