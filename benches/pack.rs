@@ -112,11 +112,7 @@ fn main() {
         .env("DAPT_LOG", "warn")
         .output()
         .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    succeeded(&status);
     let mut datatrove_rate = 1.8; // measured on this machine class when the issue was filed
     if let Ok(python) = std::env::var("DAPT_BENCH_DATATROVE_PYTHON") {
         let script = dir.path().join("datatrove_tokenize.py");
@@ -130,11 +126,7 @@ fn main() {
             .output()
             .unwrap();
         let seconds = started.elapsed().as_secs_f64();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        succeeded(&output);
         datatrove_rate = bytes as f64 / 1e6 / seconds;
         println!(
             "datatrove DocumentTokenizer {datatrove_rate:>7.2} MB/s {:>10.0} tokens/s  (2 workers, same run)",
@@ -164,11 +156,7 @@ fn main() {
             .output()
             .unwrap();
         let seconds = started.elapsed().as_secs_f64();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        succeeded(&output);
         let stdout = String::from_utf8_lossy(&output.stdout);
         let rss = stdout
             .split("peak RSS ")
@@ -210,3 +198,12 @@ if __name__ == "__main__":
         logging_dir=out + "/logs",
     ).run()
 "#;
+
+/// Fails the bench with a child's stderr when it failed.
+fn succeeded(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -81,16 +81,7 @@ fn main() {
     let model = CausalLm::new(&vs.root(), &config).unwrap();
     let parameters: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
     // One document per row, as many rows as the steps use (no row is repeated).
-    let rows: Vec<PackedRow> = (0..BATCH * (steps + 1))
-        .map(|r| PackedRow {
-            input_ids: (0..SEQ)
-                .map(|i| ((i * 7919 + r * 104729) % VOCAB as usize) as i32)
-                .collect(),
-            segment_lengths: vec![SEQ as i32],
-            loss_mask: vec![true; SEQ],
-            ..Default::default()
-        })
-        .collect();
+    let rows = rows(BATCH * (steps + 1), SEQ, VOCAB as usize, &[SEQ as i32]);
     let options = TrainOptions {
         steps: steps + 1,
         batch_size: BATCH,
@@ -195,16 +186,7 @@ fn gpu(steps: usize) {
     let vs = nn::VarStore::new(Device::Cuda(0));
     let model = CausalLm::new(&vs.root(), &config).unwrap();
     let parameters: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
-    let rows: Vec<PackedRow> = (0..BATCH * (steps + 1))
-        .map(|r| PackedRow {
-            input_ids: (0..SEQ)
-                .map(|i| ((i * 7919 + r * 104729) % 151_000) as i32)
-                .collect(),
-            segment_lengths: vec![512, 1024, 512],
-            loss_mask: vec![true; SEQ],
-            ..Default::default()
-        })
-        .collect();
+    let rows = rows(BATCH * (steps + 1), SEQ, 151_000, &[512, 1024, 512]);
     let options = TrainOptions {
         steps: steps + 1,
         batch_size: BATCH,
@@ -234,4 +216,18 @@ fn gpu(steps: usize) {
         "  dapt (tch):       {tokens_per_second:>10.0} tokens/s, MFU {:.1}% of {peak_tflops} TFLOPS",
         100.0 * mfu
     );
+}
+
+/// `count` distinct rows of `seq` token ids below `vocab`, cut into documents of `segments` lengths.
+fn rows(count: usize, seq: usize, vocab: usize, segments: &[i32]) -> Vec<PackedRow> {
+    (0..count)
+        .map(|r| PackedRow {
+            input_ids: (0..seq)
+                .map(|i| ((i * 7919 + r * 104729) % vocab) as i32)
+                .collect(),
+            segment_lengths: segments.to_vec(),
+            loss_mask: vec![true; seq],
+            ..Default::default()
+        })
+        .collect()
 }
