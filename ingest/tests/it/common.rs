@@ -197,8 +197,26 @@ struct S3Server {
     _child: std::process::Child,
 }
 
-/// A real S3-compatible server (moto) on 127.0.0.1, started once per test binary; the AWS_* variables
-/// point object_store at it.
+/// The process id of the `timeout` that runs the test server, for [`stop_s3_server`].
+static SERVER_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Runs when the test binary exits (statics are never dropped): SIGTERM to `timeout`, which passes it
+/// on to the server, so that no server outlives the tests.
+extern "C" fn stop_s3_server() {
+    let pid = SERVER_PID.load(std::sync::atomic::Ordering::SeqCst);
+    if pid != 0 {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+}
+
+extern "C" {
+    fn atexit(callback: extern "C" fn()) -> i32;
+}
+
+/// A real S3-compatible server (moto) on 127.0.0.1, started once per test binary and stopped when it
+/// exits; the AWS_* variables point object_store at it.
 fn s3_server() -> &'static S3Server {
     static SERVER: OnceLock<S3Server> = OnceLock::new();
     SERVER.get_or_init(|| {
@@ -207,7 +225,7 @@ fn s3_server() -> &'static S3Server {
             .local_addr()
             .unwrap()
             .port();
-        // `timeout` ends the server even if this process dies first.
+        // `timeout` ends the server even if this process dies without running its exit handlers.
         let child = std::process::Command::new("timeout")
             .args([
                 "900",
@@ -221,6 +239,11 @@ fn s3_server() -> &'static S3Server {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("moto_server (from scripts/setup) starts");
+        SERVER_PID.store(child.id(), std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: registers a plain function with the C runtime; it touches only an atomic.
+        unsafe {
+            atexit(stop_s3_server);
+        }
         let started = std::time::Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
