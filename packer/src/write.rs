@@ -108,7 +108,8 @@ type Encoded = (Vec<PackDocument>, Result<Vec<Vec<u32>>>);
 
 /// Packs a stream of document chunks for continual pretraining, in the order they arrive, into
 /// `output`, with reading, tokenising and writing overlapped: the stream is read on the async side
-/// while a worker tokenises the previous chunk in parallel (rayon) and packs it, and rows go to the
+/// while a worker tokenises the next chunks (up to [`CHUNKS_IN_FLIGHT`], each in parallel with rayon)
+/// and packs them in order, and rows go to the
 /// shard writer in batches that are encoded and uploaded row group by row group. Memory stays bounded
 /// (a few chunks of documents, a few batches of rows) whatever the input size. Shards an earlier run
 /// published are not written again (a rerun over the same ordered input produces the same bytes); a
