@@ -1,7 +1,5 @@
 //! Fixtures: real documents, shards in every format, an S3 server, and reading outputs back.
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -192,10 +190,9 @@ pub fn local(dir: &std::path::Path) -> Location {
     Location::parse(dir.to_str().unwrap()).unwrap()
 }
 
-struct S3Server {
-    endpoint: String,
-    _child: std::process::Child,
-}
+#[path = "../../../tests/support/s3.rs"]
+mod s3;
+use s3::S3Server;
 
 /// The process id of the `timeout` that runs the test server, for [`stop_s3_server`].
 static SERVER_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -215,71 +212,26 @@ extern "C" {
     fn atexit(callback: extern "C" fn()) -> i32;
 }
 
-/// A real S3-compatible server (moto) on 127.0.0.1, started once per test binary and stopped when it
-/// exits; the AWS_* variables point object_store at it.
+/// The test S3 server, started once per test binary and stopped when it exits; the AWS_* variables
+/// point object_store at it.
 fn s3_server() -> &'static S3Server {
     static SERVER: OnceLock<S3Server> = OnceLock::new();
     SERVER.get_or_init(|| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // `timeout` ends the server even if this process dies without running its exit handlers.
-        let child = std::process::Command::new("timeout")
-            .args([
-                "900",
-                "moto_server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("moto_server (from scripts/setup) starts");
-        SERVER_PID.store(child.id(), std::sync::atomic::Ordering::SeqCst);
+        let server = S3Server::start().unwrap();
+        SERVER_PID.store(server.process_id(), std::sync::atomic::Ordering::SeqCst);
         // SAFETY: registers a plain function with the C runtime; it touches only an atomic.
         unsafe {
             atexit(stop_s3_server);
         }
-        let started = std::time::Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed().as_secs() < 60,
-                "moto_server did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let endpoint = format!("http://127.0.0.1:{port}");
         // Set once, before any S3 location is built.
-        std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::set_var("AWS_REGION", "us-east-1");
-        S3Server {
-            endpoint,
-            _child: child,
+        for (key, value) in server.env() {
+            std::env::set_var(key, value);
         }
+        server
     })
 }
 
 /// A fresh bucket on the test S3 server; returns its `s3://` URL.
 pub fn s3_bucket(name: &str) -> String {
-    let server = s3_server();
-    let host = server.endpoint.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(host).unwrap();
-    write!(
-        stream,
-        "PUT /{name} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
-    assert!(
-        response.starts_with("HTTP/1.1 200"),
-        "create bucket: {response}"
-    );
-    format!("s3://{name}")
+    s3_server().bucket(name).unwrap()
 }
