@@ -6,6 +6,12 @@ use std::path::Path;
 
 pub fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+    // The data-only `dapt` (no `torch` feature) links no LibTorch.
+    if std::env::var("CARGO_PKG_NAME").is_ok_and(|p| p == "dapt")
+        && std::env::var_os("CARGO_FEATURE_TORCH").is_none()
+    {
+        return;
+    }
     println!("cargo:rerun-if-changed=build.rs");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         println!("cargo:warning=LIBTORCH is not set: run scripts/setup (see README.md)");

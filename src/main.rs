@@ -1,12 +1,13 @@
 //! `dapt`: the command line of the dapt data engine and trainer. Each subcommand is a module in
-//! `commands/`; this file parses arguments, sets up logging, and runs the chosen command.
+//! `commands/` that parses its arguments, builds settings and calls one library function (most in
+//! `dapt_pipeline`); this file sets up logging and runs the chosen command. Without the default
+//! `torch` feature the binary has the data commands only and needs no LibTorch.
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod commands;
-mod config;
-mod progress;
 
 /// dapt: domain adaptation of LLMs, from raw shards to an evaluated adapted model.
 #[derive(Parser)]
@@ -19,6 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline config end to end: ingest → SQL → tokenise + pack → train → held-out perplexity.
+    #[cfg(feature = "torch")]
     Run(commands::run::RunArgs),
     /// Read JSON-lines / Parquet shards from object storage into normalised Document Parquet shards.
     Ingest(commands::ingest::IngestArgs),
@@ -35,16 +37,22 @@ enum Command {
     /// Mixtures: SQL components with token-budget weights, in stages (plan, run).
     Mix(commands::mix::MixArgs),
     /// Train in stages (CPT → CPT → SFT; full-weight or LoRA) on packed Parquet; resumable.
+    #[cfg(feature = "torch")]
     Train(commands::train::TrainArgs),
     /// Model surgery: resize embeddings for an extended tokenizer, merge a LoRA adapter.
+    #[cfg(feature = "torch")]
     Model(commands::model::ModelArgs),
     /// Score a checkpoint: perplexity, bits-per-byte, multiple-choice tasks, generation lang-swap.
+    #[cfg(feature = "torch")]
     Eval(commands::eval::EvalArgs),
     /// Compare eval.json files side by side (Markdown or HTML with SVG charts), flag regressions.
+    #[cfg(feature = "torch")]
     Report(commands::eval::ReportArgs),
     /// Serve a checkpoint over an OpenAI-compatible /v1/completions endpoint.
+    #[cfg(feature = "torch")]
     Serve(commands::eval::ServeArgs),
     /// Ablations over mixtures: components tokenised once, a proxy trained and evaluated per variant.
+    #[cfg(feature = "torch")]
     Sweep(commands::sweep::SweepArgs),
 }
 
@@ -79,9 +87,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        #[cfg(feature = "torch")]
         Command::Run(args) => commands::run::run(args),
         Command::Ingest(args) => commands::ingest::run(args),
         Command::Sql(args) => commands::sql::run(args),
@@ -90,18 +100,63 @@ fn main() -> ExitCode {
         Command::Tokenizer(args) => commands::tokenizer::run(args),
         Command::Pack(args) => commands::pack::run(args),
         Command::Mix(args) => commands::mix::run(args),
+        #[cfg(feature = "torch")]
         Command::Train(args) => commands::train::run(args),
+        #[cfg(feature = "torch")]
         Command::Model(args) => commands::model::run(args),
+        #[cfg(feature = "torch")]
         Command::Eval(args) => commands::eval::run(args),
+        #[cfg(feature = "torch")]
         Command::Report(args) => commands::eval::report(args),
+        #[cfg(feature = "torch")]
         Command::Serve(args) => commands::eval::serve(args),
+        #[cfg(feature = "torch")]
         Command::Sweep(args) => commands::sweep::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_chain(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, each printed once: a cause whose message the text already holds (an
+/// error that repeats its source's message) is left out.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if message.is_empty() || text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("query failed: {source}")]
+    struct Repeats {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let inner = std::io::Error::other("no column `source`");
+        let error = anyhow::Error::new(Repeats { source: inner }).context("packing failed");
+        assert_eq!(
+            error_chain(&error),
+            "packing failed: query failed: no column `source`"
+        );
     }
 }

@@ -41,6 +41,9 @@ pub enum Error {
     #[error("packed data violates the contract at row {row}: {reason}")]
     PackedContract { row: usize, reason: String },
 
+    #[error("packed data {url}: {reason}")]
+    Packed { url: String, reason: String },
+
     #[error("schema mismatch in {what}: {reason}")]
     Schema { what: String, reason: String },
 }

@@ -22,11 +22,6 @@ pub fn content_id(source: &str, text: &str) -> String {
     format!("{:016x}", xxh64(&key, 0))
 }
 
-/// A uniform number in [0, 1) decided by (seed, key) alone.
-pub fn unit_interval(seed: u64, key: &str) -> f64 {
-    (xxh3_64_with_seed(key.as_bytes(), seed) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// Lower-case hex sha256 of bytes (tokenizer files, configs).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
@@ -50,16 +45,6 @@ mod tests {
         assert_eq!(content_id("a", "bc"), content_id("a", "bc"));
         assert_ne!(content_id("a", "bc"), content_id("ab", "c"));
         assert_eq!(content_id("a", "bc").len(), 16);
-    }
-
-    #[test]
-    fn unit_interval_is_uniform_enough() {
-        let n = 20_000;
-        let below: usize = (0..n)
-            .filter(|i| unit_interval(3, &i.to_string()) < 0.25)
-            .count();
-        let share = below as f64 / n as f64;
-        assert!((share - 0.25).abs() < 0.02, "share {share}");
     }
 
     #[test]

@@ -236,3 +236,217 @@ mod tests {
             .contains("1 segment sources for 2"));
     }
 }
+
+/// What a packed output declares about its rows: written into every shard's Parquet key-value metadata
+/// (`dapt.*` keys) and, with the highest token id, into the manifest's summary under
+/// [`PackedMetadata::SUMMARY_KEY`]; read back by the trainer and evaluation, which refuse data that
+/// does not fit the model (an id at or above `vocab_size`) or the other data of a run.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PackedMetadata {
+    /// sha256 of the `tokenizer.json` that produced the ids.
+    pub tokenizer_sha256: String,
+    /// Tokens per row.
+    pub seq_len: usize,
+    /// The id that fills rows after their last segment.
+    pub pad_id: i32,
+    /// The seed of the run that packed the rows.
+    pub seed: u64,
+    /// The identity (content hash) of the settings and inputs that produced the rows.
+    pub config_hash: String,
+    /// The highest token id in the rows, pads included.
+    pub max_token_id: i32,
+}
+
+impl PackedMetadata {
+    /// The key of the manifest summary that holds this metadata.
+    pub const SUMMARY_KEY: &'static str = "packed";
+
+    /// The Parquet key-value metadata of a shard.
+    pub fn key_values(&self) -> std::collections::BTreeMap<String, String> {
+        use crate::schema::metadata;
+        [
+            (metadata::TOKENIZER_SHA256, self.tokenizer_sha256.clone()),
+            (metadata::SEQ_LEN, self.seq_len.to_string()),
+            (metadata::PAD_ID, self.pad_id.to_string()),
+            (metadata::SEED, self.seed.to_string()),
+            (metadata::CONFIG_HASH, self.config_hash.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// `summary` (a JSON object, or null) with this metadata under [`Self::SUMMARY_KEY`].
+    pub fn into_summary(&self, summary: serde_json::Value) -> serde_json::Value {
+        let mut object = match summary {
+            serde_json::Value::Object(map) => map,
+            serde_json::Value::Null => serde_json::Map::new(),
+            other => {
+                let mut map = serde_json::Map::new();
+                map.insert("summary".into(), other);
+                map
+            }
+        };
+        object.insert(
+            Self::SUMMARY_KEY.into(),
+            serde_json::to_value(self).unwrap_or(serde_json::Value::Null),
+        );
+        serde_json::Value::Object(object)
+    }
+
+    /// The metadata recorded in the manifest of the packed output at `url`.
+    pub fn from_manifest(manifest: &crate::Manifest, url: &str) -> Result<Self> {
+        let value = manifest.summary.get(Self::SUMMARY_KEY).ok_or_else(|| Error::Packed {
+            url: url.to_string(),
+            reason: format!(
+                "the manifest has no `{}` entry (tokenizer, seq_len, pad id, highest token id): not the output of `dapt pack`, or of an older dapt; pack it again",
+                Self::SUMMARY_KEY
+            ),
+        })?;
+        serde_json::from_value(value.clone()).map_err(|e| Error::Packed {
+            url: url.to_string(),
+            reason: format!("the manifest's `{}` entry is malformed: {e}", Self::SUMMARY_KEY),
+        })
+    }
+
+    /// Refuses rows with token ids the model has no embedding for.
+    pub fn check_vocab(&self, vocab_size: i64, url: &str) -> Result<()> {
+        if i64::from(self.max_token_id) >= vocab_size || self.max_token_id < 0 {
+            return Err(Error::Packed {
+                url: url.to_string(),
+                reason: format!(
+                    "holds token id {}, but the model's vocab_size is {vocab_size} (tokenizer sha256 {}): resize the model's embeddings to the tokenizer (`dapt model resize-embeddings`) or pack with the model's tokenizer",
+                    self.max_token_id, self.tokenizer_sha256
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses data packed differently from `other` (another split of the same run): another tokenizer,
+    /// sequence length or pad id.
+    pub fn check_matches(&self, url: &str, other: &Self, other_url: &str) -> Result<()> {
+        let mismatch = |what: &str, a: String, b: String| Error::Packed {
+            url: url.to_string(),
+            reason: format!("{what} is {a}, but {b} in {other_url}"),
+        };
+        if self.tokenizer_sha256 != other.tokenizer_sha256 {
+            return Err(mismatch(
+                "the tokenizer sha256",
+                self.tokenizer_sha256.clone(),
+                other.tokenizer_sha256.clone(),
+            ));
+        }
+        if self.seq_len != other.seq_len {
+            return Err(mismatch("seq_len", self.seq_len.to_string(), other.seq_len.to_string()));
+        }
+        if self.pad_id != other.pad_id {
+            return Err(mismatch("the pad id", self.pad_id.to_string(), other.pad_id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Refuses data whose ids come from another tokenizer than `tokenizer_sha256`.
+    pub fn check_tokenizer(&self, tokenizer_sha256: &str, tokenizer: &str, url: &str) -> Result<()> {
+        if self.tokenizer_sha256 != tokenizer_sha256 {
+            return Err(Error::Packed {
+                url: url.to_string(),
+                reason: format!(
+                    "was packed with the tokenizer of sha256 {}, not {tokenizer} (sha256 {tokenizer_sha256})",
+                    self.tokenizer_sha256
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The highest token id in `rows` (pads included); -1 when there are none.
+pub fn max_token_id(rows: &[PackedRow]) -> i32 {
+    rows.iter()
+        .flat_map(|r| r.input_ids.iter().copied())
+        .max()
+        .unwrap_or(-1)
+}
+
+impl PackedRow {
+    /// Checks that every id is in `0..vocab_size` (an embedding exists for it).
+    pub fn check_ids(&self, row: usize, vocab_size: i64) -> Result<()> {
+        if let Some((position, id)) = self
+            .input_ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id < 0 || i64::from(id) >= vocab_size)
+        {
+            return Err(Error::PackedContract {
+                row,
+                reason: format!(
+                    "token id {id} at position {position} is outside the model's vocabulary (vocab_size {vocab_size})"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use super::*;
+
+    fn empty_manifest() -> crate::Manifest {
+        crate::Manifest {
+            kind: "pack".into(),
+            config_hash: "h".into(),
+            shards: Vec::new(),
+            summary: serde_json::Value::Null,
+            complete: true,
+            skipped: Vec::new(),
+        }
+    }
+
+    fn metadata(max: i32) -> PackedMetadata {
+        PackedMetadata {
+            tokenizer_sha256: "abc".into(),
+            seq_len: 8,
+            pad_id: 0,
+            seed: 1,
+            config_hash: "h".into(),
+            max_token_id: max,
+        }
+    }
+
+    #[test]
+    fn metadata_round_trips_through_a_manifest_summary_and_checks_the_vocabulary() {
+        let summary = metadata(99).into_summary(serde_json::json!({ "rows": 3 }));
+        assert_eq!(summary["rows"], 3);
+        let manifest = crate::Manifest {
+            summary,
+            ..empty_manifest()
+        };
+        let back = PackedMetadata::from_manifest(&manifest, "file:///p").unwrap();
+        assert_eq!(back, metadata(99));
+        assert!(back.check_vocab(100, "file:///p").is_ok());
+        let err = back.check_vocab(99, "file:///p").unwrap_err().to_string();
+        assert!(err.contains("file:///p") && err.contains("token id 99") && err.contains("vocab_size is 99"), "{err}");
+        let other = PackedMetadata { seq_len: 16, ..metadata(5) };
+        let err = back.check_matches("a", &other, "b").unwrap_err().to_string();
+        assert!(err.contains("seq_len is 8, but 16 in b"), "{err}");
+        assert!(back.check_tokenizer("zzz", "tok.json", "a").is_err());
+        let empty = empty_manifest();
+        assert!(PackedMetadata::from_manifest(&empty, "x").unwrap_err().to_string().contains("pack it again"));
+    }
+
+    #[test]
+    fn rows_with_ids_outside_the_vocabulary_are_refused() {
+        let row = PackedRow {
+            input_ids: vec![1, 2, 70000, 0],
+            segment_lengths: vec![3],
+            loss_mask: vec![true, true, true, false],
+            segment_sources: vec![],
+        };
+        assert_eq!(max_token_id(std::slice::from_ref(&row)), 70000);
+        assert!(row.check_ids(0, 70001).is_ok());
+        let err = row.check_ids(4, 49152).unwrap_err().to_string();
+        assert!(err.contains("row 4") && err.contains("70000") && err.contains("position 2"), "{err}");
+    }
+}

@@ -30,6 +30,7 @@ pub fn perplexity(
             what: "no held-out rows".into(),
         });
     }
+    dapt_trainer::check_rows(model, rows, 0)?;
     let (sum, tokens) = tch::no_grad(|| {
         let mut sum = 0.0;
         let mut tokens = 0;

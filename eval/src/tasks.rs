@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use dapt_core::hash::{sub_seed, unit_interval};
 use dapt_encoder::TokenizerFile;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -288,18 +287,12 @@ fn fewshot(examples: &[McExample], i: usize, k: usize, seed: u64) -> Vec<&McExam
     if k == 0 {
         return Vec::new();
     }
-    let seed = sub_seed(seed, "fewshot", i as u64);
-    let mut others: Vec<(f64, usize)> = examples
-        .iter()
-        .enumerate()
-        .filter(|(j, _)| *j != i)
-        .map(|(j, e)| (unit_interval(seed, &e.id), j))
-        .collect();
-    others.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    others
+    let ids: Vec<&str> = examples.iter().map(|e| e.id.as_str()).collect();
+    dapt_core::order::ordered(seed, "fewshot", i as u64, &ids)
         .into_iter()
+        .filter(|&j| j != i)
         .take(k)
-        .map(|(_, j)| &examples[j])
+        .map(|j| &examples[j])
         .collect()
 }
 

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use dapt_core::hash::sub_seed;
 use dapt_core::shard_writer::ShardWriter;
 use dapt_core::{Location, OutputDir};
 use dapt_encoder::TokenizerFile;
@@ -239,24 +238,54 @@ pub async fn inventory(
     })
 }
 
-/// The seed that orders epoch `epoch` of a component (kept below 2^63 for SQL's Int64).
-fn epoch_seed(seed: u64, component: &str, epoch: u64) -> u64 {
-    sub_seed(seed, &format!("mix-order/{component}"), epoch) & (i64::MAX as u64)
+/// The stage name of a component's epoch order: epoch `j` of component `c` orders its documents by
+/// `document_key(seed, "mix-order/c", j, id)` (see [`dapt_core::order`]).
+fn order_stage(component: &str) -> String {
+    format!("mix-order/{component}")
 }
 
-/// Document indices of an epoch, in order.
-fn epoch_order(inventory: &Inventory, seed: u64) -> Vec<usize> {
-    let mut order: Vec<(u64, usize)> = inventory
-        .ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (xxhash_rust::xxh64::xxh64(id.as_bytes(), seed), i))
-        .collect();
-    order.sort_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then_with(|| inventory.ids[a.1].cmp(&inventory.ids[b.1]))
-    });
-    order.into_iter().map(|(_, i)| i).collect()
+/// The key that shuffles documents within a window of mixer output (and a sweep's assembled
+/// variant): a function of (seed, component, document id, epoch).
+pub fn shuffle_key(seed: u64, component: &str, id: &str, epoch: u64) -> u64 {
+    dapt_core::order::document_key(seed, "mix-window", 0, &format!("{component}/{id}/{epoch}"))
+}
+
+/// The mixer's sampling rule, for one component whose documents are `ids` with `tokens` tokens each:
+/// the component is a sequence of epochs, each its documents in the epoch's document order, and the
+/// documents whose middle position (tokens before them in that sequence, plus half their own) falls
+/// in `[start, end)` are taken. Returns, per epoch touched, the indices taken, in order.
+/// Consecutive intervals partition the sequence (stages neither lose nor repeat a sample), and a
+/// component is off its target by at most half a document.
+pub fn sample(
+    seed: u64,
+    component: &str,
+    ids: &[String],
+    tokens: &[u64],
+    start: u64,
+    end: u64,
+) -> Vec<(u64, Vec<usize>)> {
+    let available: u64 = tokens.iter().sum();
+    if available == 0 || end <= start {
+        return Vec::new();
+    }
+    let stage = order_stage(component);
+    let mut out = Vec::new();
+    let (first, last) = (start / available, end.div_ceil(available));
+    for epoch in first..=last {
+        let mut position = epoch * available;
+        let mut taken = Vec::new();
+        for i in dapt_core::order::ordered(seed, &stage, epoch, ids) {
+            let middle = position + tokens[i] / 2;
+            if middle >= start && middle < end {
+                taken.push(i);
+            }
+            position += tokens[i];
+        }
+        if !taken.is_empty() {
+            out.push((epoch, taken));
+        }
+    }
+    out
 }
 
 /// Plans a component: target tokens from the weight, the interval from `start`, capped by epochs.
@@ -292,32 +321,16 @@ fn plan_component(
     }
 }
 
-/// For each epoch the plan touches: the documents it takes (a document is taken when its middle
-/// position falls in `[start, end)`).
+/// For each epoch the plan touches: the documents it takes (see [`sample`]).
 fn selection(plan: &ComponentPlan, inventory: &Inventory, seed: u64) -> Vec<(u64, Vec<usize>)> {
-    let available = inventory.total_tokens();
-    if available == 0 || plan.end <= plan.start {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let (first, last) = (plan.start / available, plan.end.div_ceil(available));
-    for epoch in first..=last {
-        let mut position = epoch * available;
-        let mut taken = Vec::new();
-        for i in epoch_order(inventory, epoch_seed(seed, &plan.name, epoch)) {
-            // A document belongs to the interval holding its midpoint: consecutive intervals
-            // partition the sequence, and a stage is off its target by at most half a document.
-            let middle = position + inventory.tokens[i] / 2;
-            if middle >= plan.start && middle < plan.end {
-                taken.push(i);
-            }
-            position += inventory.tokens[i];
-        }
-        if !taken.is_empty() {
-            out.push((epoch, taken));
-        }
-    }
-    out
+    sample(
+        seed,
+        &plan.name,
+        &inventory.ids,
+        &inventory.tokens,
+        plan.start,
+        plan.end,
+    )
 }
 
 /// A stage's plan: every component's inventory and plan.
@@ -411,11 +424,14 @@ impl ComponentStream {
                 let Some((epoch, selected)) = self.epochs.pop_front() else {
                     return Ok(None);
                 };
-                let seed = epoch_seed(self.seed, &self.name, epoch);
+                // The epoch's document order, computed by the SQL function that wraps
+                // `dapt_core::order::document_key` (seed passed as its two's-complement bits).
                 let query = format!(
                     "SELECT * FROM ({}) AS dapt_component \
-                     ORDER BY xxhash64(CAST(id AS VARCHAR), {seed}), CAST(id AS VARCHAR)",
-                    self.sql
+                     ORDER BY order_key(CAST(id AS VARCHAR), {}, '{}', {epoch}), CAST(id AS VARCHAR)",
+                    self.sql,
+                    self.seed as i64,
+                    order_stage(&self.name).replace('\'', "''"),
                 );
                 let stream = session
                     .query(&query)
@@ -664,13 +680,7 @@ impl<'a> MixWriter<'a> {
         seed: u64,
     ) -> Result<()> {
         let name_of = |d: &OutDocument| plan.components[d.component].0.name.as_str();
-        let window_seed = sub_seed(seed, "mix-window", 0);
-        let key = |d: &OutDocument| {
-            xxhash_rust::xxh64::xxh64(
-                format!("{}/{}/{}", name_of(d), d.id, d.epoch).as_bytes(),
-                window_seed,
-            )
-        };
+        let key = |d: &OutDocument| shuffle_key(seed, name_of(d), &d.id, d.epoch);
         window.sort_by_cached_key(|d| (key(d), name_of(d).to_string(), d.id.clone(), d.epoch));
         let mut rest: &[OutDocument] = window;
         while !rest.is_empty() {

@@ -1,6 +1,5 @@
 //! Continual-pretraining packing: documents ended with EOS, concatenated and cut into rows of
 //! `seq_len`; a document that does not fit continues in the next row as a new segment.
-use dapt_core::hash::{sub_seed, unit_interval};
 use dapt_core::PackedRow;
 use serde::{Deserialize, Serialize};
 
@@ -86,9 +85,9 @@ pub struct PackStats {
 
 /// Decides, per document id, whether it is held out: a function of (seed, id) only.
 pub fn split_heldout(seed: u64, fraction: f64, ids: &[String]) -> Vec<bool> {
-    let seed = sub_seed(seed, "heldout", 0);
+    let stage = dapt_core::order::stage_seed(seed, "heldout", 0);
     ids.iter()
-        .map(|id| unit_interval(seed, id) < fraction)
+        .map(|id| dapt_core::order::fraction(dapt_core::order::key_with(stage, id)) < fraction)
         .collect()
 }
 

@@ -8,7 +8,9 @@ mod cpt;
 mod error;
 mod extend;
 mod measure;
+mod order;
 mod sft;
+mod token_cache;
 mod tokenizer;
 mod write;
 
@@ -17,7 +19,9 @@ pub use dapt_encoder::{EncoderChoice, FastEncoder, TokenizerFile};
 pub use error::{Error, Result};
 pub use extend::{extend, Extension, NewToken};
 pub use measure::{measure, Compression};
+pub use order::{DocumentSorter, PACK_ORDER};
 pub use sft::{pack_sft, ChatTemplate, Message, Overlong, SftStats, CHATML};
+pub use token_cache::{read_token_cache, token_cache_schema, write_token_cache, TokenisedDocument};
 pub use tokenizer::{train_bpe, train_unigram, BpeTrainOptions, UnigramTrainOptions};
 pub use write::{
     pack_documents, pack_stream, read_packed, write_packed, PackDocument, PackProgress,

@@ -1,9 +1,9 @@
 //! Writing packed rows as Parquet shards with self-describing metadata.
 use std::collections::BTreeMap;
 
-use dapt_core::schema::{metadata, packed_schema};
+use dapt_core::schema::packed_schema;
 use dapt_core::shard_writer::ShardWriter;
-use dapt_core::{packed, parquet_io, OutputDir, PackedRow};
+use dapt_core::{packed, parquet_io, OutputDir, PackedMetadata, PackedRow};
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,24 +15,22 @@ use rayon::prelude::*;
 
 use crate::{CptPacker, Error, PackSettings, PackStats, Result, TokenizerFile};
 
-/// The Parquet key-value metadata of packed shards.
+/// The metadata of packed shards (the highest token id is filled in when the rows are known).
 fn shard_metadata(
     seq_len: usize,
     pad_id: u32,
     tokenizer_sha256: &str,
     seed: u64,
     config_hash: &str,
-) -> BTreeMap<String, String> {
-    let mut kv = BTreeMap::new();
-    kv.insert(
-        metadata::TOKENIZER_SHA256.to_string(),
-        tokenizer_sha256.to_string(),
-    );
-    kv.insert(metadata::SEQ_LEN.to_string(), seq_len.to_string());
-    kv.insert(metadata::PAD_ID.to_string(), pad_id.to_string());
-    kv.insert(metadata::SEED.to_string(), seed.to_string());
-    kv.insert(metadata::CONFIG_HASH.to_string(), config_hash.to_string());
-    kv
+) -> PackedMetadata {
+    PackedMetadata {
+        tokenizer_sha256: tokenizer_sha256.to_string(),
+        seq_len,
+        pad_id: pad_id as i32,
+        seed,
+        config_hash: config_hash.to_string(),
+        max_token_id: pad_id as i32,
+    }
 }
 
 fn shard_name(index: usize) -> String {
@@ -63,7 +61,9 @@ pub async fn write_packed(
     config_hash: &str,
     summary: serde_json::Value,
 ) -> Result<()> {
-    let kv = shard_metadata(seq_len, pad_id, tokenizer_sha256, seed, config_hash);
+    let mut declared = shard_metadata(seq_len, pad_id, tokenizer_sha256, seed, config_hash);
+    declared.max_token_id = declared.max_token_id.max(packed::max_token_id(rows));
+    let kv = declared.key_values();
     for (index, chunk) in rows.chunks(rows_per_shard).enumerate() {
         let name = shard_name(index);
         if output.is_published(&name) {
@@ -72,7 +72,7 @@ pub async fn write_packed(
         let bytes = encode_shard(chunk, &kv, &name)?;
         output.publish(&name, bytes, chunk.len() as u64).await?;
     }
-    output.finish(summary).await?;
+    output.finish(declared.into_summary(summary)).await?;
     Ok(())
 }
 
@@ -133,13 +133,15 @@ where
     }
     let eos_id = tokenizer.id_of(&settings.eos_token)?;
     let pad_id = tokenizer.id_of(&settings.pad_token)?;
-    let kv = shard_metadata(
+    let mut declared = shard_metadata(
         settings.seq_len,
         pad_id,
         tokenizer.sha256(),
         seed,
         config_hash,
     );
+    declared.max_token_id = declared.max_token_id.max(eos_id as i32);
+    let kv = declared.key_values();
     let published: HashSet<String> = output
         .manifest()
         .shards
@@ -151,8 +153,9 @@ where
     let (piece_tx, mut piece_rx) = tokio::sync::mpsc::channel::<ShardPiece>(2);
     let aborted = Arc::new(AtomicBool::new(false));
     let worker_aborted = aborted.clone();
-    let worker = tokio::task::spawn_blocking(move || -> Result<PackStats> {
+    let worker = tokio::task::spawn_blocking(move || -> Result<(PackStats, u32)> {
         let mut packer = CptPacker::new(eos_id, pad_id, seq_len);
+        let mut max_id = 0u32;
         let mut pending: VecDeque<PackedRow> = VecDeque::new();
         // (shard index, rows already sent to it)
         let mut cursor = (0usize, 0usize);
@@ -217,6 +220,7 @@ where
             let encoded = encoded?;
             tokenising += started.elapsed().as_secs_f64();
             for (document, ids) in chunk.iter().zip(&encoded) {
+                max_id = max_id.max(ids.iter().copied().max().unwrap_or(0));
                 packer.push(ids, document.source.as_deref());
                 bytes += document.text.len() as u64;
             }
@@ -231,6 +235,7 @@ where
             return Err(Error::Stopped("the input failed".into()));
         }
         let (last, stats) = packer.finish();
+        let stats = (stats, max_id);
         pending.extend(last);
         while !pending.is_empty() {
             send(&mut pending, &mut cursor)?;
@@ -305,9 +310,10 @@ where
     let written = write.await;
     feed.await
         .map_err(|e| Error::Stopped(format!("the input reader failed: {e}")))??;
-    let stats = worker
+    let (stats, max_id) = worker
         .await
         .map_err(|e| Error::Stopped(format!("the packing worker failed: {e}")))??;
+    declared.max_token_id = declared.max_token_id.max(max_id as i32);
     written?;
     tracing::info!(
         documents = stats.documents,
@@ -316,9 +322,8 @@ where
         fill = stats.fill,
         "packed"
     );
-    output
-        .finish(serde_json::to_value(&stats).unwrap_or_default())
-        .await?;
+    let summary = serde_json::to_value(&stats).map_err(|e| Error::Stopped(e.to_string()))?;
+    output.finish(declared.into_summary(summary)).await?;
     Ok(stats)
 }
 
@@ -338,13 +343,7 @@ pub async fn pack_documents(
     seed: u64,
     config_hash: &str,
 ) -> Result<crate::PackStats> {
-    let order_seed = dapt_core::hash::sub_seed(seed, "pack-order", 0);
-    let mut order: Vec<usize> = (0..ids.len()).collect();
-    order.sort_by(|&a, &b| {
-        dapt_core::hash::unit_interval(order_seed, &ids[a])
-            .total_cmp(&dapt_core::hash::unit_interval(order_seed, &ids[b]))
-            .then_with(|| ids[a].cmp(&ids[b]))
-    });
+    let order = dapt_core::order::ordered(seed, crate::PACK_ORDER, 0, ids);
     let mut documents = order.iter().map(|&i| PackDocument {
         id: ids[i].clone(),
         text: texts[i].clone(),

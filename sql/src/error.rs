@@ -19,6 +19,9 @@ pub enum Error {
     #[error("{path}: {reason}")]
     Config { path: String, reason: String },
 
+    #[error("{reason}\n  query: {query}")]
+    Columns { query: String, reason: String },
+
     #[error("query failed: {source}\n  query: {query}")]
     Query {
         query: String,

@@ -6,10 +6,12 @@
 
 mod error;
 pub mod functions;
+pub mod rows;
 mod session;
 mod sources;
 
 pub use error::{Error, Result};
 pub use functions::register_functions;
+pub use rows::string_rows;
 pub use session::SqlSession;
 pub use sources::{SourceFormat, SourceOptions, SourcesOptions};

@@ -89,7 +89,12 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
             let examples = load(&data)?;
             let (mut train, mut test) = (Vec::new(), Vec::new());
             for example in examples {
-                if dapt_core::hash::unit_interval(seed, &example.0) < heldout {
+                if dapt_core::order::fraction(dapt_core::order::document_key(
+                    seed,
+                    "classify-heldout",
+                    0,
+                    &example.0,
+                )) < heldout {
                     test.push(example);
                 } else {
                     train.push(example);

@@ -1,13 +1,12 @@
 //! `dapt eval`, `dapt report`, `dapt serve`: score a checkpoint, compare checkpoints, serve one.
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use dapt_eval::{
-    EvalResults, GenerateOptions, GenerationRecord, GenerationResults, LossCurve, ReportOptions,
-    Scorer, TaskFormat,
+    read_jsonl_field, EvalPlan, EvalResults, GenerateOptions, Grouping, LossCurve, PromptSet,
+    ReportOptions, TaskFormat, TaskSet, TextSet,
 };
 use dapt_packer::TokenizerFile;
 use dapt_trainer::tch::{nn, Device, Kind};
@@ -183,69 +182,42 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             .map(|id| id as u32)
             .context("the model config has no bos_token_id or eos_token_id: pass --prefix-token")?,
     };
-    let scorer = Scorer {
-        model,
-        device,
+    let label = args
+        .label
+        .clone()
+        .unwrap_or_else(|| default_label(&args.checkpoint.model));
+    let mut plan = EvalPlan::new(
+        &label,
+        &args.checkpoint.model.display().to_string(),
+        prefix,
         max_length,
-        batch_size: args.batch_size,
-    };
-    let mut results = EvalResults {
-        label: args
-            .label
-            .clone()
-            .unwrap_or_else(|| default_label(&args.checkpoint.model)),
-        model: args.checkpoint.model.display().to_string(),
-        adapter: args
-            .checkpoint
-            .adapter
-            .as_ref()
-            .map(|a| a.display().to_string()),
-        tokenizer_sha256: tokenizer.sha256().to_string(),
-        ..Default::default()
-    };
+    );
+    plan.adapter = args
+        .checkpoint
+        .adapter
+        .as_ref()
+        .map(|a| a.display().to_string());
+    plan.batch_size = args.batch_size;
+    plan.num_fewshot = args.num_fewshot;
+    plan.seed = args.seed;
     for spec in &args.packed {
         let (name, dir) = named(spec, "packed")?;
-        let rows = dapt_trainer::read_all_rows(dapt_core::Location::parse(&dir)?, 4096)?;
-        let p = dapt_eval::perplexity(model, &rows, args.batch_size, device)?;
-        tracing::info!(
-            name,
-            perplexity = p.perplexity,
-            tokens = p.tokens,
-            "perplexity"
-        );
-        results.perplexity.insert(name, p);
+        plan.packed.push((name, dapt_core::Location::parse(&dir)?));
     }
     for spec in &args.texts {
         let (name, path) = named(spec, "text")?;
-        let texts = read_field(Path::new(&path), "text")?;
-        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        groups.insert(name.clone(), texts.clone());
-        if let Some(field) = &args.group_by {
-            let keys: Vec<String> = if field == "lang" {
-                texts
-                    .iter()
-                    .map(|t| dapt_core::lang::lang_id(t).unwrap_or("unknown").to_string())
-                    .collect()
-            } else {
-                read_field(Path::new(&path), field)?
-            };
-            for (key, text) in keys.into_iter().zip(texts) {
-                groups
-                    .entry(format!("{name}/{key}"))
-                    .or_default()
-                    .push(text);
-            }
-        }
-        for (group, texts) in groups {
-            let score = dapt_eval::score_texts(&scorer, tokenizer, &texts, prefix)?;
-            tracing::info!(
-                group,
-                bits_per_byte = score.bits_per_byte,
-                documents = score.documents,
-                "bits per byte"
-            );
-            results.bits_per_byte.insert(group, score);
-        }
+        let path = PathBuf::from(path);
+        let texts = read_jsonl_field(&path, "text")?;
+        let grouping = match args.group_by.as_deref() {
+            None => Grouping::None,
+            Some("lang") => Grouping::Language,
+            Some(field) => Grouping::Keys(read_jsonl_field(&path, field)?),
+        };
+        plan.texts.push(TextSet {
+            name,
+            texts,
+            grouping,
+        });
     }
     for spec in &args.tasks {
         let (name, rest) = named(spec, "task")?;
@@ -260,97 +232,38 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         if let Some(limit) = args.limit {
             examples.truncate(limit);
         }
-        let result = dapt_eval::evaluate_task(
-            &scorer,
-            tokenizer,
-            &examples,
-            args.num_fewshot,
-            args.seed,
-            prefix,
-        )?;
-        tracing::info!(
-            name,
-            acc = result.acc,
-            acc_norm = result.acc_norm,
-            examples = result.examples,
-            "task"
-        );
-        results.tasks.insert(name, result);
+        plan.tasks.push(TaskSet { name, examples });
     }
     if let Some(path) = &args.prompts {
-        let prompts = read_field(path, "prompt")?;
-        let options = GenerateOptions {
-            max_tokens: args.max_tokens,
-            temperature: args.temperature,
-            top_p: args.top_p,
-            seed: args.seed,
-            stop: args.stop.clone(),
-        };
-        let bar = crate::progress::bar(prompts.len() as u64, "generate", "prompts");
-        let mut outputs = Vec::with_capacity(prompts.len());
-        for (i, prompt) in prompts.iter().enumerate() {
-            let mut ids = tokenizer.encode(&format!("prompt {i}"), prompt)?;
-            if ids.is_empty() {
-                ids.push(prefix);
-            }
-            let generation = dapt_eval::generate(model, tokenizer, &ids, &options, device)?;
-            outputs.push(GenerationRecord {
-                prompt: prompt.clone(),
-                output: generation.text,
-                finish_reason: generation.finish_reason,
-            });
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let pairs: Vec<(String, String)> = outputs
-            .iter()
-            .map(|o| (o.prompt.clone(), o.output.clone()))
-            .collect();
-        let lang_swap = dapt_eval::lang_swap(&pairs, &args.target_language, args.min_letters);
-        tracing::info!(
-            rate = lang_swap.rate,
-            generations = lang_swap.generations,
-            "lang-swap"
-        );
-        results.generation = Some(GenerationResults {
-            options,
-            lang_swap,
-            outputs,
+        plan.prompts = Some(PromptSet {
+            prompts: read_jsonl_field(path, "prompt")?,
+            options: GenerateOptions {
+                max_tokens: args.max_tokens,
+                temperature: args.temperature,
+                top_p: args.top_p,
+                seed: args.seed,
+                stop: args.stop.clone(),
+            },
+            target_language: args.target_language.clone(),
+            min_letters: args.min_letters,
         });
     }
-    if results.perplexity.is_empty()
-        && results.bits_per_byte.is_empty()
-        && results.tasks.is_empty()
-        && results.generation.is_none()
-    {
+    if plan.is_empty() {
         bail!("nothing to evaluate: give --task, --text, --packed or --prompts");
     }
+    let bar = dapt_pipeline::progress::bar(
+        plan.prompts.as_ref().map_or(0, |p| p.prompts.len()) as u64,
+        "generate",
+        "prompts",
+    );
+    let results = plan.execute(model, tokenizer, device, |_, _| bar.inc(1))?;
+    bar.finish_and_clear();
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)? + "\n")
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     for (name, value, _) in results.metrics() {
         println!("{:<32} {value:.4}", name);
     }
     Ok(())
-}
-
-/// A string field of every line of a JSONL file.
-fn read_field(path: &Path, field: &str) -> anyhow::Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-        let value = v
-            .get(field)
-            .and_then(|t| t.as_str())
-            .with_context(|| format!("{}:{}: no string field `{field}`", path.display(), i + 1))?;
-        out.push(value.to_string());
-    }
-    Ok(out)
 }
 
 /// Arguments of `dapt report`.

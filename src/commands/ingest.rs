@@ -1,17 +1,10 @@
 //! `dapt ingest`: read shards from object storage into normalised Document Parquet.
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
 use dapt_core::Location;
-use dapt_ingest::{
-    ErrorPolicy, IngestOptions, IngestSettings, IngestSummary, Job, Preset, Progress,
-};
-use indicatif::{ProgressBar, ProgressStyle};
-
-use crate::config::RunSettings;
+use dapt_ingest::{ErrorPolicy, IngestOptions, IngestSettings, Job, Preset};
 
 /// Arguments of `dapt ingest`.
 #[derive(Args)]
@@ -103,13 +96,9 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         None => Job::ALL,
     };
     let out = Location::parse_with(&args.out, &storage)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let hash = RunSettings::hash_of(&settings);
+    let runtime = dapt_pipeline::runtime()?;
     let started = Instant::now();
-    let summary = run_ingest(&runtime, &settings, out, &hash, job)?;
+    let summary = dapt_pipeline::ingest::run_ingest(&runtime, &settings, out, job)?;
     let seconds = started.elapsed().as_secs_f64().max(1e-9);
     println!(
         "ingested {} of {} files: {} documents, {:.1} MB in {:.1} s ({:.1} MB/s, {:.0} docs/s), {} skipped; {} documents in the output; peak RSS {} MB{}",
@@ -122,66 +111,8 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         summary.documents as f64 / seconds,
         summary.skipped,
         summary.total_documents,
-        peak_rss_mb().map_or("?".into(), |m| m.to_string()),
+        dapt_pipeline::peak_rss_mb().map_or("?".into(), |m| m.to_string()),
         if summary.merged { "; merged the manifests of all jobs" } else { "" },
     );
     Ok(())
-}
-
-/// Runs ingest with a progress bar (bytes, documents per second) on stderr.
-pub fn run_ingest(
-    runtime: &tokio::runtime::Runtime,
-    settings: &IngestSettings,
-    out: Location,
-    hash: &str,
-    job: Job,
-) -> anyhow::Result<IngestSummary> {
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "    ingest [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    let documents = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let progress = {
-        let bar = bar.clone();
-        let documents = Arc::clone(&documents);
-        Arc::new(move |event: Progress| match event {
-            Progress::Planned { bytes, .. } => bar.set_length(bytes),
-            Progress::Documents(n) => {
-                let total = documents.fetch_add(n, Ordering::Relaxed) + n;
-                let rate = total as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("{total} docs ({rate:.0}/s)"));
-            }
-            Progress::File {
-                url,
-                bytes,
-                documents,
-            } => {
-                bar.inc(bytes);
-                tracing::info!(%url, documents, bytes, "ingested");
-            }
-        })
-    };
-    let summary = runtime.block_on(dapt_ingest::ingest(settings, out, hash, job, progress))?;
-    bar.finish_and_clear();
-    tracing::info!(
-        files = summary.files,
-        read = summary.files_read,
-        documents = summary.documents,
-        skipped = summary.skipped,
-        "ingest done"
-    );
-    Ok(summary)
-}
-
-/// Peak resident memory of this process in MB (Linux), from /proc/self/status.
-pub fn peak_rss_mb() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024)
 }

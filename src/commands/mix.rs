@@ -2,10 +2,6 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use dapt_core::Location;
-use dapt_mixer::{Mix, Pipeline};
-
-use crate::config::RunSettings;
 
 /// Arguments of `dapt mix`.
 #[derive(Args)]
@@ -25,6 +21,7 @@ enum Mode {
     /// Materialise the mix (or every stage of a pipeline, into OUT/<stage>/) as Parquet shards with
     /// a `component` column, `_manifest.json` and `mix_report.json`; deterministic and resumable.
     Run {
+        /// A mix file (with total_tokens) or a pipeline file ([[stage]] name, mix, tokens).
         file: PathBuf,
         /// Output directory (URL).
         #[arg(long)]
@@ -33,13 +30,9 @@ enum Mode {
 }
 
 pub fn run(args: MixArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     match args.mode {
         Mode::Plan { file } => {
-            let pipeline = Pipeline::load(&file)?;
-            let plans = runtime.block_on(dapt_mixer::plan_pipeline(&pipeline))?;
+            let plans = dapt_pipeline::mix::plan_mix(&file)?;
             println!(
                 "{:<10} {:<20} {:>7} {:>10} {:>12} {:>12} {:>8} {:>10}",
                 "stage",
@@ -73,13 +66,7 @@ pub fn run(args: MixArgs) -> anyhow::Result<()> {
             }
         }
         Mode::Run { file, out } => {
-            let pipeline = Pipeline::load(&file)?;
-            let hash = RunSettings::hash_of(&pipeline_identity(&pipeline));
-            let reports = runtime.block_on(dapt_mixer::run_pipeline(
-                &pipeline,
-                &Location::parse(&out)?,
-                &hash,
-            ))?;
+            let reports = dapt_pipeline::mix::run_mix(&file, &out)?;
             for report in &reports {
                 println!(
                     "stage {}: {} documents, {} tokens (target {}); max share error {:.3} points",
@@ -107,18 +94,4 @@ pub fn run(args: MixArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// What identifies a pipeline's output: every stage's mix settings and the tokenizer bytes.
-fn pipeline_identity(pipeline: &Pipeline) -> Vec<(String, &Mix, String)> {
-    pipeline
-        .stages
-        .iter()
-        .map(|(name, mix)| {
-            let tokenizer = std::fs::read(&mix.tokenizer)
-                .map(|b| dapt_core::hash::sha256_hex(&b))
-                .unwrap_or_default();
-            (name.clone(), mix, tokenizer)
-        })
-        .collect()
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use clap::Args;
 use dapt_trainer::{run_stages, TrainConfig};
 
-use crate::progress;
+use dapt_pipeline::progress;
 
 /// Arguments of `dapt train`.
 #[derive(Args)]

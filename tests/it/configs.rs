@@ -71,6 +71,7 @@ fn demo_mix_pipeline_plans_and_runs() -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "torch")]
 #[test]
 fn demo_sweep_completes_over_three_mixtures() -> Result<()> {
     let dir = tempfile::tempdir()?;

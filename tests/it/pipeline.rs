@@ -198,6 +198,59 @@ fn pipeline_runs_end_to_end_and_reruns_identically() -> Result<()> {
             "not a selected document: {document:?}"
         );
     }
+
+    // `dapt pack` over the same documents with the same tokenizer and seed orders them as `dapt run`
+    // did: its document sequence without the held-out documents is the training split's sequence.
+    let everything = dir.path().join("pack-all");
+    let packed = dapt(&[
+        "pack",
+        "--input",
+        out.join("selected").to_str().unwrap(),
+        "--tokenizer",
+        out.join("tokenizer/tokenizer.json").to_str().unwrap(),
+        "--seq-len",
+        "64",
+        "--eos-token",
+        "<|endoftext|>",
+        "--pad-token",
+        "<|pad|>",
+        "--seed",
+        "7",
+        "--out",
+        everything.to_str().unwrap(),
+    ]);
+    ensure!(
+        packed.status.success(),
+        "dapt pack failed: {}",
+        String::from_utf8_lossy(&packed.stderr)
+    );
+    let split = |rows: &[PackedRow]| -> Vec<Vec<i32>> {
+        let mut documents = Vec::new();
+        let mut current = Vec::new();
+        for row in rows {
+            for &id in &row.input_ids[..row.used()] {
+                if id == eos_id {
+                    documents.push(std::mem::take(&mut current));
+                } else {
+                    current.push(id);
+                }
+            }
+        }
+        documents
+    };
+    let train_order = split(&rows);
+    let heldout_documents: std::collections::BTreeSet<Vec<i32>> =
+        split(&read_packed(&out.join("packed/heldout"))?.0).into_iter().collect();
+    let pack_order = split(&read_packed(&everything)?.0);
+    ensure!(pack_order.len() == train_order.len() + heldout_documents.len());
+    let without_heldout: Vec<Vec<i32>> = pack_order
+        .into_iter()
+        .filter(|d| !heldout_documents.contains(d))
+        .collect();
+    ensure!(
+        without_heldout == train_order,
+        "dapt pack and dapt run order the same documents differently"
+    );
     let heldout = report["documents"]["heldout"].as_u64().context("heldout")? as usize;
     ensure!(documents.len() + heldout == selected_texts.len());
 

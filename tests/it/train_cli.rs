@@ -587,3 +587,58 @@ fn training_streams_packed_rows_from_s3() -> Result<()> {
     );
     Ok(())
 }
+
+/// Data and config that do not fit are refused before LibTorch sees them: token ids at or above the
+/// model's `vocab_size` (named with the data directory and the highest id), and a misspelt `[init]`
+/// key (named), instead of a panic inside LibTorch or a 7B-sized default model.
+#[test]
+fn ids_beyond_the_vocabulary_and_misspelt_model_keys_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_, vocab) = prepare(dir.path())?;
+    let write = |name: &str, init: &str| -> Result<PathBuf> {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "seed = 1\ndevice = \"cpu\"\n[init]\n{init}\n[[stage]]\nname = \"cpt\"\ndata = \"cpt\"\n\
+                 [stage.train]\nsteps = 2\nbatch_size = 2\n"
+            ),
+        )?;
+        Ok(path)
+    };
+    let small = write(
+        "small.toml",
+        "vocab_size = 100\nhidden_size = 32\nintermediate_size = 64\nnum_attention_heads = 2\nnum_key_value_heads = 1",
+    )?;
+    let out = dir.path().join("run");
+    let stderr = run_fails(&[
+        "train",
+        small.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])?;
+    ensure!(
+        stderr.contains("vocab_size is 100") && stderr.contains("cpt") && stderr.contains("token id"),
+        "{stderr}"
+    );
+    ensure!(!stderr.contains("panicked"), "{stderr}");
+    ensure!(
+        !out.join("cpt/model").exists(),
+        "nothing was trained on data that does not fit"
+    );
+    let typo = write(
+        "typo.toml",
+        &format!("vocab_size = {vocab}\nnum_layers = 2\nhidden_size = 32"),
+    )?;
+    let stderr = run_fails(&[
+        "train",
+        typo.to_str().unwrap(),
+        "--out",
+        dir.path().join("typo").to_str().unwrap(),
+    ])?;
+    ensure!(
+        stderr.contains("num_layers") && stderr.contains("typo.toml"),
+        "{stderr}"
+    );
+    Ok(())
+}

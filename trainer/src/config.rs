@@ -332,3 +332,150 @@ mod tests {
         );
     }
 }
+
+/// A proxy model initialised at random: `[init]` of a train config, `[model]` of `dapt run` and
+/// `dapt sweep`. Unlike [`ModelConfig`] (an HF `config.json`, whose unknown keys are kept), these
+/// options refuse unknown keys — a typo such as `num_layers` is an error naming it — and default to a
+/// small model (≈0.5M parameters without embeddings), never to a 7B shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyModelOptions {
+    /// `llama`, `qwen2` or `qwen3`. Default `llama`.
+    pub model_type: String,
+    /// Vocabulary size. Default: the tokenizer's where the recipe has one (`dapt run`, `dapt sweep`),
+    /// else 32000.
+    pub vocab_size: Option<i64>,
+    /// Default 128.
+    pub hidden_size: i64,
+    /// Default 344.
+    pub intermediate_size: i64,
+    /// Default 2.
+    pub num_hidden_layers: i64,
+    /// Default 4.
+    pub num_attention_heads: i64,
+    /// Default 2.
+    pub num_key_value_heads: i64,
+    /// Size of one attention head. Default `hidden_size / num_attention_heads`.
+    pub head_dim: Option<i64>,
+    /// Longest sequence. Default: the recipe's sequence length where it has one, else 4096.
+    pub max_position_embeddings: Option<i64>,
+    /// Default 1e-6.
+    pub rms_norm_eps: f64,
+    /// RoPE base. Default 10000.
+    pub rope_theta: f64,
+    /// Output head shares the input embeddings. Default false.
+    pub tie_word_embeddings: bool,
+    /// Default: the recipe's tokenizer's where it has one, else none.
+    pub bos_token_id: Option<i64>,
+    /// Default: the recipe's tokenizer's EOS where it has one, else none.
+    pub eos_token_id: Option<i64>,
+    /// Default: the recipe's pad token where it has one, else none.
+    pub pad_token_id: Option<i64>,
+}
+
+impl Default for ProxyModelOptions {
+    fn default() -> Self {
+        Self {
+            model_type: "llama".into(),
+            vocab_size: None,
+            hidden_size: 128,
+            intermediate_size: 344,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: None,
+            max_position_embeddings: None,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            tie_word_embeddings: false,
+            bos_token_id: None,
+            eos_token_id: None,
+            pad_token_id: None,
+        }
+    }
+}
+
+/// What a recipe knows that fills a proxy's unset keys.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProxyDefaults {
+    pub vocab_size: Option<i64>,
+    pub max_position_embeddings: Option<i64>,
+    pub eos_token_id: Option<i64>,
+    pub pad_token_id: Option<i64>,
+}
+
+impl ProxyModelOptions {
+    /// The `config.json` of the proxy, unset keys filled from `defaults`; validated.
+    pub fn to_config(&self, defaults: ProxyDefaults) -> Result<ModelConfig> {
+        let architecture = match self.model_type.as_str() {
+            "qwen2" => "Qwen2ForCausalLM",
+            "qwen3" => "Qwen3ForCausalLM",
+            _ => "LlamaForCausalLM",
+        };
+        let config = ModelConfig {
+            architectures: vec![architecture.into()],
+            model_type: self.model_type.clone(),
+            vocab_size: self.vocab_size.or(defaults.vocab_size).unwrap_or(32000),
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            max_position_embeddings: self
+                .max_position_embeddings
+                .or(defaults.max_position_embeddings)
+                .unwrap_or(4096),
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta: Some(self.rope_theta),
+            tie_word_embeddings: self.tie_word_embeddings,
+            bos_token_id: self.bos_token_id.map(TokenIds::One),
+            eos_token_id: self.eos_token_id.or(defaults.eos_token_id).map(TokenIds::One),
+            pad_token_id: self.pad_token_id.or(defaults.pad_token_id).map(TokenIds::One),
+            ..ModelConfig::default()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_proxy_key_is_refused_by_name_and_defaults_are_small() {
+        let err = toml::from_str::<ProxyModelOptions>("num_layers = 2\nhidden_size = 64\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("num_layers"), "{err}");
+        let config = toml::from_str::<ProxyModelOptions>("")
+            .unwrap()
+            .to_config(ProxyDefaults {
+                vocab_size: Some(300),
+                max_position_embeddings: Some(128),
+                eos_token_id: Some(2),
+                pad_token_id: None,
+            })
+            .unwrap();
+        assert_eq!(config.vocab_size, 300);
+        assert_eq!(config.hidden_size, 128);
+        assert_eq!(config.num_hidden_layers, 2);
+        assert_eq!(config.max_position_embeddings, 128);
+        assert_eq!(config.eos_token_id, Some(TokenIds::One(2)));
+        let qwen = ProxyModelOptions {
+            model_type: "qwen3".into(),
+            head_dim: Some(16),
+            ..Default::default()
+        }
+        .to_config(ProxyDefaults::default())
+        .unwrap();
+        assert_eq!(qwen.architectures, vec!["Qwen3ForCausalLM".to_string()]);
+        assert_eq!(qwen.head_dim, Some(16));
+        let bad = ProxyModelOptions {
+            model_type: "gpt5".into(),
+            ..Default::default()
+        };
+        assert!(bad.to_config(ProxyDefaults::default()).unwrap_err().to_string().contains("gpt5"));
+    }
+}

@@ -5,9 +5,8 @@
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::thread::JoinHandle;
 
-use dapt_core::hash::{sub_seed, unit_interval};
 use dapt_core::manifest::{Manifest, ShardEntry, MANIFEST_NAME};
-use dapt_core::{Location, PackedRow};
+use dapt_core::{Location, PackedMetadata, PackedRow};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -32,14 +31,7 @@ pub trait RowSource {
 
 /// Indices `0..n` in an order that is a function of (seed, what, epoch, index) only.
 fn seeded_order(seed: u64, what: &str, epoch: u64, keys: &[String]) -> Vec<usize> {
-    let seed = sub_seed(seed, what, epoch);
-    let mut order: Vec<(f64, usize)> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, key)| (unit_interval(seed, key), i))
-        .collect();
-    order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    order.into_iter().map(|(_, i)| i).collect()
+    dapt_core::order::ordered(seed, what, epoch, keys)
 }
 
 /// Rows in memory, visited in a seeded order per epoch.
@@ -106,6 +98,7 @@ type Item = Result<(PackedRow, DataCursor)>;
 /// Packed Parquet shards of a packer output directory, read ahead in a background thread.
 pub struct PackedShards {
     location: Location,
+    metadata: PackedMetadata,
     shards: Vec<ShardEntry>,
     seed: u64,
     prefetch_rows: usize,
@@ -123,6 +116,7 @@ impl PackedShards {
             path: location.url_of(&location.child(MANIFEST_NAME)),
             reason: e.to_string(),
         })?;
+        let metadata = PackedMetadata::from_manifest(&manifest, &location.url())?;
         if !manifest.complete {
             tracing::warn!(url = %location.url(), "the packed directory is not complete; training on its finished shards");
         }
@@ -135,6 +129,7 @@ impl PackedShards {
         }
         Ok(Self {
             location,
+            metadata,
             shards,
             seed,
             prefetch_rows: prefetch_rows.max(1),
@@ -142,6 +137,11 @@ impl PackedShards {
             receiver: None,
             worker: None,
         })
+    }
+
+    /// What the directory's manifest declares about its rows (tokenizer, seq_len, pad id, highest id).
+    pub fn metadata(&self) -> &PackedMetadata {
+        &self.metadata
     }
 
     /// Rows in one epoch.

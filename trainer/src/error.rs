@@ -18,6 +18,14 @@ pub enum Error {
     #[error("invalid setting {key}: {reason}")]
     Setting { key: String, reason: String },
 
+    #[error("training data at step {step} (next row: epoch {}, shard {}, row {})", cursor.epoch, cursor.shard, cursor.row)]
+    Data {
+        step: usize,
+        cursor: crate::DataCursor,
+        #[source]
+        source: Box<Error>,
+    },
+
     #[error("training diverged at step {step}: loss is {loss}")]
     Diverged { step: usize, loss: f64 },
 }

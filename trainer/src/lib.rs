@@ -22,7 +22,7 @@ mod train;
 pub mod weights;
 
 pub use batch::{Batch, Objective, IGNORE_INDEX};
-pub use config::{ModelConfig, Rope, RopeScaling, TokenIds};
+pub use config::{ModelConfig, ProxyDefaults, ProxyModelOptions, Rope, RopeScaling, TokenIds};
 pub use data::{DataCursor, InMemoryRows, PackedShards, RowSource};
 pub use error::{Error, Result};
 #[cfg(feature = "cuda")]
@@ -38,6 +38,6 @@ pub use stages::{
 /// The tch version the trainer is built with, for callers that handle devices and seeds.
 pub use tch;
 pub use train::{
-    describe_precision, mean_loss, CheckpointState, Schedule, StepMetrics, TrainOptions,
+    check_rows, describe_precision, mean_loss, CheckpointState, Schedule, StepMetrics, TrainOptions,
     TrainOutcome, TrainSettings, Trainer,
 };

@@ -340,12 +340,83 @@ impl Mlp {
     }
 }
 
+impl Attend<'_> {
+    /// The boolean mask (every way of attending has one to fall back on).
+    fn mask(&self) -> &Tensor {
+        match self {
+            Attend::Mask(mask) => mask,
+            #[cfg(feature = "cuda")]
+            Attend::Varlen { mask, .. } => mask,
+        }
+    }
+}
+
+/// One transformer block: pre-norm attention and pre-norm SwiGLU, each added to the residual stream.
 #[derive(Debug)]
 struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
     mlp: Mlp,
+}
+
+/// Keys and values of earlier tokens a layer attends to besides the new ones (generation).
+enum Past<'a> {
+    /// Only the tokens of this call (training, scoring).
+    None,
+    /// These earlier keys and values (`None`: no token yet); the layer returns them extended.
+    Cached(Option<&'a (Tensor, Tensor)>),
+}
+
+impl DecoderLayer {
+    /// The block under `path` (HF names: `input_layernorm`, `self_attn`, `post_attention_layernorm`,
+    /// `mlp`).
+    fn new(path: nn::Path, c: &ModelConfig) -> Self {
+        Self {
+            input_layernorm: RmsNorm::new(&path / "input_layernorm", c.hidden_size, c.rms_norm_eps),
+            self_attn: Attention::new(&path / "self_attn", c),
+            post_attention_layernorm: RmsNorm::new(
+                &path / "post_attention_layernorm",
+                c.hidden_size,
+                c.rms_norm_eps,
+            ),
+            mlp: Mlp::new(&path / "mlp", c),
+        }
+    }
+
+    /// `x: [b, t, hidden]`, `cos`/`sin: [b|1, 1, t, head_dim]` → `[b, t, hidden]`, and with
+    /// [`Past::Cached`] the keys and values of the earlier and new tokens.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        attend: &Attend,
+        past: Past,
+        training: bool,
+    ) -> (Tensor, Option<(Tensor, Tensor)>) {
+        let normed = self.input_layernorm.forward(x);
+        let (h, keys) = match past {
+            Past::None => (
+                self.self_attn.forward(&normed, cos, sin, attend, training),
+                None,
+            ),
+            Past::Cached(earlier) => {
+                let (q, k, v) = self.self_attn.project(&normed, cos, sin, training);
+                let (k, v) = match earlier {
+                    Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2), Tensor::cat(&[pv, &v], 2)),
+                    None => (k, v),
+                };
+                let h = self.self_attn.attend(&q, &k, &v, attend.mask(), training);
+                (h, Some((k, v)))
+            }
+        };
+        let x = x + h;
+        let h = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x), training);
+        (&x + &h, keys)
+    }
 }
 
 /// Keys and values of the tokens seen so far, per layer (`[b, kv_heads, seen, head_dim]` each), for
@@ -434,21 +505,7 @@ impl CausalLm {
         );
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
-                let layer = &model / "layers" / i;
-                DecoderLayer {
-                    input_layernorm: RmsNorm::new(
-                        &layer / "input_layernorm",
-                        c.hidden_size,
-                        c.rms_norm_eps,
-                    ),
-                    self_attn: Attention::new(&layer / "self_attn", c),
-                    post_attention_layernorm: RmsNorm::new(
-                        &layer / "post_attention_layernorm",
-                        c.hidden_size,
-                        c.rms_norm_eps,
-                    ),
-                    mlp: Mlp::new(&layer / "mlp", c),
-                }
+                DecoderLayer::new(&model / "layers" / i, c)
             })
             .collect();
         let norm = RmsNorm::new(&model / "norm", c.hidden_size, c.rms_norm_eps);
@@ -581,28 +638,7 @@ impl CausalLm {
     }
 
     fn forward_with(&self, input_ids: &Tensor, positions: &Tensor, attend: &Attend) -> Tensor {
-        let training = self.training.get();
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
-        let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
-        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
-        let kind = x.kind();
-        let (cos, sin) = (angles.cos().to_kind(kind), angles.sin().to_kind(kind));
-        for layer in &self.layers {
-            let h = layer.self_attn.forward(
-                &layer.input_layernorm.forward(&x),
-                &cos,
-                &sin,
-                attend,
-                training,
-            );
-            x = &x + &h;
-            let h = layer
-                .mlp
-                .forward(&layer.post_attention_layernorm.forward(&x), training);
-            x = &x + &h;
-        }
-        let x = self.norm.forward(&x);
-        x.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
+        self.decode(input_ids, positions, attend, None, self.training.get())
     }
 
     /// Logits `[b, t, vocab]` of `input_ids: [b, t]` that follow the tokens in `cache` (positions go on
@@ -615,35 +651,45 @@ impl CausalLm {
         let positions = Tensor::arange_start(past, past + t, (Kind::Int64, device))
             .unsqueeze(0)
             .expand([b, t], false);
+        // Query i (at position past + i) sees keys 0..=past + i.
+        let query = Tensor::arange_start(past, past + t, (Kind::Int64, device)).unsqueeze(1);
+        let key = Tensor::arange(past + t, (Kind::Int64, device)).unsqueeze(0);
+        let mask = key.le_tensor(&query).unsqueeze(0).unsqueeze(0);
+        let logits = self.decode(input_ids, &positions, &Attend::Mask(&mask), Some(cache), false);
+        cache.seen = past + t;
+        logits
+    }
+
+    /// The one forward path: embeddings, rotary angles of `positions`, every block (extending `cache`
+    /// when given), the final norm and the output head.
+    fn decode(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        attend: &Attend,
+        mut cache: Option<&mut KvCache>,
+        training: bool,
+    ) -> Tensor {
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
         let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         let kind = x.kind();
         let (cos, sin) = (angles.cos().to_kind(kind), angles.sin().to_kind(kind));
-        // Query i (at position past + i) sees keys 0..=past + i.
-        let query = Tensor::arange_start(past, past + t, (Kind::Int64, device)).unsqueeze(1);
-        let key = Tensor::arange(past + t, (Kind::Int64, device)).unsqueeze(0);
-        let mask = key.le_tensor(&query).unsqueeze(0).unsqueeze(0);
         for (i, layer) in self.layers.iter().enumerate() {
-            let normed = layer.input_layernorm.forward(&x);
-            let (q, k, v) = layer.self_attn.project(&normed, &cos, &sin, false);
-            let (k, v) = match cache.layers.get(i) {
-                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2), Tensor::cat(&[pv, &v], 2)),
-                None => (k, v),
+            let past = match cache.as_deref() {
+                Some(cache) => Past::Cached(cache.layers.get(i)),
+                None => Past::None,
             };
-            let h = layer.self_attn.attend(&q, &k, &v, &mask, false);
-            if i < cache.layers.len() {
-                cache.layers[i] = (k, v);
-            } else {
-                cache.layers.push((k, v));
+            let (y, keys) = layer.forward(&x, &cos, &sin, attend, past, training);
+            x = y;
+            if let (Some(cache), Some(keys)) = (cache.as_deref_mut(), keys) {
+                if i < cache.layers.len() {
+                    cache.layers[i] = keys;
+                } else {
+                    cache.layers.push(keys);
+                }
             }
-            x = &x + &h;
-            let h = layer
-                .mlp
-                .forward(&layer.post_attention_layernorm.forward(&x), false);
-            x = &x + &h;
         }
-        cache.seen = past + t;
         let x = self.norm.forward(&x);
         x.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
     }

@@ -18,7 +18,7 @@ use crate::data::{PackedShards, RowSource};
 use crate::lora::{save_adapter, LoraOptions};
 use crate::train::{mean_loss, StepMetrics, TrainOptions, Trainer};
 use crate::weights::write_atomically;
-use crate::{CausalLm, Error, ModelConfig, Result};
+use crate::{CausalLm, Error, ProxyDefaults, ProxyModelOptions, Result};
 
 /// Full fine-tuning or LoRA.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +105,7 @@ pub struct TrainConfigOptions {
     pub model: Option<PathBuf>,
     /// Or a model initialised at random from these `config.json` keys (a proxy model).
     #[serde(default)]
-    pub init: Option<ModelConfig>,
+    pub init: Option<ProxyModelOptions>,
     #[serde(default)]
     pub device: DeviceChoice,
     /// Rows read ahead by the data loader.
@@ -164,7 +164,9 @@ impl TrainConfig {
                     "give either `model` or `[init]`, not both".into(),
                 ))
             }
-            (None, Some(init)) => init.validate()?,
+            (None, Some(init)) => {
+                init.to_config(ProxyDefaults::default())?;
+            }
             _ => {}
         }
         if o.stages.is_empty() {
@@ -314,7 +316,10 @@ pub fn run_stages(
     let mut input_dir = config.model_dir();
     let mut input_identity = match &input_dir {
         Some(dir) => model_identity(dir)?,
-        None => sha256_hex(&serde_json::to_vec(&o.init).unwrap_or_default()),
+        None => sha256_hex(&serde_json::to_vec(&o.init).map_err(|e| Error::Setting {
+            key: "init".into(),
+            reason: e.to_string(),
+        })?),
     };
     if input_dir.is_none() {
         // A model initialised at random: keep it as OUT/init/model, the baseline of reports.
@@ -323,7 +328,7 @@ pub fn run_stages(
             if let Some(init) = &o.init {
                 tch::manual_seed(sub_seed(o.seed, "model-init", 0) as i64);
                 let vs = nn::VarStore::new(Device::Cpu);
-                let model = CausalLm::new(&vs.root(), init)?;
+                let model = CausalLm::new(&vs.root(), &init.to_config(ProxyDefaults::default())?)?;
                 model.save(&vs, &init_dir)?;
             }
         }
@@ -333,7 +338,12 @@ pub fn run_stages(
     for (index, stage) in o.stages.iter().enumerate() {
         let stage_dir = out.join(&stage.name);
         let hash = sha256_hex(
-            &serde_json::to_vec(&(&input_identity, stage, o.seed, index)).unwrap_or_default(),
+            &serde_json::to_vec(&(&input_identity, stage, o.seed, index)).map_err(|e| {
+                Error::Setting {
+                    key: format!("stage[{index}]"),
+                    reason: e.to_string(),
+                }
+            })?,
         );
         let report_path = stage_dir.join("stage.json");
         if let Ok(text) = std::fs::read_to_string(&report_path) {
@@ -420,15 +430,33 @@ fn run_stage(
         Method::Lora => &adapters,
         Method::Full => &vs,
     };
+    // The data must fit the model before LibTorch sees it: ids below vocab_size, one tokenizer,
+    // sequence length and pad id for the training and held-out rows.
+    let vocab_size = model.config().vocab_size;
+    let data_location = config.location(&stage.data)?;
+    let mut data = PackedShards::open(data_location.clone(), seed, o.prefetch_rows)?;
+    data.metadata().check_vocab(vocab_size, &data_location.url())?;
     let heldout = match &stage.heldout {
-        Some(h) => Some(read_all_rows(config.location(h)?, o.prefetch_rows)?),
+        Some(h) => {
+            let location = config.location(h)?;
+            let mut shards = PackedShards::open(location.clone(), 0, o.prefetch_rows)?;
+            shards.metadata().check_vocab(vocab_size, &location.url())?;
+            shards.metadata().check_matches(
+                &location.url(),
+                data.metadata(),
+                &data_location.url(),
+            )?;
+            let count = shards.rows_per_epoch();
+            Some((0..count).map(|_| shards.next_row()).collect::<Result<Vec<_>>>()?)
+        }
         None => None,
     };
     let objective = stage.train.objective;
     let heldout_before = heldout
         .as_deref()
-        .map(|rows| mean_loss(&model, rows, stage.train.batch_size, objective, device).0);
-    let mut data = PackedShards::open(config.location(&stage.data)?, seed, o.prefetch_rows)?;
+        .map(|rows| mean_loss(&model, rows, stage.train.batch_size, objective, device))
+        .transpose()?
+        .map(|(loss, _)| loss);
     tracing::info!(
         stage = %stage.name,
         rows_per_epoch = data.rows_per_epoch(),
@@ -467,7 +495,9 @@ fn run_stage(
     }
     let heldout_after = heldout
         .as_deref()
-        .map(|rows| mean_loss(&model, rows, stage.train.batch_size, objective, device).0);
+        .map(|rows| mean_loss(&model, rows, stage.train.batch_size, objective, device))
+        .transpose()?
+        .map(|(loss, _)| loss);
     model.save(&vs, &model_dir)?;
     copy_companions(input_dir, &model_dir)?;
     Ok(StageReport {

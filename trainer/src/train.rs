@@ -216,14 +216,16 @@ fn file_error(path: &Path, reason: impl ToString) -> Error {
     }
 }
 
-/// Mean loss of `model` over `rows` (no gradients, batch size does not change the result).
+/// Mean loss of `model` over `rows` and the target tokens scored (no gradients, batch size does not
+/// change the result). Rows with ids outside the model's vocabulary are refused.
 pub fn mean_loss(
     model: &CausalLm,
     rows: &[PackedRow],
     batch_size: usize,
     objective: Objective,
     device: Device,
-) -> (f64, i64) {
+) -> Result<(f64, i64)> {
+    check_rows(model, rows.iter(), 0)?;
     let was = model.is_training();
     model.set_training(false);
     let (sum, tokens) = tch::no_grad(|| {
@@ -238,7 +240,21 @@ pub fn mean_loss(
         (sum, tokens)
     });
     model.set_training(was);
-    (sum / tokens.max(1) as f64, tokens)
+    Ok((sum / tokens.max(1) as f64, tokens))
+}
+
+/// Refuses rows whose ids have no embedding in `model` (numbered from `first`), before LibTorch
+/// would index out of range.
+pub fn check_rows<'r>(
+    model: &CausalLm,
+    rows: impl IntoIterator<Item = &'r PackedRow>,
+    first: usize,
+) -> Result<()> {
+    let vocab_size = model.config().vocab_size;
+    for (i, row) in rows.into_iter().enumerate() {
+        row.check_ids(first + i, vocab_size)?;
+    }
+    Ok(())
 }
 
 impl<'a> Trainer<'a> {
@@ -329,6 +345,11 @@ impl<'a> Trainer<'a> {
                 let rows = (0..options.batch_size)
                     .map(|_| data.next_row())
                     .collect::<Result<Vec<_>>>()?;
+                check_rows(self.model, &rows, 0).map_err(|e| Error::Data {
+                    step,
+                    cursor: data.cursor(),
+                    source: Box::new(e),
+                })?;
                 let refs: Vec<&PackedRow> = rows.iter().collect();
                 batches.push(Batch::from_rows_with(&refs, device, options.objective));
             }
@@ -366,7 +387,7 @@ impl<'a> Trainer<'a> {
                             options.batch_size,
                             options.objective,
                             device,
-                        )
+                        )?
                         .0,
                     )
                 }

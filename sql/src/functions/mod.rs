@@ -4,6 +4,7 @@
 //! | function | returns |
 //! |---|---|
 //! | `xxhash64(text[, seed])` | `uint64` xxHash64 of the UTF-8 bytes |
+//! | `order_key(id, seed, 'stage', pass)` | `uint64` the document-order key of [`dapt_core::order::document_key`] (seed as the two's-complement `int64` of the `u64`) |
 //! | `lang_id(text)` | `utf8` ISO 639-1 code (639-3 where there is none), NULL when undecided |
 //! | `lang_score(text, 'ru')` | `float64` confidence in [0, 1] that the text is in that language (a constant or a column of codes) |
 //! | `script_ratio(text, 'Cyrillic')` | `float64` share of letters in the script |
@@ -61,6 +62,7 @@ pub fn functions() -> Vec<ScalarUDF> {
     use Kind::*;
     [
         Xxhash64,
+        OrderKey,
         LangId,
         LangScore,
         ScriptRatio,
@@ -78,6 +80,7 @@ pub fn functions() -> Vec<ScalarUDF> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Kind {
     Xxhash64,
+    OrderKey,
     LangId,
     LangScore,
     ScriptRatio,
@@ -118,6 +121,7 @@ impl TextFunction {
         use DataType::{Int64, Utf8};
         let (name, extra): (&'static str, Vec<&[DataType]>) = match kind {
             Kind::Xxhash64 => ("xxhash64", vec![&[], &[Int64]]),
+            Kind::OrderKey => ("order_key", vec![&[Int64, Utf8, Int64]]),
             Kind::LangId => ("lang_id", vec![&[]]),
             Kind::LangScore => ("lang_score", vec![&[Utf8]]),
             Kind::ScriptRatio => ("script_ratio", vec![&[Utf8]]),
@@ -203,7 +207,7 @@ impl ScalarUDFImpl for TextFunction {
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
         Ok(match self.kind {
-            Kind::Xxhash64 => DataType::UInt64,
+            Kind::Xxhash64 | Kind::OrderKey => DataType::UInt64,
             Kind::LangId => DataType::Utf8,
             Kind::LangScore | Kind::ScriptRatio => DataType::Float64,
             Kind::TextStats => DataType::Struct(stats::fields()),
@@ -230,6 +234,21 @@ impl ScalarUDFImpl for TextFunction {
                             texts
                                 .get(i)
                                 .map(|t| xxhash_rust::xxh64::xxh64(t.as_bytes(), seed))
+                        })
+                        .collect::<UInt64Array>(),
+                )
+            }
+            Kind::OrderKey => {
+                let seed = constant_int(name, &args.args, 1)?.unwrap_or(0) as u64;
+                let stage = constant_string(name, &args.args, 2)?.unwrap_or_default();
+                let pass = constant_int(name, &args.args, 3)?.unwrap_or(0) as u64;
+                let stage_seed = dapt_core::order::stage_seed(seed, &stage, pass);
+                Arc::new(
+                    (0..rows)
+                        .map(|i| {
+                            texts
+                                .get(i)
+                                .map(|id| dapt_core::order::key_with(stage_seed, id))
                         })
                         .collect::<UInt64Array>(),
                 )

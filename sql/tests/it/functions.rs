@@ -268,3 +268,32 @@ async fn functions_read_utf8view_from_parquet_and_reject_bad_constants() {
         assert!(err.contains(needle), "{sql}: {err}");
     }
 }
+
+#[tokio::test]
+async fn order_key_is_the_core_document_key() {
+    let session = session_with(vec![
+        ("a".into(), Some("doc-1".into())),
+        ("b".into(), Some("doc-2".into())),
+        ("c".into(), None),
+    ])
+    .await;
+    let seed: u64 = u64::MAX - 4;
+    let batch = one(
+        &session,
+        &format!(
+            "SELECT order_key(text, {}, 'mix-order/web', 3) AS k FROM docs ORDER BY label",
+            seed as i64
+        ),
+    )
+    .await;
+    let keys = batch.column(0).as_primitive::<UInt64Type>();
+    assert_eq!(
+        keys.value(0),
+        dapt_core::order::document_key(seed, "mix-order/web", 3, "doc-1")
+    );
+    assert_eq!(
+        keys.value(1),
+        dapt_core::order::document_key(seed, "mix-order/web", 3, "doc-2")
+    );
+    assert!(keys.is_null(2));
+}

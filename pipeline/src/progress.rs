@@ -1,4 +1,5 @@
-//! Progress bars on stderr (hidden when stderr is not a terminal, where logs say the same).
+//! Progress bars on stderr (indicatif hides them when stderr is not a terminal, where logs say the
+//! same).
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// A bar for `total` units of `unit`.
@@ -15,6 +16,7 @@ pub fn bar(total: u64, message: &str, unit: &str) -> ProgressBar {
     bar
 }
 
+#[cfg(feature = "torch")]
 /// Advances a training bar by one step and logs every tenth step (and the last).
 pub fn train_step(bar: &ProgressBar, stage: &str, m: &dapt_trainer::StepMetrics, steps: usize) {
     bar.inc(1);
@@ -31,4 +33,13 @@ pub fn train_step(bar: &ProgressBar, stage: &str, m: &dapt_trainer::StepMetrics,
             "train"
         );
     }
+}
+
+/// A spinner with a message, for work of unknown length.
+pub fn spinner(template: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar
 }

@@ -1,0 +1,351 @@
+//! What to measure of one checkpoint, and the one function that measures it: [`EvalPlan::execute`].
+//! `dapt eval`, the demo pipeline (`dapt run`) and `dapt sweep` build a plan and call it, so perplexity,
+//! bits-per-byte, multiple choice and the generation + lang-swap loop each run through one path.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use dapt_core::{Location, PackedMetadata};
+use dapt_encoder::TokenizerFile;
+use dapt_trainer::tch::Device;
+use dapt_trainer::CausalLm;
+
+use crate::{
+    EvalResults, GenerateOptions, GenerationRecord, GenerationResults, McExample, Result, Scorer,
+};
+use crate::Error;
+
+/// How a text set is also scored in groups.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Grouping {
+    /// The whole set only, under its name.
+    None,
+    /// Also per value of a field (one key per text): `NAME/VALUE`.
+    Keys(Vec<String>),
+    /// Also per language (`dapt_core::lang::lang_id`): `NAME/LANG`.
+    Language,
+    /// Per language only, under the language code, for languages with at least this many texts.
+    LanguageOnly { min_texts: usize },
+}
+
+/// Held-out texts for bits-per-byte.
+#[derive(Clone, Debug)]
+pub struct TextSet {
+    pub name: String,
+    pub texts: Vec<String>,
+    pub grouping: Grouping,
+}
+
+/// A multiple-choice task.
+#[derive(Clone, Debug)]
+pub struct TaskSet {
+    pub name: String,
+    pub examples: Vec<McExample>,
+}
+
+/// Prompts to generate from, and the language their continuations should be in.
+#[derive(Clone, Debug)]
+pub struct PromptSet {
+    pub prompts: Vec<String>,
+    pub options: GenerateOptions,
+    pub target_language: String,
+    /// Lang-swap: spans with fewer letters are not judged.
+    pub min_letters: usize,
+}
+
+/// Everything to measure of one checkpoint.
+#[derive(Clone, Debug)]
+pub struct EvalPlan {
+    /// Name of the checkpoint in reports.
+    pub label: String,
+    /// Where the model came from (recorded in `eval.json`).
+    pub model: String,
+    pub adapter: Option<String>,
+    /// Packed held-out rows for perplexity: name → a `dapt pack` output.
+    pub packed: Vec<(String, Location)>,
+    pub texts: Vec<TextSet>,
+    pub tasks: Vec<TaskSet>,
+    /// Few-shot examples per question, drawn from the task's other examples.
+    pub num_fewshot: usize,
+    pub prompts: Option<PromptSet>,
+    /// Requests per forward pass (results do not depend on it).
+    pub batch_size: usize,
+    /// Longest scored input in tokens.
+    pub max_length: usize,
+    /// Token that conditions the first token of a text (and stands in for an empty context).
+    pub prefix: u32,
+    pub seed: u64,
+}
+
+impl EvalPlan {
+    /// A plan that measures nothing yet, for `model` with the defaults of `dapt eval`.
+    pub fn new(label: &str, model: &str, prefix: u32, max_length: usize) -> Self {
+        Self {
+            label: label.to_string(),
+            model: model.to_string(),
+            adapter: None,
+            packed: Vec::new(),
+            texts: Vec::new(),
+            tasks: Vec::new(),
+            num_fewshot: 0,
+            prompts: None,
+            batch_size: 16,
+            max_length,
+            prefix,
+            seed: 0,
+        }
+    }
+
+    /// Whether the plan measures anything.
+    pub fn is_empty(&self) -> bool {
+        self.packed.is_empty()
+            && self.texts.is_empty()
+            && self.tasks.is_empty()
+            && self.prompts.is_none()
+    }
+
+    /// Measures `model` with `tokenizer`; `on_prompt` is called after each generation.
+    pub fn execute(
+        &self,
+        model: &CausalLm,
+        tokenizer: &TokenizerFile,
+        device: Device,
+        mut on_prompt: impl FnMut(usize, usize),
+    ) -> Result<EvalResults> {
+        if self.is_empty() {
+            return Err(Error::Empty {
+                what: "the plan names no packed rows, texts, tasks or prompts".into(),
+            });
+        }
+        let scorer = Scorer {
+            model,
+            device,
+            max_length: self.max_length,
+            batch_size: self.batch_size,
+        };
+        let mut results = EvalResults {
+            label: self.label.clone(),
+            model: self.model.clone(),
+            adapter: self.adapter.clone(),
+            tokenizer_sha256: tokenizer.sha256().to_string(),
+            ..Default::default()
+        };
+        for (name, location) in &self.packed {
+            let rows = packed_rows(location, model, tokenizer)?;
+            let p = crate::perplexity(model, &rows, self.batch_size, device)?;
+            tracing::info!(name, perplexity = p.perplexity, tokens = p.tokens, "perplexity");
+            results.perplexity.insert(name.clone(), p);
+        }
+        for set in &self.texts {
+            for (group, texts) in set.groups() {
+                let score = crate::score_texts(&scorer, tokenizer, &texts, self.prefix)?;
+                tracing::info!(
+                    group,
+                    bits_per_byte = score.bits_per_byte,
+                    documents = score.documents,
+                    "bits per byte"
+                );
+                results.bits_per_byte.insert(group, score);
+            }
+        }
+        for task in &self.tasks {
+            let result = crate::evaluate_task(
+                &scorer,
+                tokenizer,
+                &task.examples,
+                self.num_fewshot,
+                self.seed,
+                self.prefix,
+            )?;
+            tracing::info!(
+                name = task.name,
+                acc = result.acc,
+                acc_norm = result.acc_norm,
+                examples = result.examples,
+                "task"
+            );
+            results.tasks.insert(task.name.clone(), result);
+        }
+        if let Some(prompts) = &self.prompts {
+            results.generation = Some(generate_all(
+                model,
+                tokenizer,
+                prompts,
+                self.prefix,
+                device,
+                &mut on_prompt,
+            )?);
+        }
+        Ok(results)
+    }
+}
+
+impl TextSet {
+    /// The named groups of texts this set is scored as.
+    fn groups(&self) -> BTreeMap<String, Vec<String>> {
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let languages = || {
+            self.texts
+                .iter()
+                .map(|t| dapt_core::lang::lang_id(t).unwrap_or("unknown").to_string())
+                .collect::<Vec<_>>()
+        };
+        match &self.grouping {
+            Grouping::None => {
+                groups.insert(self.name.clone(), self.texts.clone());
+            }
+            Grouping::Keys(keys) => {
+                groups.insert(self.name.clone(), self.texts.clone());
+                for (key, text) in keys.iter().zip(&self.texts) {
+                    groups.entry(format!("{}/{key}", self.name)).or_default().push(text.clone());
+                }
+            }
+            Grouping::Language => {
+                groups.insert(self.name.clone(), self.texts.clone());
+                for (key, text) in languages().into_iter().zip(&self.texts) {
+                    groups.entry(format!("{}/{key}", self.name)).or_default().push(text.clone());
+                }
+            }
+            Grouping::LanguageOnly { min_texts } => {
+                for text in &self.texts {
+                    if let Some(language) = dapt_core::lang::lang_id(text) {
+                        groups.entry(language.to_string()).or_default().push(text.clone());
+                    }
+                }
+                groups.retain(|_, texts| texts.len() >= *min_texts);
+            }
+        }
+        groups
+    }
+}
+
+/// Every row of a packed output, after checking that it fits the model and tokenizer.
+fn packed_rows(
+    location: &Location,
+    model: &CausalLm,
+    tokenizer: &TokenizerFile,
+) -> Result<Vec<dapt_core::PackedRow>> {
+    let shards = dapt_trainer::PackedShards::open(location.clone(), 0, 4096)?;
+    let metadata: &PackedMetadata = shards.metadata();
+    let url = location.url();
+    metadata
+        .check_vocab(model.config().vocab_size, &url)
+        .map_err(dapt_trainer::Error::from)?;
+    metadata
+        .check_tokenizer(tokenizer.sha256(), "the checkpoint's tokenizer", &url)
+        .map_err(dapt_trainer::Error::from)?;
+    drop(shards);
+    Ok(dapt_trainer::read_all_rows(location.clone(), 4096)?)
+}
+
+/// Generates a continuation of every prompt (an empty prompt starts from `prefix`) and measures how
+/// often the model leaves the target language: the one generation + lang-swap loop.
+pub fn generate_all(
+    model: &CausalLm,
+    tokenizer: &TokenizerFile,
+    prompts: &PromptSet,
+    prefix: u32,
+    device: Device,
+    on_prompt: &mut dyn FnMut(usize, usize),
+) -> Result<GenerationResults> {
+    let mut outputs = Vec::with_capacity(prompts.prompts.len());
+    for (i, prompt) in prompts.prompts.iter().enumerate() {
+        let mut ids = tokenizer.encode(&format!("prompt {i}"), prompt)?;
+        if ids.is_empty() {
+            ids.push(prefix);
+        }
+        let generation = crate::generate(model, tokenizer, &ids, &prompts.options, device)?;
+        outputs.push(GenerationRecord {
+            prompt: prompt.clone(),
+            output: generation.text,
+            finish_reason: generation.finish_reason,
+        });
+        on_prompt(i + 1, prompts.prompts.len());
+    }
+    let pairs: Vec<(String, String)> = outputs
+        .iter()
+        .map(|o| (o.prompt.clone(), o.output.clone()))
+        .collect();
+    let lang_swap = crate::lang_swap(&pairs, &prompts.target_language, prompts.min_letters);
+    tracing::info!(
+        rate = lang_swap.rate,
+        generations = lang_swap.generations,
+        "lang-swap"
+    );
+    Ok(GenerationResults {
+        options: prompts.options.clone(),
+        lang_swap,
+        outputs,
+    })
+}
+
+/// A string field of every non-empty line of a JSONL file; a line without it is an error naming the
+/// file and line.
+pub fn read_jsonl_field(path: &Path, field: &str) -> Result<Vec<String>> {
+    let fail = |line: usize, reason: String| Error::File {
+        path: if line == 0 {
+            path.display().to_string()
+        } else {
+            format!("{}:{line}", path.display())
+        },
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(0, e.to_string()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| fail(i + 1, format!("not JSON: {e}")))?;
+        let field_value = value
+            .get(field)
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| fail(i + 1, format!("no string field `{field}`")))?;
+        out.push(field_value.to_string());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_sets_are_grouped_as_asked() {
+        let texts: Vec<String> = vec![
+            "Это русский текст о погоде и о том, как идёт дождь весь день.".into(),
+            "This is an English sentence about the weather and the rain today.".into(),
+            "Ещё один русский текст, чтобы языковая группа была больше одного.".into(),
+        ];
+        let set = |grouping| TextSet {
+            name: "held".into(),
+            texts: texts.clone(),
+            grouping,
+        };
+        let keys = |g: BTreeMap<String, Vec<String>>| g.into_iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>();
+        assert_eq!(keys(set(Grouping::None).groups()), vec![("held".into(), 3)]);
+        assert_eq!(
+            keys(set(Grouping::Keys(vec!["a".into(), "b".into(), "a".into()])).groups()),
+            vec![("held".into(), 3), ("held/a".into(), 2), ("held/b".into(), 1)]
+        );
+        assert_eq!(
+            keys(set(Grouping::Language).groups()),
+            vec![("held".into(), 3), ("held/en".into(), 1), ("held/ru".into(), 2)]
+        );
+        assert_eq!(
+            keys(set(Grouping::LanguageOnly { min_texts: 2 }).groups()),
+            vec![("ru".into(), 2)]
+        );
+    }
+
+    #[test]
+    fn jsonl_fields_are_read_and_bad_lines_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        std::fs::write(&path, "{\"text\": \"a\"}\n\n{\"text\": \"b\"}\n{\"other\": 1}\n").unwrap();
+        let err = read_jsonl_field(&path, "text").unwrap_err().to_string();
+        assert!(err.contains("t.jsonl:4") && err.contains("`text`"), "{err}");
+        std::fs::write(&path, "{\"text\": \"a\"}\n{\"text\": \"b\"}\n").unwrap();
+        assert_eq!(read_jsonl_field(&path, "text").unwrap(), vec!["a", "b"]);
+    }
+}

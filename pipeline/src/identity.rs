@@ -1,0 +1,40 @@
+//! The identity of an output: the content hash of the settings and inputs that produced it. An output
+//! directory's manifest records it; a rerun with the same identity reuses the output, one with another
+//! identity is refused (see `dapt_core::OutputDir::open`).
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// sha256 (hex) of the JSON serialisation of `value`; `what` names it in the error when it cannot be
+/// serialised (a map with non-string keys, a float that is not finite).
+pub fn identity(what: &str, value: &impl Serialize) -> Result<String> {
+    let json = serde_json::to_vec(value).map_err(|e| Error::Identity {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(dapt_core::hash::sha256_hex(&json))
+}
+
+/// sha256 (hex) of a file's bytes, or of nothing when it cannot be read (the read that follows names
+/// the file).
+pub fn file_identity(path: &std::path::Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(crate::error::io_error(path))?;
+    Ok(dapt_core::hash::sha256_hex(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn identity_changes_with_the_value_and_names_what_cannot_be_hashed() {
+        let a = identity("a", &("query", 1u64)).unwrap();
+        assert_eq!(a, identity("a", &("query", 1u64)).unwrap());
+        assert_ne!(a, identity("a", &("query", 2u64)).unwrap());
+        let mut bad = BTreeMap::new();
+        bad.insert((1, 2), 3);
+        let err = identity("the pack settings", &bad).unwrap_err().to_string();
+        assert!(err.contains("the pack settings"), "{err}");
+    }
+}

@@ -1,0 +1,323 @@
+//! `dapt pack` as a job: documents from a query (or a Document Parquet directory) are tokenised and
+//! packed into fixed-length rows. CPT orders documents by the packing order of
+//! [`dapt_core::order`] with the packer's external sort (so `dapt pack` and `dapt run` give the same
+//! row order for the same documents and seed) and streams them through the packer; SFT renders chats
+//! with a chat template, loss on assistant turns, packed whole. The output's identity covers the
+//! input (query, sources file contents or input directory), the tokenizer's bytes, the settings and
+//! the seed.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use dapt_core::{Location, OutputDir};
+use dapt_packer::{
+    ChatTemplate, DocumentSorter, EncoderChoice, Message, Overlong, PackDocument, PackSettings,
+    PackStats, SftStats, TokenizerFile, CHATML,
+};
+use dapt_sql::{SourcesOptions, SqlSession};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::error::setting;
+use crate::{Error, Result};
+
+/// Where the documents come from.
+#[derive(Clone, Debug, Serialize)]
+pub enum PackInput {
+    /// A read-only query (returning `id`, `text` and optionally `component` or `source`) over the
+    /// sources of a sources file (or none).
+    Query {
+        query: String,
+        sources: Option<PathBuf>,
+    },
+    /// A Document Parquet directory (a `dapt ingest` output), packed whole.
+    Documents { url: String },
+}
+
+/// How documents become rows.
+#[derive(Clone, Debug, Serialize)]
+pub enum PackMode {
+    /// Continual pretraining: documents EOS-separated, split across rows.
+    Cpt,
+    /// Supervised fine-tuning: chats (a `messages` column of JSON `[{role, content}]`, or `prompt` and
+    /// `response` columns), packed whole with best-fit-decreasing over `window` examples.
+    Sft {
+        /// A `tokenizer_config.json` with the chat template, or `chatml`; `None`: the
+        /// `tokenizer_config.json` beside the tokenizer.
+        chat_template: Option<String>,
+        window: usize,
+        overlong: Overlong,
+    },
+}
+
+/// A pack job.
+#[derive(Clone, Debug)]
+pub struct PackJob {
+    pub input: PackInput,
+    pub tokenizer: PathBuf,
+    pub encoder: EncoderChoice,
+    pub settings: PackSettings,
+    pub seed: u64,
+    /// Output directory (URL).
+    pub out: String,
+    pub mode: PackMode,
+}
+
+/// What a pack job did.
+#[derive(Clone, Debug)]
+pub enum PackOutcome {
+    Cpt {
+        stats: PackStats,
+        /// The encoder that tokenised (`fast` or `hf`).
+        encoder: String,
+    },
+    Sft(SftStats),
+}
+
+/// The query a Document directory is packed with.
+const WHOLE_DIRECTORY: &str = "SELECT * FROM documents";
+
+impl PackJob {
+    /// The query and the sources the documents are read with.
+    fn sources(&self) -> Result<(String, SourcesOptions)> {
+        match &self.input {
+            PackInput::Query { query, sources } => {
+                let options = match sources {
+                    Some(path) => SourcesOptions::load(path)?,
+                    None => SourcesOptions::default(),
+                };
+                Ok((query.clone(), options))
+            }
+            PackInput::Documents { url } => {
+                let text = format!(
+                    "[sources.documents]\nurl = {:?}\n",
+                    format!("{}/", url.trim_end_matches('/'))
+                );
+                let options: SourcesOptions = toml::from_str(&text).map_err(|e| {
+                    setting("--input", format!("{url:?} is not a usable location: {e}"))
+                })?;
+                Ok((WHOLE_DIRECTORY.to_string(), options))
+            }
+        }
+    }
+
+    /// The output's identity.
+    pub fn identity(&self, tokenizer: &TokenizerFile) -> Result<String> {
+        let sources_file = match &self.input {
+            PackInput::Query {
+                sources: Some(path),
+                ..
+            } => Some(crate::identity::file_identity(path)?),
+            _ => None,
+        };
+        crate::identity::identity(
+            "the pack settings",
+            &(
+                &self.input,
+                sources_file,
+                tokenizer.sha256(),
+                &self.settings,
+                self.seed,
+                &self.mode,
+            ),
+        )
+    }
+
+    /// Runs the job; `progress(documents, bytes)` as CPT documents are tokenised.
+    pub fn run(&self, progress: dapt_packer::PackProgress) -> Result<PackOutcome> {
+        let tokenizer = TokenizerFile::load_with(&self.tokenizer, self.encoder)?;
+        let hash = self.identity(&tokenizer)?;
+        let runtime = crate::runtime()?;
+        let (query, sources) = self.sources()?;
+        match &self.mode {
+            PackMode::Cpt => {
+                let tokenizer = Arc::new(tokenizer);
+                let stats = runtime.block_on(async {
+                    let documents = ordered_documents(&sources, &query, self.seed).await?;
+                    let mut output =
+                        OutputDir::open(Location::parse(&self.out)?, "pack", &hash).await?;
+                    let stats = dapt_packer::pack_stream(
+                        &mut output,
+                        tokenizer.clone(),
+                        documents,
+                        &self.settings,
+                        self.seed,
+                        &hash,
+                        progress,
+                    )
+                    .await?;
+                    Ok::<_, Error>(stats)
+                })?;
+                Ok(PackOutcome::Cpt {
+                    stats,
+                    encoder: tokenizer.encoder_name().to_string(),
+                })
+            }
+            PackMode::Sft {
+                chat_template,
+                window,
+                overlong,
+            } => {
+                let template = self.chat_template(chat_template.as_deref())?;
+                let mut examples = runtime.block_on(chats(&sources, &query))?;
+                // The order is the packing order of the documents' ids, never how the rows arrived.
+                let ids: Vec<&str> = examples.iter().map(|(id, _)| id.as_str()).collect();
+                let order = dapt_core::order::ordered(self.seed, dapt_packer::PACK_ORDER, 0, &ids);
+                let mut slots: Vec<Option<(String, Vec<Message>)>> =
+                    examples.drain(..).map(Some).collect();
+                let examples: Vec<(String, Vec<Message>)> =
+                    order.into_iter().filter_map(|i| slots[i].take()).collect();
+                use rayon::prelude::*;
+                let tokenized: Vec<(Vec<u32>, Vec<bool>)> = examples
+                    .par_iter()
+                    .map(|(id, messages)| {
+                        template.tokenize(&tokenizer, messages).map_err(|e| Error::Data {
+                            what: format!("example {id}"),
+                            reason: e.to_string(),
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                let pad_id = tokenizer.id_of(&self.settings.pad_token)?;
+                let (rows, stats) = dapt_packer::pack_sft(
+                    &tokenized,
+                    &[],
+                    pad_id,
+                    self.settings.seq_len,
+                    *window,
+                    *overlong,
+                );
+                runtime.block_on(async {
+                    let mut output =
+                        OutputDir::open(Location::parse(&self.out)?, "pack-sft", &hash).await?;
+                    if !output.manifest().complete {
+                        let summary = serde_json::to_value(&stats)
+                            .map_err(|e| setting("sft statistics", e.to_string()))?;
+                        dapt_packer::write_packed(
+                            &mut output,
+                            &rows,
+                            self.settings.rows_per_shard,
+                            self.settings.seq_len,
+                            pad_id,
+                            tokenizer.sha256(),
+                            self.seed,
+                            &hash,
+                            summary,
+                        )
+                        .await?;
+                    }
+                    Ok::<_, Error>(())
+                })?;
+                Ok(PackOutcome::Sft(stats))
+            }
+        }
+    }
+
+    fn chat_template(&self, chat_template: Option<&str>) -> Result<ChatTemplate> {
+        let eos = &self.settings.eos_token;
+        Ok(match chat_template {
+            Some("chatml") => ChatTemplate::new(CHATML, "", eos)?,
+            Some(path) => ChatTemplate::from_tokenizer_config(Path::new(path))?,
+            None => {
+                let beside = self.tokenizer.with_file_name("tokenizer_config.json");
+                ChatTemplate::from_tokenizer_config(&beside).map_err(|e| {
+                    setting(
+                        "--chat-template",
+                        format!("{e}; give --chat-template PATH or --chat-template chatml"),
+                    )
+                })?
+            }
+        })
+    }
+}
+
+/// The query's documents as a stream of chunks in the packing order, through the packer's external
+/// sort (memory bounded by one bucket). Segments are labelled with the query's `component` or
+/// `source` column, when it has one.
+async fn ordered_documents(
+    sources: &SourcesOptions,
+    query: &str,
+    seed: u64,
+) -> Result<impl futures::Stream<Item = dapt_packer::Result<Vec<PackDocument>>> + Unpin + Send + 'static>
+{
+    let session = SqlSession::over_sources(sources, None).await?;
+    let query = query.trim().trim_end_matches(';');
+    let mut stream = session.query(query).await?;
+    let schema = stream.schema();
+    for column in ["id", "text"] {
+        if schema.field_with_name(column).is_err() {
+            return Err(setting(
+                "query",
+                format!("the query must return the columns `id`, `text`: {query}"),
+            ));
+        }
+    }
+    let label = ["component", "source"]
+        .into_iter()
+        .find(|c| schema.field_with_name(c).is_ok());
+    let phase = std::time::Instant::now();
+    let mut sorter = DocumentSorter::new(seed, None)?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|source| dapt_sql::Error::Query {
+            query: query.to_string(),
+            source,
+        })?;
+        let ids = dapt_sql::rows::string_column(&batch, "id", query)?;
+        let texts = dapt_sql::rows::string_column(&batch, "text", query)?;
+        let labels = label
+            .map(|l| dapt_sql::rows::string_column(&batch, l, query))
+            .transpose()?;
+        let (ids, texts) = (ids.as_string::<i32>(), texts.as_string::<i32>());
+        let labels = labels.as_ref().map(|l| l.as_string::<i32>());
+        for i in 0..batch.num_rows() {
+            if !(ids.is_valid(i) && texts.is_valid(i)) {
+                continue;
+            }
+            sorter.push(&PackDocument {
+                id: ids.value(i).to_string(),
+                text: texts.value(i).to_string(),
+                source: labels
+                    .filter(|l| l.is_valid(i))
+                    .map(|l| l.value(i).to_string()),
+            })?;
+        }
+    }
+    tracing::debug!(
+        seconds = phase.elapsed().as_secs_f64(),
+        documents = sorter.len(),
+        "documents written to the sort's buckets"
+    );
+    Ok(sorter.finish()?)
+}
+
+/// Chats from the query: a `messages` column (JSON) or `prompt` and `response` columns.
+async fn chats(sources: &SourcesOptions, query: &str) -> Result<Vec<(String, Vec<Message>)>> {
+    let session = SqlSession::over_sources(sources, None).await?;
+    let (layout, rows) = dapt_sql::string_rows(
+        &session,
+        query,
+        &[&["id", "messages"], &["id", "prompt", "response"]],
+    )
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let messages = if layout == 0 {
+                serde_json::from_str(&row[1]).map_err(|e| Error::Data {
+                    what: format!("row {}", row[0]),
+                    reason: format!("messages must be a JSON list of {{role, content}}: {e}"),
+                })?
+            } else {
+                vec![
+                    Message {
+                        role: "user".into(),
+                        content: row[1].clone(),
+                    },
+                    Message {
+                        role: "assistant".into(),
+                        content: row[2].clone(),
+                    },
+                ]
+            };
+            Ok((row[0].clone(), messages))
+        })
+        .collect()
+}
