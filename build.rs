@@ -6,8 +6,8 @@ use std::path::Path;
 
 pub fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    // The data-only `dapt` (no `torch` feature) links no LibTorch.
-    if std::env::var("CARGO_PKG_NAME").is_ok_and(|p| p == "dapt")
+    // The data-only `dapt` and `dapt-pipeline` (no `torch` feature) link no LibTorch.
+    if std::env::var("CARGO_PKG_NAME").is_ok_and(|p| p == "dapt" || p == "dapt-pipeline")
         && std::env::var_os("CARGO_FEATURE_TORCH").is_none()
     {
         return;

@@ -316,7 +316,18 @@ fn write_packed_dir(dir: &Path, rows: &[PackedRow], per_shard: usize) {
                 .await
                 .unwrap();
         }
-        out.finish(serde_json::json!({})).await.unwrap();
+        // What a packer output declares about its rows (dapt_core::PackedMetadata).
+        let metadata = dapt_core::PackedMetadata {
+            tokenizer_sha256: "test".into(),
+            seq_len: rows.first().map_or(0, |r| r.input_ids.len()),
+            pad_id: 0,
+            seed: 0,
+            config_hash: "test".into(),
+            max_token_id: dapt_core::packed::max_token_id(rows),
+        };
+        out.finish(metadata.into_summary(serde_json::json!({})))
+            .await
+            .unwrap();
     });
 }
 
