@@ -305,7 +305,10 @@ impl PackedMetadata {
         })?;
         serde_json::from_value(value.clone()).map_err(|e| Error::Packed {
             url: url.to_string(),
-            reason: format!("the manifest's `{}` entry is malformed: {e}", Self::SUMMARY_KEY),
+            reason: format!(
+                "the manifest's `{}` entry is malformed: {e}",
+                Self::SUMMARY_KEY
+            ),
         })
     }
 
@@ -338,16 +341,29 @@ impl PackedMetadata {
             ));
         }
         if self.seq_len != other.seq_len {
-            return Err(mismatch("seq_len", self.seq_len.to_string(), other.seq_len.to_string()));
+            return Err(mismatch(
+                "seq_len",
+                self.seq_len.to_string(),
+                other.seq_len.to_string(),
+            ));
         }
         if self.pad_id != other.pad_id {
-            return Err(mismatch("the pad id", self.pad_id.to_string(), other.pad_id.to_string()));
+            return Err(mismatch(
+                "the pad id",
+                self.pad_id.to_string(),
+                other.pad_id.to_string(),
+            ));
         }
         Ok(())
     }
 
     /// Refuses data whose ids come from another tokenizer than `tokenizer_sha256`.
-    pub fn check_tokenizer(&self, tokenizer_sha256: &str, tokenizer: &str, url: &str) -> Result<()> {
+    pub fn check_tokenizer(
+        &self,
+        tokenizer_sha256: &str,
+        tokenizer: &str,
+        url: &str,
+    ) -> Result<()> {
         if self.tokenizer_sha256 != tokenizer_sha256 {
             return Err(Error::Packed {
                 url: url.to_string(),
@@ -427,13 +443,27 @@ mod metadata_tests {
         assert_eq!(back, metadata(99));
         assert!(back.check_vocab(100, "file:///p").is_ok());
         let err = back.check_vocab(99, "file:///p").unwrap_err().to_string();
-        assert!(err.contains("file:///p") && err.contains("token id 99") && err.contains("vocab_size is 99"), "{err}");
-        let other = PackedMetadata { seq_len: 16, ..metadata(5) };
-        let err = back.check_matches("a", &other, "b").unwrap_err().to_string();
+        assert!(
+            err.contains("file:///p")
+                && err.contains("token id 99")
+                && err.contains("vocab_size is 99"),
+            "{err}"
+        );
+        let other = PackedMetadata {
+            seq_len: 16,
+            ..metadata(5)
+        };
+        let err = back
+            .check_matches("a", &other, "b")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("seq_len is 8, but 16 in b"), "{err}");
         assert!(back.check_tokenizer("zzz", "tok.json", "a").is_err());
         let empty = empty_manifest();
-        assert!(PackedMetadata::from_manifest(&empty, "x").unwrap_err().to_string().contains("pack it again"));
+        assert!(PackedMetadata::from_manifest(&empty, "x")
+            .unwrap_err()
+            .to_string()
+            .contains("pack it again"));
     }
 
     #[test]
@@ -447,6 +477,9 @@ mod metadata_tests {
         assert_eq!(max_token_id(std::slice::from_ref(&row)), 70000);
         assert!(row.check_ids(0, 70001).is_ok());
         let err = row.check_ids(4, 49152).unwrap_err().to_string();
-        assert!(err.contains("row 4") && err.contains("70000") && err.contains("position 2"), "{err}");
+        assert!(
+            err.contains("row 4") && err.contains("70000") && err.contains("position 2"),
+            "{err}"
+        );
     }
 }

@@ -9,10 +9,10 @@ use dapt_encoder::TokenizerFile;
 use dapt_trainer::tch::Device;
 use dapt_trainer::CausalLm;
 
+use crate::Error;
 use crate::{
     EvalResults, GenerateOptions, GenerationRecord, GenerationResults, McExample, Result, Scorer,
 };
-use crate::Error;
 
 /// How a text set is also scored in groups.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,7 +132,12 @@ impl EvalPlan {
         for (name, location) in &self.packed {
             let rows = packed_rows(location, model, tokenizer)?;
             let p = crate::perplexity(model, &rows, self.batch_size, device)?;
-            tracing::info!(name, perplexity = p.perplexity, tokens = p.tokens, "perplexity");
+            tracing::info!(
+                name,
+                perplexity = p.perplexity,
+                tokens = p.tokens,
+                "perplexity"
+            );
             results.perplexity.insert(name.clone(), p);
         }
         for set in &self.texts {
@@ -196,19 +201,28 @@ impl TextSet {
             Grouping::Keys(keys) => {
                 groups.insert(self.name.clone(), self.texts.clone());
                 for (key, text) in keys.iter().zip(&self.texts) {
-                    groups.entry(format!("{}/{key}", self.name)).or_default().push(text.clone());
+                    groups
+                        .entry(format!("{}/{key}", self.name))
+                        .or_default()
+                        .push(text.clone());
                 }
             }
             Grouping::Language => {
                 groups.insert(self.name.clone(), self.texts.clone());
                 for (key, text) in languages().into_iter().zip(&self.texts) {
-                    groups.entry(format!("{}/{key}", self.name)).or_default().push(text.clone());
+                    groups
+                        .entry(format!("{}/{key}", self.name))
+                        .or_default()
+                        .push(text.clone());
                 }
             }
             Grouping::LanguageOnly { min_texts } => {
                 for text in &self.texts {
                     if let Some(language) = dapt_core::lang::lang_id(text) {
-                        groups.entry(language.to_string()).or_default().push(text.clone());
+                        groups
+                            .entry(language.to_string())
+                            .or_default()
+                            .push(text.clone());
                     }
                 }
                 groups.retain(|_, texts| texts.len() >= *min_texts);
@@ -322,15 +336,25 @@ mod tests {
             texts: texts.clone(),
             grouping,
         };
-        let keys = |g: BTreeMap<String, Vec<String>>| g.into_iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>();
+        let keys = |g: BTreeMap<String, Vec<String>>| {
+            g.into_iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>()
+        };
         assert_eq!(keys(set(Grouping::None).groups()), vec![("held".into(), 3)]);
         assert_eq!(
             keys(set(Grouping::Keys(vec!["a".into(), "b".into(), "a".into()])).groups()),
-            vec![("held".into(), 3), ("held/a".into(), 2), ("held/b".into(), 1)]
+            vec![
+                ("held".into(), 3),
+                ("held/a".into(), 2),
+                ("held/b".into(), 1)
+            ]
         );
         assert_eq!(
             keys(set(Grouping::Language).groups()),
-            vec![("held".into(), 3), ("held/en".into(), 1), ("held/ru".into(), 2)]
+            vec![
+                ("held".into(), 3),
+                ("held/en".into(), 1),
+                ("held/ru".into(), 2)
+            ]
         );
         assert_eq!(
             keys(set(Grouping::LanguageOnly { min_texts: 2 }).groups()),
@@ -342,7 +366,11 @@ mod tests {
     fn jsonl_fields_are_read_and_bad_lines_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.jsonl");
-        std::fs::write(&path, "{\"text\": \"a\"}\n\n{\"text\": \"b\"}\n{\"other\": 1}\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\"text\": \"a\"}\n\n{\"text\": \"b\"}\n{\"other\": 1}\n",
+        )
+        .unwrap();
         let err = read_jsonl_field(&path, "text").unwrap_err().to_string();
         assert!(err.contains("t.jsonl:4") && err.contains("`text`"), "{err}");
         std::fs::write(&path, "{\"text\": \"a\"}\n{\"text\": \"b\"}\n").unwrap();

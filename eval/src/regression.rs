@@ -69,7 +69,11 @@ pub fn regress(
         .map(|i| rows.iter().map(|(x, _)| x[i]).fold(f64::INFINITY, f64::min))
         .collect();
     let high: Vec<f64> = (0..k)
-        .map(|i| rows.iter().map(|(x, _)| x[i]).fold(f64::NEG_INFINITY, f64::max))
+        .map(|i| {
+            rows.iter()
+                .map(|(x, _)| x[i])
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
         .collect();
     let mut best: Option<(Vec<f64>, f64)> = None;
     for x in simplex_grid(k, 20) {
@@ -92,8 +96,16 @@ pub fn regress(
     Some(Regression {
         objective: objective.to_string(),
         higher_is_better: higher,
-        coefficients: components.iter().cloned().zip(beta.iter().copied()).collect(),
-        r_squared: if total > 0.0 { 1.0 - residual / total } else { 1.0 },
+        coefficients: components
+            .iter()
+            .cloned()
+            .zip(beta.iter().copied())
+            .collect(),
+        r_squared: if total > 0.0 {
+            1.0 - residual / total
+        } else {
+            1.0
+        },
         predicted_best: components.iter().cloned().zip(x).collect(),
         predicted_objective: y,
     })
@@ -171,34 +183,59 @@ mod tests {
         let truth = |w: &BTreeMap<String, f64>| 2.0 * w["a"] + w["b"] + 3.0 * w["c"];
         let observations: Vec<Observation> = tried
             .iter()
-            .map(|w| Observation { weights: w, objective: truth(w) })
+            .map(|w| Observation {
+                weights: w,
+                objective: truth(w),
+            })
             .collect();
         let r = regress(&names, &observations, "bpb/ru").unwrap();
         assert!(!r.higher_is_better);
         for (name, want) in [("a", 2.0), ("b", 1.0), ("c", 3.0)] {
-            assert!((r.coefficients[name] - want).abs() < 1e-3, "{name}: {}", r.coefficients[name]);
+            assert!(
+                (r.coefficients[name] - want).abs() < 1e-3,
+                "{name}: {}",
+                r.coefficients[name]
+            );
         }
         assert!(r.r_squared > 0.999_99, "{}", r.r_squared);
-        assert!((r.predicted_best["b"] - 0.6).abs() < 1e-9, "{:?}", r.predicted_best);
+        assert!(
+            (r.predicted_best["b"] - 0.6).abs() < 1e-9,
+            "{:?}",
+            r.predicted_best
+        );
         assert!((r.predicted_best.values().sum::<f64>() - 1.0).abs() < 1e-9);
         assert!((r.predicted_objective - (2.0 * 0.2 + 0.6 + 3.0 * 0.2)).abs() < 1e-3);
         // An accuracy is maximised instead: the most c.
         let r = regress(&names, &observations, "acc/task").unwrap();
         assert!(r.higher_is_better);
-        assert!((r.predicted_best["c"] - 0.6).abs() < 1e-9, "{:?}", r.predicted_best);
+        assert!(
+            (r.predicted_best["c"] - 0.6).abs() < 1e-9,
+            "{:?}",
+            r.predicted_best
+        );
     }
 
     #[test]
     fn too_few_observations_give_no_model() {
         let names = vec!["a".to_string()];
         let w = weights(&[("a", 1.0)]);
-        assert!(regress(&names, &[Observation { weights: &w, objective: 1.0 }], "x").is_none());
+        assert!(regress(
+            &names,
+            &[Observation {
+                weights: &w,
+                objective: 1.0
+            }],
+            "x"
+        )
+        .is_none());
     }
 
     #[test]
     fn the_grid_covers_the_simplex() {
         let grid = simplex_grid(3, 20);
         assert_eq!(grid.len(), 231, "C(22, 2) points");
-        assert!(grid.iter().all(|p| (p.iter().sum::<f64>() - 1.0).abs() < 1e-9));
+        assert!(grid
+            .iter()
+            .all(|p| (p.iter().sum::<f64>() - 1.0).abs() < 1e-9));
     }
 }

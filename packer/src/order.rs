@@ -37,7 +37,9 @@ impl DocumentSorter {
                 .tempdir_in(parent),
             None => tempfile::Builder::new().prefix("dapt-sort-").tempdir(),
         }
-        .map_err(|e| Error::Stopped(format!("cannot create the sort's temporary directory: {e}")))?;
+        .map_err(|e| {
+            Error::Stopped(format!("cannot create the sort's temporary directory: {e}"))
+        })?;
         let buckets = (0..BUCKETS)
             .map(|b| {
                 let path = bucket_path(spill.path(), b);
@@ -200,8 +202,12 @@ mod tests {
         let b = sorted(11, &reversed, spill.path()).await;
         assert_eq!(a.len(), docs.len());
         assert_eq!(
-            a.iter().map(|d| (&d.id, &d.text, &d.source)).collect::<Vec<_>>(),
-            b.iter().map(|d| (&d.id, &d.text, &d.source)).collect::<Vec<_>>()
+            a.iter()
+                .map(|d| (&d.id, &d.text, &d.source))
+                .collect::<Vec<_>>(),
+            b.iter()
+                .map(|d| (&d.id, &d.text, &d.source))
+                .collect::<Vec<_>>()
         );
         // The order is the one core defines for the pack stage.
         let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
@@ -209,10 +215,16 @@ mod tests {
             .into_iter()
             .map(|i| ids[i])
             .collect();
-        assert_eq!(a.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), expected);
+        assert_eq!(
+            a.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            expected
+        );
         // Another seed, another order.
         let c = sorted(12, &docs, spill.path()).await;
-        assert_ne!(c.iter().map(|d| &d.id).collect::<Vec<_>>(), a.iter().map(|d| &d.id).collect::<Vec<_>>());
+        assert_ne!(
+            c.iter().map(|d| &d.id).collect::<Vec<_>>(),
+            a.iter().map(|d| &d.id).collect::<Vec<_>>()
+        );
         // Nothing is left in the spill directory.
         assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0);
     }

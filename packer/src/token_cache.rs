@@ -122,8 +122,12 @@ mod tests {
                 tokens: (0..(i % 7)).map(|t| t * 1000 + i).collect(),
             })
             .collect();
-        let mut output = OutputDir::open(location.clone(), "token-cache", "h").await.unwrap();
-        write_token_cache(&mut output, &documents, "sha", 1234).await.unwrap();
+        let mut output = OutputDir::open(location.clone(), "token-cache", "h")
+            .await
+            .unwrap();
+        write_token_cache(&mut output, &documents, "sha", 1234)
+            .await
+            .unwrap();
         let output = OutputDir::open(location, "token-cache", "h").await.unwrap();
         assert!(output.manifest().complete);
         assert_eq!(output.manifest().shards.len(), 2);

@@ -12,7 +12,13 @@ pub fn pipeline_identity(pipeline: &Pipeline) -> Result<String> {
     let stages = pipeline
         .stages
         .iter()
-        .map(|(name, mix)| Ok((name.clone(), mix, crate::identity::file_identity(&mix.tokenizer)?)))
+        .map(|(name, mix)| {
+            Ok((
+                name.clone(),
+                mix,
+                crate::identity::file_identity(&mix.tokenizer)?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     crate::identity::identity("the mix pipeline", &stages)
 }

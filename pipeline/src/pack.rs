@@ -171,10 +171,12 @@ impl PackJob {
                 let tokenized: Vec<(Vec<u32>, Vec<bool>)> = examples
                     .par_iter()
                     .map(|(id, messages)| {
-                        template.tokenize(&tokenizer, messages).map_err(|e| Error::Data {
-                            what: format!("example {id}"),
-                            reason: e.to_string(),
-                        })
+                        template
+                            .tokenize(&tokenizer, messages)
+                            .map_err(|e| Error::Data {
+                                what: format!("example {id}"),
+                                reason: e.to_string(),
+                            })
                     })
                     .collect::<Result<_>>()?;
                 let pad_id = tokenizer.id_of(&self.settings.pad_token)?;
@@ -237,8 +239,9 @@ async fn ordered_documents(
     sources: &SourcesOptions,
     query: &str,
     seed: u64,
-) -> Result<impl futures::Stream<Item = dapt_packer::Result<Vec<PackDocument>>> + Unpin + Send + 'static>
-{
+) -> Result<
+    impl futures::Stream<Item = dapt_packer::Result<Vec<PackDocument>>> + Unpin + Send + 'static,
+> {
     let session = SqlSession::over_sources(sources, None).await?;
     let query = query.trim().trim_end_matches(';');
     let mut stream = session.query(query).await?;

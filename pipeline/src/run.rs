@@ -26,9 +26,13 @@ use dapt_core::hash::sub_seed;
 use dapt_core::{parquet_io, Location, OutputDir};
 use dapt_eval::{EvalPlan, Grouping, PromptSet, TextSet};
 use dapt_ingest::{IngestOptions, IngestSettings};
-use dapt_packer::{pack_documents, split_heldout, BpeTrainOptions, PackOptions, PackSettings, TokenizerFile};
+use dapt_packer::{
+    pack_documents, split_heldout, BpeTrainOptions, PackOptions, PackSettings, TokenizerFile,
+};
 use dapt_trainer::tch::{self, nn, Device};
-use dapt_trainer::{CausalLm, InMemoryRows, ProxyDefaults, ProxyModelOptions, TrainOptions, Trainer};
+use dapt_trainer::{
+    CausalLm, InMemoryRows, ProxyDefaults, ProxyModelOptions, TrainOptions, Trainer,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -149,7 +153,10 @@ impl RunSettings {
             (None, Some(train)) => TokenizerSource::Train(train),
             (None, None) => TokenizerSource::Train(BpeTrainOptions::default()),
             (Some(_), Some(_)) => {
-                return Err(setting("tokenizer", "give either `path` or `train`, not both"))
+                return Err(setting(
+                    "tokenizer",
+                    "give either `path` or `train`, not both",
+                ))
             }
         };
         let pack = PackSettings::try_from(options.pack)?;
@@ -222,7 +229,12 @@ pub fn run(settings: &RunSettings, config: &Path, out: &Path) -> Result<RunRepor
     // 1. Ingest.
     let ingest_hash = crate::ingest::ingest_identity(&settings.ingest)?;
     let documents = location(&out.join("documents"))?;
-    crate::ingest::run_ingest(&runtime, &settings.ingest, documents.clone(), dapt_ingest::Job::ALL)?;
+    crate::ingest::run_ingest(
+        &runtime,
+        &settings.ingest,
+        documents.clone(),
+        dapt_ingest::Job::ALL,
+    )?;
 
     // 2. SQL.
     let select_hash = identity("the query", &(&ingest_hash, &settings.query))?;
@@ -265,7 +277,12 @@ pub fn run(settings: &RunSettings, config: &Path, out: &Path) -> Result<RunRepor
     // 4. Tokenise + pack.
     let pack_hash = identity(
         "the pack settings",
-        &(&select_hash, tokenizer.sha256(), &settings.pack, settings.seed),
+        &(
+            &select_hash,
+            tokenizer.sha256(),
+            &settings.pack,
+            settings.seed,
+        ),
     )?;
     let mut split_rows = Vec::new();
     for (split, split_ids, split_texts) in [
@@ -273,24 +290,25 @@ pub fn run(settings: &RunSettings, config: &Path, out: &Path) -> Result<RunRepor
         ("heldout", &heldout_ids, &heldout_texts),
     ] {
         let dir = out.join("packed").join(split);
-        runtime.block_on(async {
-            let mut output = OutputDir::open(location(&dir)?, "pack", &pack_hash).await?;
-            pack_documents(
-                &mut output,
-                tokenizer.clone(),
-                split_ids,
-                split_texts,
-                &[],
-                &settings.pack,
-                settings.seed,
-                &pack_hash,
-            )
-            .await?;
-            let rows =
-                dapt_packer::read_packed(&output, settings.pack.seq_len, pad_id as i32).await?;
-            Ok::<_, Error>(rows)
-        })
-        .map(|rows| split_rows.push(rows))?;
+        runtime
+            .block_on(async {
+                let mut output = OutputDir::open(location(&dir)?, "pack", &pack_hash).await?;
+                pack_documents(
+                    &mut output,
+                    tokenizer.clone(),
+                    split_ids,
+                    split_texts,
+                    &[],
+                    &settings.pack,
+                    settings.seed,
+                    &pack_hash,
+                )
+                .await?;
+                let rows =
+                    dapt_packer::read_packed(&output, settings.pack.seq_len, pad_id as i32).await?;
+                Ok::<_, Error>(rows)
+            })
+            .map(|rows| split_rows.push(rows))?;
     }
     let train_rows = split_rows.swap_remove(0);
 
@@ -305,7 +323,11 @@ pub fn run(settings: &RunSettings, config: &Path, out: &Path) -> Result<RunRepor
     })?;
     let vs = nn::VarStore::new(device);
     let model = CausalLm::new(&vs.root(), &model_config)?;
-    let parameters: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+    let parameters: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
     tracing::info!(parameters, ?device, "model initialised");
     save_with_tokenizer(&model, &vs, &tokenizer, &out.join("base").join("model"))?;
     let plan = eval_plan(
@@ -315,8 +337,12 @@ pub fn run(settings: &RunSettings, config: &Path, out: &Path) -> Result<RunRepor
         eos_id,
         settings.eval.batch_size,
     );
-    let base_eval = EvalPlan { label: "base".into(), model: "base".into(), ..plan.clone() }
-        .execute(&model, &tokenizer, device, |_, _| {})?;
+    let base_eval = EvalPlan {
+        label: "base".into(),
+        model: "base".into(),
+        ..plan.clone()
+    }
+    .execute(&model, &tokenizer, device, |_, _| {})?;
 
     let log_path = out.join("train_log.jsonl");
     let bar = crate::progress::bar(settings.train.steps as u64, "train", "steps");
@@ -332,8 +358,12 @@ pub fn run(settings: &RunSettings, config: &Path, out: &Path) -> Result<RunRepor
     let history = outcome.history;
     bar.finish_and_clear();
     save_with_tokenizer(&model, &vs, &tokenizer, &out.join("model"))?;
-    let adapted_eval = EvalPlan { label: "adapted".into(), model: "adapted".into(), ..plan }
-        .execute(&model, &tokenizer, device, |_, _| {})?;
+    let adapted_eval = EvalPlan {
+        label: "adapted".into(),
+        model: "adapted".into(),
+        ..plan
+    }
+    .execute(&model, &tokenizer, device, |_, _| {})?;
     let eval_dir = out.join("eval");
     std::fs::create_dir_all(&eval_dir).map_err(io_error(&eval_dir))?;
     for results in [&base_eval, &adapted_eval] {
@@ -472,7 +502,10 @@ async fn select(
         );
         let batches = session.query_collect(&ordered).await?;
         let Some(first) = batches.first() else {
-            return Err(setting("sql.query", format!("the query selected no documents: {query}")));
+            return Err(setting(
+                "sql.query",
+                format!("the query selected no documents: {query}"),
+            ));
         };
         let schema = first.schema();
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();

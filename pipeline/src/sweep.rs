@@ -18,7 +18,9 @@ use dapt_eval::{EvalPlan, EvalResults, Grouping, Regression, TaskSet, TextSet};
 use dapt_mixer::Mix;
 use dapt_packer::{TokenisedDocument, TokenizerFile};
 use dapt_trainer::tch::{Device, Kind};
-use dapt_trainer::{ModelConfig, ProxyDefaults, ProxyModelOptions, TrainConfig, TrainConfigOptions, TrainOptions};
+use dapt_trainer::{
+    ModelConfig, ProxyDefaults, ProxyModelOptions, TrainConfig, TrainConfigOptions, TrainOptions,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_error, setting};
@@ -204,7 +206,11 @@ pub fn run(file: &Path, out: &Path) -> Result<SweepOutcome> {
     for component in &mix.components {
         let hash = identity(
             "a sweep component",
-            &(&component.sql, tokenizer.sha256(), format!("{:?}", mix.sources)),
+            &(
+                &component.sql,
+                tokenizer.sha256(),
+                format!("{:?}", mix.sources),
+            ),
         )?;
         let dir = out.join("components").join(&component.name);
         let (documents, tokenised) = runtime.block_on(tokenised_component(
@@ -234,37 +240,36 @@ pub fn run(file: &Path, out: &Path) -> Result<SweepOutcome> {
     );
 
     // 2–4. Per variant: assemble + pack, train, evaluate.
-    let (init, base) = match (&options.model, &options.base) {
-        (Some(model), None) => {
-            let mut model = model.clone();
-            model.vocab_size = model.vocab_size.or(Some(tokenizer.vocab_size() as i64));
-            model.eos_token_id = model.eos_token_id.or(Some(i64::from(eos)));
-            model.to_config(ProxyDefaults::default())?;
-            (Some(model), None)
-        }
-        (None, Some(base)) => {
-            let base = resolve(&base_dir, base);
-            let config = ModelConfig::load(&base.join("config.json"))?;
-            if config.vocab_size < tokenizer.vocab_size() as i64 {
-                return Err(setting(
-                    key("base".into()),
-                    format!(
-                        "{}: vocab_size {} is smaller than the mix tokenizer's {} tokens",
-                        base.display(),
-                        config.vocab_size,
-                        tokenizer.vocab_size()
-                    ),
-                ));
+    let (init, base) =
+        match (&options.model, &options.base) {
+            (Some(model), None) => {
+                let mut model = model.clone();
+                model.vocab_size = model.vocab_size.or(Some(tokenizer.vocab_size() as i64));
+                model.eos_token_id = model.eos_token_id.or(Some(i64::from(eos)));
+                model.to_config(ProxyDefaults::default())?;
+                (Some(model), None)
             }
-            (None, Some(base))
-        }
-        _ => {
-            return Err(setting(
+            (None, Some(base)) => {
+                let base = resolve(&base_dir, base);
+                let config = ModelConfig::load(&base.join("config.json"))?;
+                if config.vocab_size < tokenizer.vocab_size() as i64 {
+                    return Err(setting(
+                        key("base".into()),
+                        format!(
+                            "{}: vocab_size {} is smaller than the mix tokenizer's {} tokens",
+                            base.display(),
+                            config.vocab_size,
+                            tokenizer.vocab_size()
+                        ),
+                    ));
+                }
+                (None, Some(base))
+            }
+            _ => return Err(setting(
                 key("model".into()),
                 "give either [model] (a proxy trained from scratch) or `base` (a model directory)",
-            ))
-        }
-    };
+            )),
+        };
     let mut results = Vec::new();
     for variant in &options.variants {
         let dir = out.join("variants").join(&variant.name);
@@ -323,20 +328,29 @@ pub fn run(file: &Path, out: &Path) -> Result<SweepOutcome> {
             name: variant.name.clone(),
             weights: names
                 .iter()
-                .map(|n| (n.clone(), variant.weights.get(n).copied().unwrap_or(0.0) / total))
+                .map(|n| {
+                    (
+                        n.clone(),
+                        variant.weights.get(n).copied().unwrap_or(0.0) / total,
+                    )
+                })
                 .collect(),
             shares,
             tokens,
-            metrics: evaluation.metrics().into_iter().map(|(n, v, _)| (n, v)).collect(),
+            metrics: evaluation
+                .metrics()
+                .into_iter()
+                .map(|(n, v, _)| (n, v))
+                .collect(),
         });
     }
 
     // 5. Summary and regression.
-    let objective = options
-        .eval
-        .objective
-        .clone()
-        .or_else(|| results.first().and_then(|r| r.metrics.keys().next().cloned()));
+    let objective = options.eval.objective.clone().or_else(|| {
+        results
+            .first()
+            .and_then(|r| r.metrics.keys().next().cloned())
+    });
     let regression = objective.and_then(|o| {
         let observations: Vec<dapt_eval::Observation> = results
             .iter()
@@ -446,12 +460,20 @@ async fn assemble_variant(
         let weight = variant.weights.get(name).copied().unwrap_or(0.0) / total_weight;
         let target = (weight * options.tokens as f64).round() as u64;
         let ids: Vec<String> = documents.iter().map(|d| d.id.clone()).collect();
-        let sizes: Vec<u64> = documents.iter().map(|d| d.tokens.len() as u64 + 1).collect();
+        let sizes: Vec<u64> = documents
+            .iter()
+            .map(|d| d.tokens.len() as u64 + 1)
+            .collect();
         let mut taken = 0u64;
-        for (epoch, indices) in dapt_mixer::run::sample(options.seed, name, &ids, &sizes, 0, target) {
+        for (epoch, indices) in dapt_mixer::run::sample(options.seed, name, &ids, &sizes, 0, target)
+        {
             for i in indices {
                 let d = &documents[i];
-                picks.push((dapt_mixer::run::shuffle_key(options.seed, name, &d.id, epoch), name, d));
+                picks.push((
+                    dapt_mixer::run::shuffle_key(options.seed, name, &d.id, epoch),
+                    name,
+                    d,
+                ));
                 taken += sizes[i];
             }
         }
@@ -464,7 +486,13 @@ async fn assemble_variant(
     let location = Location::parse(&dir.display().to_string())?;
     let hash = identity(
         "a sweep variant",
-        &(variant, options.tokens, options.seq_len, options.seed, tokenizer.sha256()),
+        &(
+            variant,
+            options.tokens,
+            options.seq_len,
+            options.seed,
+            tokenizer.sha256(),
+        ),
     )?;
     let mut output = OutputDir::open(location, "pack", &hash).await?;
     if output.manifest().complete {
@@ -568,7 +596,11 @@ fn render(summary: &SweepResults) -> (String, Vec<(String, String)>) {
             );
         }
         for m in &metrics {
-            let _ = write!(doc, " {:.4} |", v.metrics.get(m).copied().unwrap_or(f64::NAN));
+            let _ = write!(
+                doc,
+                " {:.4} |",
+                v.metrics.get(m).copied().unwrap_or(f64::NAN)
+            );
         }
         doc.push('\n');
     }
@@ -595,7 +627,11 @@ fn render(summary: &SweepResults) -> (String, Vec<(String, String)>) {
     let labels: Vec<String> = summary.variants.iter().map(|v| v.name.clone()).collect();
     let mut charts = Vec::new();
     for m in &metrics {
-        let values: Vec<Option<f64>> = summary.variants.iter().map(|v| v.metrics.get(m).copied()).collect();
+        let values: Vec<Option<f64>> = summary
+            .variants
+            .iter()
+            .map(|v| v.metrics.get(m).copied())
+            .collect();
         let name: String = m
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })

@@ -108,10 +108,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`id`, `text`"), "{err}");
-        let err = string_rows(&session, "SELECT 1 AS id, 'a' AS text WHERE false", &[&["id", "text"]])
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = string_rows(
+            &session,
+            "SELECT 1 AS id, 'a' AS text WHERE false",
+            &[&["id", "text"]],
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("no rows"), "{err}");
     }
 }

@@ -94,7 +94,8 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
                     "classify-heldout",
                     0,
                     &example.0,
-                )) < heldout {
+                )) < heldout
+                {
                     test.push(example);
                 } else {
                     train.push(example);

@@ -16,9 +16,9 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = RunSettings::load(&args.config)?;
-    let out = args.out.unwrap_or_else(|| {
-        PathBuf::from("out").join(args.config.file_stem().unwrap_or_default())
-    });
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("out").join(args.config.file_stem().unwrap_or_default()));
     let report = dapt_pipeline::run::run(&settings, &args.config, &out)?;
     println!(
         "held-out perplexity: before {:.2}, after {:.2} ({} tokens, {} documents); report: {}; base vs adapted: {}",

@@ -30,6 +30,12 @@ fn the_data_only_binary_needs_no_libtorch() {
     assert!(!libraries.contains("libc10"), "{libraries}");
     let help = common::dapt(&["--help"]);
     let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("ingest") && help.contains("pack") && help.contains("mix"), "{help}");
-    assert!(!help.contains("\n  train ") && !help.contains("\n  eval "), "{help}");
+    assert!(
+        help.contains("ingest") && help.contains("pack") && help.contains("mix"),
+        "{help}"
+    );
+    assert!(
+        !help.contains("\n  train ") && !help.contains("\n  eval "),
+        "{help}"
+    );
 }

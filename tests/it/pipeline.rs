@@ -240,7 +240,9 @@ fn pipeline_runs_end_to_end_and_reruns_identically() -> Result<()> {
     };
     let train_order = split(&rows);
     let heldout_documents: std::collections::BTreeSet<Vec<i32>> =
-        split(&read_packed(&out.join("packed/heldout"))?.0).into_iter().collect();
+        split(&read_packed(&out.join("packed/heldout"))?.0)
+            .into_iter()
+            .collect();
     let pack_order = split(&read_packed(&everything)?.0);
     ensure!(pack_order.len() == train_order.len() + heldout_documents.len());
     let without_heldout: Vec<Vec<i32>> = pack_order

@@ -618,7 +618,9 @@ fn ids_beyond_the_vocabulary_and_misspelt_model_keys_are_refused() -> Result<()>
         out.to_str().unwrap(),
     ])?;
     ensure!(
-        stderr.contains("vocab_size is 100") && stderr.contains("cpt") && stderr.contains("token id"),
+        stderr.contains("vocab_size is 100")
+            && stderr.contains("cpt")
+            && stderr.contains("token id"),
         "{stderr}"
     );
     ensure!(!stderr.contains("panicked"), "{stderr}");

@@ -430,8 +430,14 @@ impl ProxyModelOptions {
             rope_theta: Some(self.rope_theta),
             tie_word_embeddings: self.tie_word_embeddings,
             bos_token_id: self.bos_token_id.map(TokenIds::One),
-            eos_token_id: self.eos_token_id.or(defaults.eos_token_id).map(TokenIds::One),
-            pad_token_id: self.pad_token_id.or(defaults.pad_token_id).map(TokenIds::One),
+            eos_token_id: self
+                .eos_token_id
+                .or(defaults.eos_token_id)
+                .map(TokenIds::One),
+            pad_token_id: self
+                .pad_token_id
+                .or(defaults.pad_token_id)
+                .map(TokenIds::One),
             ..ModelConfig::default()
         };
         config.validate()?;
@@ -476,6 +482,10 @@ mod proxy_tests {
             model_type: "gpt5".into(),
             ..Default::default()
         };
-        assert!(bad.to_config(ProxyDefaults::default()).unwrap_err().to_string().contains("gpt5"));
+        assert!(bad
+            .to_config(ProxyDefaults::default())
+            .unwrap_err()
+            .to_string()
+            .contains("gpt5"));
     }
 }

@@ -38,6 +38,6 @@ pub use stages::{
 /// The tch version the trainer is built with, for callers that handle devices and seeds.
 pub use tch;
 pub use train::{
-    check_rows, describe_precision, mean_loss, CheckpointState, Schedule, StepMetrics, TrainOptions,
-    TrainOutcome, TrainSettings, Trainer,
+    check_rows, describe_precision, mean_loss, CheckpointState, Schedule, StepMetrics,
+    TrainOptions, TrainOutcome, TrainSettings, Trainer,
 };

@@ -504,9 +504,7 @@ impl CausalLm {
             },
         );
         let layers = (0..c.num_hidden_layers)
-            .map(|i| {
-                DecoderLayer::new(&model / "layers" / i, c)
-            })
+            .map(|i| DecoderLayer::new(&model / "layers" / i, c))
             .collect();
         let norm = RmsNorm::new(&model / "norm", c.hidden_size, c.rms_norm_eps);
         let lm_head = (!c.tie_word_embeddings).then(|| {
@@ -655,7 +653,13 @@ impl CausalLm {
         let query = Tensor::arange_start(past, past + t, (Kind::Int64, device)).unsqueeze(1);
         let key = Tensor::arange(past + t, (Kind::Int64, device)).unsqueeze(0);
         let mask = key.le_tensor(&query).unsqueeze(0).unsqueeze(0);
-        let logits = self.decode(input_ids, &positions, &Attend::Mask(&mask), Some(cache), false);
+        let logits = self.decode(
+            input_ids,
+            &positions,
+            &Attend::Mask(&mask),
+            Some(cache),
+            false,
+        );
         cache.seen = past + t;
         logits
     }

@@ -435,7 +435,8 @@ fn run_stage(
     let vocab_size = model.config().vocab_size;
     let data_location = config.location(&stage.data)?;
     let mut data = PackedShards::open(data_location.clone(), seed, o.prefetch_rows)?;
-    data.metadata().check_vocab(vocab_size, &data_location.url())?;
+    data.metadata()
+        .check_vocab(vocab_size, &data_location.url())?;
     let heldout = match &stage.heldout {
         Some(h) => {
             let location = config.location(h)?;
@@ -447,7 +448,11 @@ fn run_stage(
                 &data_location.url(),
             )?;
             let count = shards.rows_per_epoch();
-            Some((0..count).map(|_| shards.next_row()).collect::<Result<Vec<_>>>()?)
+            Some(
+                (0..count)
+                    .map(|_| shards.next_row())
+                    .collect::<Result<Vec<_>>>()?,
+            )
         }
         None => None,
     };
