@@ -277,7 +277,7 @@ impl PackedMetadata {
     }
 
     /// `summary` (a JSON object, or null) with this metadata under [`Self::SUMMARY_KEY`].
-    pub fn into_summary(&self, summary: serde_json::Value) -> serde_json::Value {
+    pub fn add_to_summary(&self, summary: serde_json::Value) -> serde_json::Value {
         let mut object = match summary {
             serde_json::Value::Object(map) => map,
             serde_json::Value::Null => serde_json::Map::new(),
@@ -433,7 +433,7 @@ mod metadata_tests {
 
     #[test]
     fn metadata_round_trips_through_a_manifest_summary_and_checks_the_vocabulary() {
-        let summary = metadata(99).into_summary(serde_json::json!({ "rows": 3 }));
+        let summary = metadata(99).add_to_summary(serde_json::json!({ "rows": 3 }));
         assert_eq!(summary["rows"], 3);
         let manifest = crate::Manifest {
             summary,

@@ -9,9 +9,9 @@ use dapt_encoder::TokenizerFile;
 use dapt_trainer::tch::Device;
 use dapt_trainer::CausalLm;
 
-use crate::Error;
 use crate::{
-    EvalResults, GenerateOptions, GenerationRecord, GenerationResults, McExample, Result, Scorer,
+    Error, EvalResults, GenerateOptions, GenerationRecord, GenerationResults, McExample, Result,
+    Scorer,
 };
 
 /// How a text set is also scored in groups.
@@ -247,8 +247,7 @@ fn packed_rows(
     metadata
         .check_tokenizer(tokenizer.sha256(), "the checkpoint's tokenizer", &url)
         .map_err(dapt_trainer::Error::from)?;
-    drop(shards);
-    Ok(dapt_trainer::read_all_rows(location.clone(), 4096)?)
+    Ok(shards.into_rows()?)
 }
 
 /// Generates a continuation of every prompt (an empty prompt starts from `prefix`) and measures how

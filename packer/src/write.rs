@@ -72,7 +72,7 @@ pub async fn write_packed(
         let bytes = encode_shard(chunk, &kv, &name)?;
         output.publish(&name, bytes, chunk.len() as u64).await?;
     }
-    output.finish(declared.into_summary(summary)).await?;
+    output.finish(declared.add_to_summary(summary)).await?;
     Ok(())
 }
 
@@ -323,7 +323,7 @@ where
         "packed"
     );
     let summary = serde_json::to_value(&stats).map_err(|e| Error::Stopped(e.to_string()))?;
-    output.finish(declared.into_summary(summary)).await?;
+    output.finish(declared.add_to_summary(summary)).await?;
     Ok(stats)
 }
 

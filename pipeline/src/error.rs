@@ -53,6 +53,13 @@ pub enum Error {
 
     #[error("{what}: {reason}")]
     Data { what: String, reason: String },
+
+    #[error("example {id}")]
+    Example {
+        id: String,
+        #[source]
+        source: dapt_packer::Error,
+    },
 }
 
 /// Result with [`Error`] as the default error.
@@ -62,6 +69,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub(crate) fn io_error(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { path, source }
+}
+
+/// Writes `value` as pretty JSON (and a final newline) to `path`.
+#[cfg(feature = "torch")]
+pub(crate) fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| setting(path.display().to_string(), e.to_string()))?;
+    std::fs::write(path, text + "\n").map_err(io_error(path))
 }
 
 /// An invalid setting.

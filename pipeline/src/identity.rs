@@ -15,8 +15,7 @@ pub fn identity(what: &str, value: &impl Serialize) -> Result<String> {
     Ok(dapt_core::hash::sha256_hex(&json))
 }
 
-/// sha256 (hex) of a file's bytes, or of nothing when it cannot be read (the read that follows names
-/// the file).
+/// sha256 (hex) of a file's bytes; an unreadable file is an error naming it.
 pub fn file_identity(path: &std::path::Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(crate::error::io_error(path))?;
     Ok(dapt_core::hash::sha256_hex(&bytes))

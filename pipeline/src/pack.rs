@@ -89,13 +89,14 @@ impl PackJob {
                 Ok((query.clone(), options))
             }
             PackInput::Documents { url } => {
-                let text = format!(
-                    "[sources.documents]\nurl = {:?}\n",
-                    format!("{}/", url.trim_end_matches('/'))
+                let mut options = SourcesOptions::default();
+                options.sources.insert(
+                    "documents".into(),
+                    dapt_sql::SourceOptions {
+                        url: format!("{}/", url.trim_end_matches('/')),
+                        ..Default::default()
+                    },
                 );
-                let options: SourcesOptions = toml::from_str(&text).map_err(|e| {
-                    setting("--input", format!("{url:?} is not a usable location: {e}"))
-                })?;
                 Ok((WHOLE_DIRECTORY.to_string(), options))
             }
         }
@@ -158,24 +159,33 @@ impl PackJob {
                 window,
                 overlong,
             } => {
+                let mut output = runtime.block_on(OutputDir::open(
+                    Location::parse(&self.out)?,
+                    "pack-sft",
+                    &hash,
+                ))?;
+                if output.manifest().complete {
+                    // A finished output is reused as it is, without reading or tokenising again.
+                    let stats = serde_json::from_value(output.manifest().summary.clone())
+                        .map_err(|e| setting("--out", format!("{}: {e}", self.out)))?;
+                    return Ok(PackOutcome::Sft(stats));
+                }
                 let template = self.chat_template(chat_template.as_deref())?;
                 let mut examples = runtime.block_on(chats(&sources, &query))?;
                 // The order is the packing order of the documents' ids, never how the rows arrived.
-                let ids: Vec<&str> = examples.iter().map(|(id, _)| id.as_str()).collect();
-                let order = dapt_core::order::ordered(self.seed, dapt_packer::PACK_ORDER, 0, &ids);
-                let mut slots: Vec<Option<(String, Vec<Message>)>> =
-                    examples.drain(..).map(Some).collect();
-                let examples: Vec<(String, Vec<Message>)> =
-                    order.into_iter().filter_map(|i| slots[i].take()).collect();
+                let stage = dapt_core::order::stage_seed(self.seed, dapt_packer::PACK_ORDER, 0);
+                examples.sort_by_cached_key(|(id, _)| {
+                    (dapt_core::order::key_with(stage, id), id.clone())
+                });
                 use rayon::prelude::*;
                 let tokenized: Vec<(Vec<u32>, Vec<bool>)> = examples
                     .par_iter()
                     .map(|(id, messages)| {
                         template
                             .tokenize(&tokenizer, messages)
-                            .map_err(|e| Error::Data {
-                                what: format!("example {id}"),
-                                reason: e.to_string(),
+                            .map_err(|source| Error::Example {
+                                id: id.clone(),
+                                source,
                             })
                     })
                     .collect::<Result<_>>()?;
@@ -188,27 +198,19 @@ impl PackJob {
                     *window,
                     *overlong,
                 );
-                runtime.block_on(async {
-                    let mut output =
-                        OutputDir::open(Location::parse(&self.out)?, "pack-sft", &hash).await?;
-                    if !output.manifest().complete {
-                        let summary = serde_json::to_value(&stats)
-                            .map_err(|e| setting("sft statistics", e.to_string()))?;
-                        dapt_packer::write_packed(
-                            &mut output,
-                            &rows,
-                            self.settings.rows_per_shard,
-                            self.settings.seq_len,
-                            pad_id,
-                            tokenizer.sha256(),
-                            self.seed,
-                            &hash,
-                            summary,
-                        )
-                        .await?;
-                    }
-                    Ok::<_, Error>(())
-                })?;
+                let summary = serde_json::to_value(&stats)
+                    .map_err(|e| setting("sft statistics", e.to_string()))?;
+                runtime.block_on(dapt_packer::write_packed(
+                    &mut output,
+                    &rows,
+                    self.settings.rows_per_shard,
+                    self.settings.seq_len,
+                    pad_id,
+                    tokenizer.sha256(),
+                    self.seed,
+                    &hash,
+                    summary,
+                ))?;
                 Ok(PackOutcome::Sft(stats))
             }
         }

@@ -36,7 +36,7 @@ use dapt_trainer::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::error::{io_error, setting};
+use crate::error::{io_error, setting, write_json};
 use crate::identity::identity;
 use crate::{Error, Result};
 
@@ -182,16 +182,6 @@ impl RunSettings {
             eval: options.eval,
         })
     }
-
-    /// The seed of the run.
-    pub fn seed(&self) -> u64 {
-        self.seed
-    }
-
-    /// Training steps.
-    pub fn steps(&self) -> usize {
-        self.train.steps
-    }
 }
 
 /// What a run did, as written to `OUT/report.json`.
@@ -284,33 +274,34 @@ pub fn run(settings: &RunSettings, config: &Path, out: &Path) -> Result<RunRepor
             settings.seed,
         ),
     )?;
-    let mut split_rows = Vec::new();
+    // Both splits are packed; the training rows are read back (checked row by row) for the trainer,
+    // the held-out ones are read by the evaluation plan.
+    let mut train_rows = Vec::new();
     for (split, split_ids, split_texts) in [
         ("train", &train_ids, &train_texts),
         ("heldout", &heldout_ids, &heldout_texts),
     ] {
         let dir = out.join("packed").join(split);
-        runtime
-            .block_on(async {
-                let mut output = OutputDir::open(location(&dir)?, "pack", &pack_hash).await?;
-                pack_documents(
-                    &mut output,
-                    tokenizer.clone(),
-                    split_ids,
-                    split_texts,
-                    &[],
-                    &settings.pack,
-                    settings.seed,
-                    &pack_hash,
-                )
-                .await?;
-                let rows =
+        runtime.block_on(async {
+            let mut output = OutputDir::open(location(&dir)?, "pack", &pack_hash).await?;
+            pack_documents(
+                &mut output,
+                tokenizer.clone(),
+                split_ids,
+                split_texts,
+                &[],
+                &settings.pack,
+                settings.seed,
+                &pack_hash,
+            )
+            .await?;
+            if split == "train" {
+                train_rows =
                     dapt_packer::read_packed(&output, settings.pack.seq_len, pad_id as i32).await?;
-                Ok::<_, Error>(rows)
-            })
-            .map(|rows| split_rows.push(rows))?;
+            }
+            Ok::<_, Error>(())
+        })?;
     }
-    let train_rows = split_rows.swap_remove(0);
 
     // 5. Train, with the base and the adapted model evaluated by one plan.
     tch::manual_seed(sub_seed(settings.seed, "model-init", 0) as i64);
@@ -390,7 +381,7 @@ pub fn run(settings: &RunSettings, config: &Path, out: &Path) -> Result<RunRepor
     let comparison_path = out.join("report.md");
     std::fs::write(&comparison_path, &comparison.document).map_err(io_error(&comparison_path))?;
     let report = json!({
-        "config": config_name(config),
+        "config": config.display().to_string(),
         "seed": settings.seed,
         "documents": { "train": train_ids.len(), "heldout": heldout_ids.len() },
         "tokenizer": { "sha256": tokenizer.sha256(), "vocab_size": tokenizer.vocab_size() },
@@ -414,16 +405,6 @@ pub fn run(settings: &RunSettings, config: &Path, out: &Path) -> Result<RunRepor
         report_json: report_path,
         comparison: comparison_path,
     })
-}
-
-fn config_name(config: &Path) -> String {
-    config.display().to_string()
-}
-
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| setting(path.display().to_string(), e.to_string()))?;
-    std::fs::write(path, text + "\n").map_err(io_error(path))
 }
 
 /// The demo's evaluation of a checkpoint: perplexity on the held-out rows, bits-per-byte of the

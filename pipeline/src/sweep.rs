@@ -23,7 +23,7 @@ use dapt_trainer::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::error::{io_error, setting};
+use crate::error::{io_error, setting, write_json};
 use crate::identity::identity;
 use crate::{Error, Result};
 
@@ -383,12 +383,6 @@ pub fn run(file: &Path, out: &Path) -> Result<SweepOutcome> {
         results: summary,
         document,
     })
-}
-
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| setting(path.display().to_string(), e.to_string()))?;
-    std::fs::write(path, text + "\n").map_err(io_error(path))
 }
 
 /// Reads a component's tokens from `dir`, or runs its query, tokenises every document once and writes

@@ -251,13 +251,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if plan.is_empty() {
         bail!("nothing to evaluate: give --task, --text, --packed or --prompts");
     }
-    let bar = dapt_pipeline::progress::bar(
-        plan.prompts.as_ref().map_or(0, |p| p.prompts.len()) as u64,
-        "generate",
-        "prompts",
-    );
-    let results = plan.execute(model, tokenizer, device, |_, _| bar.inc(1))?;
-    bar.finish_and_clear();
+    let bar = plan
+        .prompts
+        .as_ref()
+        .map(|p| dapt_pipeline::progress::bar(p.prompts.len() as u64, "generate", "prompts"));
+    let results = plan.execute(model, tokenizer, device, |_, _| {
+        if let Some(bar) = &bar {
+            bar.inc(1);
+        }
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)? + "\n")
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     for (name, value, _) in results.metrics() {

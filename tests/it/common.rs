@@ -59,5 +59,4 @@ pub fn run_fails(args: &[&str]) -> anyhow::Result<String> {
 
 #[path = "../support/s3.rs"]
 mod s3;
-#[cfg_attr(not(feature = "torch"), allow(unused_imports))]
 pub use s3::S3Server;

@@ -269,6 +269,12 @@ fn sft_packing_from_sql() -> Result<()> {
             !text.contains("assistant\n<|im_end|>") && !text.contains("</think>\n\n<|im_end|>"),
             "{text:?}"
         );
+        // A rerun reuses the finished output: the same report, the same bytes.
+        let shard = out.join("part-00000.parquet");
+        let before = std::fs::read(&shard)?;
+        let again = dapt(&args);
+        ensure!(again.status.success() && String::from_utf8(again.stdout)? == stdout);
+        ensure!(std::fs::read(&shard)? == before);
     }
     Ok(())
 }

@@ -29,11 +29,6 @@ pub trait RowSource {
     fn seek(&mut self, cursor: DataCursor) -> Result<()>;
 }
 
-/// Indices `0..n` in an order that is a function of (seed, what, epoch, index) only.
-fn seeded_order(seed: u64, what: &str, epoch: u64, keys: &[String]) -> Vec<usize> {
-    dapt_core::order::ordered(seed, what, epoch, keys)
-}
-
 /// Rows in memory, visited in a seeded order per epoch.
 pub struct InMemoryRows {
     rows: Vec<PackedRow>,
@@ -52,7 +47,7 @@ impl InMemoryRows {
             });
         }
         let keys: Vec<String> = (0..rows.len()).map(|i| i.to_string()).collect();
-        let order = seeded_order(seed, "train-order", 0, &keys);
+        let order = dapt_core::order::ordered(seed, "train-order", 0, &keys);
         Ok(Self {
             rows,
             keys,
@@ -83,7 +78,8 @@ impl RowSource for InMemoryRows {
 
     fn seek(&mut self, cursor: DataCursor) -> Result<()> {
         if cursor.epoch != self.cursor.epoch || self.order.is_empty() {
-            self.order = seeded_order(self.seed, "train-order", cursor.epoch, &self.keys);
+            self.order =
+                dapt_core::order::ordered(self.seed, "train-order", cursor.epoch, &self.keys);
         }
         self.cursor = DataCursor {
             row: cursor.row.min(self.rows.len()),
@@ -144,6 +140,12 @@ impl PackedShards {
         &self.metadata
     }
 
+    /// Every row of one epoch, in shard order (held-out evaluation).
+    pub fn into_rows(mut self) -> Result<Vec<PackedRow>> {
+        let count = self.rows_per_epoch();
+        (0..count).map(|_| self.next_row()).collect()
+    }
+
     /// Rows in one epoch.
     pub fn rows_per_epoch(&self) -> u64 {
         self.shards.iter().map(|s| s.rows).sum()
@@ -167,7 +169,7 @@ impl PackedShards {
             let names: Vec<String> = shards.iter().map(|s| s.name.clone()).collect();
             let mut cursor = start;
             loop {
-                let order = seeded_order(seed, "shard-order", cursor.epoch, &names);
+                let order = dapt_core::order::ordered(seed, "shard-order", cursor.epoch, &names);
                 while cursor.shard < order.len() {
                     let shard = &shards[order[cursor.shard]];
                     let rows = runtime

@@ -14,7 +14,7 @@ use dapt_core::{Location, PackedRow};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind};
 
-use crate::data::{PackedShards, RowSource};
+use crate::data::PackedShards;
 use crate::lora::{save_adapter, LoraOptions};
 use crate::train::{mean_loss, StepMetrics, TrainOptions, Trainer};
 use crate::weights::write_atomically;
@@ -299,9 +299,7 @@ fn copy_companions(from: &Path, to: &Path) -> Result<()> {
 
 /// Every row of a packed directory (one epoch), for held-out evaluation.
 pub fn read_all_rows(location: Location, prefetch: usize) -> Result<Vec<PackedRow>> {
-    let mut shards = PackedShards::open(location, 0, prefetch)?;
-    let count = shards.rows_per_epoch();
-    (0..count).map(|_| shards.next_row()).collect()
+    PackedShards::open(location, 0, prefetch)?.into_rows()
 }
 
 /// Runs every stage in order into `out`; `on_step(stage, metrics)` after each step. Returns the reports.
@@ -440,19 +438,14 @@ fn run_stage(
     let heldout = match &stage.heldout {
         Some(h) => {
             let location = config.location(h)?;
-            let mut shards = PackedShards::open(location.clone(), 0, o.prefetch_rows)?;
+            let shards = PackedShards::open(location.clone(), 0, o.prefetch_rows)?;
             shards.metadata().check_vocab(vocab_size, &location.url())?;
             shards.metadata().check_matches(
                 &location.url(),
                 data.metadata(),
                 &data_location.url(),
             )?;
-            let count = shards.rows_per_epoch();
-            Some(
-                (0..count)
-                    .map(|_| shards.next_row())
-                    .collect::<Result<Vec<_>>>()?,
-            )
+            Some(shards.into_rows()?)
         }
         None => None,
     };

@@ -325,7 +325,7 @@ fn write_packed_dir(dir: &Path, rows: &[PackedRow], per_shard: usize) {
             config_hash: "test".into(),
             max_token_id: dapt_core::packed::max_token_id(rows),
         };
-        out.finish(metadata.into_summary(serde_json::json!({})))
+        out.finish(metadata.add_to_summary(serde_json::json!({})))
             .await
             .unwrap();
     });
