@@ -6,10 +6,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-fn shared() -> PathBuf {
-    std::env::var("DAPT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+/// The test data (built by `scripts/test-data`; a missing folder fails naming that command).
+fn test_data() -> PathBuf {
+    dapt_test_data::dir()
 }
 
 fn main() {
@@ -24,7 +23,7 @@ fn main() {
         "math/pari-doc-tex.jsonl",
     ] {
         let mut taken = 0;
-        for line in std::fs::read_to_string(shared().join("corpus").join(file))
+        for line in std::fs::read_to_string(test_data().join("corpus").join(file))
             .unwrap()
             .lines()
         {
@@ -54,7 +53,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     for name in names.split(',') {
-        let path = shared().join(format!("tokenizers/{name}/tokenizer.json"));
+        let path = test_data().join(format!("tokenizers/{name}/tokenizer.json"));
         let (mut hf_best, mut fast_best) = (f64::MAX, f64::MAX);
         let (mut hf_tokens, mut fast_tokens) = (0, 0);
         for round in 0..rounds {

@@ -1,5 +1,5 @@
 //! Ingest throughput and memory: `dapt ingest` over jsonl.zst and FineWeb-layout Parquet shards built
-//! from the shared corpus, at 1× and 10× input size. Prints MB/s (of uncompressed text), docs/s and the
+//! from the test corpus, at 1× and 10× input size. Prints MB/s (of uncompressed text), docs/s and the
 //! process's peak RSS; bounded memory shows as equal peak RSS at both sizes.
 //!
 //! Run: `cargo bench --bench ingest` (release) or `cargo bench --profile dev --bench ingest`.
@@ -13,11 +13,9 @@ use std::time::Instant;
 use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 
+/// The test corpus (built by `scripts/test-data`; a missing folder fails naming that command).
 fn corpus() -> PathBuf {
-    std::env::var("DAPT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
-        .join("corpus")
+    dapt_test_data::corpus("")
 }
 
 /// Documents (text, path) from a mix of Russian, English and code sources, about `bytes` of text.
@@ -32,7 +30,7 @@ fn documents(bytes: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut total = 0;
     for file in files.iter().cycle() {
-        let text = std::fs::read_to_string(corpus().join(file)).expect("shared corpus");
+        let text = std::fs::read_to_string(corpus().join(file)).expect("test corpus");
         for line in text.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             let t = v["text"].as_str().unwrap().to_string();

@@ -1,5 +1,5 @@
 //! Tokenisation throughput: HF `tokenizers`' own `encode_batch_fast` over a mixed corpus (Russian,
-//! English, code from the shared data) against `dapt pack` end to end over the same documents (read
+//! English, code from the test data) against `dapt pack` end to end over the same documents (read
 //! Parquet through SQL, tokenise, pack, write Parquet), with the same tokenizer on the same machine.
 //! Prints MB/s, tokens/s, the ratio, and pack's peak RSS.
 //!
@@ -12,17 +12,16 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-fn shared() -> PathBuf {
-    std::env::var("DAPT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+/// The test data (built by `scripts/test-data`; a missing folder fails naming that command).
+fn test_data() -> PathBuf {
+    dapt_test_data::dir()
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    // The whole shared corpus (≈92 MB: ru, en, code, math, bilingual), as in the peers' benchmark,
+    // The whole test corpus (≈82 MB of text: ru, en, code, math, bilingual), as in the peers' benchmark,
     // unless DAPT_BENCH_MB caps it.
     let cap: Option<usize> = std::env::var("DAPT_BENCH_MB")
         .ok()
@@ -32,7 +31,7 @@ fn main() {
     let raw = dir.path().join("raw");
     std::fs::create_dir_all(&raw).unwrap();
     let mut files: Vec<PathBuf> = Vec::new();
-    for group in std::fs::read_dir(shared().join("corpus")).unwrap() {
+    for group in std::fs::read_dir(test_data().join("corpus")).unwrap() {
         let group = group.unwrap().path();
         if group.is_dir() {
             for file in std::fs::read_dir(&group).unwrap() {
@@ -60,7 +59,7 @@ fn main() {
         std::fs::write(raw.join(file.file_name().unwrap()), lines).unwrap();
     }
     let bytes: usize = texts.iter().map(String::len).sum();
-    let tokenizer_path = shared().join("tokenizers/qwen3/tokenizer.json");
+    let tokenizer_path = test_data().join("tokenizers/qwen3/tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).unwrap();
     println!(
         "corpus: {} documents, {:.1} MB; Qwen3 tokenizer; {} threads",

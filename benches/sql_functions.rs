@@ -1,4 +1,4 @@
-//! Throughput of the SQL text functions on real mixed text from the shared corpus (Russian, English,
+//! Throughput of the SQL text functions on real mixed text from the test corpus (Russian, English,
 //! code), one core, called through their Rust entry points exactly as the UDFs call them per row;
 //! and near dedup in documents per second (all cores).
 //!
@@ -10,11 +10,9 @@ use dapt_sql::functions::classifier::{Classifier, TrainOptions};
 use dapt_sql::functions::minhash::MinHasher;
 use dapt_sql::functions::{lang, quality, script, stats};
 
+/// The test corpus (built by `scripts/test-data`; a missing folder fails naming that command).
 fn corpus() -> PathBuf {
-    std::env::var("DAPT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
-        .join("corpus")
+    dapt_test_data::corpus("")
 }
 
 fn texts(bytes: usize) -> Vec<String> {
@@ -27,7 +25,7 @@ fn texts(bytes: usize) -> Vec<String> {
         "code/rust-src.jsonl",
         "en/fortunes.jsonl",
     ] {
-        let text = std::fs::read_to_string(corpus().join(file)).expect("shared corpus");
+        let text = std::fs::read_to_string(corpus().join(file)).expect("test corpus");
         let mut taken = 0;
         for line in text.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();

@@ -58,7 +58,7 @@ enum Command {
 
 /// glibc gives every thread that allocates concurrently an arena of its own (up to 8 per core) and
 /// returns memory freed in one arena to no other: with rayon and tokio threads that raises the peak RSS
-/// of a data stage by ≈60 MB (`dapt pack` on the shared corpus: 530 → 465 MB) at no measurable cost in
+/// of a data stage by ≈60 MB (`dapt pack` on the test corpus: 530 → 465 MB) at no measurable cost in
 /// speed. One arena per core, unless `MALLOC_ARENA_MAX` says otherwise.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

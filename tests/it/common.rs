@@ -11,11 +11,9 @@ pub fn dapt(args: &[&str]) -> Output {
         .expect("the dapt binary runs")
 }
 
-/// The shared test data (`shared/data` beside the repository; `DAPT_SHARED_DATA` overrides).
-pub fn shared() -> PathBuf {
-    std::env::var("DAPT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+/// The test data (built by `scripts/test-data`; a missing folder fails naming that command).
+pub fn test_data() -> PathBuf {
+    dapt_test_data::dir()
 }
 
 /// The demo data shipped in the repository.

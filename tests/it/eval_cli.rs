@@ -8,13 +8,13 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::common::{run_fails, run_ok, shared};
+use crate::common::{run_fails, run_ok, test_data};
 use anyhow::{ensure, Context, Result};
 
 /// 40 facts with one-word answers, and a 4-choice task over them.
 fn planted(dir: &Path) -> Result<()> {
     let task: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        shared().join("tasks/bigbench/qa_wikidata/task.json"),
+        test_data().join("tasks/bigbench/qa_wikidata/task.json"),
     )?)?;
     let mut facts: Vec<(String, String)> = Vec::new();
     for example in task["examples"].as_array().context("examples")? {
@@ -97,7 +97,7 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     planted(d)?;
-    let corpus = shared().canonicalize()?.join("corpus");
+    let corpus = test_data().canonicalize()?.join("corpus");
     std::fs::write(
         d.join("sources.toml"),
         format!(
@@ -332,7 +332,7 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
         }
     }
     // A real BIG-bench task file, zero- and few-shot.
-    let bigbench = shared().join("tasks/bigbench/general_knowledge/task.json");
+    let bigbench = test_data().join("tasks/bigbench/general_knowledge/task.json");
     let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&bigbench)?)?;
     let multiple_choice = file["examples"]
         .as_array()
@@ -529,7 +529,7 @@ fn eval_errors_name_the_problem() -> Result<()> {
         "{stderr}"
     );
     // A tokenizer with more tokens than the model's embeddings.
-    let qwen = shared().join("tokenizers/qwen3/tokenizer.json");
+    let qwen = test_data().join("tokenizers/qwen3/tokenizer.json");
     let stderr = run_fails(&[
         "eval",
         "--model",

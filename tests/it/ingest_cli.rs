@@ -5,10 +5,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::shared;
+use crate::common::test_data;
 use anyhow::{ensure, Result};
 
-/// Twelve zstd-compressed shards cut from the shared corpus (about 12 MB of text).
+/// Twelve zstd-compressed shards cut from the test corpus (about 12 MB of text).
 fn write_inputs(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let sources = [
@@ -18,7 +18,7 @@ fn write_inputs(dir: &Path) -> Result<()> {
     ];
     let mut index = 0;
     for source in sources {
-        let text = std::fs::read_to_string(shared().join("corpus").join(source))?;
+        let text = std::fs::read_to_string(test_data().join("corpus").join(source))?;
         let lines: Vec<&str> = text.lines().collect();
         for chunk in lines.chunks(lines.len().div_ceil(4)).take(4) {
             let mut plain = chunk.join("\n");

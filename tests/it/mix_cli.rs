@@ -1,13 +1,13 @@
-//! `dapt mix plan|run` on the shared corpus: shares, epochs caps, determinism, stages, reports.
+//! `dapt mix plan|run` on the test corpus: shares, epochs caps, determinism, stages, reports.
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{dapt, shared};
+use crate::common::{dapt, test_data};
 use anyhow::{ensure, Result};
 
 fn mix_file(dir: &Path, name: &str, top: &str, body: &str) -> Result<std::path::PathBuf> {
-    let corpus = shared().canonicalize()?.join("corpus");
-    let tokenizer = shared().join("tokenizers/qwen3/tokenizer.json");
+    let corpus = test_data().canonicalize()?.join("corpus");
+    let tokenizer = test_data().join("tokenizers/qwen3/tokenizer.json");
     let head = format!(
         "seed = 7\ntokenizer = {tokenizer:?}\ntarget_language = \"ru\"\nshuffle_window = 256\ndocuments_per_shard = 2000\n\
          [sources.ru]\nurl = {:?}\n[sources.handbook]\nurl = {:?}\n[sources.en]\nurl = {:?}\n\
@@ -181,7 +181,7 @@ fn stages_continue_components_and_check_qa_grounding() -> Result<()> {
     // Stage-1 knowledge: Russian fortunes. QA: grounded answers copy a fortune's first sentence,
     // planted ungrounded answers are invented.
     let fortunes: Vec<String> =
-        std::fs::read_to_string(shared().join("corpus/ru/fortunes-ru.jsonl"))?
+        std::fs::read_to_string(test_data().join("corpus/ru/fortunes-ru.jsonl"))?
             .lines()
             .map(|l| {
                 serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]

@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use crate::common::{dapt, shared};
+use crate::common::{dapt, test_data};
 use anyhow::{ensure, Result};
 use dapt_core::{Location, OutputDir};
 use dapt_packer::TokenizerFile;
@@ -19,7 +19,7 @@ fn packed_rows_decode_to_the_source_documents() -> Result<()> {
         ("code/rust-src.jsonl", 30),
         ("ru/fortunes-ru.jsonl", 800),
     ] {
-        let lines: Vec<String> = std::fs::read_to_string(shared().join("corpus").join(file))?
+        let lines: Vec<String> = std::fs::read_to_string(test_data().join("corpus").join(file))?
             .lines()
             .take(n)
             .map(str::to_string)
@@ -32,7 +32,7 @@ fn packed_rows_decode_to_the_source_documents() -> Result<()> {
     }
     let docs = dir.path().join("docs");
     crate::common::ingest(&raw, &docs)?;
-    let qwen = shared().join("tokenizers/qwen3/tokenizer.json");
+    let qwen = test_data().join("tokenizers/qwen3/tokenizer.json");
     let packed = dir.path().join("packed");
     let args = [
         "pack",
@@ -156,7 +156,7 @@ fn packed_rows_decode_to_the_source_documents() -> Result<()> {
 fn sft_packing_from_sql() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let task: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        shared().join("tasks/bigbench/qa_wikidata/task.json"),
+        test_data().join("tasks/bigbench/qa_wikidata/task.json"),
     )?)?;
     let mut pairs = String::new();
     let mut chats = String::new();
@@ -196,7 +196,7 @@ fn sft_packing_from_sql() -> Result<()> {
             dir.path().join("chats.jsonl").display()
         ),
     )?;
-    let qwen = shared().join("tokenizers/qwen3/tokenizer.json");
+    let qwen = test_data().join("tokenizers/qwen3/tokenizer.json");
     for (query, template, out) in [
         ("SELECT id, prompt, response FROM pairs", None, "sft-qwen"),
         (

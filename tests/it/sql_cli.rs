@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{dapt, demo_data, shared as shared_data};
+use crate::common::{dapt, demo_data, test_data};
 use anyhow::{ensure, Result};
 
 /// Ingests the demo data and writes a raw JSON-lines file whose text column is called `body`.
@@ -291,7 +291,7 @@ fn dedup_commands_write_a_joinable_table() -> Result<()> {
 #[test]
 fn classifier_and_token_count_from_sql() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let corpus = shared_data().join("corpus");
+    let corpus = test_data().join("corpus");
     let raw = dir.path().join("raw");
     std::fs::create_dir_all(&raw)?;
     for (file, n) in [
@@ -313,7 +313,7 @@ fn classifier_and_token_count_from_sql() -> Result<()> {
         let mut text = format!(
             "[sources.docs]\nurl = \"{}/\"\n[tokenizers]\nqwen3 = \"{}\"\n",
             docs.display(),
-            shared_data()
+            test_data()
                 .join("tokenizers/qwen3/tokenizer.json")
                 .display()
         );

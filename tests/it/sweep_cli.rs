@@ -1,16 +1,16 @@
-//! `dapt sweep` on the shared corpus: three mixtures of Russian, English and code, each assembled from
+//! `dapt sweep` on the test corpus: three mixtures of Russian, English and code, each assembled from
 //! components tokenised once, a proxy trained and evaluated per mixture; a rerun with a fourth variant
 //! tokenises nothing and retrains nothing that was done.
 use std::path::Path;
 
-use crate::common::{run_fails, run_ok, shared};
+use crate::common::{run_fails, run_ok, test_data};
 use anyhow::{ensure, Result};
 
 const ID: &str = "concat(path, '#', CAST(i AS VARCHAR)) AS id";
 
 fn files(dir: &Path, variants: &str) -> Result<std::path::PathBuf> {
-    let corpus = shared().canonicalize()?.join("corpus");
-    let tokenizer = shared()
+    let corpus = test_data().canonicalize()?.join("corpus");
+    let tokenizer = test_data()
         .canonicalize()?
         .join("tokenizers/qwen3/tokenizer.json");
     // A small tokenizer keeps the proxy small: train one on the components' text.

@@ -1,7 +1,7 @@
 //! `dapt tokenizer` as a user runs it: measure per language, extend Qwen3 with Russian tokens, train.
 use std::path::PathBuf;
 
-use crate::common::{dapt, shared};
+use crate::common::{dapt, test_data};
 use anyhow::{ensure, Result};
 use dapt_packer::TokenizerFile;
 
@@ -17,8 +17,8 @@ fn measure_extend_and_train_from_sql() -> Result<()> {
         format!("[sources.docs]\nurl = \"{}/\"\n", docs.display()),
     )?;
     let config = config.to_str().unwrap();
-    let qwen = shared().join("tokenizers/qwen3/tokenizer.json");
-    let gpt2 = shared().join("tokenizers/gpt2/tokenizer.json");
+    let qwen = test_data().join("tokenizers/qwen3/tokenizer.json");
+    let gpt2 = test_data().join("tokenizers/gpt2/tokenizer.json");
 
     let measure = dapt(&[
         "tokenizer",

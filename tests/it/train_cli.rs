@@ -1,18 +1,18 @@
-//! `dapt train` and `dapt model` as a user runs them: a tokenizer trained on the shared corpus, CPT and
+//! `dapt train` and `dapt model` as a user runs them: a tokenizer trained on the test corpus, CPT and
 //! SFT rows packed by `dapt pack`, a three-stage config (CPT full → CPT LoRA → SFT full) on a small
 //! proxy model, a SIGKILL in the middle and a rerun that gives the same bytes.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{run_fails, run_ok, shared};
+use crate::common::{run_fails, run_ok, test_data};
 use anyhow::{ensure, Result};
 use dapt_trainer::tch::{Device, Kind};
 
 /// Tokenizer, CPT rows (train + held-out) and SFT rows in `dir`.
 fn prepare(dir: &Path) -> Result<(PathBuf, usize)> {
-    let corpus = shared().canonicalize()?.join("corpus");
+    let corpus = test_data().canonicalize()?.join("corpus");
     let task: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        shared().join("tasks/bigbench/qa_wikidata/task.json"),
+        test_data().join("tasks/bigbench/qa_wikidata/task.json"),
     )?)?;
     let mut pairs = String::new();
     for (i, example) in task["examples"]
@@ -370,7 +370,7 @@ fn resize_embeddings_and_merge_lora_from_the_cli() -> Result<()> {
         model.save(&vs, &base)?;
     }
     let extended = dir.path().join("extended");
-    let corpus = shared().canonicalize()?.join("corpus");
+    let corpus = test_data().canonicalize()?.join("corpus");
     let sources = dir.path().join("ext.toml");
     std::fs::write(
         &sources,
@@ -477,7 +477,7 @@ fn resize_embeddings_and_merge_lora_from_the_cli() -> Result<()> {
 }
 
 fn prepare_tokenizer_only(dir: &Path) -> Result<(PathBuf, usize)> {
-    let corpus = shared().canonicalize()?.join("corpus");
+    let corpus = test_data().canonicalize()?.join("corpus");
     let sources = dir.join("tok.toml");
     std::fs::write(
         &sources,
@@ -511,7 +511,7 @@ fn training_streams_packed_rows_from_s3() -> Result<()> {
     let (tokenizer, vocab) = prepare_tokenizer_only(dir.path())?;
     let server = crate::common::S3Server::start()?;
     let bucket = server.bucket("training")?;
-    let corpus = shared().canonicalize()?.join("corpus");
+    let corpus = test_data().canonicalize()?.join("corpus");
     std::fs::write(
         dir.path().join("s.toml"),
         format!(

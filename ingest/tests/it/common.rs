@@ -10,12 +10,9 @@ use dapt_core::{parquet_io, Location, Manifest};
 use dapt_ingest::{ingest, IngestOptions, IngestSettings, IngestSummary, Job};
 use object_store::ObjectStoreExt;
 
-/// The shared corpus (`shared/data/corpus`), beside the repository.
+/// The test corpus (built by `scripts/test-data`; a missing folder fails naming that command).
 pub fn corpus() -> PathBuf {
-    let root = std::env::var("DAPT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
-    root.join("corpus")
+    dapt_test_data::corpus("")
 }
 
 /// A real document: its text plus the fields the corpus records.
@@ -28,7 +25,7 @@ pub struct Doc {
 /// `n` documents from a corpus file, e.g. `ru/debian-faq-ru.jsonl`.
 pub fn docs(file: &str, n: usize) -> Vec<Doc> {
     let text = std::fs::read_to_string(corpus().join(file))
-        .unwrap_or_else(|e| panic!("shared corpus file {file}: {e}"));
+        .unwrap_or_else(|e| panic!("test corpus file {file}: {e}"));
     text.lines()
         .take(n)
         .map(|line| {

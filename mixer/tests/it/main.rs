@@ -1,4 +1,4 @@
-//! Integration tests of dapt-mixer's dedup on real documents from the shared corpus with planted
+//! Integration tests of dapt-mixer's dedup on real documents from the test corpus with planted
 //! near-duplicates at measured Jaccard similarities.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -9,11 +9,9 @@ use arrow::datatypes::{DataType, Field, Schema};
 use dapt_mixer::{near_duplicates, Duplicate, NearOptions};
 use dapt_sql::functions::minhash::MinHasher;
 
+/// The test corpus (built by `scripts/test-data`; a missing folder fails naming that command).
 fn corpus() -> PathBuf {
-    std::env::var("DAPT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))
-        .join("corpus")
+    dapt_test_data::corpus("")
 }
 
 /// Real documents of 150+ words from several sources, exact duplicates within the corpus removed.

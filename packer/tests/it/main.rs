@@ -1,18 +1,17 @@
-//! Integration tests of dapt-packer with real tokenizers and real text from the shared data.
+//! Integration tests of dapt-packer with real tokenizers and real text from the test data.
 use std::path::PathBuf;
 
 use dapt_packer::{extend, measure, TokenizerFile};
 
-fn shared() -> PathBuf {
-    std::env::var("DAPT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))
+/// The test data (built by `scripts/test-data`; a missing folder fails naming that command).
+fn test_data() -> PathBuf {
+    dapt_test_data::dir()
 }
 
 fn texts(file: &str, bytes: usize) -> Vec<String> {
     let mut out = Vec::new();
     let mut total = 0;
-    for line in std::fs::read_to_string(shared().join("corpus").join(file))
+    for line in std::fs::read_to_string(test_data().join("corpus").join(file))
         .unwrap()
         .lines()
     {
@@ -29,10 +28,11 @@ fn texts(file: &str, bytes: usize) -> Vec<String> {
 
 #[test]
 fn measure_compares_languages_and_tokenizers() {
-    let qwen = TokenizerFile::load(&shared().join("tokenizers/qwen3/tokenizer.json")).unwrap();
-    let gpt2 = TokenizerFile::load(&shared().join("tokenizers/gpt2/tokenizer.json")).unwrap();
+    let qwen = TokenizerFile::load(&test_data().join("tokenizers/qwen3/tokenizer.json")).unwrap();
+    let gpt2 = TokenizerFile::load(&test_data().join("tokenizers/gpt2/tokenizer.json")).unwrap();
     let mistral =
-        TokenizerFile::load(&shared().join("tokenizers/mistral7b_v01_hf/tokenizer.json")).unwrap();
+        TokenizerFile::load(&test_data().join("tokenizers/mistral7b_v01_hf/tokenizer.json"))
+            .unwrap();
     let ru = texts("ru/fortunes-ru.jsonl", 300_000);
     let en = texts("en/fortunes.jsonl", 300_000);
     let (qwen_ru, qwen_en) = (measure(&qwen, &ru).unwrap(), measure(&qwen, &en).unwrap());
@@ -57,7 +57,7 @@ fn measure_compares_languages_and_tokenizers() {
 
 #[test]
 fn extension_appends_domain_tokens_and_keeps_old_ids() {
-    let base = TokenizerFile::load(&shared().join("tokenizers/qwen3/tokenizer.json")).unwrap();
+    let base = TokenizerFile::load(&test_data().join("tokenizers/qwen3/tokenizer.json")).unwrap();
     let mut domain = texts("ru/debian-handbook-ru.jsonl", 1_500_000);
     domain.extend(texts("ru/gimp-help-ru.jsonl", 1_000_000));
     let heldout_ru = texts("ru/developers-reference-ru.jsonl", 400_000);
@@ -147,7 +147,7 @@ fn extension_appends_domain_tokens_and_keeps_old_ids() {
     assert!(new_ids > 10_000, "{new_ids} new tokens used");
 }
 
-/// Single-turn chats from the shared BIG-bench tasks: `(question, answer)`.
+/// Single-turn chats from the test data's BIG-bench tasks: `(question, answer)`.
 fn sft_examples() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for task in [
@@ -158,7 +158,10 @@ fn sft_examples() -> Vec<(String, String)> {
         "code_line_description",
         "identify_math_theorems",
     ] {
-        let path = shared().join("tasks/bigbench").join(task).join("task.json");
+        let path = test_data()
+            .join("tasks/bigbench")
+            .join(task)
+            .join("task.json");
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         for example in json["examples"].as_array().unwrap() {
@@ -186,9 +189,10 @@ fn sft_examples() -> Vec<(String, String)> {
 #[test]
 fn sft_masks_exactly_the_assistant_turns_and_packs_densely() {
     use dapt_packer::{pack_sft, ChatTemplate, Message, Overlong};
-    let tokenizer = TokenizerFile::load(&shared().join("tokenizers/qwen3/tokenizer.json")).unwrap();
+    let tokenizer =
+        TokenizerFile::load(&test_data().join("tokenizers/qwen3/tokenizer.json")).unwrap();
     let template = ChatTemplate::from_tokenizer_config(
-        &shared().join("tokenizers/qwen3/tokenizer_config.json"),
+        &test_data().join("tokenizers/qwen3/tokenizer_config.json"),
     )
     .unwrap();
     let chat = |q: &str, a: &str| {
@@ -274,9 +278,9 @@ fn sft_masks_exactly_the_assistant_turns_and_packs_densely() {
         .all(|r| r.segment_sources.len() == r.segment_lengths.len()));
 }
 
-/// Every document of every file of the shared corpus (ru, en, code, math, bilingual).
+/// Every document of every file of the test corpus (ru, en, code, math, bilingual).
 fn whole_corpus() -> Vec<String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(shared().join("corpus"))
+    let mut files: Vec<PathBuf> = std::fs::read_dir(test_data().join("corpus"))
         .unwrap()
         .flat_map(|dir| std::fs::read_dir(dir.unwrap().path()).unwrap())
         .map(|f| f.unwrap().path())
@@ -287,7 +291,7 @@ fn whole_corpus() -> Vec<String> {
     files
         .iter()
         .flat_map(|f| {
-            let file = f.strip_prefix(shared().join("corpus")).unwrap();
+            let file = f.strip_prefix(test_data().join("corpus")).unwrap();
             texts(file.to_str().unwrap(), usize::MAX)
         })
         .collect()
@@ -321,7 +325,7 @@ fn assert_same_ids(
     });
 }
 
-/// The fast encoder gives HF's ids on every document of the shared corpus (92 MB of ru/en/code/math)
+/// The fast encoder gives HF's ids on every document of the test corpus (82 MB of ru/en/code/math/bilingual text)
 /// for qwen3, llama3_1, gpt2 and an extended llama3_1 and on the llama.cpp conformance vectors;
 /// Mistral's (byte fallback) is refused.
 #[test]
@@ -335,11 +339,11 @@ fn fast_encoder_reproduces_hf_ids() {
         ("llama3_1", "llama-bpe"),
         ("gpt2", "gpt-2"),
     ] {
-        let path = shared().join(format!("tokenizers/{name}/tokenizer.json"));
+        let path = test_data().join(format!("tokenizers/{name}/tokenizer.json"));
         let hf = TokenizerFile::load(&path).unwrap();
         let fast = FastEncoder::from_json(hf.json()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_same_ids(name, &hf, &fast, &documents);
-        let dir = shared().join("tokenizers/conformance");
+        let dir = test_data().join("tokenizers/conformance");
         let inputs =
             std::fs::read_to_string(dir.join(format!("ggml-vocab-{conformance}.gguf.inp")))
                 .unwrap();
@@ -368,7 +372,8 @@ fn fast_encoder_reproduces_hf_ids() {
     }
     // A tokenizer extended by `dapt tokenizer extend` (here llama3_1's, with Russian domain tokens
     // whose merges are appended after the base's) gives HF's ids too.
-    let base = TokenizerFile::load(&shared().join("tokenizers/llama3_1/tokenizer.json")).unwrap();
+    let base =
+        TokenizerFile::load(&test_data().join("tokenizers/llama3_1/tokenizer.json")).unwrap();
     let extension = extend(&base, &texts("ru/kicad-doc-ru.jsonl", 600_000), 300, 2).unwrap();
     let extended = &extension.tokenizer;
     let fast = FastEncoder::from_json(extended.json()).unwrap();
@@ -385,13 +390,14 @@ fn fast_encoder_reproduces_hf_ids() {
 
     // SentencePiece-style BPE with byte fallback is not reproduced: callers fall back to HF.
     let mistral =
-        TokenizerFile::load(&shared().join("tokenizers/mistral7b_v01_hf/tokenizer.json")).unwrap();
+        TokenizerFile::load(&test_data().join("tokenizers/mistral7b_v01_hf/tokenizer.json"))
+            .unwrap();
     let reason = FastEncoder::from_json(mistral.json()).err().unwrap();
     assert!(
         reason.contains("byte fallback") || reason.contains("normalizer"),
         "{reason}"
     );
-    let path = shared().join("tokenizers/mistral7b_v01_hf/tokenizer.json");
+    let path = test_data().join("tokenizers/mistral7b_v01_hf/tokenizer.json");
     let auto = TokenizerFile::load_with(&path, dapt_packer::EncoderChoice::Auto).unwrap();
     assert_eq!(auto.encoder_name(), "hf");
     assert_eq!(

@@ -1,4 +1,4 @@
-//! Every SQL function through a real session, on real texts from the shared corpus: Cyrillic,
+//! Every SQL function through a real session, on real texts from the test corpus: Cyrillic,
 //! mixed-script, empty, NULL and a 10 MB document; language-ID accuracy on a labelled set.
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,11 +7,9 @@ use arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, UInt64Type};
 use dapt_sql::SqlSession;
 
+/// The test corpus (built by `scripts/test-data`; a missing folder fails naming that command).
 fn corpus() -> PathBuf {
-    std::env::var("DAPT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))
-        .join("corpus")
+    dapt_test_data::corpus("")
 }
 
 fn texts(file: &str, n: usize, min_chars: usize) -> Vec<String> {
