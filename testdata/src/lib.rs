@@ -71,11 +71,6 @@ pub fn corpus(file: &str) -> PathBuf {
     path(&format!("corpus/{file}"))
 }
 
-/// The `tokenizer.json` of one of the test tokenizers (`qwen3`, `llama3_1`, `mistral7b_v01_hf`, `gpt2`).
-pub fn tokenizer(name: &str) -> PathBuf {
-    path(&format!("tokenizers/{name}/tokenizer.json"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
