@@ -39,7 +39,7 @@ enum Command {
     /// Train in stages (CPT → CPT → SFT; full-weight or LoRA) on packed Parquet; resumable.
     #[cfg(feature = "torch")]
     Train(commands::train::TrainArgs),
-    /// Model surgery: resize embeddings for an extended tokenizer, merge a LoRA adapter.
+    /// Model files: import a GGUF model, resize embeddings for an extended tokenizer, merge a LoRA adapter.
     #[cfg(feature = "torch")]
     Model(commands::model::ModelArgs),
     /// Score a checkpoint: perplexity, bits-per-byte, multiple-choice tasks, generation lang-swap.

@@ -111,12 +111,11 @@ pub fn generate(
     let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
     let mut logits = tch::no_grad(|| {
         model
-            .forward_cached(
+            .next_token_logits(
                 &Tensor::from_slice(&ids).unsqueeze(0).to_device(device),
                 &mut cache,
             )
             .get(0)
-            .get(-1)
     });
     let mut tokens = Vec::new();
     let mut text = String::new();
@@ -150,14 +149,13 @@ pub fn generate(
         }
         logits = tch::no_grad(|| {
             model
-                .forward_cached(
+                .next_token_logits(
                     &Tensor::from_slice(&[next as i64])
                         .unsqueeze(0)
                         .to_device(device),
                     &mut cache,
                 )
                 .get(0)
-                .get(-1)
         });
     }
     Ok(Generation {

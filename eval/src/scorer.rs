@@ -4,7 +4,7 @@
 //! is batched with; requests are sorted by length (longest first) to waste little padding and the
 //! results returned in request order.
 use dapt_core::PackedRow;
-use dapt_trainer::{Batch, CausalLm};
+use dapt_trainer::{Batch, CausalLm, TargetScores, IGNORE_INDEX};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -103,28 +103,31 @@ impl Scorer<'_> {
                     }
                 })
                 .collect();
-            let logprobs = self.log_softmax(&rows);
+            // The target of each scored position: the token after it.
+            let mut targets = vec![IGNORE_INDEX; chunk.len() * width];
             for (row, &i) in chunk.iter().enumerate() {
                 let (all, scored) = &sequences[i];
                 let n = all.len() - 1;
-                let targets: Vec<i64> = all[all.len() - scored..]
-                    .iter()
-                    .map(|&t| t as i64)
-                    .collect();
-                let positions =
-                    logprobs
-                        .get(row as i64)
-                        .narrow(0, (n - scored) as i64, *scored as i64);
-                let targets_t = Tensor::from_slice(&targets).to_device(positions.device());
-                let picked = positions
-                    .gather(1, &targets_t.unsqueeze(1), false)
-                    .squeeze_dim(1);
-                let greedy = positions.argmax(1, false).eq_tensor(&targets_t).all();
+                for p in n - scored..n {
+                    targets[row * width + p] = all[p + 1] as i64;
+                }
+            }
+            let scores = self.score(&rows, &targets, 0);
+            // Scores come in flat order: each row's scored positions, row after row.
+            let mut offset = 0;
+            for &i in chunk {
+                let scored = sequences[i].1 as i64;
+                let greedy = scores.greedy.narrow(0, offset, scored).all();
                 out[i] = Some(LogLikelihood {
-                    logprob: picked.sum(Kind::Double).double_value(&[]),
+                    logprob: scores
+                        .logprob
+                        .narrow(0, offset, scored)
+                        .sum(Kind::Double)
+                        .double_value(&[]),
                     is_greedy: greedy.int64_value(&[]) != 0,
-                    tokens: *scored,
+                    tokens: scored as usize,
                 });
+                offset += scored;
             }
         }
         Ok(out
@@ -139,17 +142,15 @@ impl Scorer<'_> {
             .collect())
     }
 
-    /// `[rows, width, vocab]` log-softmax (float32) of the model's next-token distributions.
-    fn log_softmax(&self, rows: &[PackedRow]) -> Tensor {
+    /// The model's log-probabilities of `targets` (`[rows × width]`, [`IGNORE_INDEX`] where none) at
+    /// each position of `rows`, and the `top` most likely tokens there; logits are computed in bounded
+    /// chunks of positions (see [`CausalLm::score_targets`]).
+    fn score(&self, rows: &[PackedRow], targets: &[i64], top: i64) -> TargetScores {
         let refs: Vec<&PackedRow> = rows.iter().collect();
         let batch = Batch::from_rows(&refs, self.device);
-        tch::no_grad(|| {
-            self.model
-                .forward(&batch.input_ids, &batch.positions, &batch.mask)
-                .to_kind(Kind::Float)
-                .log_softmax(-1, Kind::Float)
-                .to_device(Device::Cpu)
-        })
+        let width = rows.first().map_or(0, |r| r.input_ids.len()) as i64;
+        let targets = Tensor::from_slice(targets).view([rows.len() as i64, width]);
+        tch::no_grad(|| self.model.score_targets(&batch, &targets, top))
     }
 
     /// Per-token log-probabilities of `tokens` (each given the ones before it, the first has none) and
@@ -177,30 +178,26 @@ impl Scorer<'_> {
                 loss_mask: vec![true; n],
                 ..Default::default()
             };
-            let logprobs = self.log_softmax(std::slice::from_ref(&row)).get(0);
-            let (values, indices) = if top > 0 {
-                let (v, i) = logprobs.topk(top as i64, -1, true, true);
-                (Some(v), Some(i))
-            } else {
-                (None, None)
+            let targets: Vec<i64> = window[1..].iter().map(|&t| t as i64).collect();
+            let scores = self.score(std::slice::from_ref(&row), &targets, top as i64);
+            let logprobs = Vec::<f32>::try_from(&scores.logprob).unwrap_or_default();
+            let (values, ids) = match &scores.top {
+                Some((values, ids)) => (
+                    Vec::<f32>::try_from(&values.view([-1])).unwrap_or_default(),
+                    Vec::<i64>::try_from(&ids.view([-1])).unwrap_or_default(),
+                ),
+                None => (Vec::new(), Vec::new()),
             };
             for p in 0..n {
-                let id = window[p + 1];
-                let logprob = logprobs.double_value(&[p as i64, id as i64]);
-                let top_list = match (&values, &indices) {
-                    (Some(v), Some(i)) => (0..top as i64)
-                        .map(|k| {
-                            (
-                                i.int64_value(&[p as i64, k]) as u32,
-                                v.double_value(&[p as i64, k]),
-                            )
-                        })
-                        .collect(),
-                    _ => Vec::new(),
-                };
+                let top_list = (0..top)
+                    .filter_map(|k| {
+                        let at = p * top + k;
+                        Some((*ids.get(at)? as u32, f64::from(*values.get(at)?)))
+                    })
+                    .collect();
                 out.push(TokenScore {
-                    id,
-                    logprob: Some(logprob),
+                    id: window[p + 1],
+                    logprob: logprobs.get(p).map(|&l| f64::from(l)),
                     top: top_list,
                 });
             }

@@ -7,6 +7,7 @@
 mod cpt;
 mod error;
 mod extend;
+mod gguf;
 mod measure;
 mod order;
 mod sft;
@@ -18,6 +19,7 @@ pub use cpt::{pack_cpt, split_heldout, CptPacker, PackOptions, PackSettings, Pac
 pub use dapt_encoder::{EncoderChoice, FastEncoder, TokenizerFile};
 pub use error::{Error, Result};
 pub use extend::{extend, Extension, NewToken};
+pub use gguf::{GgufVocabulary, SUPPORTED_PRE_TOKENIZERS};
 pub use measure::{measure, Compression};
 pub use order::{DocumentSorter, PACK_ORDER};
 pub use sft::{pack_sft, ChatTemplate, Message, Overlong, SftStats, CHATML};

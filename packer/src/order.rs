@@ -178,7 +178,7 @@ mod tests {
         PackDocument {
             id: format!("doc-{i}"),
             text: format!("текст {i} with some words"),
-            source: (i % 3 != 0).then(|| format!("source-{}", i % 3)),
+            source: (!i.is_multiple_of(3)).then(|| format!("source-{}", i % 3)),
         }
     }
 

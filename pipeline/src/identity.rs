@@ -15,10 +15,11 @@ pub fn identity(what: &str, value: &impl Serialize) -> Result<String> {
     Ok(dapt_core::hash::sha256_hex(&json))
 }
 
-/// sha256 (hex) of a file's bytes; an unreadable file is an error naming it.
+/// sha256 (hex) of a file's bytes, streamed; an unreadable file is an error naming it.
 pub fn file_identity(path: &std::path::Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(crate::error::io_error(path))?;
-    Ok(dapt_core::hash::sha256_hex(&bytes))
+    let file = std::fs::File::open(path).map_err(crate::error::io_error(path))?;
+    dapt_core::hash::sha256_reader(std::io::BufReader::new(file))
+        .map_err(crate::error::io_error(path))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! dapt-pipeline: the recipes that chain dapt's stages. Its job is orchestration — the demo pipeline
 //! (`dapt run`), sweeps over mixtures (`dapt sweep`), and the single-stage jobs the CLI runs (ingest,
-//! pack, mix) — with typed settings whose [`identity`](identity::identity) (a content hash) binds every
+//! pack, mix, importing a GGUF model) — with typed settings whose [`identity`](identity::identity) (a content hash) binds every
 //! output to what produced it, so reruns reuse finished steps. Its input is config files and
 //! settings; its output is the stages' directories, reports and summaries. It is the only crate that
 //! sees every stage; the `dapt` binary only parses arguments and calls it.
@@ -10,6 +10,8 @@
 
 mod error;
 pub mod identity;
+#[cfg(feature = "torch")]
+pub mod import;
 pub mod ingest;
 pub mod mix;
 pub mod pack;
@@ -38,4 +40,11 @@ pub fn peak_rss_mb() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024)
+}
+
+/// Logs the peak resident memory of the process at the end of a long command.
+pub fn log_peak_rss(command: &str) {
+    if let Some(mb) = peak_rss_mb() {
+        tracing::info!(command, peak_rss_mb = mb, "done");
+    }
 }

@@ -21,7 +21,7 @@ pub fn bar(total: u64, message: &str, unit: &str) -> ProgressBar {
 pub fn train_step(bar: &ProgressBar, stage: &str, m: &dapt_trainer::StepMetrics, steps: usize) {
     bar.inc(1);
     bar.set_message(format!("{stage} {:.3}", m.loss));
-    if m.step % 10 == 0 || m.step + 1 == steps {
+    if m.step.is_multiple_of(10) || m.step + 1 == steps {
         tracing::info!(
             stage,
             step = m.step,

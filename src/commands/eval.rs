@@ -268,6 +268,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     for (name, value, _) in results.metrics() {
         println!("{:<32} {value:.4}", name);
     }
+    dapt_pipeline::log_peak_rss("eval");
     Ok(())
 }
 

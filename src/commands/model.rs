@@ -1,4 +1,4 @@
-//! `dapt model resize-embeddings|merge-lora`: model surgery on HF model directories.
+//! `dapt model import-gguf|resize-embeddings|merge-lora`: model files in, HF model directories out.
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -15,6 +15,21 @@ pub struct ModelArgs {
 
 #[derive(Subcommand)]
 enum Mode {
+    /// Convert a GGUF model file (llama.cpp's format; architectures llama, qwen2, qwen3) into an HF model
+    /// directory: config.json, model.safetensors (every tensor dequantised), tokenizer.json rebuilt from
+    /// the GGUF vocabulary, tokenizer_config.json with the chat template. A rerun with the same file and
+    /// settings reuses the directory.
+    ImportGguf {
+        /// The .gguf file.
+        file: PathBuf,
+        /// Output model directory (created; must be empty or absent, or hold this same import).
+        #[arg(long)]
+        out: PathBuf,
+        /// Element type of the written weights: f32 keeps the dequantised values exactly, bf16 halves
+        /// the size.
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
+    },
     /// Grow the embedding tables to an extended tokenizer's vocabulary; each new token's row starts as
     /// the mean of its old sub-token rows (new_tokens.json from `dapt tokenizer extend`).
     ResizeEmbeddings {
@@ -50,6 +65,12 @@ enum Mode {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum DtypeArg {
+    F32,
+    Bf16,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum InitArg {
     Mean,
     Random,
@@ -65,6 +86,38 @@ fn tokenizer_file(path: &Path) -> PathBuf {
 
 pub fn run(args: ModelArgs) -> anyhow::Result<()> {
     match args.mode {
+        Mode::ImportGguf { file, out, dtype } => {
+            let settings = dapt_pipeline::import::ImportSettings {
+                gguf: file,
+                out,
+                weights: match dtype {
+                    DtypeArg::F32 => dapt_trainer::WeightType::F32,
+                    DtypeArg::Bf16 => dapt_trainer::WeightType::Bf16,
+                },
+            };
+            let bar = dapt_pipeline::progress::bar(0, "import", "tensors");
+            let report = dapt_pipeline::import::import_gguf(&settings, |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            println!(
+                "{} {} model: {} parameters in {} tensors, vocabulary {}; {}{}",
+                if report.reused {
+                    "up to date:"
+                } else {
+                    "imported"
+                },
+                report.architecture,
+                report.parameters,
+                report.tensors,
+                report.vocab_size,
+                report.out.display(),
+                dapt_pipeline::peak_rss_mb()
+                    .map(|mb| format!(" (peak RSS {mb} MB)"))
+                    .unwrap_or_default()
+            );
+        }
         Mode::ResizeEmbeddings {
             model,
             tokenizer,

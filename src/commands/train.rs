@@ -49,5 +49,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             r.model
         );
     }
+    dapt_pipeline::log_peak_rss("train");
     Ok(())
 }

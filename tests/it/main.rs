@@ -8,6 +8,8 @@ mod configs;
 mod eval_cli;
 mod ingest_cli;
 mod mix_cli;
+#[cfg(feature = "torch")]
+mod model_import;
 mod pack_cli;
 #[cfg(feature = "torch")]
 mod pipeline;

@@ -13,6 +13,7 @@ mod data;
 mod error;
 #[cfg(feature = "cuda")]
 mod flash;
+pub mod gguf;
 mod lora;
 mod model;
 mod optim;
@@ -27,8 +28,9 @@ pub use data::{DataCursor, InMemoryRows, PackedShards, RowSource};
 pub use error::{Error, Result};
 #[cfg(feature = "cuda")]
 pub use flash::varlen_attention as flash_varlen_attention;
+pub use gguf::{GgufModel, WeightType, WeightsReport};
 pub use lora::{save_adapter, LoraInit, LoraOptions, ALL_LINEAR};
-pub use model::{CausalLm, KvCache};
+pub use model::{CausalLm, KvCache, TargetScores, LOGIT_CHUNK_ELEMENTS};
 pub use optim::AdamW;
 pub use resize::{resize_embeddings, NewTokenSpec, ResizeInit, ResizeReport};
 pub use stages::{

