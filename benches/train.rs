@@ -1,7 +1,10 @@
 //! Training throughput on CPU: one full optimiser step (forward, backward, clipping, AdamW) of a small
 //! Qwen3-shaped model on packed rows, in dapt (tch) and — when a Python with torch and transformers is
-//! at hand — the same step in PyTorch-Python (HF transformers' Qwen3 + `torch.optim.AdamW`). Prints
-//! target tokens/s for both and the ratio.
+//! at hand — the same step in PyTorch-Python (HF transformers' Qwen3 + `torch.optim.AdamW`). Then the
+//! real model: SmolLM2-135M-Instruct (the test data's GGUF, imported by `dapt model import-gguf`) with
+//! LoRA r = 8 on every linear layer, 4×256 tokens per step, in dapt and in HF transformers + PEFT
+//! (`DAPT_BENCH_MODEL=0` skips it). Prints target tokens/s for both (the median over steps, after one
+//! warm-up step), the ratio and peak RSS.
 //!
 //! Run: `cargo bench --profile dev --bench train`. `DAPT_BENCH_PYTHON` names the Python to compare
 //! with (default `python3`; skipped when it has no torch/transformers). `DAPT_BENCH_STEPS` (default 8).
@@ -11,11 +14,10 @@
 //! on packed rows of several documents each and prints tokens/s and MFU against
 //! `DAPT_BENCH_PEAK_TFLOPS` (default 989, H100 SXM dense bf16).
 use std::process::Command;
-use std::time::Instant;
 
 use dapt_core::PackedRow;
-use dapt_trainer::tch::{nn, Device};
-use dapt_trainer::{CausalLm, InMemoryRows, ModelConfig, TrainOptions, Trainer};
+use dapt_trainer::tch::{nn, Device, Kind};
+use dapt_trainer::{CausalLm, InMemoryRows, LoraOptions, ModelConfig, TrainOptions, Trainer};
 
 const HIDDEN: i64 = 256;
 const LAYERS: i64 = 4;
@@ -45,12 +47,76 @@ def step():
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
 step()
-start = time.perf_counter()
+rates = []
 for _ in range(STEPS):
+    start = time.perf_counter()
     step()
-seconds = time.perf_counter() - start
-print(B * (SEQ - 1) * STEPS / seconds)
+    rates.append(B * (SEQ - 1) / (time.perf_counter() - start))
+print(sorted(rates)[len(rates) // 2])
 "#;
+
+/// The same LoRA step in HF transformers + PEFT on the imported model directory; prints tokens/s and the
+/// process's peak RSS in MB.
+const PYTHON_LORA: &str = r#"
+import resource, sys, time, torch
+from transformers import AutoModelForCausalLM
+from peft import LoraConfig, get_peft_model
+path = sys.argv[1]
+SEQ, B, STEPS, R = map(int, sys.argv[2:])
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+model = get_peft_model(model, LoraConfig(r=R, lora_alpha=2 * R, lora_dropout=0.0, target_modules=[
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+model.train()
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95),
+                        weight_decay=0.0)
+V = model.config.vocab_size
+rows = [[(i * 7919 + r * 104729) % V for i in range(SEQ)] for r in range(B * (STEPS + 1))]
+def step(s):
+    ids = torch.tensor(rows[s * B:(s + 1) * B])
+    opt.zero_grad()
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    opt.step()
+step(0)
+rates = []
+for s in range(1, STEPS + 1):
+    start = time.perf_counter()
+    step(s)
+    rates.append(B * (SEQ - 1) / (time.perf_counter() - start))
+print(sorted(rates)[len(rates) // 2], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"#;
+
+/// Runs `script` with `args` in `python`; its last stdout line, split on whitespace, or why there is none.
+fn python_figures(python: &str, script: &str, args: &[String]) -> Result<Vec<f64>, String> {
+    match Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let figures: Option<Vec<f64>> = text.trim().lines().last().map(|l| {
+                l.split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            });
+            figures
+                .filter(|f| !f.is_empty())
+                .ok_or_else(|| format!("no figure ({text})"))
+        }
+        Ok(out) => Err(format!(
+            "not available with {python} ({})",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        )),
+        Err(e) => Err(format!("{python} cannot run ({e})")),
+    }
+}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -90,20 +156,16 @@ fn main() {
     };
     let trainer = Trainer::new(&model, &vs, &options, 0);
     let mut data = InMemoryRows::new(rows, 0).unwrap();
-    let mut started = None;
-    let mut tokens = 0;
+    let mut rates = Vec::new();
     trainer
         .run(&mut data, false, |m| {
-            // The first step warms up allocators; time the rest.
-            if m.step == 0 {
-                started = Some(Instant::now());
-            } else {
-                tokens += m.tokens;
+            // The first step warms up allocators; the median of the rest is the figure.
+            if m.step > 0 {
+                rates.push(m.tokens_per_second);
             }
         })
         .unwrap();
-    let seconds = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(1.0);
-    let dapt = tokens as f64 / seconds;
+    let dapt = median(rates);
     println!(
         "train step (CPU, {} threads): Qwen3-shaped {:.1}M parameters, {BATCH}×{SEQ} tokens per step, {steps} steps",
         dapt_trainer::tch::get_num_threads(),
@@ -126,35 +188,96 @@ fn main() {
     .iter()
     .map(|v| v.to_string())
     .collect();
-    match Command::new(&python)
-        .arg("-c")
-        .arg(PYTHON)
-        .args(&args)
-        .output()
-    {
-        Ok(out) if out.status.success() => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            match text
-                .trim()
-                .lines()
-                .last()
-                .and_then(|l| l.parse::<f64>().ok())
-            {
-                Some(torch) => {
-                    println!("  PyTorch-Python:   {torch:>10.0} tokens/s  ({python})");
-                    println!("  dapt / PyTorch:   {:>10.2}×", dapt / torch);
-                }
-                None => println!("  PyTorch-Python: no figure ({text})"),
-            }
+    match python_figures(&python, PYTHON, &args) {
+        Ok(figures) => {
+            let torch = figures[0];
+            println!("  PyTorch-Python:   {torch:>10.0} tokens/s  ({python})");
+            println!("  dapt / PyTorch:   {:>10.2}×", dapt / torch);
         }
-        Ok(out) => println!(
-            "  PyTorch-Python: not available with {python} ({})",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        ),
-        Err(e) => println!("  PyTorch-Python: {python} cannot run ({e})"),
+        Err(why) => println!("  PyTorch-Python: {why}"),
+    }
+    if std::env::var("DAPT_BENCH_MODEL").is_ok_and(|v| v == "0") {
+        return;
+    }
+    smollm2_lora(steps, &python);
+}
+
+/// SmolLM2-135M-Instruct with LoRA (r = 8, every linear layer, no dropout), 4×256 tokens per step.
+fn smollm2_lora(steps: usize, python: &str) {
+    const SEQ: usize = 256;
+    const BATCH: usize = 4;
+    const R: i64 = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("smollm2");
+    dapt_pipeline::import::import_gguf(
+        &dapt_pipeline::import::ImportSettings {
+            gguf: dapt_test_data::path("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            out: model_dir.clone(),
+            weights: dapt_trainer::WeightType::F32,
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    let (mut vs, mut model) = CausalLm::load(&model_dir, Device::Cpu, Kind::Float).unwrap();
+    vs.freeze();
+    let adapters = nn::VarStore::new(Device::Cpu);
+    dapt_trainer::tch::manual_seed(0);
+    model
+        .attach_lora(
+            &adapters.root(),
+            &LoraOptions {
+                r: R,
+                alpha: 2.0 * R as f64,
+                dropout: 0.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let vocab = model.config().vocab_size as usize;
+    let rows = rows(BATCH * (steps + 1), SEQ, vocab, &[SEQ as i32]);
+    let options = TrainOptions {
+        steps: steps + 1,
+        batch_size: BATCH,
+        warmup_steps: 1,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let trainer = Trainer {
+        trainable: &adapters,
+        ..Trainer::new(&model, &vs, &options, 0)
+    };
+    let mut data = InMemoryRows::new(rows, 0).unwrap();
+    let mut rates = Vec::new();
+    let outcome = trainer
+        .run(&mut data, false, |m| {
+            if m.step > 0 {
+                rates.push(m.tokens_per_second);
+            }
+        })
+        .unwrap();
+    let dapt = median(rates);
+    let rss = dapt_pipeline::peak_rss_mb().unwrap_or(0);
+    println!(
+        "train step (CPU, {} threads): SmolLM2-135M-Instruct, LoRA r = {R} on every linear layer ({} trainable parameters), {BATCH}×{SEQ} tokens per step, {steps} steps",
+        dapt_trainer::tch::get_num_threads(),
+        outcome.trainable_parameters
+    );
+    println!("  dapt (tch):             {dapt:>10.0} tokens/s, peak RSS {rss} MB (this process)");
+    let args = vec![
+        model_dir.display().to_string(),
+        SEQ.to_string(),
+        BATCH.to_string(),
+        steps.to_string(),
+        R.to_string(),
+    ];
+    match python_figures(python, PYTHON_LORA, &args) {
+        Ok(figures) => {
+            let torch = figures[0];
+            let rss = figures.get(1).copied().unwrap_or(0.0);
+            println!("  transformers + PEFT:    {torch:>10.0} tokens/s, peak RSS {rss:.0} MB  ({python})");
+            println!("  dapt / transformers:    {:>10.2}×", dapt / torch);
+        }
+        Err(why) => println!("  transformers + PEFT: {why}"),
     }
 }
 
@@ -216,6 +339,12 @@ fn gpu(steps: usize) {
         "  dapt (tch):       {tokens_per_second:>10.0} tokens/s, MFU {:.1}% of {peak_tflops} TFLOPS",
         100.0 * mfu
     );
+}
+
+/// The median of per-step figures (the machines are noisy; one slow step does not move it).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// `count` distinct rows of `seq` token ids below `vocab`, cut into documents of `segments` lengths.
