@@ -180,7 +180,7 @@ pub fn import_gguf(
     std::fs::write(&path, &tokenizer_json).map_err(io_error(&path))?;
     write_json(&tmp.join("tokenizer_config.json"), &tokenizer_config)?;
     let weights: WeightsReport =
-        model.write_weights_with(&tmp.join("model.safetensors"), settings.weights, progress)?;
+        model.write_weights(&tmp.join("model.safetensors"), settings.weights, progress)?;
     write_json(
         &tmp.join("import.json"),
         &json!({

@@ -56,6 +56,23 @@ fn safetensors_digests(path: &Path) -> anyhow::Result<Digests> {
     Ok(out)
 }
 
+/// `dapt model import-gguf GGUF --out OUT EXTRA…`: its stdout, or its stderr when `fails`.
+fn import(gguf: &Path, out: &Path, extra: &[&str], fails: bool) -> anyhow::Result<String> {
+    let mut args = vec![
+        "model",
+        "import-gguf",
+        gguf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    if fails {
+        run_fails(&args)
+    } else {
+        run_ok(&args)
+    }
+}
+
 fn tensors(path: &Path) -> anyhow::Result<BTreeMap<String, Tensor>> {
     Ok(dapt_trainer::weights::read_safetensors(path)?
         .into_iter()
@@ -68,13 +85,7 @@ fn the_real_model_imports_as_transformers_loads_it() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("smollm2");
     let reference = read_json(&fixture("reference.json"))?;
-    let stdout = run_ok(&[
-        "model",
-        "import-gguf",
-        gguf.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ])?;
+    let stdout = import(&gguf, &out, &[], false)?;
     let parameters: u64 = reference["tensors"]
         .as_object()
         .unwrap()
@@ -230,24 +241,10 @@ fn the_real_model_imports_as_transformers_loads_it() -> anyhow::Result<()> {
 
     // A rerun reuses the directory; other settings into it are refused, naming it.
     let manifest = std::fs::read(out.join("import.json"))?;
-    let again = run_ok(&[
-        "model",
-        "import-gguf",
-        gguf.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ])?;
+    let again = import(&gguf, &out, &[], false)?;
     assert!(again.starts_with("up to date:"), "{again}");
     assert_eq!(std::fs::read(out.join("import.json"))?, manifest);
-    let err = run_fails(&[
-        "model",
-        "import-gguf",
-        gguf.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--dtype",
-        "bf16",
-    ])?;
+    let err = import(&gguf, &out, &["--dtype", "bf16"], true)?;
     assert!(
         err.contains("smollm2") && err.contains("holds something other"),
         "{err}"
@@ -260,15 +257,7 @@ fn bf16_import_rounds_the_same_values_and_loads() -> anyhow::Result<()> {
     let gguf = test_data().join(MODEL);
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("bf16");
-    run_ok(&[
-        "model",
-        "import-gguf",
-        gguf.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--dtype",
-        "bf16",
-    ])?;
+    import(&gguf, &out, &["--dtype", "bf16"], false)?;
     let config = read_json(&out.join("config.json"))?;
     assert_eq!(config["dtype"], "bfloat16");
     let weights = tensors(&out.join("model.safetensors"))?;
@@ -277,13 +266,7 @@ fn bf16_import_rounds_the_same_values_and_loads() -> anyhow::Result<()> {
     assert_eq!(weights.len(), 272);
     // A tensor of the file as f32 (F32 in the GGUF) rounds to the same bf16 values torch gives.
     let f32_dir = dir.path().join("f32");
-    run_ok(&[
-        "model",
-        "import-gguf",
-        gguf.to_str().unwrap(),
-        "--out",
-        f32_dir.to_str().unwrap(),
-    ])?;
+    import(&gguf, &f32_dir, &[], false)?;
     let exact = tensors(&f32_dir.join("model.safetensors"))?;
     for name in [
         "model.norm.weight",
@@ -305,23 +288,11 @@ fn files_that_are_not_models_are_refused_by_name() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let bad = dir.path().join("notes.gguf");
     std::fs::write(&bad, "GGUF but not really")?;
-    let err = run_fails(&[
-        "model",
-        "import-gguf",
-        bad.to_str().unwrap(),
-        "--out",
-        dir.path().join("m").to_str().unwrap(),
-    ])?;
+    let err = import(&bad, &dir.path().join("m"), &[], true)?;
     assert!(err.contains("notes.gguf"), "{err}");
     assert!(!dir.path().join("m").exists());
     let missing = dir.path().join("absent.gguf");
-    let err = run_fails(&[
-        "model",
-        "import-gguf",
-        missing.to_str().unwrap(),
-        "--out",
-        dir.path().join("m").to_str().unwrap(),
-    ])?;
+    let err = import(&missing, &dir.path().join("m"), &[], true)?;
     assert!(err.contains("absent.gguf"), "{err}");
     Ok(())
 }

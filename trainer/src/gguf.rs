@@ -4,7 +4,7 @@
 //! row permutation of the Llama family's Q/K projections undone, and written as one `model.safetensors`
 //! tensor by tensor (memory: the largest tensor, not the model). Architectures: `llama`, `qwen2`,
 //! `qwen3`; any other architecture, tensor or quantisation type is refused by name.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -145,28 +145,31 @@ impl GgufModel {
     pub fn open(path: &Path) -> Result<Self> {
         let file =
             GgufFile::from_path_mmap(path).map_err(|e| file_error(path, format!("{e:#}")))?;
-        let model = Self {
-            path: path.to_path_buf(),
-            architecture: Architecture::Llama,
-            file,
-        };
-        let name = model.string("general.architecture")?;
-        let architecture = match name.as_str() {
-            "llama" => Architecture::Llama,
-            "qwen2" => Architecture::Qwen2,
-            "qwen3" => Architecture::Qwen3,
-            other => {
+        let architecture = match file.metadata.get("general.architecture") {
+            Some(MetaValue::String(name)) => match name.as_str() {
+                "llama" => Architecture::Llama,
+                "qwen2" => Architecture::Qwen2,
+                "qwen3" => Architecture::Qwen3,
+                other => {
+                    return Err(file_error(
+                        path,
+                        format!(
+                            "general.architecture {other:?} is not supported (supported: llama, qwen2, qwen3)"
+                        ),
+                    ))
+                }
+            },
+            _ => {
                 return Err(file_error(
                     path,
-                    format!(
-                        "general.architecture {other:?} is not supported (supported: llama, qwen2, qwen3)"
-                    ),
+                    "metadata general.architecture: missing or not a string",
                 ))
             }
         };
         Ok(Self {
+            path: path.to_path_buf(),
+            file,
             architecture,
-            ..model
         })
     }
 
@@ -522,13 +525,9 @@ impl GgufModel {
     }
 
     /// Dequantises every tensor into HF names and writes `path` (safetensors, names sorted, written
-    /// through a temporary name): one tensor in memory at a time.
-    pub fn write_weights(&self, path: &Path, weights: WeightType) -> Result<WeightsReport> {
-        self.write_weights_with(path, weights, |_, _| {})
-    }
-
-    /// [`Self::write_weights`], calling `progress(done, total)` after each tensor.
-    pub fn write_weights_with(
+    /// through a temporary name): one tensor in memory at a time. `progress(done, total)` is called
+    /// after each tensor.
+    pub fn write_weights(
         &self,
         path: &Path,
         weights: WeightType,
@@ -598,22 +597,6 @@ impl GgufModel {
             bytes: written,
         })
     }
-
-    /// The names of the file's metadata keys, sorted (for reports).
-    pub fn metadata_keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self.file.metadata.keys().cloned().collect();
-        keys.sort();
-        keys
-    }
-
-    /// How many tensors of each quantisation type the file holds.
-    pub fn tensor_types(&self) -> HashMap<String, usize> {
-        let mut types = HashMap::new();
-        for tensor in self.file.tensors.values() {
-            *types.entry(format!("{:?}", tensor.dtype)).or_insert(0) += 1;
-        }
-        types
-    }
 }
 
 /// Undoes llama.cpp's rotary permutation of a Q or K projection ([rows, cols], `heads` heads): GGUF row
@@ -640,21 +623,16 @@ fn unpermute(values: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// llama.cpp's permutation (convert_hf_to_gguf's `permute`), written out to check the inverse.
+    /// llama.cpp's permutation as convert_hf_to_gguf writes it in numpy:
+    /// `w.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)`.
     fn permute(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-        let half = rows / heads / 2;
-        let mut out = vec![0f32; values.len()];
-        for h in 0..heads {
-            for i in 0..2 {
-                for j in 0..half {
-                    let hf_row = h * 2 * half + i * half + j;
-                    let gguf_row = h * 2 * half + 2 * j + i;
-                    out[gguf_row * cols..(gguf_row + 1) * cols]
-                        .copy_from_slice(&values[hf_row * cols..(hf_row + 1) * cols]);
-                }
-            }
-        }
-        out
+        let half = (rows / heads / 2) as i64;
+        let (rows, cols, heads) = (rows as i64, cols as i64, heads as i64);
+        let permuted = tch::Tensor::from_slice(values)
+            .reshape([heads, 2, half, cols])
+            .transpose(1, 2)
+            .reshape([rows * cols]);
+        Vec::<f32>::try_from(&permuted).unwrap()
     }
 
     #[test]

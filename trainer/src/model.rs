@@ -681,27 +681,28 @@ impl CausalLm {
         let width = hidden.size()[2];
         let flat_targets = targets.to_device(hidden.device()).view([-1]);
         let index = flat_targets.ne(IGNORE_INDEX).nonzero().view([-1]);
-        let chunk = self.chunk_positions();
-        // Within one chunk the logits of every position at once (one product, as a whole forward
-        // pass computes them); beyond it those of the scored positions, a chunk at a time.
-        let all = flat_targets.size()[0];
-        let selected = if all <= chunk {
-            let logits = self.head(&hidden);
-            let vocab = logits.size()[2];
-            logits.view([-1, vocab]).index_select(0, &index)
-        } else {
-            hidden.view([-1, width]).index_select(0, &index)
-        };
-        let whole = all <= chunk;
         let chosen = flat_targets.index_select(0, &index);
         let n = index.size()[0];
-        let chunk = if whole { n.max(1) } else { chunk };
+        // Within one chunk: the logits of every position at once (one product, as a whole forward pass
+        // computes them), of which the scored rows are kept. Beyond it: the scored positions' hidden
+        // states, whose logits are computed a chunk at a time.
+        let whole = flat_targets.size()[0] <= self.chunk_positions();
+        let (rows, chunk) = if whole {
+            let logits = self.head(&hidden);
+            let vocab = logits.size()[2];
+            (logits.view([-1, vocab]).index_select(0, &index), n.max(1))
+        } else {
+            (
+                hidden.view([-1, width]).index_select(0, &index),
+                self.chunk_positions(),
+            )
+        };
         let (mut logprobs, mut greedy, mut top_values, mut top_ids) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut start = 0;
         while start < n {
             let len = chunk.min(n - start);
-            let part = selected.narrow(0, start, len);
+            let part = rows.narrow(0, start, len);
             let logits = if whole { part } else { self.head(&part) }
                 .to_kind(Kind::Float)
                 .log_softmax(-1, Kind::Float);
