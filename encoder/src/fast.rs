@@ -20,8 +20,10 @@
 //!   hits still cost a token with an owned string per id).
 //!
 //! Accepted: model `BPE` without dropout, unknown token or byte fallback, over the GPT-2 byte-level
-//! alphabet; normaliser none or NFC; pre-tokeniser `ByteLevel` (GPT-2 regex, no prefix space) or
-//! `Sequence[Split(regex, Isolated), ByteLevel(use_regex = false, no prefix space)]`; added tokens
+//! alphabet; normaliser none or NFC; pre-tokeniser `ByteLevel` (GPT-2 regex, no prefix space),
+//! `Sequence[Split(regex, Isolated), ByteLevel(use_regex = false, no prefix space)]` or
+//! `Sequence[Digits(individual_digits), ByteLevel(GPT-2 regex, no prefix space)]` (SmolLM, StarCoder:
+//! every digit its own piece, GPT-2's split between them); added tokens
 //! without strip/single-word options. [`FastEncoder::from_json`] says why otherwise; callers use HF.
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -224,6 +226,9 @@ pub struct FastEncoder {
     /// the merges ([`SPLIT`]), or not yet known.
     spelled: Vec<AtomicU8>,
     split: Splitter,
+    /// Every digit (`char::is_numeric`, as HF's `Digits`) is a piece of its own; the regex splits
+    /// the text between digits.
+    digits_first: bool,
     cache: PieceCache,
     added: Option<(AhoCorasick, Vec<u32>)>,
     nfc: bool,
@@ -265,33 +270,55 @@ fn byte_level(pre: &Value) -> Result<(), String> {
     Ok(())
 }
 
-fn split_pattern(pre: &Value) -> Result<String, String> {
+/// How the text is split before BPE: a regex, after isolating every digit when `digits_first`.
+struct Split {
+    pattern: String,
+    digits_first: bool,
+}
+
+fn split_pattern(pre: &Value) -> Result<Split, String> {
+    let regex = |pattern: String| Split {
+        pattern,
+        digits_first: false,
+    };
     match pre["type"].as_str() {
         Some("ByteLevel") => {
             byte_level(pre)?;
             if pre["use_regex"] == false {
                 return Err("ByteLevel without a split regex".into());
             }
-            Ok(GPT2_PATTERN.to_string())
+            Ok(regex(GPT2_PATTERN.to_string()))
         }
         Some("Sequence") => {
             let parts = pre["pretokenizers"].as_array().cloned().unwrap_or_default();
             let [split, level] = parts.as_slice() else {
                 return Err("a pre-tokenizer sequence other than Split + ByteLevel".into());
             };
+            byte_level(level)?;
+            if split["type"] == "Digits" {
+                if split["individual_digits"] != true {
+                    return Err("Digits that keep runs of digits together".into());
+                }
+                if level["use_regex"] != true {
+                    return Err("Digits without a split regex".into());
+                }
+                return Ok(Split {
+                    pattern: GPT2_PATTERN.to_string(),
+                    digits_first: true,
+                });
+            }
             if split["type"] != "Split"
                 || split["behavior"] != "Isolated"
                 || split["invert"] == true
             {
                 return Err("a Split other than an isolating regex".into());
             }
-            byte_level(level)?;
             if level["use_regex"] == true {
                 return Err("two split regexes".into());
             }
             split["pattern"]["Regex"]
                 .as_str()
-                .map(str::to_string)
+                .map(|p| regex(p.to_string()))
                 .ok_or_else(|| "a Split without a regex".to_string())
         }
         _ => Err(format!("pre-tokenizer {} is not supported", pre["type"])),
@@ -352,7 +379,10 @@ impl FastEncoder {
             n if n["type"] == "NFC" => true,
             n => return Err(format!("normalizer {} is not supported", n["type"])),
         };
-        let pattern = split_pattern(&t.pre_tokenizer)?;
+        let Split {
+            pattern,
+            digits_first,
+        } = split_pattern(&t.pre_tokenizer)?;
         let split = Splitter::new(&pattern)?;
 
         let mut added_tokens = Vec::new();
@@ -413,6 +443,7 @@ impl FastEncoder {
             whole,
             spelled: (0..ids).map(|_| AtomicU8::new(UNCHECKED)).collect(),
             split,
+            digits_first,
             cache: PieceCache::new(),
             added,
             nfc,
@@ -454,8 +485,28 @@ impl FastEncoder {
             Cow::Borrowed(text)
         };
         let mut buffer = String::new();
-        self.split
-            .split(&text, |piece| self.encode_piece(piece, &mut buffer, ids))
+        if !self.digits_first {
+            return self
+                .split
+                .split(&text, |piece| self.encode_piece(piece, &mut buffer, ids));
+        }
+        let mut last = 0;
+        for (at, c) in text.char_indices().filter(|(_, c)| c.is_numeric()) {
+            if at > last {
+                self.split.split(&text[last..at], |piece| {
+                    self.encode_piece(piece, &mut buffer, ids)
+                })?;
+            }
+            let end = at + c.len_utf8();
+            self.encode_piece(&text[at..end], &mut buffer, ids)?;
+            last = end;
+        }
+        if last < text.len() {
+            self.split.split(&text[last..], |piece| {
+                self.encode_piece(piece, &mut buffer, ids)
+            })?;
+        }
+        Ok(())
     }
 
     fn encode_piece(

@@ -179,6 +179,22 @@ fn the_real_model_imports_as_transformers_loads_it() -> anyhow::Result<()> {
             equal += 1;
         }
     }
+    // dapt's fast encoder reproduces the rebuilt tokenizer (digits isolated, then GPT-2's split).
+    let fast = dapt_packer::TokenizerFile::load_with(
+        &out.join("tokenizer.json"),
+        dapt_packer::EncoderChoice::Fast,
+    )?;
+    assert_eq!(fast.encoder_name(), "fast");
+    for text in reference["texts"].as_array().unwrap() {
+        let body = text["text"].as_str().unwrap();
+        let hf = tokenizer.encode(body, false).map_err(anyhow::Error::msg)?;
+        assert_eq!(
+            fast.encode("text", body)?,
+            hf.get_ids(),
+            "{}",
+            text["source"]
+        );
+    }
     assert!(
         equal >= 6 && with_digits >= 3,
         "{equal} compared exactly, {with_digits} with digits"

@@ -370,6 +370,33 @@ fn fast_encoder_reproduces_hf_ids() {
             outputs.len()
         );
     }
+    // Digits isolated before GPT-2's split (SmolLM's and StarCoder's pre-tokenizer; GGUF `smollm`):
+    // GPT-2's vocabulary, whose digit merges then never apply, over the first 20 MB of the corpus.
+    let mut json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(test_data().join("tokenizers/gpt2/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    json["pre_tokenizer"] = serde_json::json!({
+        "type": "Sequence",
+        "pretokenizers": [
+            { "type": "Digits", "individual_digits": true },
+            { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true },
+        ],
+    });
+    let digits =
+        TokenizerFile::from_json(serde_json::to_vec(&json).unwrap(), "gpt2 digits").unwrap();
+    let fast = FastEncoder::from_json(digits.json()).unwrap();
+    let mut prefix = Vec::new();
+    let mut size = 0;
+    for text in &documents {
+        if size > 20_000_000 {
+            break;
+        }
+        size += text.len();
+        prefix.push(text.clone());
+    }
+    prefix.push("a  1\n\n00 x٣y ½Ⅻ 2024-12-02\t 7".into());
+    assert_same_ids("gpt2 with digits isolated", &digits, &fast, &prefix);
     // A tokenizer extended by `dapt tokenizer extend` (here llama3_1's, with Russian domain tokens
     // whose merges are appended after the base's) gives HF's ids too.
     let base =
