@@ -485,28 +485,19 @@ impl FastEncoder {
             Cow::Borrowed(text)
         };
         let mut buffer = String::new();
+        let mut encode = |piece: &str| self.encode_piece(piece, &mut buffer, ids);
         if !self.digits_first {
-            return self
-                .split
-                .split(&text, |piece| self.encode_piece(piece, &mut buffer, ids));
+            return self.split.split(&text, encode);
         }
+        // Each digit is a piece; the regex splits what lies between digits.
         let mut last = 0;
         for (at, c) in text.char_indices().filter(|(_, c)| c.is_numeric()) {
-            if at > last {
-                self.split.split(&text[last..at], |piece| {
-                    self.encode_piece(piece, &mut buffer, ids)
-                })?;
-            }
             let end = at + c.len_utf8();
-            self.encode_piece(&text[at..end], &mut buffer, ids)?;
+            self.split.split(&text[last..at], &mut encode)?;
+            encode(&text[at..end])?;
             last = end;
         }
-        if last < text.len() {
-            self.split.split(&text[last..], |piece| {
-                self.encode_piece(piece, &mut buffer, ids)
-            })?;
-        }
-        Ok(())
+        self.split.split(&text[last..], encode)
     }
 
     fn encode_piece(

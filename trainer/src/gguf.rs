@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use rlx_gguf::{GgmlType, GgufFile, MetaValue};
 use serde_json::{json, Value};
 
-use crate::weights::{safetensors_header, TensorEntry};
+use crate::weights::{file_error, safetensors_header, TensorEntry};
 use crate::{Error, ModelConfig, Result, TokenIds};
 
 /// The quantisation types dapt dequantises.
@@ -125,13 +125,6 @@ pub struct WeightsReport {
     /// Quantisation types of the source tensors and how many of each.
     pub source_types: BTreeMap<String, usize>,
     pub bytes: u64,
-}
-
-fn file_error(path: &Path, reason: impl ToString) -> Error {
-    Error::File {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
 }
 
 /// The shortest decimal that round-trips `value` as f32 (GGUF stores floats as f32: 1e-5 is read back as
@@ -396,44 +389,29 @@ impl GgufModel {
         let rest = name.strip_prefix("blk.")?;
         let (layer, part) = rest.split_once('.')?;
         let layer: usize = layer.parse().ok()?;
-        let permuted = self.architecture == Architecture::Llama;
-        let (hf, reorder) = match part {
-            "attn_norm.weight" => ("input_layernorm.weight", Reorder::None),
-            "ffn_norm.weight" => ("post_attention_layernorm.weight", Reorder::None),
-            "attn_q.weight" | "attn_q.bias" if permuted => (
-                if part.ends_with("bias") {
-                    "self_attn.q_proj.bias"
-                } else {
-                    "self_attn.q_proj.weight"
-                },
-                Reorder::Unpermute { heads },
-            ),
-            "attn_k.weight" | "attn_k.bias" if permuted => (
-                if part.ends_with("bias") {
-                    "self_attn.k_proj.bias"
-                } else {
-                    "self_attn.k_proj.weight"
-                },
-                Reorder::Unpermute { heads: kv_heads },
-            ),
-            "attn_q.weight" => ("self_attn.q_proj.weight", Reorder::None),
-            "attn_k.weight" => ("self_attn.k_proj.weight", Reorder::None),
-            "attn_q.bias" => ("self_attn.q_proj.bias", Reorder::None),
-            "attn_k.bias" => ("self_attn.k_proj.bias", Reorder::None),
-            "attn_v.weight" => ("self_attn.v_proj.weight", Reorder::None),
-            "attn_v.bias" => ("self_attn.v_proj.bias", Reorder::None),
-            "attn_output.weight" => ("self_attn.o_proj.weight", Reorder::None),
-            "attn_output.bias" => ("self_attn.o_proj.bias", Reorder::None),
-            "attn_q_norm.weight" if self.architecture == Architecture::Qwen3 => {
-                ("self_attn.q_norm.weight", Reorder::None)
-            }
-            "attn_k_norm.weight" if self.architecture == Architecture::Qwen3 => {
-                ("self_attn.k_norm.weight", Reorder::None)
-            }
-            "ffn_gate.weight" => ("mlp.gate_proj.weight", Reorder::None),
-            "ffn_up.weight" => ("mlp.up_proj.weight", Reorder::None),
-            "ffn_down.weight" => ("mlp.down_proj.weight", Reorder::None),
+        // Q and K carry rotary heads; llama.cpp permuted their rows for the Llama family only.
+        let qwen3 = self.architecture == Architecture::Qwen3;
+        let (hf, rotary_heads) = match part {
+            "attn_norm.weight" => ("input_layernorm.weight", None),
+            "ffn_norm.weight" => ("post_attention_layernorm.weight", None),
+            "attn_q.weight" => ("self_attn.q_proj.weight", Some(heads)),
+            "attn_q.bias" => ("self_attn.q_proj.bias", Some(heads)),
+            "attn_k.weight" => ("self_attn.k_proj.weight", Some(kv_heads)),
+            "attn_k.bias" => ("self_attn.k_proj.bias", Some(kv_heads)),
+            "attn_v.weight" => ("self_attn.v_proj.weight", None),
+            "attn_v.bias" => ("self_attn.v_proj.bias", None),
+            "attn_output.weight" => ("self_attn.o_proj.weight", None),
+            "attn_output.bias" => ("self_attn.o_proj.bias", None),
+            "attn_q_norm.weight" if qwen3 => ("self_attn.q_norm.weight", None),
+            "attn_k_norm.weight" if qwen3 => ("self_attn.k_norm.weight", None),
+            "ffn_gate.weight" => ("mlp.gate_proj.weight", None),
+            "ffn_up.weight" => ("mlp.up_proj.weight", None),
+            "ffn_down.weight" => ("mlp.down_proj.weight", None),
             _ => return None,
+        };
+        let reorder = match rotary_heads {
+            Some(heads) if self.architecture == Architecture::Llama => Reorder::Unpermute { heads },
+            _ => Reorder::None,
         };
         Some((format!("model.layers.{layer}.{hf}"), reorder))
     }
@@ -547,18 +525,10 @@ impl GgufModel {
         let tmp = path.with_extension("safetensors.tmp");
         let mut source_types = BTreeMap::new();
         let mut parameters = 0u64;
-        let mut written = 0u64;
-        let write = |out: &mut std::io::BufWriter<std::fs::File>,
-                     bytes: &[u8],
-                     written: &mut u64|
-         -> Result<()> {
-            out.write_all(bytes).map_err(|e| file_error(&tmp, e))?;
-            *written += bytes.len() as u64;
-            Ok(())
-        };
+        let bytes = header.len() as u64 + entries.iter().map(|e| e.bytes as u64).sum::<u64>();
         let file = std::fs::File::create(&tmp).map_err(|e| file_error(&tmp, e))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        write(&mut out, &header, &mut written)?;
+        out.write_all(&header).map_err(|e| file_error(&tmp, e))?;
         let mut buffer = Vec::new();
         for (i, planned) in plan.iter().enumerate() {
             let values = self.dequantise(planned)?;
@@ -581,7 +551,7 @@ impl GgufModel {
                     }
                 }
             }
-            write(&mut out, &buffer, &mut written)?;
+            out.write_all(&buffer).map_err(|e| file_error(&tmp, e))?;
             progress(i + 1, plan.len());
         }
         let file = out
@@ -594,7 +564,7 @@ impl GgufModel {
             tensors: plan.len(),
             parameters,
             source_types,
-            bytes: written,
+            bytes,
         })
     }
 }

@@ -4,7 +4,7 @@
 //! metrics log, and atomic checkpoints (trainable weights, optimiser moments, step, data cursor) from
 //! which `resume` continues so that the loss curve equals the uninterrupted run's.
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use dapt_core::hash::sub_seed;
@@ -15,7 +15,7 @@ use tch::{nn, Device, Tensor};
 use crate::batch::Objective;
 use crate::data::{DataCursor, RowSource};
 use crate::optim::AdamW;
-use crate::weights::{load_into, read_safetensors, save_safetensors, write_atomically};
+use crate::weights::{file_error, load_into, read_safetensors, save_safetensors, write_atomically};
 use crate::{Batch, CausalLm, Error, Result};
 
 /// Shape of the learning-rate decay after warmup.
@@ -207,13 +207,6 @@ pub struct TrainOutcome {
     /// The step training resumed from (0 for a fresh run).
     pub resumed_from: usize,
     pub trainable_parameters: i64,
-}
-
-fn file_error(path: &Path, reason: impl ToString) -> Error {
-    Error::File {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
 }
 
 /// Mean loss of `model` over `rows` and the target tokens scored (no gradients, batch size does not

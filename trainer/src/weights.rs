@@ -10,7 +10,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::{Error, Result};
 
-fn file_error(path: &Path, reason: impl ToString) -> Error {
+/// An error about the file at `path`.
+pub(crate) fn file_error(path: &Path, reason: impl ToString) -> Error {
     Error::File {
         path: path.display().to_string(),
         reason: reason.to_string(),
