@@ -8,6 +8,8 @@
 //! Without the default `torch` feature the crate builds without LibTorch: the data recipes (ingest,
 //! pack, mix) remain.
 
+#[cfg(feature = "torch")]
+pub mod adapt;
 mod error;
 pub mod identity;
 #[cfg(feature = "torch")]

@@ -32,6 +32,11 @@ pub enum PackInput {
     },
     /// A Document Parquet directory (a `dapt ingest` output), packed whole.
     Documents { url: String },
+    /// A read-only query over sources given in place (a recipe's own `[sources]`).
+    Inline {
+        query: String,
+        sources: SourcesOptions,
+    },
 }
 
 /// How documents become rows.
@@ -99,16 +104,33 @@ impl PackJob {
                 );
                 Ok((WHOLE_DIRECTORY.to_string(), options))
             }
+            PackInput::Inline { query, sources } => Ok((query.clone(), sources.clone())),
         }
     }
 
-    /// The output's identity.
+    /// The output's identity: the input (the sources file's bytes, or the input directory's
+    /// manifest, which lists its shards and the identity of what wrote them), the tokenizer's bytes,
+    /// the settings and the seed.
     pub fn identity(&self, tokenizer: &TokenizerFile) -> Result<String> {
         let sources_file = match &self.input {
             PackInput::Query {
                 sources: Some(path),
                 ..
             } => Some(crate::identity::file_identity(path)?),
+            PackInput::Documents { url } => {
+                let location = Location::parse(url)?;
+                let name = dapt_core::manifest::MANIFEST_NAME;
+                let bytes = crate::runtime()?.block_on(location.read(name))?;
+                let manifest: dapt_core::Manifest =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Data {
+                        what: location.url_of(&location.child(name)),
+                        reason: e.to_string(),
+                    })?;
+                Some(crate::identity::identity(
+                    "the input directory",
+                    &(&manifest.config_hash, &manifest.shards, manifest.complete),
+                )?)
+            }
             _ => None,
         };
         crate::identity::identity(

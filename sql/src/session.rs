@@ -158,7 +158,12 @@ impl SqlSession {
                     path: format!("sources.{name}.url"),
                     reason: e.to_string(),
                 })?;
-                let mut url = format!("file://{}", absolute.display());
+                // DataFusion expands a glob in a local path, not in a file:// URL.
+                let mut url = if trimmed.contains(['*', '?', '[']) {
+                    absolute.display().to_string()
+                } else {
+                    format!("file://{}", absolute.display())
+                };
                 if source.url.ends_with('/') {
                     url.push('/');
                 }

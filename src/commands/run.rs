@@ -1,24 +1,73 @@
-//! `dapt run CONFIG`: the demo pipeline (see `dapt_pipeline::run`).
+//! `dapt run CONFIG`: a recipe — the adaptation of a pretrained model (`recipe = "adapt"`, see
+//! `dapt_pipeline::adapt`) or the demo pipeline (see `dapt_pipeline::run`).
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+use dapt_pipeline::adapt::AdaptSettings;
 use dapt_pipeline::run::RunSettings;
+use dapt_trainer::DeviceChoice;
 
 /// Arguments of `dapt run`.
 #[derive(Args)]
 pub struct RunArgs {
-    /// Pipeline config (TOML), e.g. configs/demo.toml.
+    /// Recipe config (TOML): configs/ru-adapt.toml (a real model adapted to Russian) or
+    /// configs/demo.toml (the demo pipeline).
     config: PathBuf,
     /// Output directory; default `out/<config name>`.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Where the adaptation recipe trains and evaluates (overrides the config's `device`).
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    /// CUDA when LibTorch sees a device, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let settings = RunSettings::load(&args.config)?;
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from("out").join(args.config.file_stem().unwrap_or_default()));
+    if dapt_pipeline::adapt::is_adapt_config(&args.config)? {
+        let settings = AdaptSettings::load(&args.config)?;
+        let device = args.device.map(|d| match d {
+            DeviceArg::Auto => DeviceChoice::Auto,
+            DeviceArg::Cpu => DeviceChoice::Cpu,
+            DeviceArg::Cuda => DeviceChoice::Cuda,
+        });
+        let report = dapt_pipeline::adapt::run(&settings, &out, device)?;
+        let compared = report
+            .checkpoints
+            .iter()
+            .position(|c| *c == report.compared)
+            .unwrap_or_default();
+        for (name, change) in &report.bits_per_byte_change {
+            let values = &report.bits_per_byte[name];
+            println!(
+                "bits-per-byte {name}: base {:.4} -> {} {:.4} ({:+.1}%)",
+                values[0],
+                report.compared,
+                values[compared],
+                100.0 * change
+            );
+        }
+        println!(
+            "{} red flags; report: {} ({})",
+            report.red_flags.len(),
+            report.report_md.display(),
+            report.report_html.display()
+        );
+        return Ok(());
+    }
+    if args.device.is_some() {
+        anyhow::bail!("--device is for the adaptation recipe (recipe = \"adapt\"); the demo pipeline picks CUDA when available");
+    }
+    let settings = RunSettings::load(&args.config)?;
     let report = dapt_pipeline::run::run(&settings, &args.config, &out)?;
     println!(
         "held-out perplexity: before {:.2}, after {:.2} ({} tokens, {} documents); report: {}; base vs adapted: {}",

@@ -2,6 +2,8 @@
 //! files it writes, read back and checked.
 // The data-only build (no `torch`) leaves helpers of the torch tests unused.
 #![cfg_attr(not(feature = "torch"), allow(dead_code, unused_imports))]
+#[cfg(feature = "torch")]
+mod adapt;
 mod common;
 mod configs;
 #[cfg(feature = "torch")]

@@ -105,6 +105,17 @@ pub struct PackedShards {
 
 impl PackedShards {
     /// Opens the directory's manifest; reading starts at the first row of epoch 0.
+    /// The identity of a packed directory (the content hash of what produced its rows, from its
+    /// manifest), without reading a shard.
+    pub fn identity(location: &Location) -> Result<String> {
+        let bytes = runtime()?.block_on(location.read(MANIFEST_NAME))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::File {
+            path: location.url_of(&location.child(MANIFEST_NAME)),
+            reason: e.to_string(),
+        })?;
+        Ok(PackedMetadata::from_manifest(&manifest, &location.url())?.config_hash)
+    }
+
     pub fn open(location: Location, seed: u64, prefetch_rows: usize) -> Result<Self> {
         let runtime = runtime()?;
         let bytes = runtime.block_on(location.read(MANIFEST_NAME))?;

@@ -29,7 +29,7 @@ pub use error::{Error, Result};
 #[cfg(feature = "cuda")]
 pub use flash::varlen_attention as flash_varlen_attention;
 pub use gguf::{GgufModel, WeightType, WeightsReport};
-pub use lora::{save_adapter, LoraInit, LoraOptions, ALL_LINEAR};
+pub use lora::{save_adapter, LoraInit, LoraOptions, TrainableTokens, ALL_LINEAR};
 pub use model::{CausalLm, KvCache, TargetScores, LOGIT_CHUNK_ELEMENTS};
 pub use optim::AdamW;
 pub use resize::{resize_embeddings, NewTokenSpec, ResizeInit, ResizeReport};

@@ -113,8 +113,14 @@ impl LoraOptions {
         }
     }
 
-    /// Reads PEFT's `adapter_config.json`.
+    /// Reads PEFT's `adapter_config.json`: the options and the first of the trainable embedding rows
+    /// (`trainable_token_indices`, which dapt supports as one range up to the end of the vocabulary).
     pub fn load_peft(dir: &Path) -> Result<Self> {
+        Ok(Self::load_peft_with_tokens(dir)?.0)
+    }
+
+    /// [`LoraOptions::load_peft`] with the trainable embedding rows: `(first, count)`.
+    pub fn load_peft_with_tokens(dir: &Path) -> Result<(Self, Option<(i64, i64)>)> {
         let path = dir.join("adapter_config.json");
         let fail = |reason: String| Error::File {
             path: path.display().to_string(),
@@ -172,7 +178,45 @@ impl LoraOptions {
                 .unwrap_or(false),
         };
         options.validate().map_err(|e| fail(e.to_string()))?;
-        Ok(options)
+        let tokens = match json.get("trainable_token_indices") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(map)) => {
+                let unsupported: Vec<&String> = map
+                    .keys()
+                    .filter(|k| !matches!(k.as_str(), "embed_tokens" | "lm_head"))
+                    .collect();
+                if !unsupported.is_empty() {
+                    return Err(fail(format!(
+                        "trainable_token_indices of {unsupported:?} are not supported (only embed_tokens and lm_head)"
+                    )));
+                }
+                if map.get("lm_head").is_some_and(|head| Some(head) != map.get("embed_tokens")) {
+                    return Err(fail(
+                        "trainable_token_indices: lm_head must list the same ids as embed_tokens".into(),
+                    ));
+                }
+                let ids: Vec<i64> = map
+                    .get("embed_tokens")
+                    .and_then(Value::as_array)
+                    .map(|ids| ids.iter().filter_map(Value::as_i64).collect())
+                    .unwrap_or_default();
+                let first = ids.first().copied().unwrap_or(0);
+                let contiguous = ids.iter().enumerate().all(|(i, &id)| id == first + i as i64);
+                if ids.is_empty() || !contiguous {
+                    return Err(fail(
+                        "trainable_token_indices.embed_tokens must be one ascending run of ids".into(),
+                    ));
+                }
+                Some((first, ids.len() as i64))
+            }
+            Some(Value::Array(_)) => {
+                return Err(fail(
+                    "trainable_token_indices as a list is not supported; give {\"embed_tokens\": [...]}".into(),
+                ))
+            }
+            Some(other) => return Err(fail(format!("trainable_token_indices is {other}"))),
+        };
+        Ok((options, tokens))
     }
 
     /// PEFT's `adapter_config.json` for these options.
@@ -200,23 +244,40 @@ impl LoraOptions {
     }
 }
 
+/// Embedding rows trained beside the adapters (PEFT's `trainable_token_indices`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrainableTokens {
+    pub rows: std::ops::Range<i64>,
+    /// The untied output table's rows train too (`lm_head`).
+    pub output_table: bool,
+}
+
 /// Writes `adapter_config.json` and `adapter_model.safetensors` (the adapter VarStore's variables,
-/// whose names are PEFT's keys) into `dir`.
+/// whose names are PEFT's keys) into `dir`. `trainable_tokens` names the embedding rows trained
+/// beside the adapters, if any.
 pub fn save_adapter(
     dir: &Path,
     adapters: &nn::VarStore,
     options: &LoraOptions,
     base_model: Option<&str>,
+    trainable_tokens: Option<&TrainableTokens>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::File {
         path: dir.display().to_string(),
         reason: e.to_string(),
     })?;
-    let config = serde_json::to_string_pretty(&options.peft_config(base_model)).map_err(|e| {
-        Error::Setting {
-            key: "lora".into(),
-            reason: e.to_string(),
-        }
+    let mut config = options.peft_config(base_model);
+    if let Some(tokens) = trainable_tokens {
+        let ids: Vec<i64> = tokens.rows.clone().collect();
+        config["trainable_token_indices"] = if tokens.output_table {
+            json!({ "embed_tokens": ids, "lm_head": ids })
+        } else {
+            json!({ "embed_tokens": ids })
+        };
+    }
+    let config = serde_json::to_string_pretty(&config).map_err(|e| Error::Setting {
+        key: "lora".into(),
+        reason: e.to_string(),
     })?;
     write_atomically(&dir.join("adapter_config.json"), (config + "\n").as_bytes())?;
     let tensors: Vec<(String, tch::Tensor)> = adapters.variables().into_iter().collect();

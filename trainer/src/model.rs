@@ -467,11 +467,29 @@ pub struct CausalLm {
     lm_head: Option<Tensor>,
     /// `[head_dim / 2]` rotary inverse frequencies.
     inv_freq: Tensor,
+    /// Trainable rows of the embedding tables (see [`CausalLm::attach_token_rows`]).
+    token_rows: Option<TokenRows>,
     training: Cell<bool>,
     /// Flash varlen attention for batches on CUDA (see [`CausalLm::set_flash_attention`]).
     #[cfg(feature = "cuda")]
     flash: Cell<bool>,
 }
+
+/// The embedding rows from `first` on, held apart from the frozen tables so that they train while the
+/// rest stays fixed (PEFT's "trainable tokens" beside LoRA: after a vocabulary extension the new
+/// tokens' rows learn, the old ones do not move).
+#[derive(Debug)]
+struct TokenRows {
+    first: i64,
+    /// `[vocab - first, hidden]` rows of the input embeddings (and of the tied output embeddings).
+    input: Tensor,
+    /// `[vocab - first, hidden]` rows of the untied output embeddings.
+    output: Option<Tensor>,
+}
+
+/// PEFT's key of the trainable rows of a table (`base_model.model.<module>.token_adapter.trainable_tokens_delta`),
+/// whose values are the rows themselves.
+const TOKEN_ROWS_PARTS: [&str; 2] = ["token_adapter", "trainable_tokens_delta"];
 
 /// Rotary inverse frequencies as HF computes them (`1 / theta^(2i/d)`), then scaled.
 fn inverse_frequencies(c: &ModelConfig, device: Device) -> Result<Tensor> {
@@ -541,6 +559,7 @@ impl CausalLm {
             norm,
             lm_head,
             inv_freq: inverse_frequencies(c, root.device())?,
+            token_rows: None,
             training: Cell::new(false),
             #[cfg(feature = "cuda")]
             flash: Cell::new(false),
@@ -613,10 +632,78 @@ impl CausalLm {
         })
     }
 
-    /// Folds every adapter into its base weight (`W += B·A·alpha/r`) and removes it.
+    /// Folds every adapter into its base weight (`W += B·A·alpha/r`) and removes it; trainable
+    /// embedding rows go back into their tables.
     pub fn merge_lora(&mut self) {
         for linear in self.linears() {
             linear.merge();
+        }
+        self.merge_token_rows();
+    }
+
+    /// Makes the embedding rows from `first` to the end of the vocabulary trainable apart from the
+    /// (frozen) tables: their current values are copied into variables below `root` (the adapter
+    /// VarStore's root) under PEFT's trainable-tokens names
+    /// (`base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta`, and
+    /// `base_model.model.lm_head.…` when the output embeddings are untied). Returns how many rows train.
+    pub fn attach_token_rows(&mut self, root: &nn::Path, first: i64) -> Result<i64> {
+        let vocab = self.config.vocab_size;
+        if first <= 0 || first >= vocab {
+            return Err(Error::Setting {
+                key: "freeze_embeddings_below".into(),
+                reason: format!(
+                    "must be between 1 and the vocabulary size {} (exclusive) to train the rows above it, is {first}",
+                    vocab
+                ),
+            });
+        }
+        let rows = vocab - first;
+        let variable = |path: nn::Path, table: &Tensor| {
+            let path = &path / TOKEN_ROWS_PARTS[0];
+            let var = path.var(
+                TOKEN_ROWS_PARTS[1],
+                &[rows, self.config.hidden_size],
+                Init::Const(0.0),
+            );
+            tch::no_grad(|| {
+                var.shallow_clone().copy_(&table.narrow(0, first, rows));
+            });
+            var
+        };
+        let input = variable(
+            root / "base_model" / "model" / "model" / "embed_tokens",
+            &self.embed_tokens,
+        );
+        let output = self
+            .lm_head
+            .as_ref()
+            .map(|head| variable(root / "base_model" / "model" / "lm_head", head));
+        self.token_rows = Some(TokenRows {
+            first,
+            input,
+            output,
+        });
+        Ok(rows)
+    }
+
+    /// The first trainable embedding row, when [`CausalLm::attach_token_rows`] made some trainable.
+    pub fn token_rows_from(&self) -> Option<i64> {
+        self.token_rows.as_ref().map(|rows| rows.first)
+    }
+
+    /// Copies the trainable embedding rows back into the tables and drops them.
+    fn merge_token_rows(&mut self) {
+        if let Some(rows) = self.token_rows.take() {
+            let count = rows.input.size()[0];
+            tch::no_grad(|| {
+                self.embed_tokens
+                    .narrow(0, rows.first, count)
+                    .copy_(&rows.input.to_kind(self.embed_tokens.kind()));
+                if let (Some(head), Some(output)) = (&self.lm_head, &rows.output) {
+                    head.narrow(0, rows.first, count)
+                        .copy_(&output.to_kind(head.kind()));
+                }
+            });
         }
     }
 
@@ -662,7 +749,47 @@ impl CausalLm {
 
     /// Logits `[…, vocab]` of final hidden states `[…, hidden]`.
     fn head(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
+        let table = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        match &self.token_rows {
+            None => hidden.linear::<Tensor>(table, None),
+            Some(rows) => {
+                // The frozen rows and the trainable ones as two products, so that no gradient of
+                // the frozen table is formed.
+                let trained = rows.output.as_ref().unwrap_or(&rows.input);
+                Tensor::cat(
+                    &[
+                        hidden.linear::<Tensor>(&table.narrow(0, 0, rows.first), None),
+                        hidden.linear::<Tensor>(trained, None),
+                    ],
+                    -1,
+                )
+            }
+        }
+    }
+
+    /// Input embeddings of `input_ids` (from the trainable rows where they are held apart).
+    fn embed(&self, input_ids: &Tensor) -> Tensor {
+        match &self.token_rows {
+            None => Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false),
+            Some(rows) => {
+                let old = input_ids.lt(rows.first);
+                let frozen = Tensor::embedding(
+                    &self.embed_tokens,
+                    &input_ids.clamp_max(rows.first - 1),
+                    -1,
+                    false,
+                    false,
+                );
+                let trained = Tensor::embedding(
+                    &rows.input,
+                    &(input_ids - rows.first).clamp_min(0),
+                    -1,
+                    false,
+                    false,
+                );
+                frozen.where_self(&old.unsqueeze(-1), &trained)
+            }
+        }
     }
 
     /// Positions whose logits are computed at once by the losses and [`CausalLm::score_targets`]: the
@@ -808,7 +935,7 @@ impl CausalLm {
     ) -> Tensor {
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
         let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
-        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        let mut x = self.embed(input_ids);
         let kind = x.kind();
         let (cos, sin) = (angles.cos().to_kind(kind), angles.sin().to_kind(kind));
         for (i, layer) in self.layers.iter().enumerate() {
@@ -890,9 +1017,22 @@ impl CausalLm {
         dir: &Path,
         device: Device,
     ) -> Result<(nn::VarStore, LoraOptions, usize)> {
-        let options = LoraOptions::load_peft(dir)?;
+        let (options, tokens) = LoraOptions::load_peft_with_tokens(dir)?;
         let adapters = nn::VarStore::new(device);
         let layers = self.attach_lora(&adapters.root(), &options)?;
+        if let Some((first, count)) = tokens {
+            if first + count != self.config.vocab_size {
+                return Err(Error::File {
+                    path: dir.join("adapter_config.json").display().to_string(),
+                    reason: format!(
+                        "trainable_token_indices {first}..{} do not end at the model's vocabulary size {}",
+                        first + count,
+                        self.config.vocab_size
+                    ),
+                });
+            }
+            self.attach_token_rows(&adapters.root(), first)?;
+        }
         load_into(
             &adapters.variables(),
             &[dir.join("adapter_model.safetensors")],

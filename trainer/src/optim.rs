@@ -13,6 +13,8 @@ struct Parameter {
     name: String,
     tensor: Tensor,
     decay: bool,
+    /// Multiplies the step's learning rate for this variable.
+    lr_scale: f64,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
 }
@@ -47,6 +49,7 @@ impl AdamW {
             .into_iter()
             .map(|(name, tensor)| Parameter {
                 decay: decays(&name),
+                lr_scale: 1.0,
                 exp_avg: tensor.zeros_like().to_kind(Kind::Float),
                 exp_avg_sq: tensor.zeros_like().to_kind(Kind::Float),
                 name,
@@ -61,6 +64,14 @@ impl AdamW {
             step: 0,
             parameters,
         }
+    }
+
+    /// Scales the learning rate (and so the decoupled decay) of each variable by `scale(name)`.
+    pub fn with_lr_scale(mut self, scale: impl Fn(&str) -> f64) -> Self {
+        for p in &mut self.parameters {
+            p.lr_scale = scale(&p.name);
+        }
+        self
     }
 
     /// Number of optimised values.
@@ -129,6 +140,7 @@ impl AdamW {
                     continue;
                 }
                 let grad = grad.to_kind(Kind::Float);
+                let lr = lr * p.lr_scale;
                 if p.decay && self.weight_decay > 0.0 {
                     let _ = p.tensor.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind};
 
 use crate::data::PackedShards;
-use crate::lora::{save_adapter, LoraOptions};
+use crate::lora::{save_adapter, LoraOptions, TrainableTokens};
 use crate::train::{mean_loss, StepMetrics, TrainOptions, Trainer};
 use crate::weights::write_atomically;
 use crate::{CausalLm, Error, ProxyDefaults, ProxyModelOptions, Result};
@@ -84,7 +84,9 @@ pub struct StageOptions {
     pub method: Method,
     #[serde(default)]
     pub trainable: Trainable,
-    /// Keep embedding rows below this id unchanged (e.g. the old vocabulary after an extension).
+    /// Keep embedding rows below this id unchanged (e.g. the old vocabulary after an extension). In a
+    /// LoRA stage the rows from this id on train beside the adapters (PEFT's trainable tokens) and are
+    /// saved with them; the rest of the model stays frozen.
     #[serde(default)]
     pub freeze_embeddings_below: Option<i64>,
     #[serde(default)]
@@ -128,6 +130,9 @@ pub struct TrainConfig {
     pub options: TrainConfigOptions,
     /// Directory of the config file (relative paths resolve against it).
     pub base_dir: PathBuf,
+    /// A stage directory written by other settings, input model or data is removed and trained
+    /// afresh (a recipe that owns its output directory); otherwise it is refused.
+    pub replace_stale: bool,
 }
 
 impl TrainConfig {
@@ -143,7 +148,11 @@ impl TrainConfig {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let config = Self { options, base_dir };
+        let config = Self {
+            options,
+            base_dir,
+            replace_stale: false,
+        };
         config.validate().map_err(|e| fail(e.to_string()))?;
         Ok(config)
     }
@@ -335,41 +344,59 @@ pub fn run_stages(
     let mut reports = Vec::new();
     for (index, stage) in o.stages.iter().enumerate() {
         let stage_dir = out.join(&stage.name);
+        // The stage is bound to its input model, its settings and the identities of its data.
+        let data = PackedShards::identity(&config.location(&stage.data)?)?;
+        let heldout = stage
+            .heldout
+            .as_deref()
+            .map(|h| PackedShards::identity(&config.location(h)?))
+            .transpose()?;
         let hash = sha256_hex(
-            &serde_json::to_vec(&(&input_identity, stage, o.seed, index)).map_err(|e| {
-                Error::Setting {
+            &serde_json::to_vec(&(&input_identity, stage, o.seed, index, &data, &heldout))
+                .map_err(|e| Error::Setting {
                     key: format!("stage[{index}]"),
                     reason: e.to_string(),
-                }
-            })?,
+                })?,
         );
         let report_path = stage_dir.join("stage.json");
-        if let Ok(text) = std::fs::read_to_string(&report_path) {
-            let report: StageReport =
-                serde_json::from_str(&text).map_err(|e| io_error(&report_path, e))?;
-            if report.hash == hash {
+        let hash_path = stage_dir.join("settings.sha256");
+        let written_by = std::fs::read_to_string(&report_path)
+            .ok()
+            .map(|text| {
+                serde_json::from_str::<StageReport>(&text).map_err(|e| io_error(&report_path, e))
+            })
+            .transpose()?;
+        match written_by {
+            Some(report) if report.hash == hash => {
                 tracing::info!(stage = %stage.name, "stage already done; skipped");
                 input_dir = Some(stage_dir.join("model"));
                 input_identity = report.hash.clone();
                 reports.push(report);
                 continue;
             }
-            return Err(io_error(
-                &report_path,
-                "was written by other settings or another input model; remove the stage directory to retrain it",
-            ));
+            Some(_) if !config.replace_stale => {
+                return Err(io_error(
+                    &report_path,
+                    "was written by other settings, another input model or other data; remove the stage directory to retrain it",
+                ));
+            }
+            _ => {}
         }
-        std::fs::create_dir_all(&stage_dir).map_err(|e| io_error(&stage_dir, e))?;
-        let hash_path = stage_dir.join("settings.sha256");
-        match std::fs::read_to_string(&hash_path) {
-            Ok(previous) if previous.trim() != hash => {
+        let previous = std::fs::read_to_string(&hash_path).ok();
+        let stale = report_path.exists() || previous.as_deref().is_some_and(|p| p.trim() != hash);
+        if stale {
+            if !config.replace_stale {
                 return Err(io_error(
                     &stage_dir,
                     "holds checkpoints of other settings; remove it to train this stage afresh",
-                ))
+                ));
             }
-            Ok(_) => {}
-            Err(_) => write_atomically(&hash_path, hash.as_bytes())?,
+            tracing::info!(stage = %stage.name, "settings, input model or data changed; the stage trains afresh");
+            std::fs::remove_dir_all(&stage_dir).map_err(|e| io_error(&stage_dir, e))?;
+        }
+        std::fs::create_dir_all(&stage_dir).map_err(|e| io_error(&stage_dir, e))?;
+        if stale || previous.is_none() {
+            write_atomically(&hash_path, hash.as_bytes())?;
         }
         let report = run_stage(
             config,
@@ -413,6 +440,10 @@ fn run_stage(
             tch::manual_seed(sub_seed(seed, "lora-init", 0) as i64);
             let count = model.attach_lora(&adapters.root(), &stage.lora)?;
             tracing::info!(stage = %stage.name, layers = count, r = stage.lora.r, "LoRA adapters attached");
+            if let Some(first) = stage.freeze_embeddings_below {
+                let rows = model.attach_token_rows(&adapters.root(), first)?;
+                tracing::info!(stage = %stage.name, first, rows, "embedding rows trained beside the adapters");
+            }
         }
         Method::Full => {
             if stage.trainable == Trainable::Embeddings {
@@ -469,7 +500,11 @@ fn run_stage(
         options: &stage.train,
         seed,
         heldout: heldout.as_deref(),
-        freeze_embeddings_below: stage.freeze_embeddings_below,
+        // A LoRA stage holds its trainable rows apart (the frozen base keeps the others).
+        freeze_embeddings_below: match stage.method {
+            Method::Lora => None,
+            Method::Full => stage.freeze_embeddings_below,
+        },
         checkpoint_dir: Some(stage_dir.join("checkpoints")),
         log_path: Some(stage_dir.join("train_log.jsonl")),
     };
@@ -483,11 +518,16 @@ fn run_stage(
         .collect();
     let model_dir = stage_dir.join("model");
     if stage.method == Method::Lora {
+        let trainable_tokens = model.token_rows_from().map(|first| TrainableTokens {
+            rows: first..model.config().vocab_size,
+            output_table: model.output_embeddings().is_some(),
+        });
         save_adapter(
             &stage_dir.join("adapter"),
             &adapters,
             &stage.lora,
             Some(&input_dir.display().to_string()),
+            trainable_tokens.as_ref(),
         )?;
         model.merge_lora();
     }

@@ -65,6 +65,9 @@ pub struct TrainOptions {
     pub eval_every: usize,
     /// Peak accelerator throughput in TFLOP/s for the MFU estimate (0: not reported).
     pub peak_tflops: f64,
+    /// Multiplies the learning rate of the embedding tables and of trainable embedding rows (new
+    /// tokens' rows learn from few occurrences; a LoRA stage's adapters keep `learning_rate`).
+    pub embedding_lr_scale: f64,
 }
 
 impl Default for TrainOptions {
@@ -88,6 +91,7 @@ impl Default for TrainOptions {
             keep_checkpoints: 2,
             eval_every: 0,
             peak_tflops: 0.0,
+            embedding_lr_scale: 1.0,
         }
     }
 }
@@ -128,6 +132,9 @@ impl TrainOptions {
         }
         if self.keep_checkpoints == 0 {
             return Err(bad("keep_checkpoints", "must be at least 1"));
+        }
+        if !(self.embedding_lr_scale.is_finite() && self.embedding_lr_scale > 0.0) {
+            return Err(bad("embedding_lr_scale", "must be a positive number"));
         }
         Ok(())
     }
@@ -295,7 +302,14 @@ impl<'a> Trainer<'a> {
             options.beta2,
             options.eps,
             options.weight_decay,
-        );
+        )
+        .with_lr_scale(|name| {
+            if name.contains("embed_tokens") || name.contains("lm_head") {
+                options.embedding_lr_scale
+            } else {
+                1.0
+            }
+        });
         let trainable_parameters = optimizer.parameter_count();
         if trainable_parameters == 0 {
             return Err(Error::Setting {

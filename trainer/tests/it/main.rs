@@ -185,7 +185,7 @@ fn peft_adapter_loads_merges_and_saves_in_peft_layout() {
     );
 
     let out = tempfile::tempdir().unwrap();
-    dapt_trainer::save_adapter(out.path(), &adapters, &options, Some("qwen3")).unwrap();
+    dapt_trainer::save_adapter(out.path(), &adapters, &options, Some("qwen3"), None).unwrap();
     let keys = |path: PathBuf| -> Vec<String> {
         let mut k: Vec<String> = read_safetensors(&path)
             .unwrap()
@@ -549,6 +549,126 @@ fn lora_trains_adapters_only_and_merges() {
             .equal(&base_only),
         "merging changed the base weights"
     );
+}
+
+/// LoRA with the embedding rows from 40 on trainable (PEFT's trainable tokens): the frozen base does
+/// not move, the rows from 40 on do and rows below do not after merging; the adapter saved in PEFT's
+/// layout lists the rows and loads back to the same logits, for tied and untied embeddings.
+#[test]
+fn lora_with_trainable_token_rows_trains_only_the_new_rows() {
+    let _rng = rng_lock();
+    for tied in [true, false] {
+        dapt_trainer::tch::manual_seed(11);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let mut model = CausalLm::new(&vs.root(), &tiny("llama", tied)).unwrap();
+        let before: BTreeMap<String, Tensor> = vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
+        vs.freeze();
+        let adapters = nn::VarStore::new(Device::Cpu);
+        let options = LoraOptions {
+            r: 4,
+            dropout: 0.0,
+            ..Default::default()
+        };
+        model.attach_lora(&adapters.root(), &options).unwrap();
+        assert_eq!(model.attach_token_rows(&adapters.root(), 40).unwrap(), 21);
+        assert!(model.attach_token_rows(&adapters.root(), 61).is_err());
+        // Rows that use the new ids (40..61) and old ones.
+        let rows: Vec<PackedRow> = (0..8)
+            .map(|r| {
+                let ids: Vec<i32> = (0..32).map(|i| (i * 3 + r) % 26 + 35).collect();
+                PackedRow {
+                    input_ids: ids,
+                    segment_lengths: vec![32],
+                    loss_mask: vec![true; 32],
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let train_options = TrainOptions {
+            steps: 15,
+            batch_size: 4,
+            learning_rate: 1e-2,
+            warmup_steps: 1,
+            ..Default::default()
+        };
+        let trainer = Trainer::new(&model, &adapters, &train_options, 5);
+        let mut data = InMemoryRows::new(rows.clone(), 5).unwrap();
+        let outcome = trainer.run(&mut data, false, |_| {}).unwrap();
+        let tables = if tied { 1 } else { 2 };
+        let lora = 2 * 4 * ((32 + 32) + (32 + 16) + (32 + 16) + (32 + 32) + 3 * (32 + 48));
+        assert_eq!(
+            outcome.trainable_parameters,
+            lora + tables * 21 * 32,
+            "tied {tied}"
+        );
+        assert!(outcome.history.last().unwrap().loss < outcome.history[0].loss);
+        for (name, tensor) in vs.variables() {
+            assert!(
+                tensor.equal(&before[&name]),
+                "{name} changed before merging"
+            );
+        }
+        let adapted = logits_of(&model, &rows[..2]);
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dapt_trainer::TrainableTokens {
+            rows: 40..61,
+            output_table: !tied,
+        };
+        dapt_trainer::save_adapter(dir.path(), &adapters, &options, None, Some(&tokens)).unwrap();
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        let listed = config["trainable_token_indices"]["embed_tokens"]
+            .as_array()
+            .unwrap();
+        assert_eq!((listed.len(), listed[0].as_i64()), (21, Some(40)));
+        assert_eq!(
+            config["trainable_token_indices"]["lm_head"].is_array(),
+            !tied
+        );
+        let saved = read_safetensors(&dir.path().join("adapter_model.safetensors")).unwrap();
+        assert!(saved.iter().any(|(n, t)| n
+            == "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"
+            && t.size() == [21, 32]));
+        model.merge_lora();
+        assert!(max_difference(&logits_of(&model, &rows[..2]), &adapted) < 1e-4);
+        for (name, tensor) in vs.variables() {
+            if name.contains("embed_tokens") || name.contains("lm_head") {
+                assert!(
+                    tensor
+                        .narrow(0, 0, 40)
+                        .equal(&before[&name].narrow(0, 0, 40)),
+                    "{name}: old rows moved"
+                );
+                assert!(
+                    !tensor
+                        .narrow(0, 40, 21)
+                        .equal(&before[&name].narrow(0, 40, 21)),
+                    "{name}: new rows did not train"
+                );
+            }
+        }
+        // The saved adapter on the untouched base gives the adapted logits.
+        let fresh_vs = nn::VarStore::new(Device::Cpu);
+        let mut fresh = CausalLm::new(&fresh_vs.root(), &tiny("llama", tied)).unwrap();
+        dapt_trainer::tch::no_grad(|| {
+            for (name, mut tensor) in fresh_vs.variables() {
+                tensor.copy_(&before[&name]);
+            }
+        });
+        let (_store, _, layers) = fresh.load_adapter(dir.path(), Device::Cpu).unwrap();
+        assert_eq!(layers, 14);
+        assert_eq!(fresh.token_rows_from(), Some(40));
+        assert!(
+            max_difference(&logits_of(&fresh, &rows[..2]), &adapted) < 1e-4,
+            "tied {tied}"
+        );
+    }
 }
 
 /// Resizing grows both tables, new rows are the mean of their sub-token rows, the model loads, and
