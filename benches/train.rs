@@ -17,7 +17,9 @@ use std::process::Command;
 
 use dapt_core::PackedRow;
 use dapt_trainer::tch::{nn, Device, Kind};
-use dapt_trainer::{CausalLm, InMemoryRows, LoraOptions, ModelConfig, TrainOptions, Trainer};
+use dapt_trainer::{
+    CausalLm, InMemoryRows, LoraOptions, ModelConfig, TrainOptions, TrainSettings, Trainer,
+};
 
 const HIDDEN: i64 = 256;
 const LAYERS: i64 = 4;
@@ -154,6 +156,7 @@ fn main() {
         warmup_steps: 1,
         ..Default::default()
     };
+    let options = TrainSettings::try_from(options).expect("valid training options");
     let trainer = Trainer::new(&model, &vs, &options, 0);
     let mut data = InMemoryRows::new(rows, 0).unwrap();
     let mut rates = Vec::new();
@@ -242,6 +245,7 @@ fn smollm2_lora(steps: usize, python: &str) {
         weight_decay: 0.0,
         ..Default::default()
     };
+    let options = TrainSettings::try_from(options).expect("valid training options");
     let trainer = Trainer {
         trainable: &adapters,
         ..Trainer::new(&model, &vs, &options, 0)
@@ -318,6 +322,7 @@ fn gpu(steps: usize) {
         peak_tflops,
         ..Default::default()
     };
+    let options = TrainSettings::try_from(options).expect("valid training options");
     let trainer = Trainer::new(&model, &vs, &options, 0);
     let mut data = InMemoryRows::new(rows, 0).unwrap();
     let mut timed = Vec::new();

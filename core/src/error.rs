@@ -35,8 +35,22 @@ pub enum Error {
         source: arrow::error::ArrowError,
     },
 
+    #[error("invalid location {url:?}: {source}")]
+    InvalidPath {
+        url: String,
+        #[source]
+        source: Box<object_store::path::Error>,
+    },
+
     #[error("manifest {url}: {reason}")]
     Manifest { url: String, reason: String },
+
+    #[error("{what}: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
 
     #[error("packed data violates the contract at row {row}: {reason}")]
     PackedContract { row: usize, reason: String },

@@ -22,6 +22,35 @@ use url::Url;
 
 use crate::{Error, Result};
 
+/// A local path made absolute against the working directory, with `.` and `..` taken out: the longest
+/// part of it that exists is resolved by the file system (so `link/..` is the link target's parent, as
+/// the shell's `cd -P` sees it, and linked directories are listed through their targets), the rest —
+/// names still to be created, glob patterns — is joined as written with `..` removing the name before it.
+pub fn resolve_local(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::{Component, PathBuf};
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    let mut existing = true;
+    for part in absolute.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => {
+                out.push(other);
+                if existing {
+                    match std::fs::canonicalize(&out) {
+                        Ok(real) => out = real,
+                        Err(_) => existing = false,
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A store plus a prefix inside it, remembered with the URL it came from (for messages).
 #[derive(Clone, Debug)]
 pub struct Location {
@@ -53,7 +82,7 @@ impl Location {
             Ok(url) if url.scheme().len() > 1 => url,
             // A plain path (or a Windows drive letter, which parses as a one-letter scheme).
             _ => {
-                let absolute = std::path::absolute(input).map_err(|e| invalid(e.to_string()))?;
+                let absolute = resolve_local(std::path::Path::new(input));
                 Url::from_file_path(&absolute)
                     .map_err(|()| invalid("not an absolute local path".into()))?
             }
@@ -143,7 +172,10 @@ impl Location {
             }
             other => return Err(invalid(format!("unsupported scheme {other:?}"))),
         };
-        let prefix = Path::from_url_path(url.path()).map_err(|e| invalid(e.to_string()))?;
+        let prefix = Path::from_url_path(url.path()).map_err(|source| Error::InvalidPath {
+            url: input.to_string(),
+            source: Box::new(source),
+        })?;
         Ok(Self {
             store,
             prefix,
@@ -386,6 +418,33 @@ mod tests {
         assert!(Location::parse("").is_err());
     }
 
+    #[test]
+    fn local_paths_lose_dots_and_follow_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(real.join("data/en")).unwrap();
+        std::fs::create_dir_all(real.join("elsewhere/inner")).unwrap();
+        std::os::unix::fs::symlink(real.join("elsewhere/inner"), real.join("data/link")).unwrap();
+
+        let p = |s: &str| resolve_local(&real.join(s));
+        assert_eq!(p("data/en/../en/./x.jsonl"), real.join("data/en/x.jsonl"));
+        // Through an existing link, `..` is the target's parent (as `cd -P` sees it).
+        assert_eq!(p("data/link/../y"), real.join("elsewhere/y"));
+        // Names still to be created and glob patterns are kept as written, `..` still applied.
+        assert_eq!(p("out/new/../run/*.jsonl"), real.join("out/run/*.jsonl"));
+        assert_eq!(
+            resolve_local(std::path::Path::new("/../../x")),
+            std::path::PathBuf::from("/x")
+        );
+
+        // A location with `..` in it works where object_store's paths refuse the sequence.
+        let parsed = Location::parse(real.join("data/en/../en").to_str().unwrap()).unwrap();
+        assert_eq!(
+            parsed.url(),
+            format!("file://{}", real.join("data/en").display())
+        );
+    }
+
     #[tokio::test]
     async fn local_write_read_list_and_expand() {
         let dir = tempfile::tempdir().unwrap();
@@ -418,6 +477,14 @@ mod tests {
                 .unwrap()
                 .len(),
             1
+        );
+        let dotted = format!("{}/a/../a/./*.jsonl", dir.path().display());
+        assert_eq!(
+            expand_inputs(&[dotted], &BTreeMap::new())
+                .await
+                .unwrap()
+                .len(),
+            2
         );
         let missing = format!("{}/a/*.parquet", dir.path().display());
         let err = expand_inputs(&[missing], &BTreeMap::new())

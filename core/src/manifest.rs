@@ -175,9 +175,9 @@ impl OutputDir {
     }
 
     async fn write_manifest(&self) -> Result<()> {
-        let mut json = serde_json::to_vec_pretty(&self.manifest).map_err(|e| Error::Manifest {
-            url: self.location.url(),
-            reason: e.to_string(),
+        let mut json = serde_json::to_vec_pretty(&self.manifest).map_err(|source| Error::Json {
+            what: format!("manifest {}", self.location.url()),
+            source,
         })?;
         json.push(b'\n');
         self.location
@@ -228,9 +228,9 @@ impl OutputDir {
         }
         merged.shards.sort_by(|a, b| a.name.cmp(&b.name));
         merged.skipped.sort();
-        let mut json = serde_json::to_vec_pretty(&merged).map_err(|e| Error::Manifest {
-            url: location.url(),
-            reason: e.to_string(),
+        let mut json = serde_json::to_vec_pretty(&merged).map_err(|source| Error::Json {
+            what: format!("manifest {}", location.url()),
+            source,
         })?;
         json.push(b'\n');
         location.write(MANIFEST_NAME, Bytes::from(json)).await?;

@@ -5,8 +5,26 @@ pub enum Error {
     #[error("tokenizer {what}: {reason}")]
     Tokenizer { what: String, reason: String },
 
-    #[error("cannot tokenise document {id:?}: {reason}")]
-    Encode { id: String, reason: String },
+    #[error("tokenizer {}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("tokenizer {what}: {source}")]
+    Parse {
+        what: String,
+        #[source]
+        source: tokenizers::Error,
+    },
+
+    #[error("cannot tokenise document {id:?}: {source}")]
+    Encode {
+        id: String,
+        #[source]
+        source: tokenizers::Error,
+    },
 }
 
 /// Result with [`Error`] as the default error.

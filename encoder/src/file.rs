@@ -67,9 +67,9 @@ impl fmt::Debug for TokenizerFile {
 impl TokenizerFile {
     /// Loads an HF `tokenizer.json` (HF backend).
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let json = std::fs::read(path).map_err(|e| Error::Tokenizer {
-            what: path.display().to_string(),
-            reason: e.to_string(),
+        let json = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
         })?;
         Self::from_json(json, &path.display().to_string())
     }
@@ -81,9 +81,9 @@ impl TokenizerFile {
 
     /// Parses the bytes of a `tokenizer.json`; `what` names it in errors (HF backend).
     pub fn from_json(json: Vec<u8>, what: &str) -> Result<Self> {
-        let tokenizer = Tokenizer::from_bytes(&json).map_err(|e| Error::Tokenizer {
+        let tokenizer = Tokenizer::from_bytes(&json).map_err(|source| Error::Parse {
             what: what.to_string(),
-            reason: e.to_string(),
+            source,
         })?;
         Ok(Self {
             tokenizer: Arc::new(tokenizer),
@@ -178,9 +178,9 @@ impl TokenizerFile {
         self.tokenizer
             .encode_fast(text, false)
             .map(|e| e.get_ids().to_vec())
-            .map_err(|e| Error::Encode {
+            .map_err(|source| Error::Encode {
                 id: id.to_string(),
-                reason: e.to_string(),
+                source,
             })
     }
 

@@ -17,6 +17,20 @@ pub enum Error {
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
 
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{what}: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
     #[error("invalid setting {key}: {reason}")]
     Setting { key: String, reason: String },
 }

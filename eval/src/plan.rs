@@ -302,7 +302,10 @@ pub fn read_jsonl_field(path: &Path, field: &str) -> Result<Vec<String>> {
         },
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| fail(0, e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

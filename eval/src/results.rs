@@ -46,12 +46,14 @@ pub struct EvalResults {
 
 impl EvalResults {
     pub fn load(path: &Path) -> Result<Self> {
-        let fail = |reason: String| Error::File {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-        serde_json::from_str(&text).map_err(|e| fail(e.to_string()))
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })
     }
 
     /// The headline metrics as (name, value, higher is better).

@@ -117,13 +117,16 @@ fn index(v: Option<&Value>, choices: usize, key: &str, path: &Path, row: usize) 
 
 /// Reads a task file.
 pub fn load_task(path: &Path, format: TaskFormat) -> Result<Vec<McExample>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::File {
-        path: path.display().to_string(),
-        reason: e.to_string(),
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
     })?;
     let mut out = Vec::new();
     if format == TaskFormat::Bigbench {
-        let json: Value = serde_json::from_str(&text).map_err(|e| bad(path, 0, e.to_string()))?;
+        let json: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })?;
         let examples = json
             .get("examples")
             .and_then(Value::as_array)
@@ -157,7 +160,10 @@ pub fn load_task(path: &Path, format: TaskFormat) -> Result<Vec<McExample>> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line).map_err(|e| bad(path, row, e.to_string()))?;
+        let v: Value = serde_json::from_str(line).map_err(|source| Error::Json {
+            what: format!("{} row {row}", path.display()),
+            source,
+        })?;
         let id = v
             .get("id")
             .map(|i| {

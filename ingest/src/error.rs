@@ -19,7 +19,7 @@ pub enum Error {
     Setting { key: String, reason: String },
 
     #[error("ingest task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// Result with [`Error`] as the default error.

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio_util::io::StreamReader;
 
-use crate::reader::{DocumentBuilder, RawDocument, ReadContext};
+use crate::document::{DocumentBuilder, RawDocument, ReadContext};
 use crate::{Format, Result};
 
 type LineSource = Pin<Box<dyn AsyncBufRead + Send>>;

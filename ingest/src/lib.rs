@@ -8,16 +8,17 @@
 //! the job with an error naming object and line, or, under the `skip` policy, are counted and listed
 //! in the manifest.
 
+mod document;
 mod error;
 mod format;
 mod jsonl;
 mod parquet_source;
 mod reader;
 mod run;
+mod settings;
 
 pub use error::{Error, Result};
 pub use format::Format;
 pub use reader::{read_documents, DocumentReader};
-pub use run::{
-    ingest, ErrorPolicy, IngestOptions, IngestSettings, IngestSummary, Job, Preset, Progress,
-};
+pub use run::{ingest, IngestSummary, Job, Progress};
+pub use settings::{ErrorPolicy, IngestOptions, IngestSettings, Preset};

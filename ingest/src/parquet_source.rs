@@ -10,7 +10,7 @@ use object_store::path::Path;
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStream};
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 
-use crate::reader::{DocumentBuilder, RawDocument, ReadContext};
+use crate::document::{DocumentBuilder, RawDocument, ReadContext};
 use crate::Result;
 
 pub(crate) struct ParquetSource {
@@ -193,6 +193,6 @@ fn meta_json(
         writer.finish()?;
     }
     let text = String::from_utf8(buffer)
-        .map_err(|e| arrow::error::ArrowError::JsonError(e.to_string()))?;
+        .map_err(|e| arrow::error::ArrowError::ExternalError(Box::new(e)))?;
     Ok(Some(text.lines().map(str::to_string).collect()))
 }

@@ -56,7 +56,10 @@ impl Duplicate {
                 Arc::new(rows.iter().map(|r| Some(r.kept)).collect::<BooleanArray>()),
             ],
         )
-        .map_err(|e| Error::Input(e.to_string()))
+        .map_err(|source| Error::Arrow {
+            what: "the duplicates table".into(),
+            source,
+        })
     }
 }
 
@@ -91,10 +94,11 @@ fn columns(batch: &RecordBatch, key: &str, text: &str) -> Result<(Column, Column
                     .join(", ")
             ),
         })?;
-        let column = arrow::compute::cast(column, &DataType::Utf8).map_err(|e| Error::Column {
-            column: name.into(),
-            reason: e.to_string(),
-        })?;
+        let column =
+            arrow::compute::cast(column, &DataType::Utf8).map_err(|source| Error::ColumnType {
+                column: name.into(),
+                source,
+            })?;
         let strings = column.as_string::<i32>();
         Ok((0..strings.len())
             .map(|i| strings.is_valid(i).then(|| strings.value(i).to_string()))
@@ -122,14 +126,15 @@ fn clusters_to_rows(keys: &[String], groups: Vec<Vec<usize>>) -> Vec<Duplicate> 
 }
 
 /// Exact duplicates: documents whose normalised texts are equal (compared by 128-bit xxh3 hash).
-pub async fn exact_duplicates<S>(mut input: S, key: &str, text: &str) -> Result<Vec<Duplicate>>
+pub async fn exact_duplicates<S, E>(mut input: S, key: &str, text: &str) -> Result<Vec<Duplicate>>
 where
-    S: Stream<Item = std::result::Result<RecordBatch, String>> + Unpin,
+    S: Stream<Item = std::result::Result<RecordBatch, E>> + Unpin,
+    E: Into<crate::error::BoxError>,
 {
     let mut keys = Vec::new();
     let mut groups: HashMap<u128, Vec<usize>> = HashMap::new();
     while let Some(batch) = input.next().await {
-        let batch = batch.map_err(Error::Input)?;
+        let batch = batch.map_err(|e| Error::Input { source: e.into() })?;
         let (ids, texts) = columns(&batch, key, text)?;
         let hashes: Vec<Option<u128>> = texts
             .par_iter()
@@ -217,14 +222,15 @@ impl Sets {
 }
 
 /// Near duplicates by MinHash + LSH.
-pub async fn near_duplicates<S>(
+pub async fn near_duplicates<S, E>(
     mut input: S,
     key: &str,
     text: &str,
     options: &NearOptions,
 ) -> Result<Vec<Duplicate>>
 where
-    S: Stream<Item = std::result::Result<RecordBatch, String>> + Unpin,
+    S: Stream<Item = std::result::Result<RecordBatch, E>> + Unpin,
+    E: Into<crate::error::BoxError>,
 {
     options.validate()?;
     let num_perm = options.bands * options.rows;
@@ -241,7 +247,7 @@ where
     let mut writer = BufWriter::new(spill.reopen().map_err(spill_error)?);
     let mut keys = Vec::new();
     while let Some(batch) = input.next().await {
-        let batch = batch.map_err(Error::Input)?;
+        let batch = batch.map_err(|e| Error::Input { source: e.into() })?;
         let (ids, texts) = columns(&batch, key, text)?;
         let rows: Vec<(String, String)> = ids
             .into_iter()

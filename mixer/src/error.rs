@@ -1,3 +1,6 @@
+/// An error of another layer (a query stream's, a string reason) kept whole as a source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Errors of mixing and deduplication.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -24,8 +27,53 @@ pub enum Error {
     #[error(transparent)]
     Encoder(#[from] dapt_encoder::Error),
 
-    #[error("reading the input: {0}")]
-    Input(String),
+    #[error("reading the input: {source}")]
+    Input {
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("component {component}: {source}")]
+    Component {
+        component: String,
+        #[source]
+        source: BoxError,
+    },
+
+    #[error("the input's column {column:?} is not text: {source}")]
+    ColumnType {
+        column: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+
+    #[error("{what}: {source}")]
+    Arrow {
+        what: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+
+    #[error("{what}: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{}: {source}", path.display())]
+    Toml {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
 }
 
 /// Result with [`Error`] as the default error.

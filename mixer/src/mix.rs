@@ -130,9 +130,14 @@ fn relative(base: &Path, path: &Path) -> PathBuf {
 impl Mix {
     /// Reads and validates a mix file; errors name the file, key and reason.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| setting(path, "", e.to_string()))?;
-        let options: MixOptions =
-            toml::from_str(&text).map_err(|e| setting(path, "", e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let options: MixOptions = toml::from_str(&text).map_err(|source| Error::Toml {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
         Self::from_options(options, path)
     }
 
@@ -310,9 +315,14 @@ pub struct Pipeline {
 impl Pipeline {
     /// Reads a pipeline file, or a single mix file as a one-stage pipeline named `mix`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| setting(path, "", e.to_string()))?;
-        let value: toml::Value =
-            toml::from_str(&text).map_err(|e| setting(path, "", e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let value: toml::Value = toml::from_str(&text).map_err(|source| Error::Toml {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
         if value.get("stage").is_none() {
             let mix = Mix::load(path)?;
             if mix.total_tokens.is_none() {
@@ -323,8 +333,10 @@ impl Pipeline {
             });
         }
         // Parsed again from the text (not the value) so that errors keep their line numbers.
-        let options: PipelineOptions =
-            toml::from_str(&text).map_err(|e| setting(path, "", e.to_string()))?;
+        let options: PipelineOptions = toml::from_str(&text).map_err(|source| Error::Toml {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut stages: Vec<(String, Mix)> = Vec::new();
         for (i, stage) in options.stages.iter().enumerate() {

@@ -165,8 +165,11 @@ pub struct MixReport {
     pub components: Vec<ComponentReport>,
 }
 
-fn input_error(component: &str, e: impl std::fmt::Display) -> Error {
-    Error::Input(format!("component {component}: {e}"))
+fn input_error(component: &str, e: impl Into<crate::error::BoxError>) -> Error {
+    Error::Component {
+        component: component.to_string(),
+        source: e.into(),
+    }
 }
 
 async fn session(mix: &Mix) -> Result<SqlSession> {
@@ -411,8 +414,11 @@ struct ComponentStream {
 }
 
 /// The record batches of a running query.
-type BatchStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = std::result::Result<RecordBatch, String>> + Send>>;
+type BatchStream = std::pin::Pin<
+    Box<
+        dyn futures::Stream<Item = std::result::Result<RecordBatch, crate::error::BoxError>> + Send,
+    >,
+>;
 
 impl ComponentStream {
     async fn next(&mut self, session: &SqlSession) -> Result<Option<OutDocument>> {
@@ -437,7 +443,7 @@ impl ComponentStream {
                     .query(&query)
                     .await
                     .map_err(|e| input_error(&self.name, e))?
-                    .map(|b| b.map_err(|e| e.to_string()));
+                    .map(|b| b.map_err(crate::error::BoxError::from));
                 self.current = Some((epoch, selected, Box::pin(stream)));
             }
             let Some((epoch, selected, stream)) = self.current.as_mut() else {
@@ -633,7 +639,10 @@ pub async fn run_stage(
         max_share_error_points: max_error,
         components,
     };
-    let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Input(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&report).map_err(|source| Error::Json {
+        what: "mix_report.json".into(),
+        source,
+    })?;
     writer.finish(json).await?;
     state.used_ids.extend(stage_ids);
     state.knowledge.extend(stage_knowledge);
@@ -769,7 +778,10 @@ fn batch(docs: &[OutDocument], plan: &StagePlan) -> Result<RecordBatch> {
         Arc::new(docs.iter().map(|d| d.epoch as i32).collect::<Int32Array>()),
         Arc::new(docs.iter().map(|d| d.tokens as i64).collect::<Int64Array>()),
     ];
-    RecordBatch::try_new(mix_schema(), columns).map_err(|e| Error::Input(e.to_string()))
+    RecordBatch::try_new(mix_schema(), columns).map_err(|source| Error::Arrow {
+        what: "a mix shard".into(),
+        source,
+    })
 }
 
 /// Plans every stage of a pipeline (stages after the first continue where the earlier ones stop).

@@ -8,8 +8,36 @@ pub enum Error {
     #[error("tokenizer {what}: {reason}")]
     Tokenizer { what: String, reason: String },
 
-    #[error("cannot tokenise document {id:?}: {reason}")]
-    Encode { id: String, reason: String },
+    #[error(transparent)]
+    Encoder(#[from] dapt_encoder::Error),
+
+    #[error("tokenizer {what}: {source}")]
+    Tokenizers {
+        what: String,
+        #[source]
+        source: tokenizers::Error,
+    },
+
+    #[error("chat template {what}: {source}")]
+    Template {
+        what: String,
+        #[source]
+        source: minijinja::Error,
+    },
+
+    #[error("{what}: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("packing stopped: {0}")]
     Stopped(String),
@@ -18,17 +46,18 @@ pub enum Error {
     Setting { key: String, reason: String },
 }
 
-impl From<dapt_encoder::Error> for Error {
-    fn from(e: dapt_encoder::Error) -> Self {
-        match e {
-            dapt_encoder::Error::Encode { id, reason } => Error::Encode { id, reason },
-            dapt_encoder::Error::Tokenizer { what, reason } => Error::Tokenizer { what, reason },
-            other => Error::Tokenizer {
-                what: String::new(),
-                reason: other.to_string(),
-            },
-        }
+/// A `tokenizers` error about `what` (training, a tokenizer being built).
+pub(crate) fn tokenizers_error(what: &str) -> impl FnOnce(tokenizers::Error) -> Error + '_ {
+    move |source| Error::Tokenizers {
+        what: what.to_string(),
+        source,
     }
+}
+
+/// A JSON error about `what`.
+pub(crate) fn json_error(what: impl std::fmt::Display) -> impl FnOnce(serde_json::Error) -> Error {
+    let what = what.to_string();
+    move |source| Error::Json { what, source }
 }
 
 /// Result with [`Error`] as the default error.

@@ -6,7 +6,7 @@
 //! valid for every old id.
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -15,10 +15,11 @@ use tokenizers::{
     TokenizerBuilder,
 };
 
+use crate::error::{json_error, tokenizers_error};
 use crate::{Error, Result, TokenizerFile};
 
 /// One appended token.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewToken {
     pub id: u32,
     /// The token as the vocabulary spells it (byte-level alphabet).
@@ -67,16 +68,16 @@ fn learn_merges(
         .with_pre_tokenizer(base.get_pre_tokenizer().cloned())
         .with_post_processor(None)
         .with_decoder(None);
-    let mut auxiliary = builder.build().map_err(|e| fail(e.to_string()))?;
+    let mut auxiliary = builder.build().map_err(tokenizers_error("extension"))?;
     auxiliary
         .train(&mut trainer, texts.iter())
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(tokenizers_error("extension"))?;
     let json: Value = serde_json::from_str(
         &Tokenizer::from(auxiliary)
             .to_string(false)
-            .map_err(|e| fail(e.to_string()))?,
+            .map_err(tokenizers_error("extension"))?,
     )
-    .map_err(|e| fail(e.to_string()))?;
+    .map_err(json_error("the extension's merges"))?;
     parse_merges(&json["model"]["merges"])
 }
 
@@ -106,7 +107,8 @@ pub fn extend(
     count: usize,
     min_frequency: u64,
 ) -> Result<Extension> {
-    let mut json: Value = serde_json::from_slice(base.json()).map_err(|e| fail(e.to_string()))?;
+    let mut json: Value =
+        serde_json::from_slice(base.json()).map_err(json_error("the base tokenizer"))?;
     if json["model"]["type"] != "BPE" {
         return Err(fail("the base tokenizer is not BPE"));
     }
@@ -199,7 +201,7 @@ pub fn extend(
         }
     }
     next_id += added.len() as u32;
-    let bytes = serde_json::to_vec(&json).map_err(|e| fail(e.to_string()))?;
+    let bytes = serde_json::to_vec(&json).map_err(json_error("the extended tokenizer"))?;
     let tokenizer = TokenizerFile::from_json(bytes, "extended tokenizer")?;
     debug_assert!(tokenizer.vocab_size() as u32 <= next_id);
 

@@ -10,6 +10,7 @@
 //! which differs where whitespace precedes a digit: "  1" is `ĠĠ` `Ġ` `1` there, `ĠĠĠ` `1` here.)
 use serde_json::{json, Map, Value};
 
+use crate::error::{json_error, tokenizers_error};
 use crate::{Error, Result};
 
 /// GGUF's token types (`tokenizer.ggml.token_type`).
@@ -283,11 +284,12 @@ impl GgufVocabulary {
                 "merges": merges,
             },
         });
-        let text = serde_json::to_string_pretty(&document)
-            .map_err(|e| invalid("tokenizer.ggml.tokens", e.to_string()))?;
+        let text = serde_json::to_string_pretty(&document).map_err(json_error(
+            "the tokenizer.json rebuilt from tokenizer.ggml.tokens",
+        ))?;
         // The tokenizers crate must take it as it stands.
         text.parse::<tokenizers::Tokenizer>()
-            .map_err(|e| invalid("tokenizer.ggml.tokens", e.to_string()))?;
+            .map_err(tokenizers_error("rebuilt from tokenizer.ggml.tokens"))?;
         Ok(text + "\n")
     }
 

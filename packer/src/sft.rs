@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use dapt_core::PackedRow;
 
+use crate::error::json_error;
 use crate::{Error, Result, TokenizerFile};
 
 /// One chat message.
@@ -26,10 +27,10 @@ pub struct ChatTemplate {
 /// The built-in ChatML template (Qwen, many others).
 pub const CHATML: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
-fn template_error(e: impl std::fmt::Display) -> Error {
-    Error::Tokenizer {
-        what: "chat template".into(),
-        reason: e.to_string(),
+fn template_error(source: minijinja::Error) -> Error {
+    Error::Template {
+        what: "rendering".into(),
+        source,
     }
 }
 
@@ -61,15 +62,12 @@ impl ChatTemplate {
 
     /// The `chat_template` of an HF `tokenizer_config.json` (a string, or a list with a `default`).
     pub fn from_tokenizer_config(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Tokenizer {
-            what: path.display().to_string(),
-            reason: e.to_string(),
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
         })?;
         let config: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::Tokenizer {
-                what: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            serde_json::from_str(&text).map_err(json_error(path.display()))?;
         let source = match &config["chat_template"] {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Array(list) => list
@@ -128,9 +126,12 @@ impl ChatTemplate {
             let before = self.render(&messages[..i], true)?;
             let through = self.render(&messages[..=i], false)?;
             if !through.starts_with(&before) || !full.starts_with(&through) {
-                return Err(template_error(format!(
-                    "the template rewrites earlier turns (assistant message {i}); use single-turn examples or the chatml template"
-                )));
+                return Err(Error::Tokenizer {
+                    what: "chat template".into(),
+                    reason: format!(
+                        "the template rewrites earlier turns (assistant message {i}); use single-turn examples or the chatml template"
+                    ),
+                });
             }
             spans.push((before.len(), through.len()));
         }
@@ -142,9 +143,7 @@ impl ChatTemplate {
                 if text.is_empty() {
                     return Ok(());
                 }
-                let encoded = tokenizer
-                    .encode("chat example", text)
-                    .map_err(|e| template_error(e.to_string()))?;
+                let encoded = tokenizer.encode("chat example", text)?;
                 mask.extend(std::iter::repeat_n(target, encoded.len()));
                 ids.extend(encoded);
                 Ok(())

@@ -7,6 +7,7 @@ use tokenizers::{
     PreTokenizerWrapper, Tokenizer, TokenizerBuilder, TokenizerImpl, Trainer,
 };
 
+use crate::error::tokenizers_error;
 use crate::{Error, Result, TokenizerFile};
 
 type Pipeline<M> =
@@ -22,16 +23,12 @@ where
     M: Model<Trainer = T> + Send + Sync + Into<ModelWrapper>,
     T: Trainer<Model = M> + Sync,
 {
-    let fail = |reason: String| Error::Tokenizer {
-        what: "training".into(),
-        reason,
-    };
     tokenizer
         .train(trainer, texts.iter())
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(tokenizers_error("training"))?;
     let json = Tokenizer::from(tokenizer)
         .to_string(false)
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(tokenizers_error("training"))?;
     Ok(TokenizerFile::from_json(
         json.into_bytes(),
         "trained tokenizer",
@@ -62,10 +59,6 @@ impl Default for BpeTrainOptions {
 
 /// Trains a byte-level BPE tokenizer (GPT-2 style pre-tokenisation, no normaliser) on `texts`.
 pub fn train_bpe(texts: &[String], options: &BpeTrainOptions) -> Result<TokenizerFile> {
-    let fail = |reason: String| Error::Tokenizer {
-        what: "training".into(),
-        reason,
-    };
     let minimum = 256 + options.special_tokens.len();
     if options.vocab_size < minimum {
         return Err(Error::Setting {
@@ -98,7 +91,7 @@ pub fn train_bpe(texts: &[String], options: &BpeTrainOptions) -> Result<Tokenize
         .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
         .with_post_processor(Some(ByteLevel::new(false, true, true).into()))
         .with_decoder(Some(ByteLevel::new(false, true, true).into()));
-    let tokenizer = builder.build().map_err(|e| fail(e.to_string()))?;
+    let tokenizer = builder.build().map_err(tokenizers_error("training"))?;
     train(tokenizer, &mut trainer, texts)
 }
 
@@ -125,10 +118,6 @@ pub fn train_unigram(texts: &[String], options: &UnigramTrainOptions) -> Result<
     use tokenizers::models::unigram::{Unigram, UnigramTrainerBuilder};
     use tokenizers::normalizers::unicode::NFKC;
     use tokenizers::pre_tokenizers::metaspace::Metaspace;
-    let fail = |reason: String| Error::Tokenizer {
-        what: "training".into(),
-        reason,
-    };
     let special: Vec<AddedToken> = options
         .special_tokens
         .iter()
@@ -140,7 +129,7 @@ pub fn train_unigram(texts: &[String], options: &UnigramTrainOptions) -> Result<
         .unk_token(options.special_tokens.first().cloned())
         .show_progress(false)
         .build()
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| tokenizers_error("training")(Box::new(e)))?;
     let builder: TokenizerBuilder<
         Unigram,
         NormalizerWrapper,
@@ -153,7 +142,7 @@ pub fn train_unigram(texts: &[String], options: &UnigramTrainOptions) -> Result<
         .with_pre_tokenizer(Some(Metaspace::default().into()))
         .with_post_processor(None)
         .with_decoder(Some(Metaspace::default().into()));
-    let tokenizer = builder.build().map_err(|e| fail(e.to_string()))?;
+    let tokenizer = builder.build().map_err(tokenizers_error("training"))?;
     train(tokenizer, &mut trainer, texts)
 }
 

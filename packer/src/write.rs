@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use rayon::prelude::*;
 
+use crate::error::json_error;
 use crate::{CptPacker, Error, PackSettings, PackStats, Result, TokenizerFile};
 
 /// The metadata of packed shards (the highest token id is filled in when the rows are known).
@@ -322,7 +323,7 @@ where
         fill = stats.fill,
         "packed"
     );
-    let summary = serde_json::to_value(&stats).map_err(|e| Error::Stopped(e.to_string()))?;
+    let summary = serde_json::to_value(&stats).map_err(json_error("the pack statistics"))?;
     output.finish(declared.add_to_summary(summary)).await?;
     Ok(stats)
 }

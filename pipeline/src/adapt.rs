@@ -41,13 +41,13 @@ use dapt_packer::{Compression, EncoderChoice, Overlong, PackOptions, PackSetting
 use dapt_sql::{SourceOptions, SourcesOptions, SqlSession};
 use dapt_trainer::tch::Kind;
 use dapt_trainer::{
-    CausalLm, DeviceChoice, LoraOptions, Method, NewTokenSpec, Objective, ResizeInit, StageOptions,
-    StageReport, TrainConfig, TrainConfigOptions, TrainOptions, Trainable,
+    CausalLm, DeviceChoice, LoraOptions, Method, Objective, ResizeInit, StageOptions, StageReport,
+    TrainConfig, TrainConfigOptions, TrainOptions, TrainSettings, Trainable,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::error::{io_error, setting, write_json};
+use crate::error::{invalid, io_error, setting, write_json};
 use crate::identity::{file_identity, identity};
 use crate::pack::{PackInput, PackJob, PackMode, PackOutcome};
 use crate::{Error, Result};
@@ -375,14 +375,8 @@ impl AdaptSettings {
             if stage.tokens == 0 {
                 return Err(setting(key("tokens"), "must be positive"));
             }
-            stage
-                .train
-                .validate()
-                .map_err(|e| setting(key("train"), e.to_string()))?;
-            stage
-                .lora
-                .validate()
-                .map_err(|e| setting(key("lora"), e.to_string()))?;
+            TrainSettings::try_from(stage.train.clone()).map_err(invalid(key("train")))?;
+            stage.lora.validate().map_err(invalid(key("lora")))?;
         }
         if let Some(sft) = &o.sft {
             if sft.sql.trim().is_empty() {
@@ -391,12 +385,8 @@ impl AdaptSettings {
             if sft.window == 0 {
                 return Err(setting("sft.window", "must be positive"));
             }
-            sft.train
-                .validate()
-                .map_err(|e| setting("sft.train", e.to_string()))?;
-            sft.lora
-                .validate()
-                .map_err(|e| setting("sft.lora", e.to_string()))?;
+            TrainSettings::try_from(sft.train.clone()).map_err(invalid("sft.train"))?;
+            sft.lora.validate().map_err(invalid("sft.lora"))?;
         }
         let e = &o.eval;
         if e.texts.is_empty() && e.tasks.is_empty() && e.prompts.is_empty() {
@@ -425,27 +415,7 @@ impl AdaptSettings {
 
     /// A path of the config, relative to its directory (absolute, `..` resolved lexically).
     fn resolve(&self, path: &Path) -> PathBuf {
-        let joined = std::path::absolute(self.base_dir.join(path))
-            .unwrap_or_else(|_| self.base_dir.join(path));
-        let mut out = PathBuf::new();
-        for part in joined.components() {
-            match part {
-                std::path::Component::ParentDir => {
-                    out.pop();
-                }
-                std::path::Component::CurDir => {}
-                other => out.push(other),
-            }
-        }
-        // Links resolved too (object-store listings do not follow a linked directory); a glob's
-        // directory is resolved and its pattern kept.
-        if let Ok(real) = std::fs::canonicalize(&out) {
-            return real;
-        }
-        match (out.parent().map(std::fs::canonicalize), out.file_name()) {
-            (Some(Ok(dir)), Some(name)) => dir.join(name),
-            _ => out,
-        }
+        dapt_core::location::resolve_local(&self.base_dir.join(path))
     }
 
     /// The recipe's sources with local paths resolved (relative ones against the config's directory).
@@ -819,29 +789,17 @@ pub fn run(
                 new_tokens = o.extend.new_tokens,
                 "extending the tokenizer"
             );
-            let extension = dapt_packer::extend(
+            let extended = crate::tokenizer::extend_into(
                 &base_tokenizer,
+                Some(&base_dir),
                 &learn,
                 o.extend.new_tokens,
                 o.extend.min_frequency,
+                &tokenizer_dir,
             )?;
-            let tokenizer = extension.tokenizer.with_encoder(EncoderChoice::Auto)?;
-            std::fs::create_dir_all(&tokenizer_dir).map_err(io_error(&tokenizer_dir))?;
-            let path = tokenizer_dir.join("tokenizer.json");
-            std::fs::write(&path, tokenizer.json()).map_err(io_error(&path))?;
-            write_json(
-                &tokenizer_dir.join("new_tokens.json"),
-                &extension.new_tokens,
-            )?;
-            for companion in ["tokenizer_config.json", "generation_config.json"] {
-                let from = base_dir.join(companion);
-                if from.is_file() {
-                    let to = tokenizer_dir.join(companion);
-                    std::fs::copy(&from, &to).map_err(io_error(&to))?;
-                }
-            }
+            let tokenizer = extended.tokenizer;
             let figures = Extension {
-                new_tokens: extension.new_tokens.len(),
+                new_tokens: extended.new_tokens.len(),
                 vocab_size: tokenizer.vocab_size(),
                 target: (&dapt_packer::measure(&tokenizer, &target_texts)?).into(),
                 reference: (&dapt_packer::measure(&tokenizer, &reference_texts)?).into(),
@@ -855,29 +813,16 @@ pub fn run(
             &(&base_identity, &extend_id, o.extend.init, o.seed),
         )?;
         steps.run("resize", &resize_id, &[&extended_dir], || {
-            // `new_tokens.json` as `dapt model resize-embeddings` reads it.
-            let specs: Vec<NewTokenSpec> = read_json(&tokenizer_dir.join("new_tokens.json"))?;
             let tmp = out.join("extended.tmp");
             remove(&tmp)?;
-            dapt_trainer::resize_embeddings(
-                &base_dir,
-                &specs,
-                extension.vocab_size as i64,
-                o.extend.init,
-                sub_seed(o.seed, "resize", 0),
-                &tmp,
-            )?;
-            for companion in [
-                "tokenizer.json",
-                "tokenizer_config.json",
-                "generation_config.json",
-            ] {
-                let from = tokenizer_dir.join(companion);
-                if from.is_file() {
-                    let to = tmp.join(companion);
-                    std::fs::copy(&from, &to).map_err(io_error(&to))?;
-                }
-            }
+            let settings = crate::model::ResizeSettings {
+                model: base_dir.clone(),
+                tokenizer: tokenizer_dir.clone(),
+                new_tokens: None,
+                init: o.extend.init,
+                seed: sub_seed(o.seed, "resize", 0),
+            };
+            crate::model::resize_into(&settings, &tmp)?;
             std::fs::rename(&tmp, &extended_dir).map_err(io_error(&extended_dir))
         })?;
         (
@@ -924,7 +869,7 @@ pub fn run(
                     components: stage.components.clone(),
                 };
                 let mut mix = Mix::from_options(options, &settings.config)
-                    .map_err(|e| setting(format!("stage {}", stage.name), e.to_string()))?;
+                    .map_err(invalid(format_args!("stage {}", stage.name)))?;
                 // Named by the stage, not the config file, so that identities follow the contents.
                 mix.path = format!("stage {}", stage.name);
                 mix.sources = sources.clone();
@@ -1267,9 +1212,9 @@ pub fn run(
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(io_error(path))?;
-    serde_json::from_str(&text).map_err(|e| Error::Data {
+    serde_json::from_str(&text).map_err(|source| Error::Json {
         what: path.display().to_string(),
-        reason: e.to_string(),
+        source,
     })
 }
 

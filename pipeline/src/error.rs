@@ -38,6 +38,13 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("{what}: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
     #[error("{}: invalid config", path.display())]
     Config {
         path: PathBuf,
@@ -48,8 +55,19 @@ pub enum Error {
     #[error("invalid setting {key}: {reason}")]
     Setting { key: String, reason: String },
 
-    #[error("cannot hash the settings of {what}: {reason}")]
-    Identity { what: String, reason: String },
+    #[error("cannot hash the settings of {what}: {source}")]
+    Identity {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{what}: {source}")]
+    Invalid {
+        what: String,
+        #[source]
+        source: Box<Error>,
+    },
 
     #[error("{what}: {reason}")]
     Data { what: String, reason: String },
@@ -74,8 +92,10 @@ pub(crate) fn io_error(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) 
 /// Writes `value` as pretty JSON (and a final newline) to `path`.
 #[cfg(feature = "torch")]
 pub(crate) fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| setting(path.display().to_string(), e.to_string()))?;
+    let text = serde_json::to_string_pretty(value).map_err(|source| Error::Json {
+        what: path.display().to_string(),
+        source,
+    })?;
     std::fs::write(path, text + "\n").map_err(io_error(path))
 }
 
@@ -84,5 +104,15 @@ pub(crate) fn setting(key: impl Into<String>, reason: impl Into<String>) -> Erro
     Error::Setting {
         key: key.into(),
         reason: reason.into(),
+    }
+}
+
+/// `error` in the context of `what` (a setting key, a stage).
+#[cfg(feature = "torch")]
+pub(crate) fn invalid<E: Into<Error>>(what: impl std::fmt::Display) -> impl FnOnce(E) -> Error {
+    let what = what.to_string();
+    move |source| Error::Invalid {
+        what,
+        source: Box::new(source.into()),
     }
 }

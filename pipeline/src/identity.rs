@@ -8,9 +8,9 @@ use crate::{Error, Result};
 /// sha256 (hex) of the JSON serialisation of `value`; `what` names it in the error when it cannot be
 /// serialised (a map with non-string keys, a float that is not finite).
 pub fn identity(what: &str, value: &impl Serialize) -> Result<String> {
-    let json = serde_json::to_vec(value).map_err(|e| Error::Identity {
+    let json = serde_json::to_vec(value).map_err(|source| Error::Identity {
         what: what.to_string(),
-        reason: e.to_string(),
+        source,
     })?;
     Ok(dapt_core::hash::sha256_hex(&json))
 }

@@ -1,6 +1,6 @@
 //! dapt-pipeline: the recipes that chain dapt's stages. Its job is orchestration — the demo pipeline
 //! (`dapt run`), sweeps over mixtures (`dapt sweep`), and the single-stage jobs the CLI runs (ingest,
-//! pack, mix, importing a GGUF model) — with typed settings whose [`identity`](identity::identity) (a content hash) binds every
+//! pack, mix, dedup, tokenizer extension, importing a GGUF model, resizing and merging models) — with typed settings whose [`identity`](identity::identity) (a content hash) binds every
 //! output to what produced it, so reruns reuse finished steps. Its input is config files and
 //! settings; its output is the stages' directories, reports and summaries. It is the only crate that
 //! sees every stage; the `dapt` binary only parses arguments and calls it.
@@ -10,18 +10,22 @@
 
 #[cfg(feature = "torch")]
 pub mod adapt;
+pub mod dedup;
 mod error;
 pub mod identity;
 #[cfg(feature = "torch")]
 pub mod import;
 pub mod ingest;
 pub mod mix;
+#[cfg(feature = "torch")]
+pub mod model;
 pub mod pack;
 pub mod progress;
 #[cfg(feature = "torch")]
 pub mod run;
 #[cfg(feature = "torch")]
 pub mod sweep;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 

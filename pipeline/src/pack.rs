@@ -122,9 +122,9 @@ impl PackJob {
                 let name = dapt_core::manifest::MANIFEST_NAME;
                 let bytes = crate::runtime()?.block_on(location.read(name))?;
                 let manifest: dapt_core::Manifest =
-                    serde_json::from_slice(&bytes).map_err(|e| Error::Data {
+                    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
                         what: location.url_of(&location.child(name)),
-                        reason: e.to_string(),
+                        source,
                     })?;
                 Some(crate::identity::identity(
                     "the input directory",
@@ -220,8 +220,10 @@ impl PackJob {
                     *window,
                     *overlong,
                 );
-                let summary = serde_json::to_value(&stats)
-                    .map_err(|e| setting("sft statistics", e.to_string()))?;
+                let summary = serde_json::to_value(&stats).map_err(|source| Error::Json {
+                    what: "the SFT statistics".into(),
+                    source,
+                })?;
                 runtime.block_on(dapt_packer::write_packed(
                     &mut output,
                     &rows,
@@ -328,9 +330,12 @@ async fn chats(sources: &SourcesOptions, query: &str) -> Result<Vec<(String, Vec
     rows.into_iter()
         .map(|row| {
             let messages = if layout == 0 {
-                serde_json::from_str(&row[1]).map_err(|e| Error::Data {
-                    what: format!("row {}", row[0]),
-                    reason: format!("messages must be a JSON list of {{role, content}}: {e}"),
+                serde_json::from_str(&row[1]).map_err(|source| Error::Json {
+                    what: format!(
+                        "row {}: messages must be a JSON list of {{role, content}}",
+                        row[0]
+                    ),
+                    source,
                 })?
             } else {
                 vec![

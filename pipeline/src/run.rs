@@ -31,7 +31,7 @@ use dapt_packer::{
 };
 use dapt_trainer::tch::{self, nn, Device};
 use dapt_trainer::{
-    CausalLm, InMemoryRows, ProxyDefaults, ProxyModelOptions, TrainOptions, Trainer,
+    CausalLm, InMemoryRows, ProxyDefaults, ProxyModelOptions, TrainOptions, TrainSettings, Trainer,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -120,7 +120,7 @@ pub struct RunSettings {
     tokenizer: TokenizerSource,
     pack: PackSettings,
     model: ProxyModelOptions,
-    train: TrainOptions,
+    train: TrainSettings,
     eval: EvalOptions,
 }
 
@@ -166,7 +166,7 @@ impl RunSettings {
                 "must be positive, the run reports held-out perplexity",
             ));
         }
-        options.train.validate()?;
+        let train = TrainSettings::try_from(options.train)?;
         options.model.to_config(ProxyDefaults {
             vocab_size: Some(256),
             ..Default::default()
@@ -178,7 +178,7 @@ impl RunSettings {
             tokenizer,
             pack,
             model: options.model,
-            train: options.train,
+            train,
             eval: options.eval,
         })
     }

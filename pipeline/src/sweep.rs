@@ -20,6 +20,7 @@ use dapt_packer::{TokenisedDocument, TokenizerFile};
 use dapt_trainer::tch::{Device, Kind};
 use dapt_trainer::{
     ModelConfig, ProxyDefaults, ProxyModelOptions, TrainConfig, TrainConfigOptions, TrainOptions,
+    TrainSettings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -191,7 +192,7 @@ pub fn run(file: &Path, out: &Path) -> Result<SweepOutcome> {
             ));
         }
     }
-    options.train.validate()?;
+    TrainSettings::try_from(options.train.clone())?;
     let out = std::path::absolute(out).map_err(io_error(out))?;
     std::fs::create_dir_all(&out).map_err(io_error(&out))?;
     let tokenizer = TokenizerFile::load_with(&mix.tokenizer, mix.encoder)?;

@@ -19,6 +19,34 @@ pub enum Error {
     #[error("{path}: {reason}")]
     Config { path: String, reason: String },
 
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{}: {source}", path.display())]
+    Toml {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+
+    #[error("{what}: {source}")]
+    DataFusion {
+        what: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+
+    #[error("{what}: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
     #[error("{reason}\n  query: {query}")]
     Columns { query: String, reason: String },
 

@@ -35,9 +35,9 @@ impl SqlSession {
         let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
             .with_memory_limit(bytes, 1.0)
             .build_arc()
-            .map_err(|e| Error::Config {
-                path: "memory limit".into(),
-                reason: e.to_string(),
+            .map_err(|source| Error::DataFusion {
+                what: "the memory limit".into(),
+                source,
             })?;
         Ok(Self::with_context(SessionContext::new_with_config_rt(
             Self::config(),
@@ -154,9 +154,9 @@ impl SqlSession {
             } else {
                 // A local path: make it an absolute file URL, keeping a glob or trailing slash.
                 let trimmed = source.url.trim_end_matches('/');
-                let absolute = std::path::absolute(trimmed).map_err(|e| Error::Config {
-                    path: format!("sources.{name}.url"),
-                    reason: e.to_string(),
+                let absolute = std::path::absolute(trimmed).map_err(|source| Error::Io {
+                    path: format!("sources.{name}.url = {trimmed:?}").into(),
+                    source,
                 })?;
                 // DataFusion expands a glob in a local path, not in a file:// URL.
                 let mut url = if trimmed.contains(['*', '?', '[']) {

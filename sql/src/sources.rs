@@ -44,13 +44,13 @@ pub enum SourceFormat {
 impl SourcesOptions {
     /// Reads a sources TOML file; errors name the file and key.
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
-            path: path.display().to_string(),
-            reason: e.to_string(),
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
         })?;
-        let options: Self = toml::from_str(&text).map_err(|e| Error::Config {
-            path: path.display().to_string(),
-            reason: e.to_string(),
+        let options: Self = toml::from_str(&text).map_err(|source| Error::Toml {
+            path: path.to_path_buf(),
+            source: Box::new(source),
         })?;
         let base = path.parent().unwrap_or(std::path::Path::new("."));
         let mut options = options;

@@ -1,12 +1,10 @@
 //! `dapt dedup exact|near`: duplicates among the rows of a query, as a table to join against.
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use dapt_core::Location;
-use dapt_mixer::{Duplicate, NearOptions};
-use dapt_sql::{SourcesOptions, SqlSession};
-use futures::StreamExt;
+use dapt_mixer::NearOptions;
+use dapt_pipeline::dedup::DedupSettings;
+use dapt_sql::SourcesOptions;
 
 /// Arguments of `dapt dedup`.
 #[derive(Args)]
@@ -85,52 +83,21 @@ pub fn run(args: DedupArgs) -> anyhow::Result<()> {
         Some(path) => SourcesOptions::load(path)?,
         None => SourcesOptions::default(),
     };
-    let Some((parent, name)) = common
-        .out
-        .trim_end_matches('/')
-        .rsplit_once('/')
-        .map(|(p, n)| (p.to_string(), n.to_string()))
-    else {
-        bail!(
-            "--out {}: expected a file URL such as s3://bucket/dedup/duplicates.parquet",
-            common.out
-        );
+    let settings = DedupSettings {
+        query: common.query,
+        sources,
+        key: common.key,
+        text: common.text,
+        near,
+        out: common.out,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let session = SqlSession::over_sources(&sources, None).await?;
-        let stream = session.query(&common.query).await?;
-        let input = stream.map(|batch| batch.map_err(|e| e.to_string()));
-        let duplicates = match &near {
-            None => dapt_mixer::exact_duplicates(input, &common.key, &common.text).await?,
-            Some(options) => {
-                dapt_mixer::near_duplicates(input, &common.key, &common.text, options).await?
-            }
-        };
-        let clusters = duplicates.iter().filter(|d| d.kept).count();
-        let batch = Duplicate::to_batch(&duplicates)?;
-        let mut metadata = std::collections::BTreeMap::new();
-        metadata.insert("dapt.query".to_string(), common.query.clone());
-        if let Some(options) = &near {
-            metadata.insert(
-                "dapt.near_options".to_string(),
-                serde_json::to_string(options)?,
-            );
-        }
-        let bytes =
-            dapt_core::parquet_io::encode(batch.schema(), &[batch], &metadata, &common.out)?;
-        Location::parse_with(&parent, &sources.storage)?
-            .write(&name, bytes)
-            .await?;
-        println!(
-            "{} documents in {clusters} clusters of duplicates ({} to drop); wrote {}",
-            duplicates.len(),
-            duplicates.len() - clusters,
-            common.out
-        );
-        anyhow::Ok(())
-    })
+    let summary = dapt_pipeline::runtime()?.block_on(dapt_pipeline::dedup::dedup(&settings))?;
+    println!(
+        "{} documents in {} clusters of duplicates ({} to drop); wrote {}",
+        summary.documents,
+        summary.clusters,
+        summary.to_drop(),
+        settings.out
+    );
+    Ok(())
 }

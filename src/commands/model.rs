@@ -1,10 +1,8 @@
 //! `dapt model import-gguf|resize-embeddings|merge-lora`: model files in, HF model directories out.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
-use dapt_trainer::tch::{Device, Kind};
-use dapt_trainer::{CausalLm, NewTokenSpec, ResizeInit};
+use dapt_trainer::ResizeInit;
 
 /// Arguments of `dapt model`.
 #[derive(Args)]
@@ -54,11 +52,13 @@ enum Mode {
     },
     /// Fold a LoRA adapter (PEFT layout) into its base model and write the merged model.
     MergeLora {
+        /// The base HF model directory the adapter was trained on.
         #[arg(long)]
         model: PathBuf,
         /// Adapter directory (adapter_config.json, adapter_model.safetensors).
         #[arg(long)]
         adapter: PathBuf,
+        /// Output directory for the merged model (with the base's tokenizer files).
         #[arg(long)]
         out: PathBuf,
     },
@@ -74,14 +74,6 @@ enum DtypeArg {
 enum InitArg {
     Mean,
     Random,
-}
-
-fn tokenizer_file(path: &Path) -> PathBuf {
-    if path.is_dir() {
-        path.join("tokenizer.json")
-    } else {
-        path.to_path_buf()
-    }
 }
 
 pub fn run(args: ModelArgs) -> anyhow::Result<()> {
@@ -126,47 +118,17 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
             seed,
             out,
         } => {
-            let tokenizer_json = tokenizer_file(&tokenizer);
-            let tokenizer_dir = tokenizer_json
-                .parent()
-                .unwrap_or(Path::new("."))
-                .to_path_buf();
-            let new_tokens = new_tokens.unwrap_or_else(|| tokenizer_dir.join("new_tokens.json"));
-            let tokens: Vec<NewTokenSpec> = serde_json::from_slice(
-                &std::fs::read(&new_tokens)
-                    .with_context(|| format!("cannot read {}", new_tokens.display()))?,
-            )
-            .with_context(|| format!("{}: not a list of new tokens", new_tokens.display()))?;
-            let extended = dapt_packer::TokenizerFile::load(&tokenizer_json)?;
-            let init = match init {
-                InitArg::Mean => ResizeInit::Mean,
-                InitArg::Random => ResizeInit::Random,
-            };
-            let report = dapt_trainer::resize_embeddings(
-                &model,
-                &tokens,
-                extended.vocab_size() as i64,
-                init,
+            let settings = dapt_pipeline::model::ResizeSettings {
+                model,
+                tokenizer,
+                new_tokens,
+                init: match init {
+                    InitArg::Mean => ResizeInit::Mean,
+                    InitArg::Random => ResizeInit::Random,
+                },
                 seed,
-                &out,
-            )?;
-            // The output is a complete model directory: the base's companions, the extended tokenizer.
-            for entry in std::fs::read_dir(&model)?.flatten() {
-                let name = entry.file_name().to_string_lossy().to_string();
-                if name == "generation_config.json" {
-                    std::fs::copy(entry.path(), out.join(&name))?;
-                }
-            }
-            for entry in std::fs::read_dir(&tokenizer_dir)?.flatten() {
-                let name = entry.file_name().to_string_lossy().to_string();
-                if name.starts_with("tokenizer") && entry.path().is_file() {
-                    std::fs::copy(entry.path(), out.join(&name))?;
-                }
-            }
-            std::fs::write(
-                out.join("resize_report.json"),
-                serde_json::to_string_pretty(&report)? + "\n",
-            )?;
+            };
+            let report = dapt_pipeline::model::resize_into(&settings, &out)?;
             println!(
                 "embeddings: {} → {} rows ({} from sub-token means, {} random{}); model: {}",
                 report.old_rows,
@@ -182,19 +144,11 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
             adapter,
             out,
         } => {
-            let (vs, mut base) = CausalLm::load(&model, Device::Cpu, Kind::Float)?;
-            let (_adapters, options, layers) = base.load_adapter(&adapter, Device::Cpu)?;
-            base.merge_lora();
-            base.save(&vs, &out)?;
-            for entry in std::fs::read_dir(&model)?.flatten() {
-                let name = entry.file_name().to_string_lossy().to_string();
-                if name.starts_with("tokenizer") || name == "generation_config.json" {
-                    std::fs::copy(entry.path(), out.join(&name))?;
-                }
-            }
+            let merged = dapt_pipeline::model::merge_lora_into(&model, &adapter, &out)?;
             println!(
-                "merged {layers} adapted layers (r = {}); model: {}",
-                options.r,
+                "merged {} adapted layers (r = {}); model: {}",
+                merged.layers,
+                merged.r,
                 out.display()
             );
         }

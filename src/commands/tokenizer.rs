@@ -37,8 +37,10 @@ enum Mode {
     Train {
         #[command(flatten)]
         texts: Texts,
+        /// Tokenizer model to train.
         #[arg(long, value_enum, default_value = "bpe")]
         model: Model,
+        /// Vocabulary size, special tokens included.
         #[arg(long, default_value_t = 32000)]
         vocab_size: usize,
         /// Special tokens (repeatable); default <|endoftext|>, <|pad|> (Unigram: <unk> first).
@@ -47,6 +49,7 @@ enum Mode {
         /// BPE: pairs seen fewer times are not merged.
         #[arg(long, default_value_t = 2)]
         min_frequency: u64,
+        /// Output tokenizer.json.
         #[arg(long)]
         out: PathBuf,
     },
@@ -74,6 +77,7 @@ enum Mode {
         /// Tokens to add.
         #[arg(long)]
         new_tokens: usize,
+        /// Pairs seen fewer times are not merged.
         #[arg(long, default_value_t = 2)]
         min_frequency: u64,
         /// Directory for tokenizer.json, new_tokens.json (and the base's tokenizer_config.json).
@@ -196,24 +200,14 @@ pub fn run(args: TokenizerArgs) -> anyhow::Result<()> {
                 .map(|mut r| r.remove(0))
                 .collect();
             let base_tokenizer = TokenizerFile::load_with(&base, dapt_packer::EncoderChoice::Auto)?;
-            let mut extension =
-                dapt_packer::extend(&base_tokenizer, &texts, new_tokens, min_frequency)?;
-            extension.tokenizer = extension
-                .tokenizer
-                .with_encoder(dapt_packer::EncoderChoice::Auto)?;
-            std::fs::create_dir_all(&out)?;
-            std::fs::write(out.join("tokenizer.json"), extension.tokenizer.json())?;
-            std::fs::write(
-                out.join("new_tokens.json"),
-                serde_json::to_vec_pretty(&extension.new_tokens)?,
+            let extension = dapt_pipeline::tokenizer::extend_into(
+                &base_tokenizer,
+                base.parent(),
+                &texts,
+                new_tokens,
+                min_frequency,
+                &out,
             )?;
-            if let Some(config) = base
-                .parent()
-                .map(|p| p.join("tokenizer_config.json"))
-                .filter(|p| p.exists())
-            {
-                std::fs::copy(&config, out.join("tokenizer_config.json"))?;
-            }
             let (before, after) = (
                 dapt_packer::measure(&base_tokenizer, &texts)?,
                 dapt_packer::measure(&extension.tokenizer, &texts)?,

@@ -275,28 +275,20 @@ impl ModelConfig {
 
     /// Reads an HF `config.json`.
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| Error::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        config.validate().map_err(|e| Error::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
+        let config: Self =
+            serde_json::from_str(&text).map_err(crate::error::json_error(path.display()))?;
+        config
+            .validate()
+            .map_err(crate::error::invalid(path.display()))?;
         Ok(config)
     }
 
     /// Writes `config.json` into `dir`.
     pub fn save(&self, dir: &std::path::Path) -> Result<()> {
         let path = dir.join("config.json");
-        let json = serde_json::to_string_pretty(self).map_err(|e| Error::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let json =
+            serde_json::to_string_pretty(self).map_err(crate::error::json_error(path.display()))?;
         crate::weights::write_atomically(&path, (json + "\n").as_bytes())
     }
 }

@@ -9,6 +9,7 @@ use dapt_core::manifest::{Manifest, ShardEntry, MANIFEST_NAME};
 use dapt_core::{Location, PackedMetadata, PackedRow};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{io_error, json_error};
 use crate::{Error, Result};
 
 /// Position of the next row: epoch, index of the shard in that epoch's order, row within the shard.
@@ -109,20 +110,16 @@ impl PackedShards {
     /// manifest), without reading a shard.
     pub fn identity(location: &Location) -> Result<String> {
         let bytes = runtime()?.block_on(location.read(MANIFEST_NAME))?;
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::File {
-            path: location.url_of(&location.child(MANIFEST_NAME)),
-            reason: e.to_string(),
-        })?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(json_error(location.url_of(&location.child(MANIFEST_NAME))))?;
         Ok(PackedMetadata::from_manifest(&manifest, &location.url())?.config_hash)
     }
 
     pub fn open(location: Location, seed: u64, prefetch_rows: usize) -> Result<Self> {
         let runtime = runtime()?;
         let bytes = runtime.block_on(location.read(MANIFEST_NAME))?;
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::File {
-            path: location.url_of(&location.child(MANIFEST_NAME)),
-            reason: e.to_string(),
-        })?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(json_error(location.url_of(&location.child(MANIFEST_NAME))))?;
         let metadata = PackedMetadata::from_manifest(&manifest, &location.url())?;
         if !manifest.complete {
             tracing::warn!(url = %location.url(), "the packed directory is not complete; training on its finished shards");
@@ -290,8 +287,5 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::File {
-            path: "tokio runtime".into(),
-            reason: e.to_string(),
-        })
+        .map_err(io_error("the async runtime"))
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::nn;
 
+use crate::error::{invalid, io_error, json_error};
 use crate::weights::{save_safetensors, write_atomically};
 use crate::{Error, Result};
 
@@ -126,8 +127,8 @@ impl LoraOptions {
             path: path.display().to_string(),
             reason,
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
+        let json: Value = serde_json::from_str(&text).map_err(json_error(path.display()))?;
         if json.get("peft_type").and_then(Value::as_str) != Some("LORA") {
             return Err(fail("peft_type is not LORA".into()));
         }
@@ -177,7 +178,7 @@ impl LoraOptions {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
         };
-        options.validate().map_err(|e| fail(e.to_string()))?;
+        options.validate().map_err(invalid(path.display()))?;
         let tokens = match json.get("trainable_token_indices") {
             None | Some(Value::Null) => None,
             Some(Value::Object(map)) => {
@@ -262,10 +263,7 @@ pub fn save_adapter(
     base_model: Option<&str>,
     trainable_tokens: Option<&TrainableTokens>,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::File {
-        path: dir.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let mut config = options.peft_config(base_model);
     if let Some(tokens) = trainable_tokens {
         let ids: Vec<i64> = tokens.rows.clone().collect();
@@ -275,10 +273,8 @@ pub fn save_adapter(
             json!({ "embed_tokens": ids })
         };
     }
-    let config = serde_json::to_string_pretty(&config).map_err(|e| Error::Setting {
-        key: "lora".into(),
-        reason: e.to_string(),
-    })?;
+    let config =
+        serde_json::to_string_pretty(&config).map_err(json_error("adapter_config.json"))?;
     write_atomically(&dir.join("adapter_config.json"), (config + "\n").as_bytes())?;
     let tensors: Vec<(String, tch::Tensor)> = adapters.variables().into_iter().collect();
     save_safetensors(&dir.join("adapter_model.safetensors"), &tensors)

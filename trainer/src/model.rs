@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::batch::{Batch, IGNORE_INDEX};
 use crate::config::RopeScaling;
+use crate::error::io_error;
 use crate::lora::{LoraInit, LoraOptions};
 use crate::weights::{load_into, save_safetensors, weight_files};
 use crate::{Error, ModelConfig, Result};
@@ -1044,10 +1045,7 @@ impl CausalLm {
     /// Writes `config.json` and `model.safetensors` (the base VarStore `vs`, without adapters) into
     /// `dir` (created if needed): a directory that HF `transformers` loads.
     pub fn save(&self, vs: &nn::VarStore, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::File {
-            path: dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let mut config = self.config.clone();
         config
             .extra

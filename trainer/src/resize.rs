@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use crate::error::io_error;
 use crate::weights::{read_safetensors, save_safetensors, weight_files};
 use crate::{Error, ModelConfig, Result};
 
@@ -155,10 +156,7 @@ pub fn resize_embeddings(
         tensors[head_at].1 = head;
     }
     config.vocab_size = rows;
-    std::fs::create_dir_all(out).map_err(|e| Error::File {
-        path: out.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    std::fs::create_dir_all(out).map_err(io_error(out))?;
     save_safetensors(&out.join("model.safetensors"), &tensors)?;
     config.save(out)?;
     Ok(ResizeReport {

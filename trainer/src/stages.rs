@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind};
 
 use crate::data::PackedShards;
+use crate::error::{invalid, json_error};
 use crate::lora::{save_adapter, LoraOptions, TrainableTokens};
-use crate::train::{mean_loss, StepMetrics, TrainOptions, Trainer};
+use crate::train::{mean_loss, StepMetrics, TrainOptions, TrainSettings, Trainer};
 use crate::weights::write_atomically;
 use crate::{CausalLm, Error, ProxyDefaults, ProxyModelOptions, Result};
 
@@ -138,12 +139,11 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// Reads and validates a config file; errors name the file and key.
     pub fn load(path: &Path) -> Result<Self> {
-        let fail = |reason: String| Error::File {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-        let options: TrainConfigOptions = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
+        let options: TrainConfigOptions = toml::from_str(&text).map_err(|source| Error::Toml {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
         let base_dir = path
             .parent()
             .map(Path::to_path_buf)
@@ -153,7 +153,7 @@ impl TrainConfig {
             base_dir,
             replace_stale: false,
         };
-        config.validate().map_err(|e| fail(e.to_string()))?;
+        config.validate().map_err(invalid(path.display()))?;
         Ok(config)
     }
 
@@ -196,15 +196,9 @@ impl TrainConfig {
             if !names.insert(&stage.name) {
                 return Err(bad(key("name"), format!("{:?} is used twice", stage.name)));
             }
-            stage
-                .train
-                .validate()
-                .map_err(|e| bad(key("train"), e.to_string()))?;
+            TrainSettings::try_from(stage.train.clone()).map_err(invalid(key("train")))?;
             if stage.method == Method::Lora {
-                stage
-                    .lora
-                    .validate()
-                    .map_err(|e| bad(key("lora"), e.to_string()))?;
+                stage.lora.validate().map_err(invalid(key("lora")))?;
                 if stage.trainable != Trainable::All {
                     return Err(bad(
                         key("trainable"),
@@ -257,10 +251,18 @@ pub struct StageReport {
     pub model: String,
 }
 
-fn io_error(path: &Path, e: impl ToString) -> Error {
+/// A stage directory that another run's settings made.
+fn stale_stage(path: &Path, reason: &str) -> Error {
     Error::File {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source,
     }
 }
 
@@ -323,10 +325,7 @@ pub fn run_stages(
     let mut input_dir = config.model_dir();
     let mut input_identity = match &input_dir {
         Some(dir) => model_identity(dir)?,
-        None => sha256_hex(&serde_json::to_vec(&o.init).map_err(|e| Error::Setting {
-            key: "init".into(),
-            reason: e.to_string(),
-        })?),
+        None => sha256_hex(&serde_json::to_vec(&o.init).map_err(json_error("init"))?),
     };
     if input_dir.is_none() {
         // A model initialised at random: keep it as OUT/init/model, the baseline of reports.
@@ -353,17 +352,15 @@ pub fn run_stages(
             .transpose()?;
         let hash = sha256_hex(
             &serde_json::to_vec(&(&input_identity, stage, o.seed, index, &data, &heldout))
-                .map_err(|e| Error::Setting {
-                    key: format!("stage[{index}]"),
-                    reason: e.to_string(),
-                })?,
+                .map_err(json_error(format_args!("stage[{index}]")))?,
         );
         let report_path = stage_dir.join("stage.json");
         let hash_path = stage_dir.join("settings.sha256");
         let written_by = std::fs::read_to_string(&report_path)
             .ok()
             .map(|text| {
-                serde_json::from_str::<StageReport>(&text).map_err(|e| io_error(&report_path, e))
+                serde_json::from_str::<StageReport>(&text)
+                    .map_err(json_error(report_path.display()))
             })
             .transpose()?;
         match written_by {
@@ -375,7 +372,7 @@ pub fn run_stages(
                 continue;
             }
             Some(_) if !config.replace_stale => {
-                return Err(io_error(
+                return Err(stale_stage(
                     &report_path,
                     "was written by other settings, another input model or other data; remove the stage directory to retrain it",
                 ));
@@ -386,7 +383,7 @@ pub fn run_stages(
         let stale = report_path.exists() || previous.as_deref().is_some_and(|p| p.trim() != hash);
         if stale {
             if !config.replace_stale {
-                return Err(io_error(
+                return Err(stale_stage(
                     &stage_dir,
                     "holds checkpoints of other settings; remove it to train this stage afresh",
                 ));
@@ -408,7 +405,8 @@ pub fn run_stages(
             device,
             &mut on_step,
         )?;
-        let json = serde_json::to_string_pretty(&report).map_err(|e| io_error(&report_path, e))?;
+        let json =
+            serde_json::to_string_pretty(&report).map_err(json_error(report_path.display()))?;
         write_atomically(&report_path, (json + "\n").as_bytes())?;
         let _ = std::fs::remove_dir_all(stage_dir.join("checkpoints"));
         input_dir = Some(stage_dir.join("model"));
@@ -494,10 +492,11 @@ fn run_stage(
         ?device,
         "training"
     );
+    let settings = TrainSettings::try_from(stage.train.clone())?;
     let trainer = Trainer {
         model: &model,
         trainable,
-        options: &stage.train,
+        options: &settings,
         seed,
         heldout: heldout.as_deref(),
         // A LoRA stage holds its trainable rows apart (the frozen base keeps the others).

@@ -96,12 +96,43 @@ impl Default for TrainOptions {
     }
 }
 
-/// Validated training settings.
-pub type TrainSettings = TrainOptions;
+/// Validated training settings: [`TrainOptions`] that passed the checks of
+/// `TrainSettings::try_from`. A [`Trainer`] takes only these, so a run from a config file, a recipe,
+/// a sweep or code is checked by the same rules, once. The options are read through `Deref`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct TrainSettings {
+    options: TrainOptions,
+}
+
+impl TryFrom<TrainOptions> for TrainSettings {
+    type Error = Error;
+
+    /// Checks the options; errors name the key (`train.steps`, …).
+    fn try_from(options: TrainOptions) -> Result<Self> {
+        options.check()?;
+        Ok(Self { options })
+    }
+}
+
+impl std::ops::Deref for TrainSettings {
+    type Target = TrainOptions;
+
+    fn deref(&self) -> &TrainOptions {
+        &self.options
+    }
+}
+
+impl TrainSettings {
+    /// The validated options.
+    pub fn options(&self) -> &TrainOptions {
+        &self.options
+    }
+}
 
 impl TrainOptions {
-    /// Checks the options; errors name the key.
-    pub fn validate(&self) -> Result<()> {
+    /// The checks behind `TrainSettings::try_from`; errors name the key.
+    fn check(&self) -> Result<()> {
         let bad = |key: &str, reason: &str| Error::Setting {
             key: format!("train.{key}"),
             reason: reason.into(),
@@ -294,7 +325,6 @@ impl<'a> Trainer<'a> {
         mut on_step: impl FnMut(&StepMetrics),
     ) -> Result<TrainOutcome> {
         let options = self.options;
-        options.validate()?;
         let device = self.trainable.device();
         let mut optimizer = AdamW::new(
             self.trainable,
@@ -550,7 +580,7 @@ impl<'a> Trainer<'a> {
 }
 
 /// Checks that a device supports what the options ask (bf16 autocast falls back to float32 on CPU).
-pub fn describe_precision(options: &TrainSettings, device: Device) -> &'static str {
+pub fn describe_precision(options: &TrainOptions, device: Device) -> &'static str {
     if options.bf16 && device.is_cuda() {
         "bf16 autocast"
     } else {
@@ -582,5 +612,50 @@ mod tests {
         };
         assert!((linear.learning_rate_at(60) - 0.55).abs() < 1e-12);
         assert!((linear.learning_rate_at(35) - 0.775).abs() < 1e-12);
+    }
+
+    #[test]
+    fn settings_are_options_that_passed_every_check() {
+        let good = TrainSettings::try_from(TrainOptions::default()).unwrap();
+        assert_eq!(good.steps, TrainOptions::default().steps);
+        assert_eq!(good.options(), &TrainOptions::default());
+        for (options, key) in [
+            (
+                TrainOptions {
+                    steps: 0,
+                    ..Default::default()
+                },
+                "train.steps",
+            ),
+            (
+                TrainOptions {
+                    learning_rate: f64::NAN,
+                    ..Default::default()
+                },
+                "train.learning_rate",
+            ),
+            (
+                TrainOptions {
+                    beta2: 1.0,
+                    ..Default::default()
+                },
+                "train.beta1",
+            ),
+            (
+                TrainOptions {
+                    embedding_lr_scale: 0.0,
+                    ..Default::default()
+                },
+                "train.embedding_lr_scale",
+            ),
+        ] {
+            let error = TrainSettings::try_from(options).unwrap_err().to_string();
+            assert!(error.contains(key), "{key}: {error}");
+        }
+        // A settings file key that does not exist is refused by name.
+        let error = toml::from_str::<TrainOptions>("stepz = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("stepz"), "{error}");
     }
 }

@@ -73,10 +73,8 @@ pub fn safetensors_header(entries: &[TensorEntry]) -> Result<Vec<u8>> {
         );
         offset += entry.bytes;
     }
-    let mut json = serde_json::to_vec(&header).map_err(|e| Error::Setting {
-        key: "safetensors header".into(),
-        reason: e.to_string(),
-    })?;
+    let mut json =
+        serde_json::to_vec(&header).map_err(crate::error::json_error("safetensors header"))?;
     while json.len() % 8 != 0 {
         json.push(b' ');
     }

@@ -9,7 +9,7 @@ use dapt_trainer::tch::{nn, Device, Kind, Tensor};
 use dapt_trainer::weights::read_safetensors;
 use dapt_trainer::{
     Batch, CausalLm, InMemoryRows, LoraOptions, ModelConfig, NewTokenSpec, PackedShards,
-    ResizeInit, RowSource, StepMetrics, TrainOptions, Trainer,
+    ResizeInit, RowSource, StepMetrics, TrainOptions, TrainSettings, Trainer,
 };
 
 /// LibTorch's random generator is global to the process: tests that seed it and draw from it take
@@ -287,6 +287,7 @@ fn training_learns_a_pattern() {
         warmup_steps: 5,
         ..Default::default()
     };
+    let options = TrainSettings::try_from(options).unwrap();
     let trainer = Trainer::new(&model, &vs, &options, 9);
     let mut data = InMemoryRows::new(pattern_rows(16), 9).unwrap();
     let history = trainer.run(&mut data, false, |_| {}).unwrap().history;
@@ -381,6 +382,7 @@ fn resumable_run(
         checkpoint_every: 3,
         ..Default::default()
     };
+    let options = TrainSettings::try_from(options).unwrap();
     let run = |resume: bool, limit: Option<usize>| -> dapt_trainer::Result<()> {
         dapt_trainer::tch::manual_seed(11);
         let mut vs = nn::VarStore::new(Device::Cpu);
@@ -514,6 +516,7 @@ fn lora_trains_adapters_only_and_merges() {
         warmup_steps: 2,
         ..Default::default()
     };
+    let train_options = TrainSettings::try_from(train_options).unwrap();
     let trainer = Trainer::new(&model, &adapters, &train_options, 3);
     let mut data = InMemoryRows::new(pattern_rows(8), 3).unwrap();
     let outcome = trainer.run(&mut data, false, |_| {}).unwrap();
@@ -595,6 +598,7 @@ fn lora_with_trainable_token_rows_trains_only_the_new_rows() {
             warmup_steps: 1,
             ..Default::default()
         };
+        let train_options = TrainSettings::try_from(train_options).unwrap();
         let trainer = Trainer::new(&model, &adapters, &train_options, 5);
         let mut data = InMemoryRows::new(rows.clone(), 5).unwrap();
         let outcome = trainer.run(&mut data, false, |_| {}).unwrap();
@@ -732,6 +736,7 @@ fn resize_initialises_new_rows_as_subtoken_means_and_freezing_keeps_old_rows() {
         warmup_steps: 1,
         ..Default::default()
     };
+    let options = TrainSettings::try_from(options).unwrap();
     let trainer = Trainer {
         freeze_embeddings_below: Some(61),
         ..Trainer::new(&resized, &vs2, &options, 2)
@@ -847,6 +852,7 @@ fn gradient_accumulation_equals_one_large_batch() {
             warmup_steps: 1,
             ..Default::default()
         };
+        let options = TrainSettings::try_from(options).unwrap();
         let trainer = Trainer::new(&model, &vs, &options, 4);
         // Rows of different lengths of targets, so that per-micro-batch averaging would differ.
         let rows: Vec<PackedRow> = (0..12)
