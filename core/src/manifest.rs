@@ -95,9 +95,9 @@ impl OutputDir {
             },
             Some(bytes) => {
                 let manifest: Manifest =
-                    serde_json::from_slice(&bytes).map_err(|e| Error::Manifest {
-                        url: manifest_url.clone(),
-                        reason: format!("unreadable: {e}"),
+                    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+                        what: format!("manifest {manifest_url} is unreadable"),
+                        source,
                     })?;
                 if manifest.kind != kind || manifest.config_hash != config_hash {
                     return Err(Error::Manifest {

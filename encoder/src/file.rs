@@ -197,9 +197,9 @@ impl TokenizerFile {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer
             .decode(ids, false)
-            .map_err(|e| Error::Tokenizer {
-                what: self.what.clone(),
-                reason: format!("cannot decode: {e}"),
+            .map_err(|source| Error::Parse {
+                what: format!("{}: cannot decode", self.what),
+                source,
             })
     }
 }

@@ -312,7 +312,10 @@ pub fn read_jsonl_field(path: &Path, field: &str) -> Result<Vec<String>> {
             continue;
         }
         let value: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| fail(i + 1, format!("not JSON: {e}")))?;
+            serde_json::from_str(line).map_err(|source| Error::Json {
+                what: format!("{}:{}", path.display(), i + 1),
+                source,
+            })?;
         let field_value = value
             .get(field)
             .and_then(|t| t.as_str())

@@ -42,6 +42,13 @@ pub enum Error {
     #[error("packing stopped: {0}")]
     Stopped(String),
 
+    #[error("packing stopped: {what}: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+
     #[error("invalid pack setting {key}: {reason}")]
     Setting { key: String, reason: String },
 }

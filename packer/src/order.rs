@@ -37,8 +37,9 @@ impl DocumentSorter {
                 .tempdir_in(parent),
             None => tempfile::Builder::new().prefix("dapt-sort-").tempdir(),
         }
-        .map_err(|e| {
-            Error::Stopped(format!("cannot create the sort's temporary directory: {e}"))
+        .map_err(|source| Error::Io {
+            path: "the sort's temporary directory".into(),
+            source,
         })?;
         let buckets = (0..BUCKETS)
             .map(|b| {
@@ -101,7 +102,10 @@ impl DocumentSorter {
                 }
                 drop(spill);
             })
-            .map_err(|e| Error::Stopped(format!("cannot start the sort's reader thread: {e}")))?;
+            .map_err(|source| Error::Io {
+                path: "the sort's reader thread".into(),
+                source,
+            })?;
         Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|chunk| (chunk, rx))
         })))

@@ -309,11 +309,14 @@ where
         Ok::<_, Error>(())
     };
     let written = write.await;
-    feed.await
-        .map_err(|e| Error::Stopped(format!("the input reader failed: {e}")))??;
-    let (stats, max_id) = worker
-        .await
-        .map_err(|e| Error::Stopped(format!("the packing worker failed: {e}")))??;
+    feed.await.map_err(|source| Error::Task {
+        what: "the input reader failed",
+        source,
+    })??;
+    let (stats, max_id) = worker.await.map_err(|source| Error::Task {
+        what: "the packing worker failed",
+        source,
+    })??;
     declared.max_token_id = declared.max_token_id.max(max_id as i32);
     written?;
     tracing::info!(

@@ -40,6 +40,13 @@ pub enum Error {
         source: datafusion::error::DataFusionError,
     },
 
+    #[error("tokenizer {name:?}: {source}")]
+    Tokenizer {
+        name: String,
+        #[source]
+        source: dapt_encoder::Error,
+    },
+
     #[error("{what}: {source}")]
     Json {
         what: String,

@@ -110,13 +110,12 @@ impl SqlSession {
     pub fn register_models(&self, sources: &SourcesOptions) -> Result<()> {
         let mut models = crate::functions::models::Models::default();
         for (name, path) in &sources.tokenizers {
-            let tokenizer =
-                dapt_encoder::TokenizerFile::load_with(path, sources.encoder).map_err(|e| {
-                    Error::Config {
-                        path: path.display().to_string(),
-                        reason: format!("tokenizer {name:?}: {e}"),
-                    }
-                })?;
+            let tokenizer = dapt_encoder::TokenizerFile::load_with(path, sources.encoder).map_err(
+                |source| Error::Tokenizer {
+                    name: name.clone(),
+                    source,
+                },
+            )?;
             models
                 .tokenizers
                 .insert(name.clone(), std::sync::Arc::new(tokenizer));

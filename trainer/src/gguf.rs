@@ -526,9 +526,10 @@ impl GgufModel {
         let mut source_types = BTreeMap::new();
         let mut parameters = 0u64;
         let bytes = header.len() as u64 + entries.iter().map(|e| e.bytes as u64).sum::<u64>();
-        let file = std::fs::File::create(&tmp).map_err(|e| file_error(&tmp, e))?;
+        let file = std::fs::File::create(&tmp).map_err(crate::error::io_error(&tmp))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&header).map_err(|e| file_error(&tmp, e))?;
+        out.write_all(&header)
+            .map_err(crate::error::io_error(&tmp))?;
         let mut buffer = Vec::new();
         for (i, planned) in plan.iter().enumerate() {
             let values = self.dequantise(planned)?;
@@ -551,15 +552,16 @@ impl GgufModel {
                     }
                 }
             }
-            out.write_all(&buffer).map_err(|e| file_error(&tmp, e))?;
+            out.write_all(&buffer)
+                .map_err(crate::error::io_error(&tmp))?;
             progress(i + 1, plan.len());
         }
         let file = out
             .into_inner()
             .map_err(|e| file_error(&tmp, e.error().to_string()))?;
-        file.sync_all().map_err(|e| file_error(&tmp, e))?;
+        file.sync_all().map_err(crate::error::io_error(&tmp))?;
         drop(file);
-        std::fs::rename(&tmp, path).map_err(|e| file_error(path, e))?;
+        std::fs::rename(&tmp, path).map_err(crate::error::io_error(path))?;
         Ok(WeightsReport {
             tensors: plan.len(),
             parameters,

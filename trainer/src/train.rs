@@ -442,10 +442,11 @@ impl<'a> Trainer<'a> {
                 heldout_loss,
             };
             if let Some((path, file)) = log.as_mut() {
-                let line = serde_json::to_string(&metrics).map_err(|e| file_error(path, e))?;
+                let line = serde_json::to_string(&metrics)
+                    .map_err(crate::error::json_error(path.display()))?;
                 writeln!(file, "{line}")
                     .and_then(|()| file.flush())
-                    .map_err(|e| file_error(path, e))?;
+                    .map_err(crate::error::io_error(path.as_path()))?;
             }
             on_step(&metrics);
             history.push(metrics);
@@ -491,11 +492,11 @@ impl<'a> Trainer<'a> {
                 }
             }
         }
-        std::fs::write(path, kept).map_err(|e| file_error(path, e))?;
+        std::fs::write(path, kept).map_err(crate::error::io_error(path))?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)
-            .map_err(|e| file_error(path, e))?;
+            .map_err(crate::error::io_error(path))?;
         Ok(Some((path.clone(), file)))
     }
 
@@ -503,12 +504,12 @@ impl<'a> Trainer<'a> {
         let Some(dir) = &self.checkpoint_dir else {
             return Ok(());
         };
-        std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(crate::error::io_error(dir))?;
         let name = format!("step-{step:08}");
         let final_dir = dir.join(&name);
         let tmp = dir.join(format!("{name}.tmp"));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| file_error(&tmp, e))?;
+        std::fs::create_dir_all(&tmp).map_err(crate::error::io_error(&tmp))?;
         let weights: Vec<(String, Tensor)> = self.trainable.variables().into_iter().collect();
         save_safetensors(&tmp.join("trainable.safetensors"), &weights)?;
         let (moments, optimizer_steps) = optimizer.state();
@@ -519,15 +520,16 @@ impl<'a> Trainer<'a> {
             seed: self.seed,
             optimizer_steps,
         };
-        let json = serde_json::to_string_pretty(&state).map_err(|e| file_error(&tmp, e))?;
+        let json = serde_json::to_string_pretty(&state)
+            .map_err(crate::error::json_error(&tmp.display()))?;
         write_atomically(&tmp.join("state.json"), json.as_bytes())?;
         let _ = std::fs::remove_dir_all(&final_dir);
-        std::fs::rename(&tmp, &final_dir).map_err(|e| file_error(&final_dir, e))?;
+        std::fs::rename(&tmp, &final_dir).map_err(crate::error::io_error(&final_dir))?;
         write_atomically(&dir.join("latest"), name.as_bytes())?;
         tracing::debug!(step, dir = %final_dir.display(), "checkpoint saved");
         // Prune older checkpoints.
         let mut existing: Vec<String> = std::fs::read_dir(dir)
-            .map_err(|e| file_error(dir, e))?
+            .map_err(crate::error::io_error(dir))?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
@@ -552,9 +554,10 @@ impl<'a> Trainer<'a> {
         };
         let checkpoint = dir.join(name.trim());
         let state_path = checkpoint.join("state.json");
-        let text = std::fs::read_to_string(&state_path).map_err(|e| file_error(&state_path, e))?;
+        let text =
+            std::fs::read_to_string(&state_path).map_err(crate::error::io_error(&state_path))?;
         let state: CheckpointState =
-            serde_json::from_str(&text).map_err(|e| file_error(&state_path, e))?;
+            serde_json::from_str(&text).map_err(crate::error::json_error(&state_path.display()))?;
         if state.seed != self.seed {
             return Err(file_error(
                 &state_path,

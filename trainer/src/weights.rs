@@ -11,10 +11,10 @@ use tch::{Device, Kind, Tensor};
 use crate::{Error, Result};
 
 /// An error about the file at `path`.
-pub(crate) fn file_error(path: &Path, reason: impl ToString) -> Error {
+pub(crate) fn file_error(path: &Path, reason: impl Into<String>) -> Error {
     Error::File {
         path: path.display().to_string(),
-        reason: reason.to_string(),
+        reason: reason.into(),
     }
 }
 
@@ -30,7 +30,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| file_error(path, e))
+    write().map_err(crate::error::io_error(path))
 }
 
 fn dtype_name(kind: Kind) -> Option<&'static str> {
@@ -135,9 +135,9 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| file_error(&index, e))?;
+        let text = std::fs::read_to_string(&index).map_err(crate::error::io_error(&index))?;
         let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| file_error(&index, e))?;
+            serde_json::from_str(&text).map_err(crate::error::json_error(index.display()))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
