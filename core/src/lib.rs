@@ -4,6 +4,7 @@
 //! outputs (Parquet shards published whole plus a `_manifest.json`). Its input is URLs, batches and
 //! bytes from the stages; its output is stores, validated batches and published files. It depends on
 //! no other dapt crate.
+#![warn(missing_docs)]
 
 mod error;
 pub mod hash;

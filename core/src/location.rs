@@ -192,10 +192,12 @@ impl Location {
         }
     }
 
+    /// The object store client.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
 
+    /// The path inside the store that this location names.
     pub fn prefix(&self) -> &Path {
         &self.prefix
     }
@@ -223,7 +225,7 @@ impl Location {
     pub fn child(&self, name: &str) -> Path {
         name.split('/')
             .filter(|part| !part.is_empty())
-            .fold(self.prefix.clone(), |path, part| path.join(part))
+            .fold(self.prefix.clone(), object_store::path::Path::join)
     }
 
     /// Reads a whole object below this location.

@@ -31,6 +31,7 @@ pub struct SkipRecord {
     pub object: String,
     /// 1-based line (JSON lines) or row (Parquet) number, when the problem is in one record.
     pub line: Option<u64>,
+    /// Why the record was skipped.
     pub reason: String,
 }
 
@@ -119,10 +120,12 @@ impl OutputDir {
         })
     }
 
+    /// Where the output lives.
     pub fn location(&self) -> &Location {
         &self.location
     }
 
+    /// The manifest as published so far.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -220,7 +223,11 @@ impl OutputDir {
             {
                 for (key, value) in part {
                     if let Some(n) = value.as_u64() {
-                        let sum = total.get(&key).and_then(|v| v.as_u64()).unwrap_or(0) + n;
+                        let sum = total
+                            .get(&key)
+                            .and_then(serde_json::Value::as_u64)
+                            .unwrap_or(0)
+                            + n;
                         total.insert(key, sum.into());
                     }
                 }

@@ -89,7 +89,7 @@ mod tests {
         let below = (0..n)
             .filter(|i| fraction(document_key(3, "heldout", 0, &i.to_string())) < 0.25)
             .count();
-        let share = below as f64 / n as f64;
+        let share = below as f64 / f64::from(n);
         assert!((share - 0.25).abs() < 0.02, "share {share}");
         assert!(fraction(10 << 11) < fraction(11 << 11));
         assert!(fraction(u64::MAX) < 1.0);

@@ -12,8 +12,11 @@ use crate::{Error, Result};
 /// One training sequence (see [`packed_schema`](crate::schema::packed_schema)).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PackedRow {
+    /// Token ids, `seq_len` of them (padding at the end).
     pub input_ids: Vec<i32>,
+    /// Lengths of the segments (documents or examples), in order; they sum to the unpadded length.
     pub segment_lengths: Vec<i32>,
+    /// Per token: whether it is a training target.
     pub loss_mask: Vec<bool>,
     /// Source or component of each segment; empty when unknown.
     pub segment_sources: Vec<String>,

@@ -5,18 +5,27 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 /// Column names of the Document schema.
 pub mod document {
+    /// Stable document id (string).
     pub const ID: &str = "id";
+    /// Document text (UTF-8).
     pub const TEXT: &str = "text";
+    /// Source name (a corpus, a file stem).
     pub const SOURCE: &str = "source";
+    /// URL the document came from, if any.
     pub const URL: &str = "url";
+    /// Other fields of the record as a JSON object string, if any.
     pub const META: &str = "meta";
 }
 
 /// Column names of the Packed schema.
 pub mod packed {
+    /// Token ids of the row (`seq_len` of them, padded).
     pub const INPUT_IDS: &str = "input_ids";
+    /// Lengths of the row's segments; attention never crosses one.
     pub const SEGMENT_LENGTHS: &str = "segment_lengths";
+    /// Per token: whether it is a training target.
     pub const LOSS_MASK: &str = "loss_mask";
+    /// Source or component of each segment.
     pub const SEGMENT_SOURCES: &str = "segment_sources";
 }
 
@@ -24,8 +33,11 @@ pub mod packed {
 pub mod metadata {
     /// sha256 of the `tokenizer.json` that produced the ids.
     pub const TOKENIZER_SHA256: &str = "dapt.tokenizer_sha256";
+    /// Row length in tokens.
     pub const SEQ_LEN: &str = "dapt.seq_len";
+    /// Id of the padding token.
     pub const PAD_ID: &str = "dapt.pad_id";
+    /// Seed of the run that wrote the file.
     pub const SEED: &str = "dapt.seed";
     /// sha256 of the settings that produced the file.
     pub const CONFIG_HASH: &str = "dapt.config_hash";

@@ -3,22 +3,36 @@
 /// Scripts that `script_ratio` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Script {
+    /// The Latin script.
     Latin,
+    /// The Cyrillic script.
     Cyrillic,
+    /// The Greek script.
     Greek,
+    /// The Arabic script.
     Arabic,
+    /// The Hebrew script.
     Hebrew,
+    /// The Devanagari script.
     Devanagari,
+    /// The Han script.
     Han,
+    /// The Hiragana script.
     Hiragana,
+    /// The Katakana script.
     Katakana,
+    /// The Hangul script.
     Hangul,
+    /// The Armenian script.
     Armenian,
+    /// The Georgian script.
     Georgian,
+    /// The Thai script.
     Thai,
 }
 
 impl Script {
+    /// The scripts' names, in the order of the variants.
     pub const NAMES: &'static [&'static str] = &[
         "Latin",
         "Cyrillic",

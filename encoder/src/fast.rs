@@ -198,7 +198,10 @@ impl PieceCache {
 
     /// Appends the remembered ids of `piece` to `ids`; false when not remembered.
     fn extend(&self, piece: &[u8], ids: &mut Vec<u32>) -> bool {
-        let shard = self.shard(piece).lock().unwrap_or_else(|e| e.into_inner());
+        let shard = self
+            .shard(piece)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match shard.get(piece) {
             Some(found) => {
                 ids.extend_from_slice(found);
@@ -209,7 +212,10 @@ impl PieceCache {
     }
 
     fn insert(&self, piece: &[u8], ids: &[u32]) {
-        let mut shard = self.shard(piece).lock().unwrap_or_else(|e| e.into_inner());
+        let mut shard = self
+            .shard(piece)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if shard.len() < PIECE_CACHE_WORDS / PIECE_CACHE_SHARDS {
             shard.insert(piece.into(), ids.into());
         }

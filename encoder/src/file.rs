@@ -132,6 +132,7 @@ impl TokenizerFile {
         }
     }
 
+    /// The HF tokenizer behind this file (decoding, vocabulary look-ups).
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }

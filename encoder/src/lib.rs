@@ -4,6 +4,7 @@
 //! reference) or [`FastEncoder`] (byte-level BPE, same ids, several times faster). `auto` picks the
 //! fast backend exactly when it reproduces the tokenizer and logs why not otherwise. It sits under
 //! `sql` (the `token_count` function), `mixer` (token budgets) and `packer` (tokenise + pack).
+#![warn(missing_docs)]
 
 mod error;
 mod fast;

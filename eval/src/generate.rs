@@ -12,11 +12,13 @@ use crate::{Error, Result};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GenerateOptions {
+    /// Most tokens generated.
     pub max_tokens: usize,
     /// 0: greedy.
     pub temperature: f64,
     /// Nucleus sampling: the smallest set of tokens whose probability reaches `top_p`.
     pub top_p: f64,
+    /// Seed of the sampling.
     pub seed: u64,
     /// Generation ends before the first of these strings.
     pub stop: Vec<String>,
@@ -47,8 +49,11 @@ pub enum FinishReason {
 /// A generated continuation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Generation {
+    /// The continuation's text.
     pub text: String,
+    /// Its token ids.
     pub tokens: Vec<u32>,
+    /// Why it ended.
     pub finish_reason: FinishReason,
 }
 
@@ -108,7 +113,7 @@ pub fn generate(
     }
     let eos = model.config().eos_ids();
     let mut cache = KvCache::default();
-    let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+    let ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
     let mut logits = tch::no_grad(|| {
         model
             .next_token_logits(
@@ -121,7 +126,7 @@ pub fn generate(
     let mut text = String::new();
     for step in 0..options.max_tokens {
         let next = pick(&logits, options, step as u64);
-        if eos.contains(&(next as i64)) {
+        if eos.contains(&i64::from(next)) {
             return Ok(Generation {
                 text,
                 tokens,
@@ -150,7 +155,7 @@ pub fn generate(
         logits = tch::no_grad(|| {
             model
                 .next_token_logits(
-                    &Tensor::from_slice(&[next as i64])
+                    &Tensor::from_slice(&[i64::from(next)])
                         .unsqueeze(0)
                         .to_device(device),
                     &mut cache,

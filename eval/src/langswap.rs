@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// A span of a text in another language or script.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ForeignSpan {
+    /// The span's text.
     pub span: String,
     /// The language detected (ISO 639-1 where there is one), or the script.
     pub detected: String,
@@ -99,19 +100,26 @@ pub fn foreign_spans(text: &str, target: &str, min_letters: usize) -> Vec<Foreig
 /// Lang-swap over a set of generations.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LangSwapReport {
+    /// The language the generations should be in.
     pub target_language: String,
+    /// Generations judged.
     pub generations: usize,
     /// Generations with at least one foreign span.
     pub swapped: usize,
+    /// `swapped / generations`.
     pub rate: f64,
     /// Up to ten swapped generations with their foreign spans.
     pub examples: Vec<LangSwapExample>,
 }
 
+/// A swapped generation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LangSwapExample {
+    /// The prompt.
     pub prompt: String,
+    /// The generated continuation.
     pub output: String,
+    /// Its foreign spans.
     pub spans: Vec<ForeignSpan>,
 }
 

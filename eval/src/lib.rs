@@ -5,6 +5,7 @@
 //! checkpoints, and an OpenAI-compatible completions endpoint. Its input is a model from
 //! `dapt-trainer`, a tokenizer, packed rows, texts and task files; its output is serialisable results,
 //! reports (Markdown/HTML with SVG plots) and HTTP responses.
+#![warn(missing_docs)]
 
 mod error;
 mod generate;

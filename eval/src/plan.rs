@@ -24,29 +24,40 @@ pub enum Grouping {
     /// Also per language (`dapt_core::lang::lang_id`): `NAME/LANG`.
     Language,
     /// Per language only, under the language code, for languages with at least this many texts.
-    LanguageOnly { min_texts: usize },
+    LanguageOnly {
+        /// The minimum.
+        min_texts: usize,
+    },
 }
 
 /// Held-out texts for bits-per-byte.
 #[derive(Clone, Debug)]
 pub struct TextSet {
+    /// Name in the results (`bits_per_byte.NAME`).
     pub name: String,
+    /// The texts.
     pub texts: Vec<String>,
+    /// Extra groups to score separately.
     pub grouping: Grouping,
 }
 
 /// A multiple-choice task.
 #[derive(Clone, Debug)]
 pub struct TaskSet {
+    /// Name in the results (`tasks.NAME`).
     pub name: String,
+    /// The questions.
     pub examples: Vec<McExample>,
 }
 
 /// Prompts to generate from, and the language their continuations should be in.
 #[derive(Clone, Debug)]
 pub struct PromptSet {
+    /// The prompts.
     pub prompts: Vec<String>,
+    /// How to generate.
     pub options: GenerateOptions,
+    /// The language continuations should be in (ISO 639-1).
     pub target_language: String,
     /// Lang-swap: spans with fewer letters are not judged.
     pub min_letters: usize,
@@ -59,13 +70,17 @@ pub struct EvalPlan {
     pub label: String,
     /// Where the model came from (recorded in `eval.json`).
     pub model: String,
+    /// The adapter applied on the model, if any (recorded in `eval.json`).
     pub adapter: Option<String>,
     /// Packed held-out rows for perplexity: name → a `dapt pack` output.
     pub packed: Vec<(String, Location)>,
+    /// Held-out texts for bits-per-byte.
     pub texts: Vec<TextSet>,
+    /// Multiple-choice tasks.
     pub tasks: Vec<TaskSet>,
     /// Few-shot examples per question, drawn from the task's other examples.
     pub num_fewshot: usize,
+    /// Prompts for generation and lang-swap.
     pub prompts: Option<PromptSet>,
     /// Requests per forward pass (results do not depend on it).
     pub batch_size: usize,
@@ -73,6 +88,7 @@ pub struct EvalPlan {
     pub max_length: usize,
     /// Token that conditions the first token of a text (and stands in for an empty context).
     pub prefix: u32,
+    /// Seed of few-shot draws and sampling.
     pub seed: u64,
 }
 

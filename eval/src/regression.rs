@@ -7,19 +7,25 @@ use serde::{Deserialize, Serialize};
 /// The fitted model and its prediction.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Regression {
+    /// The metric fitted.
     pub objective: String,
+    /// Whether a larger objective is better (accuracy) or worse (bits-per-byte).
     pub higher_is_better: bool,
     /// Objective ≈ Σ coefficient × weight (no intercept: the weights sum to one).
     pub coefficients: BTreeMap<String, f64>,
+    /// Share of the objective's variance the fit explains.
     pub r_squared: f64,
     /// The best mixture on a 5% grid within the range of weights tried, and its predicted objective.
     pub predicted_best: BTreeMap<String, f64>,
+    /// The objective the fit predicts for `predicted_best`.
     pub predicted_objective: f64,
 }
 
 /// One observation: the weights of a variant (by component name) and its objective.
 pub struct Observation<'a> {
+    /// Component weights of the variant.
     pub weights: &'a BTreeMap<String, f64>,
+    /// Its measured objective.
     pub objective: f64,
 }
 
@@ -173,7 +179,10 @@ mod tests {
     fn a_planted_linear_mixture_is_recovered_with_its_best_point() {
         // Objective = 2·a + 1·b + 3·c (lower is better): the best mixture within the tried range is as
         // much b as was tried.
-        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let names: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
         let tried = [
             weights(&[("a", 0.6), ("b", 0.2), ("c", 0.2)]),
             weights(&[("a", 0.2), ("b", 0.6), ("c", 0.2)]),

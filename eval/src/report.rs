@@ -12,6 +12,7 @@ use crate::results::EvalResults;
 /// A training loss curve (from a `train_log.jsonl`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LossCurve {
+    /// Name of the stage or run.
     pub name: String,
     /// (step, loss).
     pub points: Vec<(f64, f64)>,
@@ -41,17 +42,24 @@ impl Default for ReportOptions {
 /// One flagged regression.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RedFlag {
+    /// The checkpoint's label.
     pub checkpoint: String,
+    /// The metric.
     pub metric: String,
+    /// Its value for the first (base) checkpoint.
     pub base: f64,
+    /// Its value for this checkpoint.
     pub value: f64,
 }
 
 /// A rendered report: the document and the SVG charts it refers to (`plots/NAME.svg`).
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// Markdown or HTML.
     pub document: String,
+    /// (name, SVG) of each chart.
     pub charts: Vec<(String, String)>,
+    /// The regressions flagged.
     pub red_flags: Vec<RedFlag>,
 }
 
@@ -81,7 +89,7 @@ pub fn bar_chart(metric: &str, labels: &[String], values: &[Option<f64>]) -> Str
         .flatten()
         .fold(0.0f64, |m, v| m.max(*v))
         .max(1e-12);
-    let plot_height = height as f64 - bottom - 30.0;
+    let plot_height = f64::from(height) - bottom - 30.0;
     let mut svg = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">
 <text x="{}" y="16" text-anchor="middle" font-size="13">{}</text>
@@ -89,15 +97,15 @@ pub fn bar_chart(metric: &str, labels: &[String], values: &[Option<f64>]) -> Str
 "##,
         width / 2,
         escape(metric),
-        height as f64 - bottom,
+        f64::from(height) - bottom,
         width as f64 - 10.0,
-        height as f64 - bottom
+        f64::from(height) - bottom
     );
     for (i, (label, value)) in labels.iter().zip(values).enumerate() {
         let x = left + 20.0 + 90.0 * i as f64;
         if let Some(v) = value {
             let h = plot_height * v / max;
-            let y = height as f64 - bottom - h;
+            let y = f64::from(height) - bottom - h;
             let _ = write!(
                 svg,
                 r#"<rect x="{x}" y="{y:.1}" width="50" height="{h:.1}" fill="{}"/>
@@ -113,7 +121,7 @@ pub fn bar_chart(metric: &str, labels: &[String], values: &[Option<f64>]) -> Str
             svg,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
             x + 25.0,
-            height as f64 - bottom + 16.0,
+            f64::from(height) - bottom + 16.0,
             escape(label)
         );
     }
@@ -197,8 +205,10 @@ pub fn build(
     html: bool,
 ) -> Report {
     let labels: Vec<String> = results.iter().map(|r| r.label.clone()).collect();
-    let per_checkpoint: Vec<Vec<(String, f64, bool)>> =
-        results.iter().map(|r| r.metrics()).collect();
+    let per_checkpoint: Vec<Vec<(String, f64, bool)>> = results
+        .iter()
+        .map(super::results::EvalResults::metrics)
+        .collect();
     let mut names = Vec::new();
     let mut seen = BTreeSet::new();
     for metrics in &per_checkpoint {

@@ -9,16 +9,22 @@ use crate::{Error, GenerateOptions, LangSwapReport, Perplexity, Result, TaskResu
 /// One generation of the lang-swap check.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenerationRecord {
+    /// The prompt.
     pub prompt: String,
+    /// The continuation.
     pub output: String,
+    /// Why it ended.
     pub finish_reason: crate::FinishReason,
 }
 
 /// Generations for target-language prompts and their lang-swap rate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenerationResults {
+    /// How it was generated.
     pub options: GenerateOptions,
+    /// The lang-swap judgement.
     pub lang_swap: LangSwapReport,
+    /// Every generation.
     pub outputs: Vec<GenerationRecord>,
 }
 
@@ -27,9 +33,12 @@ pub struct GenerationResults {
 pub struct EvalResults {
     /// Name of the checkpoint in reports.
     pub label: String,
+    /// Where the model came from.
     pub model: String,
+    /// The adapter applied, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
+    /// sha256 of the tokenizer.json used.
     pub tokenizer_sha256: String,
     /// Perplexity on packed held-out rows, by name.
     #[serde(default)]
@@ -40,11 +49,13 @@ pub struct EvalResults {
     /// Multiple-choice tasks, by name.
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskResult>,
+    /// Generations and lang-swap, when prompts were given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<GenerationResults>,
 }
 
 impl EvalResults {
+    /// Reads an `eval.json`.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),

@@ -13,7 +13,9 @@ use crate::{Error, Result};
 /// One (context, continuation) pair of token ids; the context must not be empty.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
+    /// Token ids the continuation is conditioned on.
     pub context: Vec<u32>,
+    /// Token ids scored.
     pub continuation: Vec<u32>,
 }
 
@@ -31,6 +33,7 @@ pub struct LogLikelihood {
 /// One token of a scored sequence.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TokenScore {
+    /// The token id.
     pub id: u32,
     /// Log-probability given the tokens before it (`None` for the first token).
     pub logprob: Option<f64>,
@@ -40,7 +43,9 @@ pub struct TokenScore {
 
 /// Scores requests with a model.
 pub struct Scorer<'a> {
+    /// The model.
     pub model: &'a CausalLm,
+    /// Where it runs.
     pub device: Device,
     /// Longest input; longer requests lose context tokens from the left.
     pub max_length: usize,
@@ -109,7 +114,7 @@ impl Scorer<'_> {
                 let (all, scored) = &sequences[i];
                 let n = all.len() - 1;
                 for p in n - scored..n {
-                    targets[row * width + p] = all[p + 1] as i64;
+                    targets[row * width + p] = i64::from(all[p + 1]);
                 }
             }
             let scores = self.score(&rows, &targets, 0);
@@ -178,7 +183,7 @@ impl Scorer<'_> {
                 loss_mask: vec![true; n],
                 ..Default::default()
             };
-            let targets: Vec<i64> = window[1..].iter().map(|&t| t as i64).collect();
+            let targets: Vec<i64> = window[1..].iter().map(|&t| i64::from(t)).collect();
             let scores = self.score(std::slice::from_ref(&row), &targets, top as i64);
             let logprobs = Vec::<f32>::try_from(&scores.logprob).unwrap_or_default();
             let (values, ids) = match &scores.top {

@@ -17,11 +17,15 @@ use crate::scorer::Scorer;
 
 /// What the server serves.
 pub struct Server<'a> {
+    /// The model served.
     pub model: &'a CausalLm,
+    /// Its tokenizer.
     pub tokenizer: &'a TokenizerFile,
     /// The name clients pass as `model` (any name is accepted).
     pub name: String,
+    /// Where it runs.
     pub device: Device,
+    /// Longest input in tokens for log-probabilities.
     pub max_length: usize,
 }
 

@@ -16,9 +16,11 @@ use crate::{Error, Result};
 /// One multiple-choice question.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct McExample {
+    /// Question id.
     pub id: String,
     /// The prompt the choices continue.
     pub context: String,
+    /// The choices.
     pub choices: Vec<String>,
     /// Index of the right choice.
     pub gold: usize,
@@ -270,9 +272,13 @@ pub fn load_task(path: &Path, format: TaskFormat) -> Result<Vec<McExample>> {
 /// Results of one task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
+    /// Questions asked.
     pub examples: usize,
+    /// Few-shot examples per question.
     pub num_fewshot: usize,
+    /// Accuracy: the choice with the highest log-likelihood.
     pub acc: f64,
+    /// Accuracy with log-likelihoods divided by the choices' byte lengths.
     pub acc_norm: f64,
     /// Accuracy of always guessing: mean of 1 / choices.
     pub chance: f64,
@@ -280,11 +286,16 @@ pub struct TaskResult {
     pub details: Vec<ExampleResult>,
 }
 
+/// One question's result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExampleResult {
+    /// Question id.
     pub id: String,
+    /// Choice picked by `acc`.
     pub predicted: usize,
+    /// The right choice.
     pub gold: usize,
+    /// Log-likelihood of each choice (nats).
     pub logprobs: Vec<f64>,
 }
 

@@ -12,8 +12,11 @@ use crate::Result;
 /// Scores of a set of texts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TextScore {
+    /// Texts scored.
     pub documents: usize,
+    /// Their UTF-8 bytes.
     pub bytes: u64,
+    /// Tokens scored.
     pub tokens: u64,
     /// Total negative log-likelihood (nats).
     pub nll: f64,

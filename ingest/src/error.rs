@@ -2,22 +2,40 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// An error of the shared layer (locations, manifests, Parquet).
     #[error(transparent)]
     Core(#[from] dapt_core::Error),
 
+    /// An object that cannot be read as a whole.
     #[error("{url}: {reason}")]
-    Object { url: String, reason: String },
-
-    #[error("{url} line {line}: {reason}")]
-    Record {
+    Object {
+        /// The URL or location concerned.
         url: String,
-        line: u64,
+        /// What is wrong.
         reason: String,
     },
 
-    #[error("invalid ingest setting {key}: {reason}")]
-    Setting { key: String, reason: String },
+    /// One record that cannot be read.
+    #[error("{url} line {line}: {reason}")]
+    Record {
+        /// The URL or location concerned.
+        url: String,
+        /// The 1-based line (JSON lines) or row (Parquet) number.
+        line: u64,
+        /// What is wrong.
+        reason: String,
+    },
 
+    /// An invalid ingest setting.
+    #[error("invalid ingest setting {key}: {reason}")]
+    Setting {
+        /// The setting's key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A reading task that panicked or was cancelled.
     #[error("ingest task failed: {0}")]
     Task(#[source] tokio::task::JoinError),
 }

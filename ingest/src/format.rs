@@ -4,12 +4,16 @@ use serde::{Deserialize, Serialize};
 /// A shard format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Format {
+    /// JSON lines, one object per line (`.jsonl`, `.json`, `.ndjson`).
     #[serde(rename = "jsonl")]
     Jsonl,
+    /// Gzip-compressed JSON lines.
     #[serde(rename = "jsonl.gz")]
     JsonlGz,
+    /// Zstandard-compressed JSON lines.
     #[serde(rename = "jsonl.zst")]
     JsonlZst,
+    /// Parquet, read row group by row group.
     #[serde(rename = "parquet")]
     Parquet,
 }

@@ -7,6 +7,7 @@
 //! shards uploaded row group by row group — so memory does not grow with input size. Bad records fail
 //! the job with an error naming object and line, or, under the `skip` policy, are counted and listed
 //! in the manifest.
+#![warn(missing_docs)]
 
 mod document;
 mod error;

@@ -142,9 +142,9 @@ impl ParquetSource {
             source,
         })?;
         let text = text.as_string::<i32>();
-        let id = id.as_ref().map(|a| a.as_string::<i32>());
-        let source = source.as_ref().map(|a| a.as_string::<i32>());
-        let url = url.as_ref().map(|a| a.as_string::<i32>());
+        let id = id.as_ref().map(arrow::array::AsArray::as_string::<i32>);
+        let source = source.as_ref().map(arrow::array::AsArray::as_string::<i32>);
+        let url = url.as_ref().map(arrow::array::AsArray::as_string::<i32>);
         fn value(array: Option<&arrow::array::StringArray>, row: usize) -> Option<&str> {
             array.filter(|a| a.is_valid(row)).map(|a| a.value(row))
         }

@@ -19,7 +19,9 @@ use crate::{Error, Format, Result};
 /// the files whose URL hashes to `index`, so the jobs cover the inputs exactly once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Job {
+    /// This job's number, below `count`.
     pub index: usize,
+    /// How many jobs share the inputs.
     pub count: usize,
 }
 
@@ -52,13 +54,21 @@ impl Job {
 #[derive(Clone, Debug)]
 pub enum Progress {
     /// The files this job will read now, and their total size in bytes.
-    Planned { files: u64, bytes: u64 },
+    Planned {
+        /// Files to read.
+        files: u64,
+        /// Their total size.
+        bytes: u64,
+    },
     /// Documents read.
     Documents(u64),
     /// A file finished.
     File {
+        /// The file's URL.
         url: String,
+        /// Its size.
         bytes: u64,
+        /// Documents read from it.
         documents: u64,
     },
 }

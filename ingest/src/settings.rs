@@ -148,9 +148,9 @@ impl TryFrom<IngestOptions> for IngestSettings {
         if options.batch_size == 0 {
             return Err(setting("batch_size", "must be positive".into()));
         }
-        let concurrency = options
-            .concurrency
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let concurrency = options.concurrency.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+        });
         if concurrency == 0 {
             return Err(setting("concurrency", "must be positive".into()));
         }

@@ -27,6 +27,7 @@ use crate::{Error, Result};
 pub struct Duplicate {
     /// The cluster's kept document's key.
     pub cluster_id: String,
+    /// The document's key.
     pub id: String,
     /// True for the one document of the cluster that is kept.
     pub kept: bool,
@@ -166,6 +167,7 @@ pub struct NearOptions {
     pub rows: usize,
     /// Estimated Jaccard similarity from which two documents are duplicates.
     pub threshold: f64,
+    /// Seed of the MinHash functions.
     pub seed: u64,
 }
 

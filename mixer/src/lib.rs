@@ -8,6 +8,7 @@
 //! (any query of `dapt-sql`); its output is a duplicates table — `id`, `cluster_id`, `kept` — for the
 //! documents that have duplicates, which SQL joins against. Results depend only on the input rows
 //! and the settings: never on their order, partitioning or the number of threads.
+#![warn(missing_docs)]
 
 mod dedup;
 mod error;

@@ -87,12 +87,17 @@ pub struct ComponentOptions {
 /// A validated component.
 #[derive(Clone, Debug, Serialize)]
 pub struct Component {
+    /// Component name (a `component` column value in the output).
     pub name: String,
     /// Normalised weight.
     pub weight: f64,
+    /// Read-only SQL returning `id`, `text` (and optionally `source`, `answer`).
     pub sql: String,
+    /// Most epochs over the component a stage may take (none: no limit).
     pub max_epochs: Option<f64>,
+    /// Fewest tokens the component must offer (fewer: an error).
     pub min_tokens: u64,
+    /// A QA/instruct component whose answers are checked against earlier stages' text.
     pub qa: bool,
 }
 
@@ -101,14 +106,23 @@ pub struct Component {
 pub struct Mix {
     /// The file it came from.
     pub path: String,
+    /// Seed of the sampling.
     pub seed: u64,
+    /// Tokens of the mix (a pipeline's stage sets its own).
     pub total_tokens: Option<u64>,
+    /// `tokenizer.json` that counts tokens.
     pub tokenizer: PathBuf,
+    /// Encoder backend of that tokenizer.
     pub encoder: EncoderChoice,
+    /// Language the model is adapted to, for the lang-swap attribution.
     pub target_language: Option<String>,
+    /// Documents shuffled together in the output.
     pub shuffle_window: usize,
+    /// Documents per output shard.
     pub documents_per_shard: usize,
+    /// The tables the components' SQL reads.
     pub sources: SourcesOptions,
+    /// The components, weights normalised.
     pub components: Vec<Component>,
 }
 
@@ -254,7 +268,7 @@ impl Mix {
         {
             *file = relative(base, file);
         }
-        for (name, source) in sources.sources.iter_mut() {
+        for (name, source) in &mut sources.sources {
             if source.url.is_empty() {
                 return Err(setting(path, &format!("sources.{name}.url"), "missing"));
             }
@@ -291,6 +305,7 @@ pub struct PipelineOptions {
     /// continues in the same order).
     #[serde(default)]
     pub seed: Option<u64>,
+    /// The stages, in order.
     #[serde(rename = "stage")]
     pub stages: Vec<StageOptions>,
 }
@@ -299,6 +314,7 @@ pub struct PipelineOptions {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageOptions {
+    /// Stage name (the output subdirectory).
     pub name: String,
     /// The mix file (relative to the pipeline file).
     pub mix: PathBuf,
@@ -309,6 +325,7 @@ pub struct StageOptions {
 /// A validated pipeline.
 #[derive(Clone, Debug)]
 pub struct Pipeline {
+    /// Stage names and their mixes, in order.
     pub stages: Vec<(String, Mix)>,
 }
 

@@ -7,8 +7,11 @@ use serde::{Deserialize, Serialize};
 /// What one document contributes to its component's attribution.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DocumentTraits {
+    /// Its detected language is not the target (or undecided).
     pub other_language: bool,
+    /// It looks like code.
     pub code: bool,
+    /// It looks like math.
     pub math: bool,
 }
 
@@ -16,15 +19,24 @@ pub struct DocumentTraits {
 /// code or math — the content that teaches a model to answer in English or switch script.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Attribution {
+    /// The target language, if the mix names one.
     pub target_language: Option<String>,
+    /// Documents of the component.
     pub documents: u64,
+    /// Their tokens.
     pub tokens: u64,
-    /// Documents and tokens whose detected language is another than the target (or undecided).
+    /// Shares of documents and tokens whose detected language is another than the target (or
+    /// undecided).
     pub other_language_documents: f64,
+    /// (See `other_language_documents`.)
     pub other_language_tokens: f64,
+    /// Share of documents that look like code.
     pub code_documents: f64,
+    /// Share of tokens in them.
     pub code_tokens: f64,
+    /// Share of documents that look like math.
     pub math_documents: f64,
+    /// Share of tokens in them.
     pub math_tokens: f64,
     /// Detected languages by documents (top ten).
     pub languages: BTreeMap<String, u64>,
@@ -87,7 +99,7 @@ pub fn looks_like_math(text: &str) -> bool {
     let bytes = text.as_bytes();
     let mut markers = 0usize;
     for (i, &b) in bytes.iter().enumerate() {
-        if b == b'$' || b == b'\\' && bytes.get(i + 1).is_some_and(|c| c.is_ascii_alphabetic()) {
+        if b == b'$' || b == b'\\' && bytes.get(i + 1).is_some_and(u8::is_ascii_alphabetic) {
             markers += 1;
         }
     }
@@ -107,6 +119,7 @@ pub struct AttributionBuilder {
 }
 
 impl AttributionBuilder {
+    /// An empty attribution for `target` language.
     pub fn new(target: Option<String>) -> Self {
         Self {
             target,
@@ -114,6 +127,7 @@ impl AttributionBuilder {
         }
     }
 
+    /// Counts one document of `tokens` tokens in `language` with `traits`.
     pub fn add(&mut self, language: Option<&str>, traits: DocumentTraits, tokens: u64) {
         self.documents += 1;
         self.tokens += tokens;
@@ -132,6 +146,7 @@ impl AttributionBuilder {
             .or_default() += 1;
     }
 
+    /// The shares and the top ten languages.
     pub fn finish(self) -> Attribution {
         let share = |part: u64, whole: u64| {
             if whole == 0 {
@@ -191,6 +206,7 @@ pub struct Knowledge {
 }
 
 impl Knowledge {
+    /// Adds one text's n-grams.
     pub fn add(&mut self, text: &str) {
         let words = words(text);
         for w in words.windows(3) {
@@ -207,6 +223,7 @@ impl Knowledge {
         self.ngrams.extend(other.ngrams);
     }
 
+    /// True when no text was added.
     pub fn is_empty(&self) -> bool {
         self.ngrams.is_empty()
     }
@@ -224,14 +241,18 @@ impl Knowledge {
 /// One of the least-grounded answers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UngroundedExample {
+    /// Its id.
     pub id: String,
+    /// Share of its n-grams found in earlier stages.
     pub grounding: f64,
+    /// The answer.
     pub answer: String,
 }
 
 /// The QA grounding check of one component.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Grounding {
+    /// Answers checked.
     pub answers: u64,
     /// Mean share of answer n-grams found in earlier stages.
     pub mean: f64,
@@ -248,11 +269,13 @@ pub struct GroundingBuilder {
 }
 
 impl GroundingBuilder {
+    /// Records one answer's grounding.
     pub fn add(&mut self, id: &str, answer: &str, grounding: f64) {
         let snippet: String = answer.chars().take(200).collect();
         self.scores.push((grounding, id.to_string(), snippet));
     }
 
+    /// The summary, with up to `examples` least-grounded answers.
     pub fn finish(mut self, examples: usize) -> Grounding {
         let answers = self.scores.len() as u64;
         if answers == 0 {

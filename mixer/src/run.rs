@@ -92,6 +92,7 @@ impl InventoryCache {
 pub struct TokenizerCache(HashMap<(std::path::PathBuf, String), Arc<TokenizerFile>>);
 
 impl TokenizerCache {
+    /// The mix's tokenizer, loaded once per run.
     pub fn get(&mut self, mix: &Mix) -> Result<Arc<TokenizerFile>> {
         let key = (mix.tokenizer.clone(), format!("{:?}", mix.encoder));
         if let Some(found) = self.0.get(&key) {
@@ -105,12 +106,16 @@ impl TokenizerCache {
 
 /// A component's documents: ids and token counts (texts are not kept).
 pub struct Inventory {
+    /// Document ids, in the component's hash order.
     pub ids: Vec<String>,
+    /// Their token counts.
     pub tokens: Vec<u64>,
+    /// The component's lang-swap attribution.
     pub attribution: Attribution,
 }
 
 impl Inventory {
+    /// Tokens of all documents.
     pub fn total_tokens(&self) -> u64 {
         self.tokens.iter().sum()
     }
@@ -119,32 +124,45 @@ impl Inventory {
 /// A component's plan in one stage.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ComponentPlan {
+    /// Component name.
     pub name: String,
+    /// Normalised weight.
     pub weight: f64,
+    /// Tokens the stage wants from it.
     pub target_tokens: u64,
+    /// Documents its query returns.
     pub available_documents: u64,
+    /// Their tokens.
     pub available_tokens: u64,
     /// Epochs over the component this stage's target needs (from where earlier stages stopped).
     pub epochs_needed: f64,
+    /// Most epochs allowed.
     pub max_epochs: Option<f64>,
     /// The target needs more epochs than `max_epochs` allows; the component gets less.
     pub capped: bool,
     /// Token interval of the component's sequence this stage takes.
     pub start: u64,
+    /// End of that interval (exclusive).
     pub end: u64,
 }
 
 /// What a stage achieved for one component.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ComponentReport {
+    /// The plan.
     #[serde(flatten)]
     pub plan: ComponentPlan,
+    /// Documents written.
     pub documents: u64,
+    /// Their tokens.
     pub tokens: u64,
+    /// The component's weight.
     pub target_share: f64,
+    /// Its share of the stage's tokens.
     pub achieved_share: f64,
     /// Documents of this stage whose id an earlier stage of the pipeline already used.
     pub seen_in_earlier_stages: u64,
+    /// Its lang-swap attribution.
     pub attribution: Attribution,
     /// QA/instruct components in a later stage: answers checked against earlier stages' text.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,14 +172,21 @@ pub struct ComponentReport {
 /// `mix_report.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MixReport {
+    /// Stage name.
     pub stage: String,
+    /// The mix file.
     pub mix: String,
+    /// Seed of the sampling.
     pub seed: u64,
+    /// Tokens the stage wants.
     pub total_tokens: u64,
+    /// Documents written.
     pub documents: u64,
+    /// Their tokens.
     pub tokens: u64,
     /// Largest |achieved − target| share over components, in percentage points.
     pub max_share_error_points: f64,
+    /// Per component.
     pub components: Vec<ComponentReport>,
 }
 
@@ -338,6 +363,7 @@ fn selection(plan: &ComponentPlan, inventory: &Inventory, seed: u64) -> Vec<(u64
 
 /// A stage's plan: every component's inventory and plan.
 pub struct StagePlan {
+    /// Each component with its inventory and plan.
     pub components: Vec<(Component, Arc<Inventory>, ComponentPlan)>,
 }
 
@@ -460,8 +486,12 @@ impl ComponentStream {
                     let (sources, answers) = (column("source")?, column("answer")?);
                     let ids = ids.as_string::<i32>();
                     let texts = texts.as_string::<i32>();
-                    let sources = sources.as_ref().map(|s| s.as_string::<i32>());
-                    let answers = answers.as_ref().map(|s| s.as_string::<i32>());
+                    let sources = sources
+                        .as_ref()
+                        .map(arrow::array::AsArray::as_string::<i32>);
+                    let answers = answers
+                        .as_ref()
+                        .map(arrow::array::AsArray::as_string::<i32>);
                     for i in 0..batch.num_rows() {
                         if !ids.is_valid(i)
                             || !texts.is_valid(i)
@@ -493,9 +523,13 @@ impl ComponentStream {
 /// text n-grams of earlier stages.
 #[derive(Default)]
 pub struct PipelineState {
+    /// Inventories counted so far (stages share them).
     pub inventories: InventoryCache,
+    /// Where each (stage mix, component) continues in its sequence.
     pub starts: HashMap<(String, String), u64>,
+    /// Ids used by earlier stages.
     pub used_ids: HashSet<String>,
+    /// N-grams of earlier stages' text.
     pub knowledge: Knowledge,
 }
 
@@ -560,7 +594,7 @@ pub async fn run_stage(
     }
 
     let mut heads: Vec<Option<OutDocument>> = Vec::new();
-    for stream in streams.iter_mut() {
+    for stream in &mut streams {
         heads.push(stream.next(&session).await?);
     }
     let mut emitted = vec![0u64; streams.len()];

@@ -36,10 +36,15 @@ impl Default for PackOptions {
 /// Validated packing settings.
 #[derive(Clone, Debug, Serialize)]
 pub struct PackSettings {
+    /// Tokens per row.
     pub seq_len: usize,
+    /// Share of documents held out (chosen by seed and id), in [0, 1).
     pub heldout_fraction: f64,
+    /// Rows per Parquet shard.
     pub rows_per_shard: usize,
+    /// Token that ends every document.
     pub eos_token: String,
+    /// Token that pads the last row.
     pub pad_token: String,
 }
 
@@ -74,10 +79,13 @@ impl TryFrom<PackOptions> for PackSettings {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PackStats {
+    /// Documents packed.
     pub documents: u64,
     /// Tokens including the EOS after each document.
     pub tokens: u64,
+    /// Rows written.
     pub rows: u64,
+    /// Padding tokens in them.
     pub pad_tokens: u64,
     /// Share of row positions holding tokens.
     pub fill: f64,
@@ -123,6 +131,7 @@ pub struct CptPacker {
 }
 
 impl CptPacker {
+    /// A packer that ends documents with `eos_id` and pads rows of `seq_len` tokens with `pad_id`.
     pub fn new(eos_id: u32, pad_id: u32, seq_len: usize) -> Self {
         Self {
             eos_id,

@@ -2,55 +2,85 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// An error of the shared layer (locations, manifests, Parquet, schemas).
     #[error(transparent)]
     Core(#[from] dapt_core::Error),
 
+    /// A tokenizer or chat template that cannot be used as asked.
     #[error("tokenizer {what}: {reason}")]
-    Tokenizer { what: String, reason: String },
+    Tokenizer {
+        /// What was being read, written or built.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
 
+    /// A tokenizer error (loading, encoding).
     #[error(transparent)]
     Encoder(#[from] dapt_encoder::Error),
 
+    /// A tokenizer the `tokenizers` crate refuses, or training that failed.
     #[error("tokenizer {what}: {source}")]
     Tokenizers {
+        /// What was being read, written or built.
         what: String,
+        /// The underlying error.
         #[source]
         source: tokenizers::Error,
     },
 
+    /// A chat template that cannot be parsed or rendered.
     #[error("chat template {what}: {source}")]
     Template {
+        /// What was being read, written or built.
         what: String,
+        /// The underlying error.
         #[source]
         source: minijinja::Error,
     },
 
+    /// JSON that cannot be read or written.
     #[error("{what}: {source}")]
     Json {
+        /// What was being read, written or built.
         what: String,
+        /// The underlying error.
         #[source]
         source: serde_json::Error,
     },
 
+    /// A local file that cannot be read or written.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or directory concerned.
         path: std::path::PathBuf,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
 
+    /// Packing stopped because a part of it failed.
     #[error("packing stopped: {0}")]
     Stopped(String),
 
+    /// A packing task that panicked or was cancelled.
     #[error("packing stopped: {what}: {source}")]
     Task {
+        /// What was being read, written or built.
         what: &'static str,
+        /// The underlying error.
         #[source]
         source: tokio::task::JoinError,
     },
 
+    /// An invalid setting.
     #[error("invalid pack setting {key}: {reason}")]
-    Setting { key: String, reason: String },
+    Setting {
+        /// The setting's key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// A `tokenizers` error about `what` (training, a tokenizer being built).

@@ -21,6 +21,7 @@ use crate::{Error, Result, TokenizerFile};
 /// One appended token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewToken {
+    /// Its id (after every old id).
     pub id: u32,
     /// The token as the vocabulary spells it (byte-level alphabet).
     pub token: String,
@@ -32,7 +33,9 @@ pub struct NewToken {
 
 /// The extended tokenizer and what was added.
 pub struct Extension {
+    /// The base tokenizer with the new merges and tokens appended.
     pub tokenizer: TokenizerFile,
+    /// The appended tokens, in id order.
     pub new_tokens: Vec<NewToken>,
 }
 

@@ -48,9 +48,13 @@ pub struct GgufVocabulary {
     pub token_types: Vec<i32>,
     /// `tokenizer.ggml.merges`: "left right", by rank.
     pub merges: Vec<String>,
+    /// `tokenizer.ggml.bos_token_id`.
     pub bos_token_id: Option<u32>,
+    /// `tokenizer.ggml.eos_token_id`.
     pub eos_token_id: Option<u32>,
+    /// `tokenizer.ggml.unknown_token_id`.
     pub unknown_token_id: Option<u32>,
+    /// `tokenizer.ggml.padding_token_id`.
     pub padding_token_id: Option<u32>,
     /// `tokenizer.ggml.add_bos_token` (default false for byte-level BPE).
     pub add_bos_token: bool,
@@ -358,7 +362,7 @@ mod tests {
             "Ġ1",
         ]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
         let mut token_types = vec![1; tokens.len()];
         token_types[0] = CONTROL;

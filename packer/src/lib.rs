@@ -3,6 +3,7 @@
 //! cut into fixed-length rows that record each document's span as a segment, so that attention never
 //! crosses documents. Its input is documents (id + text); its output is Parquet shards in the Packed
 //! schema of `dapt-core`, with the tokenizer's sha256, `seq_len`, seed and config hash as metadata.
+#![warn(missing_docs)]
 
 mod cpt;
 mod error;

@@ -7,19 +7,27 @@ use crate::{Result, TokenizerFile};
 /// Totals and ratios of one tokenizer over some texts.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Compression {
+    /// Documents measured.
     pub documents: u64,
+    /// Their characters.
     pub chars: u64,
+    /// Their UTF-8 bytes.
     pub bytes: u64,
     /// Whitespace-separated words.
     pub words: u64,
+    /// Tokens the tokenizer made of them.
     pub tokens: u64,
     /// Tokens that stand for unknown text: the model's unknown token, SentencePiece byte-fallback
     /// tokens (`<0xNN>`), or byte-level tokens holding a single non-ASCII byte (part of a character
     /// that the vocabulary has no token for).
     pub fallback_tokens: u64,
+    /// Characters per token (higher: better compression).
     pub chars_per_token: f64,
+    /// Bytes per token.
     pub bytes_per_token: f64,
+    /// Tokens per whitespace-separated word (lower: better).
     pub tokens_per_word: f64,
+    /// Share of tokens that are byte fallbacks or the unknown token.
     pub fallback_share: f64,
 }
 

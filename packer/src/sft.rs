@@ -12,7 +12,9 @@ use crate::{Error, Result, TokenizerFile};
 /// One chat message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
+    /// `system`, `user` or `assistant`.
     pub role: String,
+    /// The message text.
     pub content: String,
 }
 
@@ -172,12 +174,19 @@ pub enum Overlong {
 /// Facts about an SFT packing.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SftStats {
+    /// Examples read.
     pub examples: u64,
+    /// Rows written.
     pub rows: u64,
+    /// Tokens in them, padding excluded.
     pub tokens: u64,
+    /// Tokens with loss (assistant turns).
     pub target_tokens: u64,
+    /// Examples cut to fit a row (`overlong = "truncate"`).
     pub truncated: u64,
+    /// Examples left out because they do not fit a row.
     pub dropped: u64,
+    /// Share of row tokens that are not padding.
     pub fill: f64,
 }
 

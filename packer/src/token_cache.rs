@@ -13,7 +13,9 @@ use crate::{Error, Result};
 /// One tokenised document.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenisedDocument {
+    /// Document id.
     pub id: String,
+    /// Its token ids.
     pub tokens: Vec<u32>,
 }
 

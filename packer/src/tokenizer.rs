@@ -99,6 +99,7 @@ pub fn train_bpe(texts: &[String], options: &BpeTrainOptions) -> Result<Tokenize
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UnigramTrainOptions {
+    /// Vocabulary size, special tokens included.
     pub vocab_size: u32,
     /// Special tokens, added first; the first one is also the unknown token.
     pub special_tokens: Vec<String>,

@@ -80,7 +80,9 @@ pub async fn write_packed(
 /// A document to pack.
 #[derive(Clone, Debug, Default)]
 pub struct PackDocument {
+    /// Document id.
     pub id: String,
+    /// Document text.
     pub text: String,
     /// Labels the document's segments (`segment_sources`).
     pub source: Option<String>,

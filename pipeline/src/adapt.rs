@@ -269,6 +269,7 @@ fn default_absolute_tolerance() -> f64 {
 /// A validated adaptation run.
 #[derive(Clone, Debug)]
 pub struct AdaptSettings {
+    /// The options as read (paths resolved later, against the config's directory).
     pub options: AdaptOptions,
     /// The config file (named in the report).
     pub config: PathBuf,
@@ -496,10 +497,13 @@ fn wildcard(pattern: &str, name: &str) -> bool {
 /// One step of the run as the manifest records it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StepRecord {
+    /// Step name (`import`, `measure`, `extend`, `mix stage1`, …).
     pub name: String,
+    /// Content hash of the step's inputs and settings.
     pub identity: String,
     /// True when a finished step with this identity was reused.
     pub reused: bool,
+    /// Wall time of the step in this run.
     pub seconds: f64,
 }
 
@@ -578,22 +582,32 @@ fn remove(path: &Path) -> Result<()> {
 /// The base tokenizer's compression on held-out text and the decision, as `OUT/measure.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Measurement {
+    /// The language adapted to.
     pub target_language: String,
+    /// Compression on the held-out target-language text.
     pub target: CompressionFigures,
+    /// Compression on the held-out reference-language text.
     pub reference: CompressionFigures,
     /// Target tokens per word over reference tokens per word.
     pub ratio: f64,
+    /// The config's threshold for `ratio`.
     pub extend_above: f64,
+    /// Whether the tokenizer is extended (`ratio > extend_above`).
     pub extend: bool,
 }
 
 /// The figures of [`Compression`] that the report shows.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CompressionFigures {
+    /// Documents measured.
     pub documents: u64,
+    /// Their whitespace-separated words.
     pub words: u64,
+    /// Their tokens.
     pub tokens: u64,
+    /// Characters per token.
     pub chars_per_token: f64,
+    /// Tokens per word.
     pub tokens_per_word: f64,
 }
 
@@ -612,18 +626,26 @@ impl From<&Compression> for CompressionFigures {
 /// The extended tokenizer's compression on the same held-out text, as `OUT/tokenizer/compression.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Extension {
+    /// Tokens appended.
     pub new_tokens: usize,
+    /// Vocabulary size after the extension.
     pub vocab_size: usize,
+    /// Compression on the held-out target-language text.
     pub target: CompressionFigures,
+    /// Compression on the held-out reference-language text.
     pub reference: CompressionFigures,
 }
 
 /// What a run did (`OUT/report.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AdaptReport {
+    /// The config file.
     pub config: String,
+    /// The run's seed.
     pub seed: u64,
+    /// The tokenizer measurement and the decision.
     pub measurement: Measurement,
+    /// The extension, when the tokenizer was extended.
     pub extension: Option<Extension>,
     /// Checkpoints in order (base, extended, stages…, sft).
     pub checkpoints: Vec<String>,
@@ -637,10 +659,15 @@ pub struct AdaptReport {
     pub accuracy: BTreeMap<String, Vec<f64>>,
     /// Lang-swap rate per checkpoint (when prompts were given).
     pub lang_swap: Vec<f64>,
+    /// Watched metrics that got worse than the base beyond the tolerances.
     pub red_flags: Vec<dapt_eval::RedFlag>,
+    /// Every CPT stage's mix report.
     pub mix: Vec<MixReport>,
+    /// Every training stage's report.
     pub stages: Vec<StageReport>,
+    /// `OUT/report.md`.
     pub report_md: PathBuf,
+    /// `OUT/report.html`.
     pub report_html: PathBuf,
 }
 
@@ -1174,7 +1201,7 @@ pub fn run(
             let prompts = o.eval.prompts.len() as u64;
             let bar = crate::progress::bar(prompts, &checkpoint.label, "prompts");
             let evaluation = plan.execute(&model, &tokenizer, device, |done, _| {
-                bar.set_position(done as u64)
+                bar.set_position(done as u64);
             })?;
             bar.finish_and_clear();
             write_json(&path, &evaluation)
@@ -1529,7 +1556,7 @@ prompts = ["Привет"]
         assert!(error.contains("recipe.toml"), "{error}");
         let source = AdaptSettings::load(&misspelt)
             .err()
-            .and_then(|e| std::error::Error::source(&e).map(|s| s.to_string()));
+            .and_then(|e| std::error::Error::source(&e).map(std::string::ToString::to_string));
         assert!(source.unwrap_or_default().contains("tokenz"));
 
         let reserved = write(

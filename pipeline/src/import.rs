@@ -41,13 +41,19 @@ pub struct ImportSettings {
 /// What an import wrote (or found already written).
 #[derive(Clone, Debug, Serialize)]
 pub struct ImportReport {
+    /// The model directory.
     pub out: PathBuf,
     /// True when a finished import with the same identity was reused.
     pub reused: bool,
+    /// Content hash of the GGUF file and the settings.
     pub identity: String,
+    /// `general.architecture` of the GGUF.
     pub architecture: String,
+    /// Parameters written.
     pub parameters: u64,
+    /// Tensors written.
     pub tensors: usize,
+    /// Vocabulary size of the rebuilt tokenizer.
     pub vocab_size: usize,
 }
 

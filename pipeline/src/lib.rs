@@ -7,6 +7,7 @@
 //!
 //! Without the default `torch` feature the crate builds without LibTorch: the data recipes (ingest,
 //! pack, mix) remain.
+#![warn(missing_docs)]
 
 #[cfg(feature = "torch")]
 pub mod adapt;

@@ -27,14 +27,21 @@ pub enum PackInput {
     /// A read-only query (returning `id`, `text` and optionally `component` or `source`) over the
     /// sources of a sources file (or none).
     Query {
+        /// The query.
         query: String,
+        /// The sources file its tables come from.
         sources: Option<PathBuf>,
     },
     /// A Document Parquet directory (a `dapt ingest` output), packed whole.
-    Documents { url: String },
+    Documents {
+        /// The directory's URL.
+        url: String,
+    },
     /// A read-only query over sources given in place (a recipe's own `[sources]`).
     Inline {
+        /// The query.
         query: String,
+        /// The sources its tables come from.
         sources: SourcesOptions,
     },
 }
@@ -50,7 +57,9 @@ pub enum PackMode {
         /// A `tokenizer_config.json` with the chat template, or `chatml`; `None`: the
         /// `tokenizer_config.json` beside the tokenizer.
         chat_template: Option<String>,
+        /// Examples packed together by best-fit-decreasing.
         window: usize,
+        /// What an example longer than a row does.
         overlong: Overlong,
     },
 }
@@ -58,24 +67,33 @@ pub enum PackMode {
 /// A pack job.
 #[derive(Clone, Debug)]
 pub struct PackJob {
+    /// Where the documents come from.
     pub input: PackInput,
+    /// The `tokenizer.json`.
     pub tokenizer: PathBuf,
+    /// Encoder backend.
     pub encoder: EncoderChoice,
+    /// Row length, held-out share, special tokens.
     pub settings: PackSettings,
+    /// Seed of the document order and the held-out split.
     pub seed: u64,
     /// Output directory (URL).
     pub out: String,
+    /// CPT or SFT.
     pub mode: PackMode,
 }
 
 /// What a pack job did.
 #[derive(Clone, Debug)]
 pub enum PackOutcome {
+    /// A CPT packing.
     Cpt {
+        /// What it packed.
         stats: PackStats,
         /// The encoder that tokenised (`fast` or `hf`).
         encoder: String,
     },
+    /// An SFT packing and what it packed.
     Sft(SftStats),
 }
 
@@ -296,7 +314,7 @@ async fn ordered_documents(
             .map(|l| dapt_sql::rows::string_column(&batch, l, query))
             .transpose()?;
         let (ids, texts) = (ids.as_string::<i32>(), texts.as_string::<i32>());
-        let labels = labels.as_ref().map(|l| l.as_string::<i32>());
+        let labels = labels.as_ref().map(arrow::array::AsArray::as_string::<i32>);
         for i in 0..batch.num_rows() {
             if !(ids.is_valid(i) && texts.is_valid(i)) {
                 continue;

@@ -107,7 +107,9 @@ impl Default for EvalOptions {
 /// Where the run's tokenizer comes from.
 #[derive(Clone, Debug, Serialize)]
 pub enum TokenizerSource {
+    /// An existing `tokenizer.json`.
     File(PathBuf),
+    /// A byte-level BPE trained on the run's training documents.
     Train(BpeTrainOptions),
 }
 
@@ -187,12 +189,19 @@ impl RunSettings {
 /// What a run did, as written to `OUT/report.json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
+    /// Documents trained on.
     pub train_documents: usize,
+    /// Documents held out.
     pub heldout_documents: usize,
+    /// Held-out perplexity of the untrained model.
     pub perplexity_before: f64,
+    /// Held-out perplexity after training.
     pub perplexity_after: f64,
+    /// Held-out target tokens.
     pub heldout_tokens: i64,
+    /// `OUT/report.json`.
     pub report_json: PathBuf,
+    /// `OUT/report.md`: base against adapted.
     pub comparison: PathBuf,
 }
 
@@ -344,7 +353,7 @@ pub fn run(settings: &RunSettings, config: &Path, out: &Path) -> Result<RunRepor
     };
     let steps = settings.train.steps;
     let outcome = trainer.run(&mut data, false, |m| {
-        crate::progress::train_step(&bar, "train", m, steps)
+        crate::progress::train_step(&bar, "train", m, steps);
     })?;
     let history = outcome.history;
     bar.finish_and_clear();

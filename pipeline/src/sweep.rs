@@ -111,35 +111,47 @@ pub struct DataCost {
     pub components_tokenised: usize,
     /// Documents and UTF-8 bytes that went through the tokenizer in this run.
     pub documents_tokenised: u64,
+    /// (See `documents_tokenised`.)
     pub bytes_tokenised: u64,
     /// Bytes of all component texts (what one pass of tokenisation costs).
     pub component_bytes: u64,
+    /// Seconds spent tokenising.
     pub tokenise_seconds: f64,
+    /// Seconds spent assembling variants from token ids.
     pub assemble_seconds: f64,
 }
 
 /// One variant's outcome.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VariantResult {
+    /// Variant name.
     pub name: String,
+    /// Component weights as configured.
     pub weights: BTreeMap<String, f64>,
     /// Share of assembled tokens per component.
     pub shares: BTreeMap<String, f64>,
+    /// Tokens assembled.
     pub tokens: u64,
+    /// Its evaluation metrics.
     pub metrics: BTreeMap<String, f64>,
 }
 
 /// `sweep_results.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SweepResults {
+    /// Component names.
     pub components: Vec<String>,
+    /// What tokenisation cost.
     pub data: DataCost,
+    /// Every variant's outcome.
     pub variants: Vec<VariantResult>,
+    /// The mixture regression, with three or more variants.
     pub regression: Option<Regression>,
 }
 
 /// What a finished sweep wrote.
 pub struct SweepOutcome {
+    /// The results (also `OUT/sweep_results.json`).
     pub results: SweepResults,
     /// The Markdown summary (also `OUT/sweep.md`).
     pub document: String,

@@ -3,6 +3,7 @@
 //! locations (or a sources TOML) and SQL; its output is Arrow record batches. Every session carries the
 //! dapt function catalogue ([`register_functions`]). Mix SQL is read-only: only queries are
 //! accepted; DDL, DML, COPY and session statements are refused with an error that says so.
+#![warn(missing_docs)]
 
 mod error;
 pub mod functions;

@@ -1,6 +1,6 @@
 //! Query results as strings: for commands that read a few named columns of every row (labelled
 //! examples, chats, ids and texts).
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::DataType;
 use futures::TryStreamExt;
 
@@ -46,7 +46,10 @@ pub async fn string_rows(
             .iter()
             .map(|name| string_column(&batch, name, query))
             .collect::<Result<Vec<_>>>()?;
-        let strings: Vec<_> = values.iter().map(|v| v.as_string::<i32>()).collect();
+        let strings: Vec<_> = values
+            .iter()
+            .map(arrow::array::AsArray::as_string::<i32>)
+            .collect();
         for i in 0..batch.num_rows() {
             if strings.iter().all(|s| s.is_valid(i)) {
                 rows.push(strings.iter().map(|s| s.value(i).to_string()).collect());

@@ -196,7 +196,7 @@ impl SqlSession {
                     self.context
                         .register_json(&raw, &url, options)
                         .await
-                        .map_err(register_error)?
+                        .map_err(register_error)?;
                 }
             }
             if !source.columns.is_empty() {

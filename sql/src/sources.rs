@@ -37,7 +37,9 @@ pub struct SourceOptions {
 /// Table formats a source can have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceFormat {
+    /// Parquet files.
     Parquet,
+    /// JSON lines (plain, `.gz`, `.zst`).
     Jsonl,
 }
 

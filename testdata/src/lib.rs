@@ -4,6 +4,7 @@
 //!
 //! The folder is `$DAPT_TEST_DATA` (an absolute path) or `.cache/test-data/` in the repository. A test that
 //! needs it when it is missing fails with a message naming the command that fetches it; nothing is skipped.
+#![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
 

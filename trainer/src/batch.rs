@@ -62,16 +62,16 @@ impl Batch {
             let start = segment_ids.len();
             let mut used = 0;
             for &length in &row.segment_lengths {
-                used += length as i64;
+                used += i64::from(length);
                 cu_seqlens.push(start as i32 + used as i32);
-                max_seqlen = max_seqlen.max(length as i64);
+                max_seqlen = max_seqlen.max(i64::from(length));
             }
             if used < seq {
                 cu_seqlens.push(start as i32 + seq as i32);
                 max_seqlen = max_seqlen.max(seq - used);
             }
             for (segment, &length) in row.segment_lengths.iter().enumerate() {
-                for position in 0..length as i64 {
+                for position in 0..i64::from(length) {
                     positions.push(position);
                     segment_ids.push(segment as i64);
                 }
@@ -84,14 +84,14 @@ impl Batch {
             }
             let row_segments = &segment_ids[start..];
             for t in 0..seq as usize {
-                ids.push(row.input_ids[t] as i64);
+                ids.push(i64::from(row.input_ids[t]));
                 let next = t + 1;
                 let valid = next < seq as usize
                     && row_segments[t] == row_segments[next]
                     && row_segments[t] != pad_segment
                     && (!use_mask || row.loss_mask.get(next).copied().unwrap_or(true));
                 if valid {
-                    targets.push(row.input_ids[next] as i64);
+                    targets.push(i64::from(row.input_ids[next]));
                     target_count += 1;
                 } else {
                     targets.push(IGNORE_INDEX);

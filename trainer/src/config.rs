@@ -9,7 +9,9 @@ use crate::{Error, Result};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum TokenIds {
+    /// One id.
     One(i64),
+    /// Several ids.
     Many(Vec<i64>),
 }
 
@@ -28,19 +30,28 @@ impl TokenIds {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ModelConfig {
+    /// HF class names (`LlamaForCausalLM`, …).
     pub architectures: Vec<String>,
     /// `llama`, `qwen2` or `qwen3`.
     pub model_type: String,
+    /// Rows of the embedding table.
     pub vocab_size: i64,
+    /// Width of the residual stream.
     pub hidden_size: i64,
+    /// Width of the MLP.
     pub intermediate_size: i64,
+    /// Decoder layers.
     pub num_hidden_layers: i64,
+    /// Query heads.
     pub num_attention_heads: i64,
+    /// Key/value heads (grouped-query attention when fewer than the query heads).
     pub num_key_value_heads: i64,
     /// Size of one attention head; `hidden_size / num_attention_heads` when absent (Qwen3 sets it apart).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<i64>,
+    /// Longest sequence the model was trained for.
     pub max_position_embeddings: i64,
+    /// Epsilon of the RMS norms.
     pub rms_norm_eps: f64,
     /// RoPE base (transformers 4 layout); `rope_parameters.rope_theta` wins when present.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,16 +62,23 @@ pub struct ModelConfig {
     /// RoPE settings (transformers 5 layout): `{rope_type, rope_theta, factor, …}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rope_parameters: Option<Value>,
+    /// Whether the output head shares the input embedding table.
     pub tie_word_embeddings: bool,
+    /// MLP activation (`silu`).
     pub hidden_act: String,
+    /// Standard deviation of the random initialisation.
     pub initializer_range: f64,
     /// Biases on the attention projections (Llama: q/k/v/o; Qwen3: q/k/v/o). Qwen2 always has q/k/v biases.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attention_bias: Option<bool>,
+    /// Biases on the MLP projections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mlp_bias: Option<bool>,
+    /// Beginning-of-sequence token.
     pub bos_token_id: Option<TokenIds>,
+    /// End-of-sequence token(s).
     pub eos_token_id: Option<TokenIds>,
+    /// Padding token.
     pub pad_token_id: Option<TokenIds>,
     /// Every other key of the file, written back unchanged.
     #[serde(flatten)]
@@ -100,16 +118,22 @@ impl Default for ModelConfig {
 /// How rotary frequencies are derived from the base ones.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {
+    /// Plain RoPE.
     None,
     /// Positions divided by `factor`.
     Linear {
+        /// The divisor.
         factor: f64,
     },
     /// Llama 3's frequency-dependent scaling.
     Llama3 {
+        /// Overall context extension factor.
         factor: f64,
+        /// Wavelengths above `original / low_freq_factor` are scaled fully.
         low_freq_factor: f64,
+        /// Wavelengths below `original / high_freq_factor` are kept.
         high_freq_factor: f64,
+        /// The context length before scaling.
         original_max_position_embeddings: f64,
     },
 }
@@ -117,7 +141,9 @@ pub enum RopeScaling {
 /// Resolved RoPE settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rope {
+    /// RoPE base.
     pub theta: f64,
+    /// How frequencies are scaled.
     pub scaling: RopeScaling,
 }
 
@@ -390,9 +416,13 @@ impl Default for ProxyModelOptions {
 /// What a recipe knows that fills a proxy's unset keys.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProxyDefaults {
+    /// The tokenizer's vocabulary size.
     pub vocab_size: Option<i64>,
+    /// The packed rows' length.
     pub max_position_embeddings: Option<i64>,
+    /// The tokenizer's end-of-sequence id.
     pub eos_token_id: Option<i64>,
+    /// The tokenizer's padding id.
     pub pad_token_id: Option<i64>,
 }
 

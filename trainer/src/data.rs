@@ -15,8 +15,11 @@ use crate::{Error, Result};
 /// Position of the next row: epoch, index of the shard in that epoch's order, row within the shard.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataCursor {
+    /// Epoch (0-based).
     pub epoch: u64,
+    /// Index of the shard in that epoch's order.
     pub shard: usize,
+    /// Row within the shard.
     pub row: usize,
 }
 
@@ -40,6 +43,7 @@ pub struct InMemoryRows {
 }
 
 impl InMemoryRows {
+    /// Rows held in memory, served in an order seeded by `seed` per epoch.
     pub fn new(rows: Vec<PackedRow>, seed: u64) -> Result<Self> {
         if rows.is_empty() {
             return Err(Error::Setting {
@@ -115,6 +119,7 @@ impl PackedShards {
         Ok(PackedMetadata::from_manifest(&manifest, &location.url())?.config_hash)
     }
 
+    /// Opens a packed directory (checking its manifest and metadata); shards are read as rows are needed, `prefetch_rows` ahead.
     pub fn open(location: Location, seed: u64, prefetch_rows: usize) -> Result<Self> {
         let runtime = runtime()?;
         let bytes = runtime.block_on(location.read(MANIFEST_NAME))?;

@@ -4,60 +4,98 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// An error of the shared layer (locations, manifests, Parquet, schemas).
     #[error(transparent)]
     Core(#[from] dapt_core::Error),
 
+    /// A model, config or checkpoint file that cannot be used.
     #[error("{path}: {reason}")]
-    File { path: String, reason: String },
+    File {
+        /// The file or directory concerned.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 
+    /// A LibTorch operation that failed.
     #[error("torch error in {what}: {source}")]
     Torch {
+        /// What was being read, written or built.
         what: String,
+        /// The underlying error.
         #[source]
         source: tch::TchError,
     },
 
+    /// A local file that cannot be read or written.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
 
+    /// JSON that cannot be read or written.
     #[error("{what}: {source}")]
     Json {
+        /// What was being read, written or built.
         what: String,
+        /// The underlying error.
         #[source]
         source: serde_json::Error,
     },
 
+    /// A TOML file that cannot be parsed.
     #[error("{}: {source}", path.display())]
     Toml {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: Box<toml::de::Error>,
     },
 
+    /// An invalid setting.
     #[error("invalid setting {key}: {reason}")]
-    Setting { key: String, reason: String },
+    Setting {
+        /// The setting's key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
 
+    /// An error in the context of a file or key.
     #[error("{what}: {source}")]
     Invalid {
+        /// What was being read, written or built.
         what: String,
+        /// The underlying error.
         #[source]
         source: Box<Error>,
     },
 
+    /// Training data that failed at a known step and position.
     #[error("training data at step {step} (next row: epoch {}, shard {}, row {})", cursor.epoch, cursor.shard, cursor.row)]
     Data {
+        /// The optimiser step (0-based).
         step: usize,
+        /// Where the data reader was.
         cursor: crate::DataCursor,
+        /// The underlying error.
         #[source]
         source: Box<Error>,
     },
 
+    /// A loss that is no longer a finite number.
     #[error("training diverged at step {step}: loss is {loss}")]
-    Diverged { step: usize, loss: f64 },
+    Diverged {
+        /// The optimiser step (0-based).
+        step: usize,
+        /// The loss value.
+        loss: f64,
+    },
 }
 
 /// Result with [`Error`] as the default error.

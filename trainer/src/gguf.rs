@@ -120,10 +120,13 @@ pub struct GgufModel {
 /// What [`GgufModel::write_weights`] wrote.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct WeightsReport {
+    /// Tensors written.
     pub tensors: usize,
+    /// Parameters written.
     pub parameters: u64,
     /// Quantisation types of the source tensors and how many of each.
     pub source_types: BTreeMap<String, usize>,
+    /// Bytes of `model.safetensors`.
     pub bytes: u64,
 }
 

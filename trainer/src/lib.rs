@@ -6,6 +6,7 @@
 //! warmup + decay, clipping, accumulation, checkpoints with exact resume). Its input is packed Parquet
 //! rows from the packer (via `dapt-core`) and HF model directories; its output is model and adapter
 //! directories, checkpoints and per-step metrics.
+#![warn(missing_docs)]
 
 mod batch;
 mod config;

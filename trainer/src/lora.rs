@@ -58,7 +58,10 @@ impl Default for LoraOptions {
             r: 8,
             alpha: 16.0,
             dropout: 0.05,
-            target_modules: ALL_LINEAR.iter().map(|s| s.to_string()).collect(),
+            target_modules: ALL_LINEAR
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             init: LoraInit::Kaiming,
             rslora: false,
         }
@@ -248,6 +251,7 @@ impl LoraOptions {
 /// Embedding rows trained beside the adapters (PEFT's `trainable_token_indices`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrainableTokens {
+    /// The trainable row ids.
     pub rows: std::ops::Range<i64>,
     /// The untied output table's rows train too (`lm_head`).
     pub output_table: bool,

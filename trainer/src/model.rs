@@ -451,6 +451,7 @@ impl KvCache {
         self.seen
     }
 
+    /// True before any position was cached.
     pub fn is_empty(&self) -> bool {
         self.seen == 0
     }
@@ -567,6 +568,7 @@ impl CausalLm {
         })
     }
 
+    /// The model's `config.json`.
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
@@ -576,6 +578,7 @@ impl CausalLm {
         self.training.set(training);
     }
 
+    /// Whether dropout is active.
     pub fn is_training(&self) -> bool {
         self.training.get()
     }
@@ -653,8 +656,7 @@ impl CausalLm {
             return Err(Error::Setting {
                 key: "freeze_embeddings_below".into(),
                 reason: format!(
-                    "must be between 1 and the vocabulary size {} (exclusive) to train the rows above it, is {first}",
-                    vocab
+                    "must be between 1 and the vocabulary size {vocab} (exclusive) to train the rows above it, is {first}"
                 ),
             });
         }

@@ -32,6 +32,10 @@ pub struct AdamW {
 }
 
 /// Whether a variable decays: not norms, not biases.
+#[expect(
+    clippy::case_sensitive_file_extension_comparisons,
+    reason = "a variable name, not a file"
+)]
 pub fn decays(name: &str) -> bool {
     !(name.contains("norm") || name.ends_with(".bias"))
 }
@@ -87,6 +91,7 @@ impl AdamW {
         self.step
     }
 
+    /// Clears the gradients of every optimised variable.
     pub fn zero_grad(&mut self) {
         for p in &mut self.parameters {
             let mut grad = p.tensor.grad();
@@ -104,7 +109,7 @@ impl AdamW {
                 .parameters
                 .iter()
                 .map(|p| p.tensor.grad())
-                .filter(|g| g.defined())
+                .filter(tch::Tensor::defined)
                 .collect();
             if grads.is_empty() {
                 return 0.0;

@@ -15,6 +15,7 @@ use crate::{Error, ModelConfig, Result};
 /// One appended token, as `new_tokens.json` lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewTokenSpec {
+    /// Its id in the extended vocabulary.
     pub id: i64,
     /// The text it stands for (for messages and fallbacks).
     #[serde(default)]
@@ -38,12 +39,15 @@ pub enum ResizeInit {
 /// What a resize did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResizeReport {
+    /// Rows before.
     pub old_rows: i64,
+    /// Rows after.
     pub new_rows: i64,
     /// New tokens initialised from their sub-tokens.
     pub from_subtokens: usize,
     /// Rows initialised at random (new tokens without decomposition, padding rows).
     pub random: usize,
+    /// Whether input and output tables are one.
     pub tied: bool,
 }
 

@@ -25,8 +25,10 @@ use crate::{CausalLm, Error, ProxyDefaults, ProxyModelOptions, Result};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
+    /// Every parameter (or the embeddings only, see `trainable`) trains.
     #[default]
     Full,
+    /// LoRA adapters train on a frozen base.
     Lora,
 }
 
@@ -48,11 +50,14 @@ pub enum DeviceChoice {
     /// CUDA when available, else CPU.
     #[default]
     Auto,
+    /// The CPU.
     Cpu,
+    /// The first CUDA device (an error when there is none).
     Cuda,
 }
 
 impl DeviceChoice {
+    /// The device this choice means here.
     pub fn device(self) -> Result<Device> {
         Ok(match self {
             Self::Auto => Device::cuda_if_available(),
@@ -81,8 +86,10 @@ pub struct StageOptions {
     /// Packed Parquet directory of held-out rows: loss before/after and every `train.eval_every` steps.
     #[serde(default)]
     pub heldout: Option<String>,
+    /// Full fine-tuning or LoRA.
     #[serde(default)]
     pub method: Method,
+    /// In a full stage: every parameter or the embedding tables only.
     #[serde(default)]
     pub trainable: Trainable,
     /// Keep embedding rows below this id unchanged (e.g. the old vocabulary after an extension). In a
@@ -90,8 +97,10 @@ pub struct StageOptions {
     /// saved with them; the rest of the model stays frozen.
     #[serde(default)]
     pub freeze_embeddings_below: Option<i64>,
+    /// `[stage.train]`: steps, batch, learning rate, schedule.
     #[serde(default)]
     pub train: TrainOptions,
+    /// `[stage.lora]`: rank, alpha, dropout, target modules (LoRA stages).
     #[serde(default)]
     pub lora: LoraOptions,
 }
@@ -109,6 +118,7 @@ pub struct TrainConfigOptions {
     /// Or a model initialised at random from these `config.json` keys (a proxy model).
     #[serde(default)]
     pub init: Option<ProxyModelOptions>,
+    /// Where training runs: auto, cpu or cuda.
     #[serde(default)]
     pub device: DeviceChoice,
     /// Rows read ahead by the data loader.
@@ -117,6 +127,7 @@ pub struct TrainConfigOptions {
     /// object_store options for `data`/`heldout` URLs (`aws_endpoint`, `aws_region`, …).
     #[serde(default)]
     pub storage: BTreeMap<String, String>,
+    /// The stages, in order (`[[stage]]`).
     #[serde(rename = "stage")]
     pub stages: Vec<StageOptions>,
 }
@@ -128,6 +139,7 @@ fn default_prefetch() -> usize {
 /// A validated training config.
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
+    /// The options as read.
     pub options: TrainConfigOptions,
     /// Directory of the config file (relative paths resolve against it).
     pub base_dir: PathBuf,
@@ -235,17 +247,27 @@ impl TrainConfig {
 /// `stage.json`: what a finished stage did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StageReport {
+    /// Stage name.
     pub name: String,
     /// Hash of the stage's settings and its input model.
     pub hash: String,
+    /// Full or LoRA.
     pub method: Method,
+    /// Optimiser steps.
     pub steps: usize,
+    /// Target tokens trained on.
     pub target_tokens: i64,
+    /// Parameters that trained.
     pub trainable_parameters: i64,
+    /// Loss of the first step.
     pub first_loss: f64,
+    /// Loss of the last step.
     pub last_loss: f64,
+    /// Held-out loss before the stage.
     pub heldout_before: Option<f64>,
+    /// Held-out loss after it.
     pub heldout_after: Option<f64>,
+    /// Wall time of the stage.
     pub seconds: f64,
     /// The output model directory.
     pub model: String,

@@ -22,9 +22,12 @@ use crate::{Batch, CausalLm, Error, Result};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
+    /// Half a cosine from the peak to the floor.
     #[default]
     Cosine,
+    /// A straight line from the peak to the floor.
     Linear,
+    /// The peak throughout.
     Constant,
 }
 
@@ -48,8 +51,11 @@ pub struct TrainOptions {
     pub schedule: Schedule,
     /// Decoupled weight decay (not applied to norms and biases).
     pub weight_decay: f64,
+    /// AdamW's first-moment decay.
     pub beta1: f64,
+    /// AdamW's second-moment decay.
     pub beta2: f64,
+    /// AdamW's epsilon.
     pub eps: f64,
     /// Maximum global gradient L2 norm; 0 disables clipping.
     pub grad_clip: f64,
@@ -192,14 +198,17 @@ impl TrainOptions {
 /// Metrics of one optimiser step (one line of the JSONL log).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
+    /// Step (0-based).
     pub step: usize,
     /// Mean loss per target token over the step's window.
     pub loss: f64,
+    /// Learning rate of the step.
     pub learning_rate: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     /// Target tokens in the step.
     pub tokens: i64,
+    /// Target tokens per second of wall time.
     pub tokens_per_second: f64,
     /// Model FLOPs utilisation, when `peak_tflops` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -214,7 +223,9 @@ pub struct StepMetrics {
 pub struct CheckpointState {
     /// Steps completed.
     pub step: usize,
+    /// Where the data reader continues.
     pub cursor: DataCursor,
+    /// The run's seed.
     pub seed: u64,
     /// Optimiser steps taken (equals `step`).
     pub optimizer_steps: i64,
@@ -222,10 +233,13 @@ pub struct CheckpointState {
 
 /// A training run over one model.
 pub struct Trainer<'a> {
+    /// The model.
     pub model: &'a CausalLm,
     /// The VarStore whose variables train: the model's own (full fine-tuning) or the adapters' (LoRA).
     pub trainable: &'a nn::VarStore,
+    /// Validated training settings.
     pub options: &'a TrainSettings,
+    /// The run's seed (data order, dropout).
     pub seed: u64,
     /// Held-out rows for `eval_every`.
     pub heldout: Option<&'a [PackedRow]>,
@@ -244,6 +258,7 @@ pub struct TrainOutcome {
     pub history: Vec<StepMetrics>,
     /// The step training resumed from (0 for a fresh run).
     pub resumed_from: usize,
+    /// Parameters that trained.
     pub trainable_parameters: i64,
 }
 
@@ -527,10 +542,14 @@ impl<'a> Trainer<'a> {
         std::fs::rename(&tmp, &final_dir).map_err(crate::error::io_error(&final_dir))?;
         write_atomically(&dir.join("latest"), name.as_bytes())?;
         tracing::debug!(step, dir = %final_dir.display(), "checkpoint saved");
-        // Prune older checkpoints.
+        // Prune older checkpoints (their names are ours: `step-NNNNNNNN`, `.tmp` while written).
+        #[expect(
+            clippy::case_sensitive_file_extension_comparisons,
+            reason = "checkpoint names dapt writes itself"
+        )]
         let mut existing: Vec<String> = std::fs::read_dir(dir)
             .map_err(crate::error::io_error(dir))?
-            .filter_map(|e| e.ok())
+            .filter_map(std::result::Result::ok)
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
             .collect();

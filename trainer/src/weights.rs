@@ -52,9 +52,11 @@ fn dtype_name(kind: Kind) -> Option<&'static str> {
 /// One tensor of a safetensors file, as its header lists it.
 #[derive(Clone, Debug)]
 pub struct TensorEntry {
+    /// Tensor name.
     pub name: String,
     /// safetensors dtype name (`F32`, `BF16`, …).
     pub dtype: &'static str,
+    /// Shape.
     pub shape: Vec<i64>,
     /// Bytes of its data.
     pub bytes: usize,

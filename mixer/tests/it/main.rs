@@ -76,7 +76,7 @@ fn edit_to(
         positions.swap(i, (state >> 33) as usize % (i + 1));
     }
     let copy = |m: usize| {
-        let mut edited: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        let mut edited: Vec<String> = words.iter().map(std::string::ToString::to_string).collect();
         for (step, &p) in positions.iter().take(m).enumerate() {
             edited[p] = format!("правка{seed}x{step}");
         }

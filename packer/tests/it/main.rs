@@ -305,7 +305,7 @@ fn assert_same_ids(
     fast: &dapt_packer::FastEncoder,
     docs: &[String],
 ) {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let chunk = docs.len().div_ceil(threads);
     std::thread::scope(|scope| {
         for (c, part) in docs.chunks(chunk).enumerate() {

@@ -17,10 +17,13 @@ const MAGIC: &[u8; 8] = b"DAPTCLS1";
 pub struct TrainOptions {
     /// Feature buckets: `2^bits`.
     pub bits: u32,
+    /// Passes over the training examples.
     pub epochs: usize,
+    /// SGD step size.
     pub learning_rate: f32,
     /// L2 penalty per step.
     pub l2: f32,
+    /// Seed of the example order and the train/held-out split.
     pub seed: u64,
 }
 
@@ -55,11 +58,15 @@ pub struct Classifier {
 /// Quality of a classifier on labelled texts.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Metrics {
+    /// Examples scored.
     pub examples: usize,
+    /// Positives among them.
     pub positives: usize,
     /// At a score threshold of 0.5.
     pub precision: f64,
+    /// Share of positives found (at 0.5).
     pub recall: f64,
+    /// Share of examples classified right (at 0.5).
     pub accuracy: f64,
     /// Area under the ROC curve.
     pub auc: f64,
@@ -68,12 +75,12 @@ pub struct Metrics {
 fn features(text: &str, bits: u32, seed: u64, chars: (usize, usize)) -> Vec<u32> {
     let mask = (1u64 << bits) - 1;
     let hash = |kind: u8, bytes: &[u8]| -> u32 {
-        (xxh3_64_with_seed(bytes, seed ^ kind as u64) & mask) as u32
+        (xxh3_64_with_seed(bytes, seed ^ u64::from(kind)) & mask) as u32
     };
     let words: Vec<String> = text
         .split_whitespace()
         .take(MAX_WORDS)
-        .map(|w| w.to_lowercase())
+        .map(str::to_lowercase)
         .collect();
     let mut out = Vec::with_capacity(words.len() * 6);
     for (i, word) in words.iter().enumerate() {
@@ -112,7 +119,7 @@ impl Classifier {
 
     /// Probability in [0, 1] that the text is of the positive class.
     pub fn score(&self, text: &str) -> f64 {
-        sigmoid(self.raw(&self.features(text))) as f64
+        f64::from(sigmoid(self.raw(&self.features(text))))
     }
 
     /// Trains on `(text, is_positive)` examples.

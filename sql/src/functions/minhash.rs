@@ -6,8 +6,8 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 const MERSENNE_61: u64 = (1 << 61) - 1;
 
 fn mod_mersenne(x: u128) -> u64 {
-    let folded = (x & MERSENNE_61 as u128) + (x >> 61);
-    let folded = (folded & MERSENNE_61 as u128) + (folded >> 61);
+    let folded = (x & u128::from(MERSENNE_61)) + (x >> 61);
+    let folded = (folded & u128::from(MERSENNE_61)) + (folded >> 61);
     let v = folded as u64;
     if v >= MERSENNE_61 {
         v - MERSENNE_61
@@ -35,6 +35,7 @@ pub struct MinHasher {
 }
 
 impl MinHasher {
+    /// A MinHash over `k`-word shingles with `num_perm` hash functions seeded by `seed`.
     pub fn new(k: usize, num_perm: usize, seed: u64) -> Self {
         let mut state = seed;
         let permutations = (0..num_perm)
@@ -51,6 +52,7 @@ impl MinHasher {
         }
     }
 
+    /// Signature length.
     pub fn num_perm(&self) -> usize {
         self.permutations.len()
     }
@@ -83,7 +85,7 @@ impl MinHasher {
             .map(|&(a, b)| {
                 shingles
                     .iter()
-                    .map(|&x| mod_mersenne(a as u128 * x as u128 + b as u128))
+                    .map(|&x| mod_mersenne(u128::from(a) * u128::from(x) + u128::from(b)))
                     .min()
                     .unwrap_or(u64::MAX)
             })

@@ -19,7 +19,9 @@ use super::{constant_string, Texts};
 /// Tokenizers and classifiers by name.
 #[derive(Clone, Debug, Default)]
 pub struct Models {
+    /// Tokenizers by the name `token_count(text, name)` uses.
     pub tokenizers: BTreeMap<String, Arc<dapt_encoder::TokenizerFile>>,
+    /// Classifiers by the name `classify(text, name)` uses.
     pub classifiers: BTreeMap<String, Arc<Classifier>>,
 }
 
@@ -65,10 +67,12 @@ impl ModelFunction {
         }
     }
 
+    /// `token_count(text, tokenizer_name)`.
     pub fn token_count(models: Arc<Models>) -> Self {
         Self::new(Kind::TokenCount, models)
     }
 
+    /// `classify(text, classifier_name)`.
     pub fn classify(models: Arc<Models>) -> Self {
         Self::new(Kind::Classify, models)
     }

@@ -9,8 +9,11 @@ use arrow::datatypes::{DataType, Fields};
 /// Statistics of one document. Words are whitespace-separated; lines are non-empty lines.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TextStats {
+    /// Characters.
     pub chars: u64,
+    /// Whitespace-separated words.
     pub words: u64,
+    /// Lines.
     pub lines: u64,
     /// Mean length in characters of words, punctuation around them stripped.
     pub mean_word_length: f64,
@@ -48,6 +51,7 @@ fn ratio(part: u64, whole: u64) -> f64 {
 }
 
 impl TextStats {
+    /// The statistics of `text`.
     pub fn of(text: &str) -> Self {
         let mut stats = TextStats {
             chars: text.chars().count() as u64,

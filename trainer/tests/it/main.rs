@@ -17,7 +17,8 @@ use dapt_trainer::{
 static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG.lock().unwrap_or_else(|e| e.into_inner())
+    RNG.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -763,7 +764,7 @@ fn resize_initialises_new_rows_as_subtoken_means_and_freezing_keeps_old_rows() {
 fn kv_cache_matches_the_full_forward() {
     let (_vs, model) = CausalLm::load(&fixture("qwen3"), Device::Cpu, Kind::Float).unwrap();
     let (rows, expected) = reference(&fixture("qwen3"));
-    let ids: Vec<i64> = rows[0].input_ids.iter().map(|&i| i as i64).collect();
+    let ids: Vec<i64> = rows[0].input_ids.iter().map(|&i| i64::from(i)).collect();
     let mut cache = dapt_trainer::KvCache::default();
     let prompt = Tensor::from_slice(&ids[..5]).unsqueeze(0);
     let mut pieces = vec![dapt_trainer::tch::no_grad(|| {
@@ -806,7 +807,7 @@ fn sharded_and_bf16_checkpoints_load() {
         ("model-00002-of-00002.safetensors", &second),
     ] {
         dapt_trainer::weights::save_safetensors(&sharded.path().join(file), part).unwrap();
-        for (name, _) in part.iter() {
+        for (name, _) in part {
             weight_map.insert(name.clone(), file.into());
         }
     }
