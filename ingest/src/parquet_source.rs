@@ -109,6 +109,22 @@ impl ParquetSource {
             let column = batch.column_by_name(name)?;
             arrow::compute::cast(column, &DataType::Utf8).ok()
         };
+        // The text must be text: numbers or lists cast to strings would become "documents".
+        if let Some(column) = batch.column_by_name(&settings.text_field) {
+            let kind = column.data_type();
+            if !matches!(
+                kind,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            ) {
+                self.done = true;
+                let reason = format!(
+                    "text column {:?} holds {kind}, not strings; set the text field to a string column",
+                    settings.text_field
+                );
+                context.reject(None, reason)?;
+                return Ok(None);
+            }
+        }
         let Some(text) = as_strings(&settings.text_field) else {
             self.done = true;
             let columns: Vec<String> = batch

@@ -7,6 +7,7 @@
 
 mod error;
 pub mod functions;
+mod jsonl_format;
 pub mod rows;
 mod session;
 mod sources;

@@ -64,6 +64,11 @@ impl SqlSession {
     }
 
     fn with_context(context: SessionContext) -> Self {
+        // File paths and URLs work as tables: `SELECT … FROM 'data/part-0.parquet'`.
+        let context = context.enable_url_table();
+        if let Err(error) = crate::jsonl_format::register(&context) {
+            tracing::warn!(%error, "file-path tables with .jsonl/.ndjson names are not available");
+        }
         crate::functions::register_functions(&context);
         Self { context }
     }
@@ -144,10 +149,20 @@ impl SqlSession {
     pub async fn register_sources(&self, sources: &SourcesOptions) -> Result<()> {
         self.register_models(sources)?;
         for (name, source) in &sources.sources {
-            let format = source.format(name)?;
-            let (base, _) = dapt_core::location::split_glob(&source.url);
+            let mut format = source.format(name)?;
+            let (base, pattern) = dapt_core::location::split_glob(&source.url);
             let location = Location::parse_with(&base, &sources.storage)?;
             self.register_store(&location)?;
+            let mut json_extension = None;
+            if !source.names_its_format() && pattern.is_none() {
+                // A directory or prefix: its files say what it holds.
+                let objects = location.list_objects().await?;
+                let names = objects.iter().map(|o| o.location.as_ref());
+                if let Some((detected, extension)) = crate::sources::detect_format(names) {
+                    format = detected;
+                    json_extension = Some(extension);
+                }
+            }
             let url = if source.url.contains("://") {
                 source.url.clone()
             } else {
@@ -185,9 +200,12 @@ impl SqlSession {
                     .await
                     .map_err(register_error)?,
                 SourceFormat::Jsonl => {
-                    let extension = [".jsonl", ".json", ".ndjson"]
-                        .into_iter()
-                        .find(|e| url.ends_with(e))
+                    let extension = json_extension
+                        .or_else(|| {
+                            [".jsonl", ".json", ".ndjson"]
+                                .into_iter()
+                                .find(|e| url.ends_with(e))
+                        })
                         .unwrap_or(".jsonl");
                     let options = JsonReadOptions {
                         file_extension: extension,

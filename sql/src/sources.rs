@@ -78,6 +78,16 @@ impl SourcesOptions {
 
 impl SourceOptions {
     /// The table format: given, or by extension.
+    /// Whether `format` is set or the URL ends with a known file extension (otherwise the format of a
+    /// directory or prefix is detected from the files in it).
+    pub fn names_its_format(&self) -> bool {
+        self.format.is_some()
+            || [".parquet", ".jsonl", ".json", ".ndjson"]
+                .iter()
+                .any(|e| self.url.ends_with(e))
+    }
+
+    /// The format by `format` or the URL's extension; Parquet when neither says.
     pub fn format(&self, name: &str) -> Result<SourceFormat> {
         match self.format.as_deref() {
             Some("parquet") => Ok(SourceFormat::Parquet),
@@ -94,5 +104,46 @@ impl SourceOptions {
                 },
             ),
         }
+    }
+}
+/// The format of a directory's files by their names: Parquet when any is `.parquet`, else JSON lines
+/// with the extension (`.jsonl`, `.json`, `.ndjson`) of the first such file; `None` when no name says.
+pub fn detect_format<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> Option<(SourceFormat, &'static str)> {
+    let mut json = None;
+    for name in names {
+        if name.ends_with(".parquet") {
+            return Some((SourceFormat::Parquet, ".parquet"));
+        }
+        if json.is_none() {
+            json = [".jsonl", ".json", ".ndjson"]
+                .into_iter()
+                .find(|e| name.ends_with(e));
+        }
+    }
+    json.map(|e| (SourceFormat::Jsonl, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_format_comes_from_its_files() {
+        let detect = |names: &[&str]| detect_format(names.iter().copied());
+        assert_eq!(
+            detect(&["d/a.jsonl", "d/README"]),
+            Some((SourceFormat::Jsonl, ".jsonl"))
+        );
+        assert_eq!(
+            detect(&["d/x.ndjson"]),
+            Some((SourceFormat::Jsonl, ".ndjson"))
+        );
+        assert_eq!(
+            detect(&["d/_manifest.json", "d/part-0.parquet"]),
+            Some((SourceFormat::Parquet, ".parquet"))
+        );
+        assert_eq!(detect(&["d/notes.txt"]), None);
     }
 }

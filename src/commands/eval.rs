@@ -128,10 +128,11 @@ pub struct EvalArgs {
     /// Longest input in tokens (default: the model's max_position_embeddings, at most 2048).
     #[arg(long)]
     max_length: Option<usize>,
-    /// Token that conditions the first token of a held-out text (and stands in for an empty context);
-    /// default: BOS, else the first EOS id.
+    /// Token that conditions the first token of a held-out text (and stands in for an empty context):
+    /// an id (`0`) or a token of the vocabulary (`<|endoftext|>`); default: BOS, else the first EOS id.
     #[arg(long)]
-    prefix_token: Option<u32>,
+    prefix_token: Option<String>,
+    /// Seed of few-shot draws and of sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Name of the checkpoint in reports (default: the model directory's name, or its parent's when
@@ -171,8 +172,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let max_length = args
         .max_length
         .unwrap_or_else(|| (config.max_position_embeddings.max(1) as usize).min(2048));
-    let prefix = match args.prefix_token {
-        Some(p) => p,
+    let prefix = match args.prefix_token.as_deref() {
+        Some(token) => match token.parse::<u32>() {
+            Ok(id) => id,
+            Err(_) => tokenizer.id_of(token)?,
+        },
         None => config
             .bos_token_id
             .as_ref()

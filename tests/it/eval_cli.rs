@@ -369,6 +369,50 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
             != shots[1]["tasks"]["gk"]["details"][0]["logprobs"],
         "few-shot examples change the context"
     );
+    // `--prefix-token` takes a token of the vocabulary or its id, with the same result.
+    let vocabulary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        runs.join("facts/model/tokenizer.json"),
+    )?)?;
+    let eos_id = vocabulary["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["content"] == "<|endoftext|>")
+        .and_then(|t| t["id"].as_u64())
+        .unwrap();
+    let mut by_prefix = Vec::new();
+    for prefix in ["<|endoftext|>".to_string(), eos_id.to_string()] {
+        let out = d.join("prefix.json");
+        run_ok(&[
+            "eval",
+            "--model",
+            runs.join("facts/model").to_str().unwrap(),
+            "--task",
+            &format!("gk={}", bigbench.display()),
+            "--limit",
+            "5",
+            "--prefix-token",
+            &prefix,
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ])?;
+        by_prefix.push(eval_json(&out)?["tasks"]["gk"]["details"].clone());
+    }
+    ensure!(by_prefix[0] == by_prefix[1], "token and id give one prefix");
+    let stderr = run_fails(&[
+        "eval",
+        "--model",
+        runs.join("facts/model").to_str().unwrap(),
+        "--task",
+        &format!("gk={}", bigbench.display()),
+        "--prefix-token",
+        "<|no such token|>",
+        "--out",
+        d.join("never.json").to_str().unwrap(),
+    ])?;
+    ensure!(stderr.contains("<|no such token|>"), "{stderr}");
 
     // The report: base vs trained, charts, a red flag where a metric fell.
     let report = d.join("report/report.md");

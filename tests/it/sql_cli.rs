@@ -406,3 +406,67 @@ fn classifier_and_token_count_from_sql() -> Result<()> {
     ensure!(String::from_utf8_lossy(&missing.stderr).contains("no classifier \"nope\""));
     Ok(())
 }
+
+/// Sources a user writes first (#18): a directory and a glob of JSON-lines files, a relative path
+/// with `..` (resolved against the working directory), and file paths as tables in the query itself.
+#[test]
+fn json_lines_directories_globs_relative_paths_and_file_tables() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("work/data");
+    std::fs::create_dir_all(&data)?;
+    let fortunes: Vec<String> = std::fs::read_to_string(demo_data().join("fortunes-ru.jsonl"))?
+        .lines()
+        .take(30)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].to_string())
+        .collect();
+    for (part, chunk) in fortunes.chunks(10).enumerate() {
+        let lines: String = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, text)| format!("{{\"id\": \"{part}-{i}\", \"text\": {text}}}\n"))
+            .collect();
+        std::fs::write(data.join(format!("part-{part}.jsonl")), lines)?;
+    }
+    let cwd = dir.path().join("work/queries");
+    std::fs::create_dir_all(&cwd)?;
+    std::fs::write(
+        cwd.join("sources.toml"),
+        "[sources.by_dir]\nurl = \"../data/\"\n[sources.by_glob]\nurl = \"../data/part-*.jsonl\"\n\
+         [sources.one]\nurl = \"../queries/../data/part-1.jsonl\"\n",
+    )?;
+    let query = |sql: &str, config: bool| -> Result<String> {
+        let mut args = vec!["sql", "-e", sql, "--format", "csv"];
+        if config {
+            args.extend(["--config", "sources.toml"]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_dapt"))
+            .args(&args)
+            .env("DAPT_LOG", "warn")
+            .current_dir(&cwd)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let counts = query(
+        "SELECT (SELECT count(*) FROM by_dir) AS d, (SELECT count(*) FROM by_glob) AS g, \
+         (SELECT count(*) FROM one) AS o",
+        true,
+    )?;
+    ensure!(counts.lines().nth(1) == Some("30,30,10"), "{counts}");
+    let first = query(
+        "SELECT text FROM '../data/part-0.jsonl' WHERE id = '0-0'",
+        false,
+    )?;
+    let expected: String = serde_json::from_str(&fortunes[0])?;
+    ensure!(
+        first.contains(expected.lines().next().unwrap_or_default()),
+        "{first}"
+    );
+    let whole = query("SELECT count(*) AS n FROM '../data/'", false)?;
+    ensure!(whole.lines().nth(1) == Some("30"), "{whole}");
+    Ok(())
+}

@@ -628,6 +628,20 @@ fn ids_beyond_the_vocabulary_and_misspelt_model_keys_are_refused() -> Result<()>
         !out.join("cpt/model").exists(),
         "nothing was trained on data that does not fit"
     );
+    // The failed run left no checkpoint: the same output trains with settings that fit.
+    let fitting = write(
+        "fitting.toml",
+        &format!(
+            "vocab_size = {vocab}\nhidden_size = 32\nintermediate_size = 64\nnum_attention_heads = 2\nnum_key_value_heads = 1"
+        ),
+    )?;
+    run_ok(&[
+        "train",
+        fitting.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])?;
+    ensure!(out.join("cpt/model/model.safetensors").exists());
     let typo = write(
         "typo.toml",
         &format!("vocab_size = {vocab}\nnum_layers = 2\nhidden_size = 32"),

@@ -352,12 +352,24 @@ pub fn run_stages(
     if input_dir.is_none() {
         // A model initialised at random: keep it as OUT/init/model, the baseline of reports.
         let init_dir = out.join("init").join("model");
+        // Bound to the `[init]` keys and the seed that made it: other settings make it anew.
+        let marker = out.join("init").join("settings.sha256");
+        let made_by = std::fs::read_to_string(&marker).ok();
+        let init_identity =
+            sha256_hex(&serde_json::to_vec(&(&o.init, o.seed)).map_err(json_error("init"))?);
+        if made_by.as_deref().map(str::trim) != Some(init_identity.as_str()) {
+            let dir = out.join("init");
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+            }
+        }
         if !init_dir.join("model.safetensors").exists() {
             if let Some(init) = &o.init {
                 tch::manual_seed(sub_seed(o.seed, "model-init", 0) as i64);
                 let vs = nn::VarStore::new(Device::Cpu);
                 let model = CausalLm::new(&vs.root(), &init.to_config(ProxyDefaults::default())?)?;
                 model.save(&vs, &init_dir)?;
+                write_atomically(&marker, init_identity.as_bytes())?;
             }
         }
         input_dir = Some(init_dir);
@@ -402,7 +414,16 @@ pub fn run_stages(
             _ => {}
         }
         let previous = std::fs::read_to_string(&hash_path).ok();
-        let stale = report_path.exists() || previous.as_deref().is_some_and(|p| p.trim() != hash);
+        // A marker of other settings only protects checkpoints: a run that failed before its first
+        // checkpoint (bad data, say) leaves nothing to keep, and the stage starts afresh.
+        let has_checkpoints = std::fs::read_dir(stage_dir.join("checkpoints"))
+            .is_ok_and(|mut entries| entries.next().is_some());
+        let other_marker = previous.as_deref().is_some_and(|p| p.trim() != hash);
+        if other_marker && !has_checkpoints && !report_path.exists() {
+            tracing::info!(stage = %stage.name, "an earlier run of other settings left no checkpoint; starting afresh");
+            std::fs::remove_dir_all(&stage_dir).map_err(|e| io_error(&stage_dir, e))?;
+        }
+        let stale = report_path.exists() || (other_marker && has_checkpoints);
         if stale {
             if !config.replace_stale {
                 return Err(stale_stage(
@@ -414,7 +435,7 @@ pub fn run_stages(
             std::fs::remove_dir_all(&stage_dir).map_err(|e| io_error(&stage_dir, e))?;
         }
         std::fs::create_dir_all(&stage_dir).map_err(|e| io_error(&stage_dir, e))?;
-        if stale || previous.is_none() {
+        if stale || previous.is_none() || other_marker {
             write_atomically(&hash_path, hash.as_bytes())?;
         }
         let report = run_stage(

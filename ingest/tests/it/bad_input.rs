@@ -250,6 +250,44 @@ async fn parquet_without_the_text_column_names_the_columns() {
     );
 }
 
+#[tokio::test]
+async fn a_parquet_text_column_that_is_not_text_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = local(&dir.path().join("in"));
+    input
+        .write(
+            "web.parquet",
+            fineweb_parquet(&docs("ru/debian-faq-ru.jsonl", 3)),
+        )
+        .await
+        .unwrap();
+    let out = local(&dir.path().join("out"));
+    let options = IngestOptions {
+        text_field: Some("token_count".into()),
+        ..Default::default()
+    };
+    let err = run(&settings(vec![input.url()], options), &out, Job::ALL)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("text column \"token_count\" holds Int64, not strings"),
+        "{err}"
+    );
+    // Under `skip` the object is listed as skipped, and no number becomes a document.
+    let options = IngestOptions {
+        text_field: Some("token_count".into()),
+        on_error: ErrorPolicy::Skip,
+        ..Default::default()
+    };
+    let out = local(&dir.path().join("skipped"));
+    let summary = run(&settings(vec![input.url()], options), &out, Job::ALL)
+        .await
+        .unwrap();
+    assert_eq!(summary.documents, 0);
+    assert_eq!(summary.skipped, 1);
+}
+
 /// An object listed but gone when it is read (deleted by another process in between).
 #[tokio::test]
 async fn vanished_object() {
