@@ -26,6 +26,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// The store failed (network, permission, server error) while an object was read: never a
+    /// skipped record, so that a rerun reads the object again.
+    #[error("{url}: the store failed ({source}); nothing of this object is recorded as skipped, rerun when the store is reachable")]
+    Storage {
+        /// The URL or location concerned.
+        url: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// An invalid ingest setting.
     #[error("invalid ingest setting {key}: {reason}")]
     Setting {
@@ -42,3 +53,18 @@ pub enum Error {
 
 /// Result with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The object-store failure behind `error`, if its chain holds one that is not "not found" (an object
+/// that is gone is the data's problem; a store that cannot be reached is an outage).
+pub(crate) fn storage_failure<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a object_store::Error> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(store) = e.downcast_ref::<object_store::Error>() {
+            return (!matches!(store, object_store::Error::NotFound { .. })).then_some(store);
+        }
+        current = e.source();
+    }
+    None
+}

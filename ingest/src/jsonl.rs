@@ -12,7 +12,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio_util::io::StreamReader;
 
 use crate::document::{DocumentBuilder, RawDocument, ReadContext};
-use crate::{Format, Result};
+use crate::error::storage_failure;
+use crate::{Error, Format, Result};
 
 type LineSource = Pin<Box<dyn AsyncBufRead + Send>>;
 
@@ -71,7 +72,12 @@ impl JsonlSource {
                         object_store::Error::NotFound { .. } => {
                             format!("object vanished after listing: {e}")
                         }
-                        e => format!("cannot open: {e}"),
+                        e => {
+                            return Err(Error::Storage {
+                                url: context.url.clone(),
+                                source: Box::new(e),
+                            })
+                        }
                     };
                     context.reject(None, reason)?;
                     return Ok(None);
@@ -88,6 +94,15 @@ impl JsonlSource {
                 Ok(read) => read,
                 Err(e) => {
                     self.done = true;
+                    if e.get_ref()
+                        .and_then(|inner| storage_failure(inner))
+                        .is_some()
+                    {
+                        return Err(Error::Storage {
+                            url: context.url.clone(),
+                            source: Box::new(e),
+                        });
+                    }
                     let what = match self.format {
                         Format::JsonlGz => "gzip stream",
                         Format::JsonlZst => "zstd stream",

@@ -9,9 +9,23 @@ use futures::StreamExt;
 use object_store::path::Path;
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStream};
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::errors::ParquetError;
 
 use crate::document::{DocumentBuilder, RawDocument, ReadContext};
-use crate::Result;
+use crate::error::storage_failure;
+use crate::{Error, Result};
+
+/// A Parquet error that is the store's failure (not the file's) ends the run, whatever the policy;
+/// any other is returned for the policy to judge.
+fn outage(context: &ReadContext, error: ParquetError) -> Result<ParquetError> {
+    if storage_failure(&error).is_some() {
+        return Err(Error::Storage {
+            url: context.url.clone(),
+            source: Box::new(error),
+        });
+    }
+    Ok(error)
+}
 
 pub(crate) struct ParquetSource {
     location: Location,
@@ -39,15 +53,12 @@ impl ParquetSource {
         path: Path,
         size: u64,
         batch_size: usize,
-    ) -> std::result::Result<ParquetRecordBatchStream<ParquetObjectReader>, String> {
+    ) -> std::result::Result<ParquetRecordBatchStream<ParquetObjectReader>, ParquetError> {
         let reader = ParquetObjectReader::new(store, path).with_file_size(size);
-        let builder = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(|e| format!("corrupt or unreadable Parquet: {e}"))?;
-        builder
+        ParquetRecordBatchStreamBuilder::new(reader)
+            .await?
             .with_batch_size(batch_size)
             .build()
-            .map_err(|e| format!("corrupt or unreadable Parquet: {e}"))
     }
 
     pub async fn next_batch(&mut self, context: &mut ReadContext) -> Result<Option<RecordBatch>> {
@@ -64,9 +75,10 @@ impl ParquetSource {
             );
             match opened.await {
                 Ok(stream) => self.stream = Some(stream),
-                Err(reason) => {
+                Err(e) => {
                     self.done = true;
-                    context.reject(None, reason)?;
+                    let e = outage(context, e)?;
+                    context.reject(None, format!("corrupt or unreadable Parquet: {e}"))?;
                     return Ok(None);
                 }
             }
@@ -82,6 +94,7 @@ impl ParquetSource {
                 }
                 Some(Err(e)) => {
                     self.done = true;
+                    let e = outage(context, e)?;
                     let reason = format!("corrupt Parquet after row {}: {e}", self.rows_read);
                     context.reject(None, reason)?;
                     return Ok(None);

@@ -329,3 +329,65 @@ async fn vanished_object() {
         }
     }
 }
+
+/// A store that refuses every request (HTTP 403) on loopback: the server thread answers at most
+/// `requests` connections or stops after 60 seconds, whichever comes first.
+fn refusing_store(requests: usize) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut served = 0;
+        while served < requests && std::time::Instant::now() < until {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    served += 1;
+                    stream.set_nonblocking(false).ok();
+                    stream
+                        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+                        .ok();
+                    let mut buffer = [0u8; 4096];
+                    let _ = stream.read(&mut buffer);
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+    });
+    format!("http://{address}")
+}
+
+/// An outage or a refused permission is not a bad record: under `skip` too the read fails, so that
+/// nothing is recorded as skipped and a rerun reads the object again (JSON lines and Parquet).
+#[tokio::test]
+async fn a_store_failure_is_never_a_skipped_record() {
+    let endpoint = refusing_store(8);
+    let options = std::collections::BTreeMap::from([
+        ("aws_endpoint".to_string(), endpoint),
+        ("aws_access_key_id".to_string(), "testing".to_string()),
+        ("aws_secret_access_key".to_string(), "testing".to_string()),
+        ("aws_region".to_string(), "us-east-1".to_string()),
+    ]);
+    let input = Location::parse_with("s3://refused/raw", &options).unwrap();
+    for (name, format) in [("a.jsonl", Format::Jsonl), ("b.parquet", Format::Parquet)] {
+        let settings = Arc::new(settings(
+            vec![input.url()],
+            IngestOptions {
+                on_error: ErrorPolicy::Skip,
+                ..Default::default()
+            },
+        ));
+        let mut reader =
+            DocumentReader::new(input.clone(), input.child(name), 1000, format, settings);
+        let err = reader.next_batch().await.unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("s3://refused/raw/{name}")) && err.contains("the store failed"),
+            "{err}"
+        );
+        assert!(reader.take_skipped().is_empty());
+    }
+}
