@@ -18,6 +18,41 @@ pub const PACK_ORDER: &str = "pack-order";
 /// Hash buckets of the sort.
 const BUCKETS: usize = 256;
 
+/// Name prefix of a sort's spill directory; the owning process id follows.
+const SPILL_PREFIX: &str = "dapt-sort-";
+
+/// Removes `dapt-sort-PID-…` directories under `parent` whose process no longer runs (Linux: no
+/// `/proc/PID`). Elsewhere, and for names of another form, nothing is removed.
+fn remove_orphaned_spills(parent: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SPILL_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() && entry.path().is_dir() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed the spill of a killed sort");
+                }
+                Err(error) => {
+                    tracing::warn!(path = %entry.path().display(), %error, "cannot remove the spill of a killed sort");
+                }
+            }
+        }
+    }
+}
+
 /// An external sort of documents into the packing order.
 pub struct DocumentSorter {
     spill: tempfile::TempDir,
@@ -27,20 +62,20 @@ pub struct DocumentSorter {
 }
 
 impl DocumentSorter {
-    /// A sorter for a run seeded with `seed`; its temporary files live in a fresh directory under
-    /// `spill_parent` (the system temporary directory when `None`), removed when the sorter (or the
-    /// stream it becomes) is dropped.
+    /// A sorter for a run seeded with `seed`; its temporary files live in a fresh directory
+    /// `dapt-sort-PID-…` under `spill_parent` (the system temporary directory when `None`), removed
+    /// when the sorter (or the stream it becomes) is dropped. Directories there of sorts whose process
+    /// is gone (killed before it could clean up) are removed first.
     pub fn new(seed: u64, spill_parent: Option<&Path>) -> Result<Self> {
-        let spill = match spill_parent {
-            Some(parent) => tempfile::Builder::new()
-                .prefix("dapt-sort-")
-                .tempdir_in(parent),
-            None => tempfile::Builder::new().prefix("dapt-sort-").tempdir(),
-        }
-        .map_err(|source| Error::Io {
-            path: "the sort's temporary directory".into(),
-            source,
-        })?;
+        let parent = spill_parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        remove_orphaned_spills(&parent);
+        let spill = tempfile::Builder::new()
+            .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))
+            .tempdir_in(&parent)
+            .map_err(|source| Error::Io {
+                path: "the sort's temporary directory".into(),
+                source,
+            })?;
         let buckets = (0..BUCKETS)
             .map(|b| {
                 let path = bucket_path(spill.path(), b);
@@ -194,6 +229,38 @@ mod tests {
         assert_eq!(sorter.len(), docs.len() as u64);
         let chunks: Vec<_> = sorter.finish().unwrap().collect().await;
         chunks.into_iter().flat_map(|c| c.unwrap()).collect()
+    }
+
+    #[test]
+    fn spills_of_killed_sorts_are_removed_and_live_ones_kept() {
+        let parent = tempfile::tempdir().unwrap();
+        // A pid far above any pid_max: that process is gone.
+        let orphan = parent.path().join("dapt-sort-4294967294-abc");
+        std::fs::create_dir_all(&orphan).unwrap();
+        std::fs::write(orphan.join("bucket-000"), b"spilled").unwrap();
+        let live = parent
+            .path()
+            .join(format!("dapt-sort-{}-xyz", std::process::id()));
+        std::fs::create_dir_all(&live).unwrap();
+        let other = parent.path().join("dapt-sort-notes");
+        std::fs::create_dir_all(&other).unwrap();
+        let sorter = DocumentSorter::new(1, Some(parent.path())).unwrap();
+        assert!(!orphan.exists(), "the killed sort's spill is gone");
+        assert!(
+            live.exists() && other.exists(),
+            "a live sort's spill and other names stay"
+        );
+        let own = sorter
+            .spill
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        assert!(
+            own.starts_with(&format!("dapt-sort-{}-", std::process::id())),
+            "{own}"
+        );
     }
 
     #[tokio::test]
