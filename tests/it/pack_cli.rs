@@ -278,3 +278,67 @@ fn sft_packing_from_sql() -> Result<()> {
     }
     Ok(())
 }
+
+/// #18.1: a pack output is bound to its input. Packing another input into a finished (or started)
+/// output is refused with both identities named; the same input into it is a no-op.
+#[test]
+fn a_pack_output_refuses_another_input() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut inputs = Vec::new();
+    for (name, file, n) in [
+        ("a", "ru/fortunes-ru.jsonl", 40),
+        ("b", "en/fortunes.jsonl", 40),
+    ] {
+        let raw = dir.path().join(format!("raw-{name}"));
+        std::fs::create_dir_all(&raw)?;
+        let lines: Vec<String> = std::fs::read_to_string(test_data().join("corpus").join(file))?
+            .lines()
+            .take(n)
+            .map(str::to_string)
+            .collect();
+        std::fs::write(raw.join("part.jsonl"), lines.join("\n") + "\n")?;
+        let docs = dir.path().join(format!("docs-{name}"));
+        crate::common::ingest(&raw, &docs)?;
+        inputs.push(docs);
+    }
+    let qwen = test_data().join("tokenizers/qwen3/tokenizer.json");
+    let packed = dir.path().join("packed");
+    let pack = |input: &std::path::Path| {
+        dapt(&[
+            "pack",
+            "--input",
+            input.to_str().unwrap(),
+            "--tokenizer",
+            qwen.to_str().unwrap(),
+            "--seq-len",
+            "128",
+            "--out",
+            packed.to_str().unwrap(),
+        ])
+    };
+    let first = pack(&inputs[0]);
+    ensure!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let manifest = std::fs::read(packed.join("_manifest.json"))?;
+    let other = pack(&inputs[1]);
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    ensure!(
+        !other.status.success(),
+        "another input was packed into a finished output"
+    );
+    ensure!(
+        stderr.contains("choose another output directory"),
+        "{stderr}"
+    );
+    ensure!(
+        std::fs::read(packed.join("_manifest.json"))? == manifest,
+        "the refused run changed nothing"
+    );
+    let again = pack(&inputs[0]);
+    ensure!(again.status.success());
+    ensure!(std::fs::read(packed.join("_manifest.json"))? == manifest);
+    Ok(())
+}
