@@ -192,6 +192,11 @@ impl Location {
         }
     }
 
+    /// The local directory or file this location names, for `file://` locations.
+    pub fn local_path(&self) -> Option<std::path::PathBuf> {
+        (self.root_url == "file://").then(|| std::path::Path::new("/").join(self.prefix.as_ref()))
+    }
+
     /// The object store client.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store

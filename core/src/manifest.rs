@@ -61,12 +61,50 @@ pub fn job_manifest_name(index: usize, count: usize) -> String {
     format!("_manifest-{index:05}-of-{count:05}.json")
 }
 
-/// An output directory with its manifest.
+/// An output directory with its manifest, opened by its one writer.
+///
+/// A local (`file://`) output is locked while it is written: the writer holds an exclusive `flock`
+/// on the empty file `.MANIFEST_NAME.lock` beside the manifest from `open` until `finish`, so a
+/// second writer of the same manifest is refused while the first lives, and the lock ends with the
+/// process that held it (a killed writer's rerun is not blocked). A finished output is opened
+/// without a lock. Jobs of an array keep their own manifests and locks.
 #[derive(Debug)]
 pub struct OutputDir {
     location: Location,
     manifest: Manifest,
     manifest_name: String,
+    /// The held lock file (local outputs); released when dropped.
+    _lock: Option<std::fs::File>,
+}
+
+/// Takes the writer's lock of a local output (none for other stores).
+fn lock_output(location: &Location, manifest_name: &str) -> Result<Option<std::fs::File>> {
+    let Some(dir) = location.local_path() else {
+        return Ok(None);
+    };
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let path = dir.join(format!(".{manifest_name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Manifest {
+            url: location.url(),
+            reason: format!(
+                "another process is writing this output now (it holds {}); wait for it to finish, or choose another output directory",
+                path.display()
+            ),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(Error::Io { path, source }),
+    }
 }
 
 impl OutputDir {
@@ -84,6 +122,26 @@ impl OutputDir {
         kind: &str,
         config_hash: &str,
     ) -> Result<Self> {
+        let lock = lock_output(&location, manifest_name)?;
+        let manifest = Self::read_manifest(&location, manifest_name, kind, config_hash).await?;
+        // A finished output is only read: no lock is kept for it.
+        let lock = if manifest.complete { None } else { lock };
+        Ok(Self {
+            location,
+            manifest,
+            manifest_name: manifest_name.to_string(),
+            _lock: lock,
+        })
+    }
+
+    /// The manifest `manifest_name` in `location` (a fresh one where there is none), checked to be of
+    /// `kind` and `config_hash`; takes no lock.
+    async fn read_manifest(
+        location: &Location,
+        manifest_name: &str,
+        kind: &str,
+        config_hash: &str,
+    ) -> Result<Manifest> {
         let manifest_url = location.url_of(&location.child(manifest_name));
         let manifest = match location.read_optional(manifest_name).await? {
             None => Manifest {
@@ -113,11 +171,7 @@ impl OutputDir {
                 manifest
             }
         };
-        Ok(Self {
-            location,
-            manifest,
-            manifest_name: manifest_name.to_string(),
-        })
+        Ok(manifest)
     }
 
     /// Where the output lives.
@@ -174,7 +228,10 @@ impl OutputDir {
     pub async fn finish(&mut self, summary: serde_json::Value) -> Result<()> {
         self.manifest.summary = summary;
         self.manifest.complete = true;
-        self.write_manifest().await
+        self.write_manifest().await?;
+        // A finished output is read-only: the next writer may open it (and find it done).
+        self._lock = None;
+        Ok(())
     }
 
     async fn write_manifest(&self) -> Result<()> {
@@ -206,20 +263,21 @@ impl OutputDir {
             skipped: Vec::new(),
         };
         for index in 0..count {
-            let job = Self::open_named(
-                location.clone(),
+            // Read only: other jobs may still be writing (and hold their locks).
+            let job = Self::read_manifest(
+                location,
                 &job_manifest_name(index, count),
                 kind,
                 config_hash,
             )
             .await?;
-            if !job.manifest.complete {
+            if !job.complete {
                 return Ok(None);
             }
-            merged.shards.extend(job.manifest.shards);
-            merged.skipped.extend(job.manifest.skipped);
+            merged.shards.extend(job.shards);
+            merged.skipped.extend(job.skipped);
             if let (serde_json::Value::Object(total), serde_json::Value::Object(part)) =
-                (&mut merged.summary, job.manifest.summary)
+                (&mut merged.summary, job.summary)
             {
                 for (key, value) in part {
                     if let Some(n) = value.as_u64() {
@@ -257,6 +315,50 @@ impl OutputDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn one_writer_per_local_output_and_the_lock_ends_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        let first = OutputDir::open(location.clone(), "pack", "h")
+            .await
+            .unwrap();
+        let err = OutputDir::open(location.clone(), "pack", "h")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("another process is writing this output now")
+                && err.contains("._manifest.json.lock"),
+            "{err}"
+        );
+        // Another configuration is refused too while the first writer lives (no manifest yet).
+        assert!(OutputDir::open(location.clone(), "pack", "other")
+            .await
+            .is_err());
+        // Jobs of an array hold their own manifests' locks, and merging only reads.
+        let job0 = OutputDir::open_named(location.clone(), &job_manifest_name(0, 2), "ingest", "j")
+            .await
+            .unwrap();
+        let job1 = OutputDir::open_named(location.clone(), &job_manifest_name(1, 2), "ingest", "j")
+            .await
+            .unwrap();
+        assert!(OutputDir::merge_job_manifests(&location, 2, "ingest", "j")
+            .await
+            .unwrap()
+            .is_none());
+        drop((job0, job1));
+        drop(first);
+        let again = OutputDir::open(location.clone(), "pack", "h")
+            .await
+            .unwrap();
+        assert!(again.manifest().shards.is_empty());
+        // The lock file is empty, so reruns leave identical bytes.
+        assert_eq!(
+            std::fs::read(dir.path().join("._manifest.json.lock")).unwrap(),
+            b""
+        );
+    }
 
     #[tokio::test]
     async fn publish_skip_and_refuse_other_config() {

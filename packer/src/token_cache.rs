@@ -130,6 +130,7 @@ mod tests {
         write_token_cache(&mut output, &documents, "sha", 1234)
             .await
             .unwrap();
+        drop(output);
         let output = OutputDir::open(location, "token-cache", "h").await.unwrap();
         assert!(output.manifest().complete);
         assert_eq!(output.manifest().shards.len(), 2);

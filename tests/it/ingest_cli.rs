@@ -162,3 +162,60 @@ fn ingest_help_and_bad_flags() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("INDEX/COUNT"));
 }
+
+/// #18.3: two writers, one output. A second `dapt ingest` into a directory another ingest is writing
+/// is refused (the first holds the output's lock), and the output holds exactly the first's documents.
+#[test]
+fn a_second_writer_of_one_output_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("out");
+    let mut first = ingest_command(&test_data().join("corpus/en"), &out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // The lock file appears when the first run opens its output, before it reads anything.
+    let started = Instant::now();
+    while !out.join("._manifest.json.lock").exists() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first ingest never opened its output"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = ingest_command(&test_data().join("corpus/ru"), &out).output()?;
+    let still_running = first.try_wait()?.is_none();
+    let first_status = first.wait()?;
+    ensure!(first_status.success(), "the first writer failed");
+    ensure!(!second.status.success(), "the second writer was let in");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    ensure!(
+        if still_running {
+            stderr.contains("another process is writing this output now")
+        } else {
+            stderr.contains("choose another output directory")
+        },
+        "{stderr}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("_manifest.json"))?)?;
+    ensure!(manifest["complete"] == true);
+    let listed: Vec<String> = manifest["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    let mut on_disk: Vec<String> = std::fs::read_dir(&out)?
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".parquet"))
+        .collect();
+    on_disk.sort();
+    let mut listed_sorted = listed.clone();
+    listed_sorted.sort();
+    ensure!(on_disk == listed_sorted, "{on_disk:?} vs {listed:?}");
+    ensure!(
+        listed.iter().all(|n| !n.contains("ru")),
+        "a shard of the second input: {listed:?}"
+    );
+    Ok(())
+}
