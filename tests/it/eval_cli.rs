@@ -342,25 +342,32 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
         .iter()
         .filter(|e| e["target_scores"].is_object())
         .count();
-    let mut shots = Vec::new();
-    for k in ["0", "2"] {
-        let out = d.join(format!("gk{k}.json"));
-        run_ok(&[
+    // `dapt eval` of the trained model on the BIG-bench task, with extra flags; returns its JSON.
+    let model = runs.join("facts/model");
+    let task = format!("gk={}", bigbench.display());
+    let eval_gk = |name: &str, extra: &[&str]| -> Result<serde_json::Value> {
+        let out = d.join(format!("{name}.json"));
+        let mut args = vec![
             "eval",
             "--model",
-            runs.join("facts/model").to_str().unwrap(),
+            model.to_str().unwrap(),
             "--task",
-            &format!("gk={}", bigbench.display()),
-            "--num-fewshot",
-            k,
-            "--limit",
-            "20",
+            &task,
             "--device",
             "cpu",
             "--out",
             out.to_str().unwrap(),
-        ])?;
-        shots.push(eval_json(&out)?);
+        ];
+        args.extend_from_slice(extra);
+        run_ok(&args)?;
+        eval_json(&out)
+    };
+    let mut shots = Vec::new();
+    for k in ["0", "2"] {
+        shots.push(eval_gk(
+            &format!("gk{k}"),
+            &["--num-fewshot", k, "--limit", "20"],
+        )?);
     }
     ensure!(multiple_choice >= 20 && shots[0]["tasks"]["gk"]["examples"] == 20);
     ensure!(shots[1]["tasks"]["gk"]["num_fewshot"] == 2);
@@ -370,43 +377,31 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
         "few-shot examples change the context"
     );
     // `--prefix-token` takes a token of the vocabulary or its id, with the same result.
-    let vocabulary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        runs.join("facts/model/tokenizer.json"),
-    )?)?;
+    let vocabulary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("tokenizer.json"))?)?;
     let eos_id = vocabulary["added_tokens"]
         .as_array()
         .unwrap()
         .iter()
         .find(|t| t["content"] == "<|endoftext|>")
         .and_then(|t| t["id"].as_u64())
-        .unwrap();
-    let mut by_prefix = Vec::new();
-    for prefix in ["<|endoftext|>".to_string(), eos_id.to_string()] {
-        let out = d.join("prefix.json");
-        run_ok(&[
-            "eval",
-            "--model",
-            runs.join("facts/model").to_str().unwrap(),
-            "--task",
-            &format!("gk={}", bigbench.display()),
-            "--limit",
-            "5",
-            "--prefix-token",
-            &prefix,
-            "--device",
-            "cpu",
-            "--out",
-            out.to_str().unwrap(),
-        ])?;
-        by_prefix.push(eval_json(&out)?["tasks"]["gk"]["details"].clone());
-    }
-    ensure!(by_prefix[0] == by_prefix[1], "token and id give one prefix");
+        .unwrap()
+        .to_string();
+    let by_token = eval_gk(
+        "prefix-token",
+        &["--limit", "5", "--prefix-token", "<|endoftext|>"],
+    )?;
+    let by_id = eval_gk("prefix-id", &["--limit", "5", "--prefix-token", &eos_id])?;
+    ensure!(
+        by_token["tasks"]["gk"]["details"] == by_id["tasks"]["gk"]["details"],
+        "token and id give one prefix"
+    );
     let stderr = run_fails(&[
         "eval",
         "--model",
-        runs.join("facts/model").to_str().unwrap(),
+        model.to_str().unwrap(),
         "--task",
-        &format!("gk={}", bigbench.display()),
+        &task,
         "--prefix-token",
         "<|no such token|>",
         "--out",

@@ -224,8 +224,15 @@ async fn corrupt_parquet() {
         .contains("corrupt or unreadable Parquet"));
 }
 
-#[tokio::test]
-async fn parquet_without_the_text_column_names_the_columns() {
+/// Ingests a FineWeb-layout Parquet file of three documents with `text_field` as the text column;
+/// returns the result and the temporary directory (input in `in/`, output in `out/`).
+async fn ingest_web_parquet(
+    text_field: &str,
+    on_error: ErrorPolicy,
+) -> (
+    dapt_ingest::Result<dapt_ingest::IngestSummary>,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
     let input = local(&dir.path().join("in"));
     input
@@ -237,13 +244,18 @@ async fn parquet_without_the_text_column_names_the_columns() {
         .unwrap();
     let out = local(&dir.path().join("out"));
     let options = IngestOptions {
-        text_field: Some("content".into()),
+        text_field: Some(text_field.into()),
+        on_error,
         ..Default::default()
     };
-    let err = run(&settings(vec![input.url()], options), &out, Job::ALL)
-        .await
-        .unwrap_err()
-        .to_string();
+    let result = run(&settings(vec![input.url()], options), &out, Job::ALL).await;
+    (result, dir)
+}
+
+#[tokio::test]
+async fn parquet_without_the_text_column_names_the_columns() {
+    let (result, _dir) = ingest_web_parquet("content", ErrorPolicy::Fail).await;
+    let err = result.unwrap_err().to_string();
     assert!(
         err.contains("no text column \"content\"") && err.contains("text, id, dump"),
         "{err}"
@@ -252,38 +264,15 @@ async fn parquet_without_the_text_column_names_the_columns() {
 
 #[tokio::test]
 async fn a_parquet_text_column_that_is_not_text_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = local(&dir.path().join("in"));
-    input
-        .write(
-            "web.parquet",
-            fineweb_parquet(&docs("ru/debian-faq-ru.jsonl", 3)),
-        )
-        .await
-        .unwrap();
-    let out = local(&dir.path().join("out"));
-    let options = IngestOptions {
-        text_field: Some("token_count".into()),
-        ..Default::default()
-    };
-    let err = run(&settings(vec![input.url()], options), &out, Job::ALL)
-        .await
-        .unwrap_err()
-        .to_string();
+    let (result, _dir) = ingest_web_parquet("token_count", ErrorPolicy::Fail).await;
+    let err = result.unwrap_err().to_string();
     assert!(
         err.contains("text column \"token_count\" holds Int64, not strings"),
         "{err}"
     );
     // Under `skip` the object is listed as skipped, and no number becomes a document.
-    let options = IngestOptions {
-        text_field: Some("token_count".into()),
-        on_error: ErrorPolicy::Skip,
-        ..Default::default()
-    };
-    let out = local(&dir.path().join("skipped"));
-    let summary = run(&settings(vec![input.url()], options), &out, Job::ALL)
-        .await
-        .unwrap();
+    let (result, _dir) = ingest_web_parquet("token_count", ErrorPolicy::Skip).await;
+    let summary = result.unwrap();
     assert_eq!(summary.documents, 0);
     assert_eq!(summary.skipped, 1);
 }
