@@ -90,8 +90,7 @@ pub fn merge_lora_into(model: &Path, adapter: &Path, out: &Path) -> Result<Merge
     let (_adapters, options, layers) = base.load_adapter(adapter, Device::Cpu)?;
     base.merge_lora();
     base.save(&vs, out)?;
-    copy_files(model, out, &["tokenizer.json"])?;
-    copy_files(model, out, &TOKENIZER_COMPANIONS)?;
+    dapt_trainer::copy_companions(model, out)?;
     Ok(MergeReport {
         layers,
         r: options.r,

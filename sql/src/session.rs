@@ -169,7 +169,7 @@ impl SqlSession {
                 // A local path: make it an absolute file URL, keeping a glob or trailing slash.
                 let trimmed = source.url.trim_end_matches('/');
                 let absolute = std::path::absolute(trimmed).map_err(|source| Error::Io {
-                    path: format!("sources.{name}.url = {trimmed:?}").into(),
+                    path: trimmed.into(),
                     source,
                 })?;
                 // DataFusion expands a glob in a local path, not in a file:// URL.

@@ -35,8 +35,8 @@ pub use model::{CausalLm, KvCache, TargetScores, LOGIT_CHUNK_ELEMENTS};
 pub use optim::AdamW;
 pub use resize::{resize_embeddings, NewTokenSpec, ResizeInit, ResizeReport};
 pub use stages::{
-    read_all_rows, run_stages, DeviceChoice, Method, StageOptions, StageReport, TrainConfig,
-    TrainConfigOptions, Trainable,
+    copy_companions, read_all_rows, run_stages, DeviceChoice, Method, StageOptions, StageReport,
+    TrainConfig, TrainConfigOptions, Trainable,
 };
 /// The tch version the trainer is built with, for callers that handle devices and seeds.
 pub use tch;

@@ -308,9 +308,9 @@ fn model_identity(dir: &Path) -> Result<String> {
     Ok(sha256_hex(&parts.concat()))
 }
 
-/// Files of an HF model directory that travel with the weights (tokenizer, chat template, generation
-/// settings).
-fn copy_companions(from: &Path, to: &Path) -> Result<()> {
+/// Copies the files of an HF model directory that travel with the weights (tokenizer, chat template,
+/// generation settings) from `from` into `to`; a missing `from` copies nothing.
+pub fn copy_companions(from: &Path, to: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(from) else {
         return Ok(());
     };
