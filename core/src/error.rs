@@ -100,6 +100,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A setting (an environment variable, an option) with a value that cannot be used.
+    #[error("{name}: {reason}")]
+    Setting {
+        /// The setting's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// Batches whose schema is not the expected one.
     #[error("schema mismatch in {what}: {reason}")]
     Schema {

@@ -9,6 +9,7 @@
 mod error;
 pub mod hash;
 pub mod lang;
+mod lease;
 pub mod location;
 pub mod manifest;
 pub mod order;

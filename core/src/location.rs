@@ -183,6 +183,16 @@ impl Location {
         })
     }
 
+    /// A location in a store built elsewhere (tests use object_store's in-memory store).
+    #[cfg(test)]
+    pub(crate) fn from_store(store: Arc<dyn ObjectStore>, prefix: Path, root_url: &str) -> Self {
+        Self {
+            store,
+            prefix,
+            root_url: root_url.to_string(),
+        }
+    }
+
     /// The same store with another prefix.
     pub fn with_prefix(&self, prefix: Path) -> Self {
         Self {
@@ -260,6 +270,7 @@ impl Location {
     /// object, or all of the new one (object_store's contract for `put`).
     pub async fn write(&self, name: &str, bytes: Bytes) -> Result<()> {
         let path = self.child(name);
+        self.remove_stale_staging(&path)?;
         self.store
             .put(&path, PutPayload::from(bytes))
             .await
@@ -286,6 +297,36 @@ impl Location {
             .map_err(|e| self.error(&self.prefix, e))?;
         objects.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(objects)
+    }
+
+    /// Removes the staging files a killed local write of `path` left behind. object_store writes a
+    /// local file as `NAME#1` (`#2`, … when that exists) and renames it into place, so a writer killed
+    /// mid-write leaves `NAME#1`, which no later write removes. A writer about to write `path` owns
+    /// it (outputs are locked, jobs of an array write disjoint names), so the files are stale. Other
+    /// stores keep nothing that readers or listings see.
+    pub fn remove_stale_staging(&self, path: &Path) -> Result<()> {
+        if self.root_url != "file://" {
+            return Ok(());
+        }
+        let file = std::path::Path::new("/").join(path.as_ref());
+        for suffix in 1.. {
+            let mut staged = file.clone().into_os_string();
+            staged.push(format!("#{suffix}"));
+            let staged = std::path::PathBuf::from(staged);
+            match std::fs::remove_file(&staged) {
+                Ok(()) => {
+                    tracing::info!(path = %staged.display(), "removed a killed write's staging file")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(source) => {
+                    return Err(Error::Io {
+                        path: staged,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Wraps an object-store error with the URL of the path it concerns.
@@ -386,6 +427,35 @@ pub fn glob_match(pattern: &str, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// #18.5: a killed local write leaves `NAME#1`; the next write of NAME removes it (and only it).
+    #[tokio::test]
+    async fn a_write_removes_the_staging_files_of_a_killed_write() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "part-0.parquet#1",
+            "part-0.parquet#2",
+            "part-1.parquet#1",
+            "keep#notes",
+        ] {
+            std::fs::write(dir.path().join(name), b"half").unwrap();
+        }
+        let location = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        location
+            .write("part-0.parquet", Bytes::from_static(b"whole"))
+            .await
+            .unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["keep#notes", "part-0.parquet", "part-1.parquet#1"]);
+        assert_eq!(
+            std::fs::read(dir.path().join("part-0.parquet")).unwrap(),
+            b"whole"
+        );
+    }
 
     #[test]
     fn globs() {

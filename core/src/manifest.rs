@@ -66,15 +66,20 @@ pub fn job_manifest_name(index: usize, count: usize) -> String {
 /// A local (`file://`) output is locked while it is written: the writer holds an exclusive `flock`
 /// on the empty file `.MANIFEST_NAME.lock` beside the manifest from `open` until `finish`, so a
 /// second writer of the same manifest is refused while the first lives, and the lock ends with the
-/// process that held it (a killed writer's rerun is not blocked). A finished output is opened
-/// without a lock. Jobs of an array keep their own manifests and locks.
+/// process that held it (a killed writer's rerun is not blocked). An output in an object store is
+/// leased instead: a lease object `.MANIFEST_NAME.lease` with owner and heartbeat, created and renewed
+/// by conditional puts (see the `lease` module); a writer that loses its lease fails its next write.
+/// A finished output is opened without a lock or lease. Jobs of an array keep their own manifests,
+/// locks and leases.
 #[derive(Debug)]
 pub struct OutputDir {
     location: Location,
     manifest: Manifest,
     manifest_name: String,
     /// The held lock file (local outputs); released when dropped.
-    _lock: Option<std::fs::File>,
+    lock: Option<std::fs::File>,
+    /// The held lease (object stores); released at `finish`, renewal stopped when dropped.
+    lease: Option<crate::lease::Lease>,
 }
 
 /// Takes the writer's lock of a local output (none for other stores).
@@ -122,16 +127,29 @@ impl OutputDir {
         kind: &str,
         config_hash: &str,
     ) -> Result<Self> {
+        // A local output is locked before its manifest is read.
         let lock = lock_output(&location, manifest_name)?;
         let manifest = Self::read_manifest(&location, manifest_name, kind, config_hash).await?;
-        // A finished output is only read: no lock is kept for it.
-        let lock = if manifest.complete { None } else { lock };
-        Ok(Self {
+        let mut output = Self {
             location,
             manifest,
             manifest_name: manifest_name.to_string(),
-            _lock: lock,
-        })
+            lock,
+            lease: None,
+        };
+        // A finished output is only read: no lock or lease is kept for it.
+        if output.manifest.complete {
+            output.lock = None;
+            return Ok(output);
+        }
+        output.lease = crate::lease::Lease::acquire(&output.location, manifest_name).await?;
+        // Another writer may have written (or finished) the output before this one took it over.
+        output.manifest =
+            Self::read_manifest(&output.location, manifest_name, kind, config_hash).await?;
+        if output.manifest.complete {
+            output.release().await?;
+        }
+        Ok(output)
     }
 
     /// The manifest `manifest_name` in `location` (a fresh one where there is none), checked to be of
@@ -204,6 +222,7 @@ impl OutputDir {
             bytes: bytes.len() as u64,
             sha256: crate::hash::sha256_hex(&bytes),
         };
+        self.check_lease().await?;
         self.location.write(name, bytes).await?;
         self.record(entry, Vec::new()).await
     }
@@ -230,11 +249,28 @@ impl OutputDir {
         self.manifest.complete = true;
         self.write_manifest().await?;
         // A finished output is read-only: the next writer may open it (and find it done).
-        self._lock = None;
-        Ok(())
+        self.release().await
+    }
+
+    /// Gives up the lock and the lease.
+    async fn release(&mut self) -> Result<()> {
+        self.lock = None;
+        match self.lease.take() {
+            Some(lease) => lease.release().await,
+            None => Ok(()),
+        }
+    }
+
+    /// An error when this writer lost its output's lease to another writer.
+    async fn check_lease(&self) -> Result<()> {
+        match &self.lease {
+            Some(lease) => lease.check().await,
+            None => Ok(()),
+        }
     }
 
     async fn write_manifest(&self) -> Result<()> {
+        self.check_lease().await?;
         let mut json = serde_json::to_vec_pretty(&self.manifest).map_err(|source| Error::Json {
             what: format!("manifest {}", self.location.url()),
             source,

@@ -79,6 +79,7 @@ impl ShardWriter {
             what: url.clone(),
             source,
         };
+        location.remove_stale_staging(&path)?;
         let upload = BufWriter::with_capacity(location.store().clone(), path, UPLOAD_BUFFER);
         let sink = HashingWriter {
             inner: upload,

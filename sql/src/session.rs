@@ -154,9 +154,12 @@ impl SqlSession {
             let location = Location::parse_with(&base, &sources.storage)?;
             self.register_store(&location)?;
             let mut json_extension = None;
+            // A prefix named without its trailing slash (DataFusion takes such a URL for one file).
+            let mut is_prefix = false;
             if !source.names_its_format() && pattern.is_none() {
                 // A directory or prefix: its files say what it holds.
                 let objects = location.list_objects().await?;
+                is_prefix = !(objects.len() == 1 && objects[0].location == *location.prefix());
                 let names = objects.iter().map(|o| o.location.as_ref());
                 if let Some((detected, extension)) = crate::sources::detect_format(names) {
                     format = detected;
@@ -164,7 +167,11 @@ impl SqlSession {
                 }
             }
             let url = if source.url.contains("://") {
-                source.url.clone()
+                let mut url = source.url.clone();
+                if is_prefix && !url.ends_with('/') {
+                    url.push('/');
+                }
+                url
             } else {
                 // A local path: make it an absolute file URL, keeping a glob or trailing slash.
                 let trimmed = source.url.trim_end_matches('/');
@@ -178,7 +185,7 @@ impl SqlSession {
                 } else {
                     format!("file://{}", absolute.display())
                 };
-                if source.url.ends_with('/') {
+                if source.url.ends_with('/') || (pattern.is_none() && absolute.is_dir()) {
                     url.push('/');
                 }
                 url

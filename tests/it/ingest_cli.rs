@@ -52,16 +52,13 @@ fn ingest_command(input: &Path, out: &Path) -> Command {
     command
 }
 
-/// Files of a directory (recursively) with their bytes' sha256, except object-store staging files
-/// (`name#N`), which readers never see.
+/// Files of a directory with their bytes' sha256, object-store staging files (`name#N`) included:
+/// a rerun removes those a killed write left.
 fn digests(dir: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.contains('#') {
-            continue;
-        }
         out.insert(
             name,
             dapt_core::hash::sha256_hex(&std::fs::read(&path).unwrap()),
@@ -217,5 +214,119 @@ fn a_second_writer_of_one_output_is_refused() -> Result<()> {
         listed.iter().all(|n| !n.contains("ru")),
         "a shard of the second input: {listed:?}"
     );
+    Ok(())
+}
+
+/// Whether `key` exists in `bucket` of the moto server (listed by an unsigned request, which moto
+/// answers).
+fn s3_object_exists(server: &crate::common::S3Server, bucket: &str, key: &str) -> Result<bool> {
+    use std::io::{Read, Write};
+    let host = server.endpoint.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host)?;
+    write!(
+        stream,
+        "GET /{bucket}?list-type=2&prefix={key} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    ensure!(
+        response.starts_with("HTTP/1.1 200"),
+        "listing {bucket}: {response}"
+    );
+    Ok(response.contains(&format!("<Key>{key}</Key>")))
+}
+
+fn wait_for_lease(server: &crate::common::S3Server, key: &str) -> Result<()> {
+    let started = Instant::now();
+    while !s3_object_exists(server, "leases", key)? {
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first ingest never took its lease {key}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// #18.3 for object stores: a writer of an `s3://` output holds a lease object beside its manifest
+/// (conditional puts against a real S3 server); a second writer is refused while the first lives,
+/// the lease is gone once the output is finished, and a writer killed with SIGKILL does not keep its
+/// rerun on the same host waiting.
+#[test]
+fn a_second_writer_of_one_s3_output_is_refused_and_a_killed_writers_lease_is_taken_over(
+) -> Result<()> {
+    let server = crate::common::S3Server::start()?;
+    let bucket = server.bucket("leases")?;
+    let ingest = |input: &Path, out: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dapt"));
+        command
+            .arg("ingest")
+            .arg(input)
+            .args(["--out", out, "--concurrency", "1"])
+            .envs(server.env())
+            .env("DAPT_LOG", "warn");
+        command
+    };
+    let out = format!("{bucket}/out/");
+    let mut first = ingest(&test_data().join("corpus"), &out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_for_lease(&server, "out/._manifest.json.lease")?;
+    // The same job again (the same identity): only the lease stands between them.
+    let second = ingest(&test_data().join("corpus"), &out).output()?;
+    let still_running = first.try_wait()?.is_none();
+    let first = first.wait_with_output()?;
+    ensure!(
+        first.status.success(),
+        "the first writer failed: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    ensure!(
+        still_running,
+        "the first writer finished before the second one was answered; the test needs a longer input"
+    );
+    ensure!(!second.status.success(), "the second writer was let in");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    ensure!(
+        stderr.contains("is writing this output now")
+            && stderr.contains("out/._manifest.json.lease"),
+        "{stderr}"
+    );
+    ensure!(
+        !s3_object_exists(&server, "leases", "out/._manifest.json.lease")?,
+        "the finished writer left its lease behind"
+    );
+
+    // A writer killed while it holds the lease: its rerun takes the lease over at once and finishes.
+    let killed = format!("{bucket}/killed/");
+    let mut victim = ingest(&test_data().join("corpus"), &killed)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_for_lease(&server, "killed/._manifest.json.lease")?;
+    ensure!(
+        victim.try_wait()?.is_none(),
+        "the writer finished before it could be killed"
+    );
+    victim.kill()?; // SIGKILL
+    victim.wait()?;
+    ensure!(s3_object_exists(
+        &server,
+        "leases",
+        "killed/._manifest.json.lease"
+    )?);
+    let rerun = ingest(&test_data().join("corpus"), &killed).output()?;
+    let stderr = String::from_utf8_lossy(&rerun.stderr);
+    ensure!(rerun.status.success(), "{stderr}");
+    ensure!(
+        stderr.contains("took over the output's lease") && stderr.contains("no longer runs"),
+        "{stderr}"
+    );
+    ensure!(!s3_object_exists(
+        &server,
+        "leases",
+        "killed/._manifest.json.lease"
+    )?);
     Ok(())
 }

@@ -342,3 +342,122 @@ fn a_pack_output_refuses_another_input() -> Result<()> {
     ensure!(std::fs::read(packed.join("_manifest.json"))? == manifest);
     Ok(())
 }
+
+/// Files of a directory with their bytes' sha256 (staging files `name#N` included).
+fn digests(dir: &std::path::Path) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        out.insert(name, dapt_core::hash::sha256_hex(&std::fs::read(&path)?));
+    }
+    Ok(out)
+}
+
+fn spills(tmp: &std::path::Path) -> Result<Vec<String>> {
+    Ok(std::fs::read_dir(tmp)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().to_string()))
+        .collect::<std::io::Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|n| n.starts_with("dapt-sort-"))
+        .collect())
+}
+
+/// #18.5: `dapt pack` killed with SIGKILL while it writes leaves its sort spill and maybe a staging
+/// file; the rerun removes both and ends with exactly the output of an uninterrupted run.
+#[test]
+fn a_killed_pack_reruns_to_identical_output_and_leaves_nothing_behind() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let docs = dir.path().join("docs");
+    crate::common::ingest(&test_data().join("corpus/ru"), &docs)?;
+    std::fs::write(
+        dir.path().join("sources.toml"),
+        format!("[sources.docs]\nurl = {:?}\n", docs.to_str().unwrap()),
+    )?;
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp)?;
+    let qwen = test_data().join("tokenizers/qwen3/tokenizer.json");
+    let pack = |out: &std::path::Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dapt"));
+        command
+            .args(["pack", "--config"])
+            .arg(dir.path().join("sources.toml"))
+            .args(["-e", "SELECT id, text FROM docs", "--tokenizer"])
+            .arg(&qwen)
+            .args(["--seq-len", "512", "--rows-per-shard", "128", "--out"])
+            .arg(out)
+            .env("TMPDIR", &tmp)
+            .env("DAPT_LOG", "warn");
+        command
+    };
+    let clean = dir.path().join("clean");
+    let run = pack(&clean).output()?;
+    ensure!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    ensure!(
+        spills(&tmp)?.is_empty(),
+        "a finished pack left {:?}",
+        spills(&tmp)?
+    );
+
+    let killed = dir.path().join("killed");
+    let mut child = pack(&killed)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let started = std::time::Instant::now();
+    let mut saw_spill = false;
+    loop {
+        saw_spill |= !spills(&tmp)?.is_empty();
+        let published = std::fs::read(killed.join("_manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<dapt_core::Manifest>(&b).ok())
+            .is_some_and(|m| !m.shards.is_empty());
+        if published {
+            break;
+        }
+        ensure!(
+            child.try_wait()?.is_none(),
+            "the pack ended before it could be killed"
+        );
+        ensure!(
+            started.elapsed().as_secs() < 120,
+            "no shard published in 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    ensure!(
+        child.try_wait()?.is_none(),
+        "the pack ended before it could be killed"
+    );
+    child.kill()?; // SIGKILL
+    child.wait()?;
+    ensure!(saw_spill, "the sort never spilled under TMPDIR");
+    let left = spills(&tmp)?;
+    ensure!(left.len() == 1, "the killed pack's spill: {left:?}");
+    let manifest: dapt_core::Manifest =
+        serde_json::from_slice(&std::fs::read(killed.join("_manifest.json"))?)?;
+    ensure!(!manifest.complete, "killed after it finished");
+
+    let rerun = pack(&killed).output()?;
+    ensure!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    ensure!(
+        spills(&tmp)?.is_empty(),
+        "left after the rerun: {:?}",
+        spills(&tmp)?
+    );
+    ensure!(
+        digests(&killed)? == digests(&clean)?,
+        "outputs differ after kill + rerun:\n{:?}\n{:?}",
+        digests(&killed)?,
+        digests(&clean)?
+    );
+    Ok(())
+}
