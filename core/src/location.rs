@@ -315,7 +315,7 @@ impl Location {
             let staged = std::path::PathBuf::from(staged);
             match std::fs::remove_file(&staged) {
                 Ok(()) => {
-                    tracing::info!(path = %staged.display(), "removed a killed write's staging file")
+                    tracing::info!(path = %staged.display(), "removed a killed write's staging file");
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
                 Err(source) => {

@@ -129,7 +129,9 @@ pub struct ExtendOptions {
     /// A pair must occur this often to be merged. Default 2.
     #[serde(default = "default_min_frequency")]
     pub min_frequency: u64,
-    /// How new embedding rows start: mean (of their old sub-token rows) or random. Default mean.
+    /// How new embedding rows start: `mean` (of their old sub-token rows), `random`, or `frequency`
+    /// (mean input rows; an untied output head biased by how often each new token follows its first
+    /// piece in the extension text). Default mean.
     #[serde(default)]
     pub init: ResizeInit,
 }
@@ -807,6 +809,8 @@ pub fn run(
                 o.extend.min_frequency,
                 &sources_id,
                 &measure_id,
+                // The extension directory holds token_counts.json since this marker.
+                "token_counts",
             ),
         )?;
         steps.run("extend", &extend_id, &[&tokenizer_dir], || {

@@ -55,12 +55,22 @@ pub fn resize_into(settings: &ResizeSettings, out: &Path) -> Result<ResizeReport
             source,
         })?;
     let extended = dapt_packer::TokenizerFile::load(&tokenizer_json)?;
+    let statistics = match settings.init {
+        ResizeInit::Frequency => Some(frequency_statistics(
+            &settings.model,
+            &tokenizer_dir,
+            &tokens,
+            extended.vocab_size(),
+        )?),
+        _ => None,
+    };
     let report = dapt_trainer::resize_embeddings(
         &settings.model,
         &tokens,
         extended.vocab_size() as i64,
         settings.init,
         settings.seed,
+        statistics.as_ref(),
         out,
     )?;
     copy_files(&settings.model, out, &TOKENIZER_COMPANIONS)?;
@@ -73,6 +83,51 @@ pub fn resize_into(settings: &ResizeSettings, out: &Path) -> Result<ResizeReport
     }
     crate::error::write_json(&out.join("resize_report.json"), &report)?;
     Ok(report)
+}
+
+/// Base tokens the mean hidden state of the `frequency` init is taken over.
+const HIDDEN_SAMPLE_TOKENS: usize = 1024;
+
+/// What the `frequency` init needs: the counts `dapt tokenizer extend` wrote beside the extended
+/// tokenizer, and the base model's mean final hidden state over text made of the new tokens (their
+/// texts in id order, the most frequent merges first, read with the base tokenizer: text of the
+/// target domain without needing the corpus again).
+fn frequency_statistics(
+    model: &Path,
+    tokenizer_dir: &Path,
+    tokens: &[NewTokenSpec],
+    vocab_size: usize,
+) -> Result<dapt_trainer::FrequencyStatistics> {
+    let counts_path = tokenizer_dir.join(crate::tokenizer::TOKEN_COUNTS);
+    if !counts_path.is_file() {
+        return Err(Error::Setting {
+            key: "init".into(),
+            reason: format!(
+                "`frequency` needs {} (written by `dapt tokenizer extend` beside new_tokens.json)",
+                counts_path.display()
+            ),
+        });
+    }
+    let counts = crate::tokenizer::TokenCounts::load(&counts_path)?.dense(vocab_size);
+    let base = dapt_packer::TokenizerFile::load(&model.join("tokenizer.json"))?;
+    let text: String = tokens.iter().map(|t| t.text.as_str()).collect();
+    let ids = base
+        .encode_all(&["new tokens".to_string()], &[text])?
+        .pop()
+        .unwrap_or_default();
+    let sequences: Vec<Vec<i64>> = ids
+        .iter()
+        .take(HIDDEN_SAMPLE_TOKENS)
+        .map(|&id| i64::from(id))
+        .collect::<Vec<_>>()
+        .chunks(256)
+        .map(<[i64]>::to_vec)
+        .collect();
+    let hidden_mean = dapt_trainer::mean_final_hidden(model, &sequences)?;
+    Ok(dapt_trainer::FrequencyStatistics {
+        counts,
+        hidden_mean,
+    })
 }
 
 /// What [`merge_lora_into`] did.

@@ -26,10 +26,73 @@ pub struct ExtendedTokenizer {
     pub path: PathBuf,
 }
 
+/// File beside `new_tokens.json` with how often each token occurs in the extension text.
+pub const TOKEN_COUNTS: &str = "token_counts.json";
+
+/// How often each token id occurs in a text tokenised with one tokenizer (`token_counts.json`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TokenCounts {
+    /// Texts counted.
+    pub texts: usize,
+    /// Tokens counted.
+    pub tokens: u64,
+    /// `[id, occurrences]` of every id that occurs, by id.
+    pub counts: Vec<(u32, u64)>,
+}
+
+impl TokenCounts {
+    /// Counts the tokens of `texts` under `tokenizer` (no special tokens).
+    pub fn of(tokenizer: &TokenizerFile, texts: &[String]) -> Result<Self> {
+        let ids: Vec<String> = (0..texts.len()).map(|i| format!("text {i}")).collect();
+        let mut dense = vec![0u64; tokenizer.vocab_size()];
+        let mut tokens = 0u64;
+        for encoded in tokenizer.encode_all(&ids, texts)? {
+            tokens += encoded.len() as u64;
+            for id in encoded {
+                if let Some(slot) = dense.get_mut(id as usize) {
+                    *slot += 1;
+                }
+            }
+        }
+        let counts = dense
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(id, &n)| (id as u32, n))
+            .collect();
+        Ok(Self {
+            texts: texts.len(),
+            tokens,
+            counts,
+        })
+    }
+
+    /// Reads `token_counts.json`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(io_error(path))?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Occurrences by id, `len` long.
+    pub fn dense(&self, len: usize) -> Vec<u64> {
+        let mut dense = vec![0u64; len];
+        for &(id, n) in &self.counts {
+            if let Some(slot) = dense.get_mut(id as usize) {
+                *slot = n;
+            }
+        }
+        dense
+    }
+}
+
 /// Extends `base` with up to `new_tokens` merges learned on `texts` (pairs seen fewer than
 /// `min_frequency` times are not merged) and writes `dir/tokenizer.json`, `dir/new_tokens.json` (what
-/// `dapt model resize-embeddings` reads) and the companions found beside the base in `base_dir`. Old
-/// ids are unchanged.
+/// `dapt model resize-embeddings` reads), `dir/token_counts.json` (how often every token of the
+/// extended tokenizer occurs in `texts`, for the `frequency` init) and the companions found beside the
+/// base in `base_dir`. Old ids are unchanged.
 pub fn extend_into(
     base: &TokenizerFile,
     base_dir: Option<&Path>,
@@ -49,6 +112,13 @@ pub fn extend_into(
         source,
     })?;
     std::fs::write(&list, json).map_err(io_error(&list))?;
+    let counts = dir.join(TOKEN_COUNTS);
+    let json =
+        serde_json::to_vec(&TokenCounts::of(&tokenizer, texts)?).map_err(|source| Error::Json {
+            what: counts.display().to_string(),
+            source,
+        })?;
+    std::fs::write(&counts, json).map_err(io_error(&counts))?;
     if let Some(base_dir) = base_dir {
         copy_files(base_dir, dir, &TOKENIZER_COMPANIONS)?;
     }
@@ -110,5 +180,27 @@ mod tests {
         assert!(!out.join("generation_config.json").exists());
         let reloaded = TokenizerFile::load(&out.join("tokenizer.json")).unwrap();
         assert_eq!(reloaded.vocab_size(), extended.tokenizer.vocab_size());
+        // How often each token of the extended tokenizer occurs in the texts.
+        let counts = TokenCounts::load(&out.join(TOKEN_COUNTS)).unwrap();
+        let ids: Vec<String> = (0..texts.len()).map(|i| i.to_string()).collect();
+        let encoded = extended.tokenizer.encode_all(&ids, &texts).unwrap();
+        let total: usize = encoded.iter().map(Vec::len).sum();
+        assert_eq!((counts.texts, counts.tokens), (200, total as u64));
+        assert_eq!(
+            counts.counts.iter().map(|(_, n)| n).sum::<u64>(),
+            total as u64
+        );
+        let dense = counts.dense(reloaded.vocab_size());
+        let mut new_occurrences = 0;
+        for token in &listed {
+            let occurrences = encoded
+                .iter()
+                .flatten()
+                .filter(|&&id| id == token.id)
+                .count() as u64;
+            assert_eq!(dense[token.id as usize], occurrences, "{}", token.text);
+            new_occurrences += occurrences;
+        }
+        assert!(new_occurrences > 0);
     }
 }

@@ -72,8 +72,13 @@ enum DtypeArg {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum InitArg {
+    /// Each new row = the mean of its old sub-token rows.
     Mean,
+    /// Normal with the old rows' standard deviation (seeded).
     Random,
+    /// Input rows as `mean`; an untied output head in which each new token predicts how often it
+    /// follows its first piece in the extension text (needs token_counts.json from `tokenizer extend`).
+    Frequency,
 }
 
 pub fn run(args: ModelArgs) -> anyhow::Result<()> {
@@ -125,6 +130,7 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
                 init: match init {
                     InitArg::Mean => ResizeInit::Mean,
                     InitArg::Random => ResizeInit::Random,
+                    InitArg::Frequency => ResizeInit::Frequency,
                 },
                 seed,
             };

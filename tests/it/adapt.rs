@@ -120,11 +120,27 @@ fn the_small_russian_recipe_adapts_smollm2_and_reruns_what_changed() -> Result<(
         qa["grounding"]["grounded_share"].as_f64().unwrap_or(0.0) > 0.8,
         "{qa}"
     );
+    // The config's `init = "frequency"`: an untied head whose new rows got their frequency bias, from
+    // the counts the extension wrote; the adapter trains the new rows of both tables.
+    let resize = read_json(&out.join("extended/resize_report.json"))?;
+    ensure!(
+        resize["tied"] == false && resize["frequency_biased"].as_u64().unwrap_or(0) > 1500,
+        "{resize}"
+    );
+    let counts = read_json(&out.join("tokenizer/token_counts.json"))?;
+    ensure!(
+        counts["tokens"].as_u64().unwrap_or(0) > 100_000,
+        "token counts"
+    );
     let adapter = read_json(&out.join("train/stage1/adapter/adapter_config.json"))?;
     let rows = adapter["trainable_token_indices"]["embed_tokens"]
         .as_array()
         .context("the adapter lists its trainable rows")?;
     ensure!(rows.len() == 2000 && rows[0] == 49152, "{}", rows.len());
+    ensure!(
+        adapter["trainable_token_indices"]["lm_head"].as_array() == Some(rows),
+        "{adapter}"
+    );
     let stage1 = &report["stages"][0];
     ensure!(
         stage1["trainable_parameters"].as_i64().unwrap_or(0) > 2000 * 576,

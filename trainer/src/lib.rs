@@ -33,7 +33,10 @@ pub use gguf::{GgufModel, WeightType, WeightsReport};
 pub use lora::{save_adapter, LoraInit, LoraOptions, TrainableTokens, ALL_LINEAR};
 pub use model::{CausalLm, KvCache, TargetScores, LOGIT_CHUNK_ELEMENTS};
 pub use optim::AdamW;
-pub use resize::{resize_embeddings, NewTokenSpec, ResizeInit, ResizeReport};
+pub use resize::{
+    mean_final_hidden, resize_embeddings, FrequencyStatistics, NewTokenSpec, ResizeInit,
+    ResizeReport,
+};
 pub use stages::{
     copy_companions, read_all_rows, run_stages, DeviceChoice, Method, StageOptions, StageReport,
     TrainConfig, TrainConfigOptions, Trainable,

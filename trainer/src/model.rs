@@ -903,6 +903,12 @@ impl CausalLm {
         self.head(&self.hidden_cached(input_ids, cache).select(1, -1))
     }
 
+    /// The final hidden states `[b, t, hidden]` (after the last norm, before the output head) of
+    /// `input_ids: [b, t]` read from position 0, without gradients' bookkeeping of training.
+    pub fn final_hidden(&self, input_ids: &Tensor) -> Tensor {
+        self.hidden_cached(input_ids, &mut KvCache::default())
+    }
+
     fn hidden_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Tensor {
         let size = input_ids.size();
         let (b, t) = (size[0], size[1]);

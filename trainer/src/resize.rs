@@ -2,7 +2,10 @@
 //! tables grow to the extended vocabulary, and each new token's row starts as the mean of the rows of the
 //! old tokens it decomposes into (`new_tokens.json` from `dapt tokenizer extend`), so that the adapted
 //! model reads a new token about as it read its pieces. Other strategies: `random` (normal with the old
-//! rows' standard deviation, seeded). Works on the checkpoint's tensors directly: no model is built.
+//! rows' standard deviation, seeded), and `frequency`, which also gives the model an output head that
+//! predicts new tokens about as often as the text holds them (see [`ResizeInit::Frequency`]). Works on
+//! the checkpoint's tensors directly: no model is built (`frequency`'s statistics come with one
+//! forward pass of the base, [`mean_final_hidden`]).
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +37,25 @@ pub enum ResizeInit {
     Mean,
     /// Normal with the old rows' standard deviation.
     Random,
+    /// Input rows as `mean`; the output head is untied (a tied model gets `lm_head` as a copy of its
+    /// table) and each new token `t` with first piece `p` predicts `log P(t | p)` above `p`:
+    /// `head[t] = head[p] + log P(t | p) · u/|u|²`, and `head[p] += log P(p alone | p) · u/|u|²`, where
+    /// `u` is the base's mean final hidden state (whose projection `h·u/|u|²` is close to 1 at every
+    /// position, so the added vector acts as a bias) and the probabilities come from how often the
+    /// extension text, tokenised with the extended tokenizer, holds `t` and `p` alone (add-one
+    /// smoothed over `p`'s group). The new tokens and `p` alone then share what the base gave `p`.
+    /// Needs [`FrequencyStatistics`].
+    Frequency,
+}
+
+/// What [`ResizeInit::Frequency`] needs from text.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FrequencyStatistics {
+    /// Occurrences of each token id in the extension text tokenised with the extended tokenizer (ids
+    /// past the end count 0).
+    pub counts: Vec<u64>,
+    /// The base model's mean final hidden state (the input of its output head), `hidden_size` long.
+    pub hidden_mean: Vec<f32>,
 }
 
 /// What a resize did.
@@ -47,8 +69,11 @@ pub struct ResizeReport {
     pub from_subtokens: usize,
     /// Rows initialised at random (new tokens without decomposition, padding rows).
     pub random: usize,
-    /// Whether input and output tables are one.
+    /// Whether input and output tables are one (after the resize: `frequency` unties them).
     pub tied: bool,
+    /// New tokens whose output row got a frequency bias (`frequency` init).
+    #[serde(default)]
+    pub frequency_biased: usize,
 }
 
 const EMBED: &str = "model.embed_tokens.weight";
@@ -88,7 +113,7 @@ fn grow(
             .copied()
             .filter(|&id| id >= 0 && id < old)
             .collect();
-        let use_mean = init == ResizeInit::Mean
+        let use_mean = init != ResizeInit::Random
             && !pieces.is_empty()
             && pieces.len() == token.decomposition.len();
         let row = if use_mean {
@@ -112,12 +137,15 @@ fn grow(
 /// Writes to `out` a copy of the model in `model_dir` whose embedding tables have
 /// `max(old rows, vocab_size, largest new id + 1)` rows, each new token's row initialised per `init`.
 /// `config.json` gets the new `vocab_size`; other weights are copied unchanged.
+///
+/// `statistics` are required by (and only used by) [`ResizeInit::Frequency`].
 pub fn resize_embeddings(
     model_dir: &Path,
     tokens: &[NewTokenSpec],
     vocab_size: i64,
     init: ResizeInit,
     seed: u64,
+    statistics: Option<&FrequencyStatistics>,
     out: &Path,
 ) -> Result<ResizeReport> {
     let mut config = ModelConfig::load(&model_dir.join("config.json"))?;
@@ -143,12 +171,61 @@ pub fn resize_embeddings(
         }
         rows = rows.max(token.id + 1);
     }
+    let statistics = match (init, statistics) {
+        (ResizeInit::Frequency, None) => {
+            return Err(Error::Setting {
+                key: "init".into(),
+                reason: "`frequency` needs token counts and the base's mean hidden state".into(),
+            })
+        }
+        (ResizeInit::Frequency, Some(s)) => {
+            if s.hidden_mean.len() as i64 != config.hidden_size {
+                return Err(Error::Setting {
+                    key: "init".into(),
+                    reason: format!(
+                        "the mean hidden state has {} values, the model's hidden size is {}",
+                        s.hidden_mean.len(),
+                        config.hidden_size
+                    ),
+                });
+            }
+            Some(s)
+        }
+        _ => None,
+    };
     let seed = seed as i64;
+    let base_head = match (statistics, config.tie_word_embeddings) {
+        // The old output rows, before the input table grows.
+        (Some(_), true) => Some(tensors[embed_at].1.to_kind(Kind::Float)),
+        _ => None,
+    };
     let (embed, from_subtokens, random) = grow(&tensors[embed_at].1, rows, tokens, init, seed);
+    let kind = embed.kind();
     tensors[embed_at].1 = embed;
+    let mut frequency_biased = 0;
+    if let Some(statistics) = statistics {
+        let old_head = match base_head {
+            Some(head) => head,
+            None => tensors
+                .iter()
+                .find(|(n, _)| n == HEAD)
+                .map(|(_, t)| t.to_kind(Kind::Float))
+                .ok_or_else(|| Error::File {
+                    path: model_dir.display().to_string(),
+                    reason: format!("untied embeddings but no {HEAD} in the checkpoint"),
+                })?,
+        };
+        let (head, biased) = frequency_head(&old_head, rows, tokens, statistics, seed)?;
+        frequency_biased = biased;
+        tensors.retain(|(n, _)| n != HEAD);
+        tensors.push((HEAD.to_string(), head.to_kind(kind)));
+        config.tie_word_embeddings = false;
+    }
     let tied = config.tie_word_embeddings;
     if tied {
         tensors.retain(|(n, _)| n != HEAD);
+    } else if statistics.is_some() {
+        // The head is written above.
     } else if let Some(head_at) = tensors.iter().position(|(n, _)| n == HEAD) {
         let (head, _, _) = grow(
             &tensors[head_at].1,
@@ -169,5 +246,106 @@ pub fn resize_embeddings(
         from_subtokens,
         random,
         tied,
+        frequency_biased,
+    })
+}
+
+/// The output head of [`ResizeInit::Frequency`]: `old_head` (`[old, hidden]`, f32) grown to `rows`;
+/// returns it and how many new rows got a bias.
+fn frequency_head(
+    old_head: &Tensor,
+    rows: i64,
+    tokens: &[NewTokenSpec],
+    statistics: &FrequencyStatistics,
+    seed: i64,
+) -> Result<(Tensor, usize)> {
+    let old = old_head.size()[0];
+    let u = Tensor::from_slice(&statistics.hidden_mean).to_kind(Kind::Float);
+    let norm2 = u.dot(&u).double_value(&[]);
+    if !(norm2.is_finite() && norm2 > 0.0) {
+        return Err(Error::Setting {
+            key: "init".into(),
+            reason: "the base's mean hidden state is zero or not finite".into(),
+        });
+    }
+    let direction = &u / norm2;
+    let count = |id: i64| statistics.counts.get(id as usize).copied().unwrap_or(0) as f64;
+    // Each first piece's group: the piece alone and the new tokens that start with it.
+    let mut groups: std::collections::BTreeMap<i64, Vec<&NewTokenSpec>> = Default::default();
+    for token in tokens {
+        if let Some(&first) = token.decomposition.first() {
+            if first >= 0
+                && first < old
+                && token.decomposition.iter().all(|&id| id >= 0 && id < old)
+            {
+                groups.entry(first).or_default().push(token);
+            }
+        }
+    }
+    // New rows start as mean-of-pieces rows (the random ones where a token has no pieces); the
+    // grouped ones are replaced below.
+    let (head, _, _) = grow(
+        old_head,
+        rows,
+        tokens,
+        ResizeInit::Mean,
+        seed.wrapping_add(1),
+    );
+    let mut biased = 0;
+    tch::no_grad(|| {
+        for (&piece, members) in &groups {
+            let total: f64 = count(piece)
+                + members.iter().map(|t| count(t.id)).sum::<f64>()
+                + members.len() as f64
+                + 1.0;
+            let piece_row = old_head.get(piece);
+            for token in members {
+                let p = (count(token.id) + 1.0) / total;
+                head.get(token.id)
+                    .copy_(&(&piece_row + &direction * p.ln()));
+                biased += 1;
+            }
+            let alone = (count(piece) + 1.0) / total;
+            head.get(piece)
+                .copy_(&(&piece_row + &direction * alone.ln()));
+        }
+    });
+    Ok((head, biased))
+}
+
+/// The mean final hidden state (after the last norm, the input of the output head) of the model in
+/// `model_dir` over the token sequences `sequences` (each run on its own from position 0), on the
+/// CPU: what [`ResizeInit::Frequency`] needs besides counts.
+pub fn mean_final_hidden(model_dir: &Path, sequences: &[Vec<i64>]) -> Result<Vec<f32>> {
+    let (_vs, model) = crate::CausalLm::load(model_dir, tch::Device::Cpu, Kind::Float)?;
+    let vocab = model.config().vocab_size;
+    let mut sum: Option<Tensor> = None;
+    let mut positions = 0i64;
+    for sequence in sequences.iter().filter(|s| !s.is_empty()) {
+        if let Some(&bad) = sequence.iter().find(|&&id| id < 0 || id >= vocab) {
+            return Err(Error::Setting {
+                key: "init".into(),
+                reason: format!("token id {bad} is outside the model's vocabulary of {vocab}"),
+            });
+        }
+        let hidden = tch::no_grad(|| {
+            model
+                .final_hidden(&Tensor::from_slice(sequence).unsqueeze(0))
+                .sum_dim_intlist(&[0i64, 1][..], false, Kind::Float)
+        });
+        positions += sequence.len() as i64;
+        sum = Some(match sum {
+            None => hidden,
+            Some(s) => s + hidden,
+        });
+    }
+    let sum = sum.ok_or_else(|| Error::Setting {
+        key: "init".into(),
+        reason: "no text to take the mean hidden state over".into(),
+    })?;
+    let mean = sum / positions as f64;
+    Vec::<f32>::try_from(&mean).map_err(|e| Error::Setting {
+        key: "init".into(),
+        reason: format!("mean hidden state: {e}"),
     })
 }

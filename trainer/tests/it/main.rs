@@ -704,9 +704,16 @@ fn resize_initialises_new_rows_as_subtoken_means_and_freezing_keeps_old_rows() {
         },
     ];
     let out = tempfile::tempdir().unwrap();
-    let report =
-        dapt_trainer::resize_embeddings(base.path(), &tokens, 64, ResizeInit::Mean, 1, out.path())
-            .unwrap();
+    let report = dapt_trainer::resize_embeddings(
+        base.path(),
+        &tokens,
+        64,
+        ResizeInit::Mean,
+        1,
+        None,
+        out.path(),
+    )
+    .unwrap();
     assert_eq!((report.old_rows, report.new_rows), (61, 65));
     assert_eq!(report.from_subtokens, 2);
     assert_eq!(
@@ -1099,4 +1106,96 @@ fn chunked_losses_and_scores_equal_the_whole_computation() {
             .eq_tensor(&chosen);
         assert!(scores.greedy.equal(&greedy));
     });
+}
+
+/// The `frequency` init unties a tied model; new input rows are sub-token means; each new token's
+/// output row is its first piece's plus `log P(t | piece)` along `u/|u|²`, so at the mean hidden
+/// state `u` the group of a piece (the piece alone and the new tokens starting with it) gets exactly
+/// the base's logit of the piece, split by the counts.
+#[test]
+fn frequency_init_splits_the_first_pieces_probability_by_counts() {
+    let _rng = rng_lock();
+    dapt_trainer::tch::manual_seed(9);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = CausalLm::new(&vs.root(), &tiny("llama", true)).unwrap();
+    let base = tempfile::tempdir().unwrap();
+    model.save(&vs, base.path()).unwrap();
+    let tokens = vec![
+        NewTokenSpec {
+            id: 61,
+            text: "ab".into(),
+            decomposition: vec![3, 4],
+        },
+        NewTokenSpec {
+            id: 62,
+            text: "abc".into(),
+            decomposition: vec![3, 4, 10],
+        },
+        NewTokenSpec {
+            id: 63,
+            text: "de".into(),
+            decomposition: vec![7, 8],
+        },
+    ];
+    let sequences = vec![vec![1i64, 2, 3, 4, 5], vec![9, 8, 7]];
+    let hidden_mean = dapt_trainer::mean_final_hidden(base.path(), &sequences).unwrap();
+    let expected_mean = dapt_trainer::tch::no_grad(|| {
+        let a = model.final_hidden(&Tensor::from_slice(&sequences[0]).unsqueeze(0));
+        let b = model.final_hidden(&Tensor::from_slice(&sequences[1]).unsqueeze(0));
+        Tensor::cat(&[a.squeeze_dim(0), b.squeeze_dim(0)], 0).mean_dim(0, false, Kind::Float)
+    });
+    assert!(max_difference(&Tensor::from_slice(&hidden_mean), &expected_mean) < 1e-5);
+    let mut counts = vec![0u64; 64];
+    (counts[3], counts[61], counts[62], counts[7], counts[63]) = (5, 10, 3, 0, 20);
+    let statistics = dapt_trainer::FrequencyStatistics {
+        counts,
+        hidden_mean: hidden_mean.clone(),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let missing = dapt_trainer::resize_embeddings(
+        base.path(),
+        &tokens,
+        64,
+        ResizeInit::Frequency,
+        1,
+        None,
+        out.path(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(missing.contains("frequency"), "{missing}");
+    let report = dapt_trainer::resize_embeddings(
+        base.path(),
+        &tokens,
+        64,
+        ResizeInit::Frequency,
+        1,
+        Some(&statistics),
+        out.path(),
+    )
+    .unwrap();
+    assert!(!report.tied);
+    assert_eq!(report.frequency_biased, 3);
+    let (_vs2, resized) = CausalLm::load(out.path(), Device::Cpu, Kind::Float).unwrap();
+    assert!(!resized.config().tie_word_embeddings);
+    let old = model.input_embeddings();
+    let input = resized.input_embeddings();
+    assert!(input.narrow(0, 0, 61).equal(old));
+    let mean = (old.get(3) + old.get(4)) / 2.0;
+    assert!(max_difference(&input.get(61), &mean) < 1e-7);
+    let head = resized.output_embeddings().unwrap();
+    let u = Tensor::from_slice(&hidden_mean);
+    let logit = |table: &Tensor, id: i64| table.get(id).dot(&u).double_value(&[]);
+    // Group of piece 3: alone 5, 61: 10, 62: 3 → add-one over 3 members: 6, 11, 4 of 21.
+    for (id, share) in [(3, 6.0 / 21.0), (61, 11.0 / 21.0), (62, 4.0 / 21.0)] {
+        let got = logit(head, id) - logit(old, 3);
+        assert!((got - f64::ln(share)).abs() < 1e-4, "{id}: {got}");
+    }
+    let group: f64 = [3, 61, 62].iter().map(|&id| logit(head, id).exp()).sum();
+    assert!((group.ln() - logit(old, 3)).abs() < 1e-4);
+    // Piece 7 alone never occurs: most of its probability goes to 63.
+    let got = logit(head, 63) - logit(old, 7);
+    assert!((got - f64::ln(21.0 / 22.0)).abs() < 1e-4, "{got}");
+    // Rows of pieces that start no new token are unchanged.
+    assert!(head.get(5).equal(&old.get(5)));
 }
