@@ -299,6 +299,15 @@ impl Location {
         Ok(objects)
     }
 
+    /// Deletes an object below this location; one that is not there is no error.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let path = self.child(name);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(&path, e)),
+        }
+    }
+
     /// Removes the staging files a killed local write of `path` left behind. object_store writes a
     /// local file as `NAME#1` (`#2`, … when that exists) and renames it into place, so a writer killed
     /// mid-write leaves `NAME#1`, which no later write removes. A writer about to write `path` owns

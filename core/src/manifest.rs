@@ -127,8 +127,45 @@ impl OutputDir {
         kind: &str,
         config_hash: &str,
     ) -> Result<Self> {
+        Self::open_with(location, manifest_name, kind, config_hash, false).await
+    }
+
+    /// Opens an output directory to write it anew (`--overwrite`): an output already there, of any
+    /// identity, finished or not, is removed first: its manifest before its shards, so that readers
+    /// find the old output, no output, or the new one, never a mix. Only what the manifests list is
+    /// removed (and the manifests of a job array's jobs); other files in the directory stay.
+    pub async fn open_replacing(location: Location, kind: &str, config_hash: &str) -> Result<Self> {
+        Self::open_with(location, MANIFEST_NAME, kind, config_hash, true).await
+    }
+
+    /// [`OutputDir::open_named`], or [`OutputDir::open_replacing`] when `replace` is set.
+    pub async fn open_with(
+        location: Location,
+        manifest_name: &str,
+        kind: &str,
+        config_hash: &str,
+        replace: bool,
+    ) -> Result<Self> {
         // A local output is locked before its manifest is read.
         let lock = lock_output(&location, manifest_name)?;
+        if replace {
+            let lease = crate::lease::Lease::acquire(&location, manifest_name).await?;
+            Self::remove_output(&location, manifest_name).await?;
+            return Ok(Self {
+                manifest: Manifest {
+                    kind: kind.to_string(),
+                    config_hash: config_hash.to_string(),
+                    shards: Vec::new(),
+                    summary: serde_json::Value::Null,
+                    complete: false,
+                    skipped: Vec::new(),
+                },
+                location,
+                manifest_name: manifest_name.to_string(),
+                lock,
+                lease,
+            });
+        }
         let manifest = Self::read_manifest(&location, manifest_name, kind, config_hash).await?;
         let mut output = Self {
             location,
@@ -150,6 +187,56 @@ impl OutputDir {
             output.release().await?;
         }
         Ok(output)
+    }
+
+    /// Removes the output that manifest `manifest_name` (and the job manifests beside it) describe:
+    /// each manifest first, then the shards it lists.
+    async fn remove_output(location: &Location, manifest_name: &str) -> Result<()> {
+        let mut manifests = vec![manifest_name.to_string()];
+        if manifest_name == MANIFEST_NAME {
+            let prefix = location.prefix().clone();
+            for object in location.list_objects().await.unwrap_or_default() {
+                let Some(name) = object
+                    .location
+                    .prefix_match(&prefix)
+                    .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>())
+                else {
+                    continue;
+                };
+                if let [name] = name.as_slice() {
+                    let job = name
+                        .strip_prefix("_manifest-")
+                        .and_then(|rest| rest.strip_suffix(".json"))
+                        .and_then(|rest| rest.split_once("-of-"));
+                    if job.is_some_and(|(i, n)| {
+                        [i, n]
+                            .iter()
+                            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                    }) {
+                        manifests.push(name.clone());
+                    }
+                }
+            }
+        }
+        for manifest in manifests {
+            let Some(bytes) = location.read_optional(&manifest).await? else {
+                continue;
+            };
+            // An unreadable manifest lists nothing; it is removed all the same.
+            let listed = serde_json::from_slice::<Manifest>(&bytes)
+                .map(|m| m.shards)
+                .unwrap_or_default();
+            location.delete(&manifest).await?;
+            for shard in &listed {
+                location.delete(&shard.name).await?;
+            }
+            tracing::warn!(
+                manifest = %location.url_of(&location.child(&manifest)),
+                shards = listed.len(),
+                "removed the output being overwritten"
+            );
+        }
+        Ok(())
     }
 
     /// The manifest `manifest_name` in `location` (a fresh one where there is none), checked to be of
@@ -435,6 +522,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("h1") && err.contains("h2"), "{err}");
+    }
+
+    /// `--overwrite`: the output of another identity (here a job array's, finished) goes, manifests
+    /// first; files the manifests do not list stay; the new output lists only its own shards.
+    #[tokio::test]
+    async fn an_output_is_replaced_manifest_first_and_only_what_it_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        for (index, shard) in ["a.parquet", "b.parquet"].into_iter().enumerate() {
+            let mut job = OutputDir::open_named(
+                location.clone(),
+                &job_manifest_name(index, 2),
+                "ingest",
+                "old",
+            )
+            .await
+            .unwrap();
+            job.publish(shard, Bytes::from_static(b"old"), 1)
+                .await
+                .unwrap();
+            job.finish(serde_json::json!({"documents": 1}))
+                .await
+                .unwrap();
+        }
+        OutputDir::merge_job_manifests(&location, 2, "ingest", "old")
+            .await
+            .unwrap()
+            .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+
+        let mut new = OutputDir::open_replacing(location.clone(), "ingest", "new")
+            .await
+            .unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["notes.txt"],
+            "the old output is gone, other files stay"
+        );
+        new.publish("c.parquet", Bytes::from_static(b"new"), 1)
+            .await
+            .unwrap();
+        new.finish(serde_json::Value::Null).await.unwrap();
+        let reread = OutputDir::open(location, "ingest", "new").await.unwrap();
+        assert!(reread.manifest().complete);
+        let names: Vec<_> = reread.manifest().shards.iter().map(|s| &s.name).collect();
+        assert_eq!(names, ["c.parquet"]);
     }
 
     #[tokio::test]

@@ -106,7 +106,10 @@ fn shard_name(url: &str, meta: &ObjectMeta) -> String {
 
 /// Ingests this job's inputs into `out`: one Parquet shard per input file and a manifest
 /// (`_manifest.json`, or a per-job manifest that is merged into `_manifest.json` by whichever job
-/// finishes last). `config_hash` binds the output to the settings. Reruns skip published shards.
+/// finishes last). The output is bound to `config_hash` (the settings) and to the resolved inputs:
+/// every input file's URL and size, so that a rerun over changed inputs (a file grown or cut, a file
+/// added to or gone from a prefix) is refused instead of mixing old and new shards. Reruns skip
+/// published shards.
 pub async fn ingest(
     settings: &IngestSettings,
     out: Location,
@@ -116,6 +119,7 @@ pub async fn ingest(
 ) -> Result<IngestSummary> {
     let settings = Arc::new(settings.clone());
     let inputs = dapt_core::location::expand_inputs(&settings.inputs, &settings.storage).await?;
+    let mut resolved: Vec<(String, u64)> = Vec::new();
     let mut files = Vec::new();
     for (location, meta) in inputs {
         let name = meta.location.filename().unwrap_or_default().to_string();
@@ -131,10 +135,17 @@ pub async fn ingest(
             },
         };
         let url = location.url_of(&meta.location);
+        resolved.push((url.clone(), meta.size));
         if job.takes(&url) {
             files.push((location, meta, format, url));
         }
     }
+    // Every job of an array resolves the same list, so all bind the output to one identity.
+    let identity = serde_json::to_vec(&(config_hash, &resolved)).map_err(|e| Error::Setting {
+        key: "ingest.inputs".into(),
+        reason: format!("cannot record the resolved inputs: {e}"),
+    })?;
+    let config_hash: &str = &dapt_core::hash::sha256_hex(&identity);
     if files.is_empty() && job.count == 1 {
         return Err(Error::Object {
             url: settings.inputs.join(", "),
@@ -146,8 +157,22 @@ pub async fn ingest(
     } else {
         job_manifest_name(job.index, job.count)
     };
-    let mut output =
-        OutputDir::open_named(out.clone(), &manifest_name, "ingest", config_hash).await?;
+    if settings.overwrite && job.count > 1 {
+        return Err(Error::Setting {
+            key: "ingest.overwrite".into(),
+            reason: "cannot replace an output from one job of an array (the others would write into it); \
+                     remove the output directory first, then run the jobs"
+                .into(),
+        });
+    }
+    let mut output = OutputDir::open_with(
+        out.clone(),
+        &manifest_name,
+        "ingest",
+        config_hash,
+        settings.overwrite,
+    )
+    .await?;
     let mut summary = IngestSummary {
         files: files.len() as u64,
         ..Default::default()

@@ -60,6 +60,9 @@ pub struct IngestOptions {
     /// Object-store settings for the inputs (object_store keys: `aws_endpoint`, `aws_region`,
     /// `timeout`, …), over the environment (default: none).
     pub storage: BTreeMap<String, String>,
+    /// Replace an output already in the output directory (of any settings, finished or not) instead
+    /// of resuming it or refusing it (default: false; not with a job array).
+    pub overwrite: bool,
 }
 
 impl Default for IngestOptions {
@@ -76,6 +79,7 @@ impl Default for IngestOptions {
             on_error: ErrorPolicy::Fail,
             concurrency: None,
             storage: BTreeMap::new(),
+            overwrite: false,
         }
     }
 }
@@ -106,6 +110,9 @@ pub struct IngestSettings {
     /// Where and how to reach the inputs, not what they hold (and may carry credentials): not hashed.
     #[serde(skip)]
     pub storage: BTreeMap<String, String>,
+    /// Replace what the output directory holds (see [`IngestOptions::overwrite`]); not hashed.
+    #[serde(skip)]
+    pub overwrite: bool,
 }
 
 impl TryFrom<IngestOptions> for IngestSettings {
@@ -165,6 +172,7 @@ impl TryFrom<IngestOptions> for IngestSettings {
             on_error: options.on_error,
             concurrency,
             storage: options.storage,
+            overwrite: options.overwrite,
         })
     }
 }

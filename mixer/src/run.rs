@@ -844,11 +844,13 @@ pub async fn plan_pipeline_with(
 }
 
 /// Runs every stage of a pipeline into `out/<stage>/` (a single mix: `out/` itself). `hash` is the
-/// configuration's hash (recorded in each manifest; a changed configuration is refused).
+/// configuration's hash (recorded in each manifest; a changed configuration is refused, unless
+/// `overwrite` is set: then each stage's output is replaced, see `OutputDir::open_replacing`).
 pub async fn run_pipeline(
     pipeline: &Pipeline,
     out: &Location,
     hash: &str,
+    overwrite: bool,
 ) -> Result<Vec<MixReport>> {
     let mut state = PipelineState::default();
     let mut tokenizers = TokenizerCache::default();
@@ -861,7 +863,14 @@ pub async fn run_pipeline(
             Location::parse(&format!("{}/{name}/", out.url().trim_end_matches('/')))?
         };
         let tokenizer = tokenizers.get(mix)?;
-        let mut output = OutputDir::open(location, "mix", hash).await?;
+        let mut output = OutputDir::open_with(
+            location,
+            dapt_core::manifest::MANIFEST_NAME,
+            "mix",
+            hash,
+            overwrite,
+        )
+        .await?;
         // A complete stage is still replayed (deterministically, without writing) so that the
         // cross-stage state of later stages is the same as in an uninterrupted run.
         let report = run_stage(name, mix, &tokenizer, &mut output, &mut state).await?;

@@ -976,6 +976,7 @@ pub fn run(
             seed: o.seed,
             out: dir.display().to_string(),
             mode: PackMode::Cpt,
+            overwrite: false,
         };
         let pack_id = identity("the packed stage", &(mix_id, job.identity(&tokenizer)?))?;
         steps.run(&format!("pack-{}", stage.name), &pack_id, &[&dir], || {
@@ -1005,6 +1006,7 @@ pub fn run(
                 window: sft.window,
                 overlong: sft.overlong,
             },
+            overwrite: false,
         };
         let template_id = if template.is_file() {
             Some(file_identity(&template)?)

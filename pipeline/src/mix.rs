@@ -29,13 +29,15 @@ pub fn plan_mix(file: &Path) -> Result<Vec<(String, dapt_mixer::run::StagePlan)>
     Ok(crate::runtime()?.block_on(dapt_mixer::plan_pipeline(&pipeline))?)
 }
 
-/// Materialises every stage of a mix or pipeline file into `out`.
-pub fn run_mix(file: &Path, out: &str) -> Result<Vec<MixReport>> {
+/// Materialises every stage of a mix or pipeline file into `out`; `overwrite` replaces outputs of
+/// other configurations there instead of refusing them.
+pub fn run_mix(file: &Path, out: &str, overwrite: bool) -> Result<Vec<MixReport>> {
     let pipeline = Pipeline::load(file)?;
     let hash = pipeline_identity(&pipeline)?;
     Ok(crate::runtime()?.block_on(dapt_mixer::run_pipeline(
         &pipeline,
         &Location::parse(out)?,
         &hash,
+        overwrite,
     ))?)
 }

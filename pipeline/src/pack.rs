@@ -79,6 +79,8 @@ pub struct PackJob {
     pub seed: u64,
     /// Output directory (URL).
     pub out: String,
+    /// Replace an output already there (of any identity) instead of refusing or reusing it.
+    pub overwrite: bool,
     /// CPT or SFT.
     pub mode: PackMode,
 }
@@ -175,8 +177,14 @@ impl PackJob {
                 let tokenizer = Arc::new(tokenizer);
                 let stats = runtime.block_on(async {
                     let documents = ordered_documents(&sources, &query, self.seed).await?;
-                    let mut output =
-                        OutputDir::open(Location::parse(&self.out)?, "pack", &hash).await?;
+                    let mut output = OutputDir::open_with(
+                        Location::parse(&self.out)?,
+                        dapt_core::manifest::MANIFEST_NAME,
+                        "pack",
+                        &hash,
+                        self.overwrite,
+                    )
+                    .await?;
                     let stats = dapt_packer::pack_stream(
                         &mut output,
                         tokenizer.clone(),
@@ -199,10 +207,12 @@ impl PackJob {
                 window,
                 overlong,
             } => {
-                let mut output = runtime.block_on(OutputDir::open(
+                let mut output = runtime.block_on(OutputDir::open_with(
                     Location::parse(&self.out)?,
+                    dapt_core::manifest::MANIFEST_NAME,
                     "pack-sft",
                     &hash,
+                    self.overwrite,
                 ))?;
                 if output.manifest().complete {
                     // A finished output is reused as it is, without reading or tokenising again.

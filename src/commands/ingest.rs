@@ -46,6 +46,11 @@ pub struct IngestArgs {
     /// Files read at once (default: the number of cores).
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Replace the output already in --out (of other inputs or settings, finished or not) instead of
+    /// refusing or resuming it: its manifest goes first, then its shards, so readers never see a mix.
+    /// Not with --shard.
+    #[arg(long)]
+    overwrite: bool,
     /// Object-store setting KEY=VALUE for inputs and output, over the environment (object_store keys:
     /// aws_endpoint, aws_region, timeout, connect_timeout, …); repeatable.
     #[arg(long = "storage-option", value_name = "KEY=VALUE")]
@@ -89,6 +94,7 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         },
         concurrency: args.concurrency,
         storage: storage.clone(),
+        overwrite: args.overwrite,
         ..IngestOptions::default()
     })?;
     let job = match &args.shard {

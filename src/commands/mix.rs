@@ -26,6 +26,10 @@ enum Mode {
         /// Output directory (URL).
         #[arg(long)]
         out: String,
+        /// Replace each stage's output already in --out (of another configuration, finished or not)
+        /// instead of refusing it: its manifest goes first, then its shards.
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 
@@ -65,8 +69,12 @@ pub fn run(args: MixArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        Mode::Run { file, out } => {
-            let reports = dapt_pipeline::mix::run_mix(&file, &out)?;
+        Mode::Run {
+            file,
+            out,
+            overwrite,
+        } => {
+            let reports = dapt_pipeline::mix::run_mix(&file, &out, overwrite)?;
             for report in &reports {
                 println!(
                     "stage {}: {} documents, {} tokens (target {}); max share error {:.3} points",

@@ -48,6 +48,10 @@ pub struct PackArgs {
     /// Output directory (URL) for the packed shards and `_manifest.json`.
     #[arg(long)]
     out: String,
+    /// Replace the output already in --out (of other inputs or settings, finished or not) instead of
+    /// refusing or reusing it: its manifest goes first, then its shards, so readers never see a mix.
+    #[arg(long)]
+    overwrite: bool,
     /// cpt: documents, EOS-separated, split across rows; sft: chats (a `messages` column of JSON
     /// [{role, content}], or `prompt` and `response` columns), packed whole, loss on assistant turns.
     #[arg(long, value_enum, default_value = "cpt")]
@@ -113,6 +117,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
         settings,
         seed: args.seed,
         out: args.out.clone(),
+        overwrite: args.overwrite,
         mode,
     };
     let bar = dapt_pipeline::progress::spinner("    pack {spinner} {msg} {elapsed}");

@@ -330,3 +330,83 @@ fn a_second_writer_of_one_s3_output_is_refused_and_a_killed_writers_lease_is_tak
     )?);
     Ok(())
 }
+
+/// `--overwrite` replaces an output of other inputs: the directory then holds exactly what ingesting
+/// the new inputs alone gives (the old shards are gone); a job of an array may not overwrite.
+#[test]
+fn overwrite_replaces_an_output_of_other_inputs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("out");
+    let alone = dir.path().join("alone");
+    let (en, ru) = (
+        test_data().join("corpus/en/fortunes.jsonl"),
+        test_data().join("corpus/ru/fortunes-ru.jsonl"),
+    );
+    ensure!(ingest_command(&en, &out).output()?.status.success());
+    let refused = ingest_command(&ru, &out).output()?;
+    ensure!(!refused.status.success());
+    ensure!(String::from_utf8_lossy(&refused.stderr).contains("choose another output directory"));
+    let array = ingest_command(&ru, &out)
+        .args(["--overwrite", "--shard", "0/2"])
+        .output()?;
+    ensure!(!array.status.success());
+    ensure!(
+        String::from_utf8_lossy(&array.stderr).contains("ingest.overwrite"),
+        "{}",
+        String::from_utf8_lossy(&array.stderr)
+    );
+    let replaced = ingest_command(&ru, &out).arg("--overwrite").output()?;
+    ensure!(
+        replaced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replaced.stderr)
+    );
+    ensure!(ingest_command(&ru, &alone).output()?.status.success());
+    let visible = |d: &Path| {
+        digests(d)
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with('.'))
+            .collect::<BTreeMap<_, _>>()
+    };
+    ensure!(
+        visible(&out) == visible(&alone),
+        "{:?}\nvs\n{:?}",
+        visible(&out),
+        visible(&alone)
+    );
+
+    // The output is bound to its resolved inputs: a rerun after an input grew is refused (its
+    // finished shard would stay while the file changed), a file added to the directory too.
+    let inputs = dir.path().join("in");
+    std::fs::create_dir_all(&inputs)?;
+    std::fs::copy(&ru, inputs.join("a.jsonl"))?;
+    let bound = dir.path().join("bound");
+    ensure!(ingest_command(&inputs, &bound).output()?.status.success());
+    ensure!(
+        ingest_command(&inputs, &bound).output()?.status.success(),
+        "a plain rerun"
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(inputs.join("a.jsonl"))?;
+    std::io::Write::write_all(&mut file, b"{\"text\": \"one more fortune\"}\n")?;
+    drop(file);
+    let grown = ingest_command(&inputs, &bound).output()?;
+    ensure!(!grown.status.success(), "a grown input was let in");
+    ensure!(
+        String::from_utf8_lossy(&grown.stderr).contains("choose another output directory"),
+        "{}",
+        String::from_utf8_lossy(&grown.stderr)
+    );
+    ensure!(ingest_command(&inputs, &bound)
+        .arg("--overwrite")
+        .output()?
+        .status
+        .success());
+    std::fs::copy(&en, inputs.join("b.jsonl"))?;
+    ensure!(
+        !ingest_command(&inputs, &bound).output()?.status.success(),
+        "a file added to the input directory was let in"
+    );
+    Ok(())
+}

@@ -170,6 +170,31 @@ fn mix_plan_and_run_hit_the_shares_deterministically() -> Result<()> {
     let handbook = &report(&out)?["components"][1];
     ensure!(handbook["capped"] == true, "{handbook:#}");
     ensure!(handbook["tokens"].as_u64() <= handbook["available_tokens"].as_u64());
+
+    // Another mix into a finished output is refused; with --overwrite it replaces it, to the bytes
+    // of that mix run alone.
+    let refused = dapt(&[
+        "mix",
+        "run",
+        capped.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    ensure!(!refused.status.success(), "another mix was let in");
+    let replaced = dapt(&[
+        "mix",
+        "run",
+        capped.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+        "--overwrite",
+    ]);
+    ensure!(
+        replaced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replaced.stderr)
+    );
+    same_files(&out, &again)?;
     Ok(())
 }
 

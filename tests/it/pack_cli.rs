@@ -340,6 +340,43 @@ fn a_pack_output_refuses_another_input() -> Result<()> {
     let again = pack(&inputs[0]);
     ensure!(again.status.success());
     ensure!(std::fs::read(packed.join("_manifest.json"))? == manifest);
+
+    // --overwrite replaces it: the output is then exactly what packing the other input alone gives.
+    let mut args = vec![
+        "pack",
+        "--input",
+        inputs[1].to_str().unwrap(),
+        "--tokenizer",
+        qwen.to_str().unwrap(),
+        "--seq-len",
+        "128",
+        "--out",
+    ];
+    let alone = dir.path().join("alone");
+    let run = dapt(&[&args[..], &[alone.to_str().unwrap()]].concat());
+    ensure!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    args.extend([packed.to_str().unwrap(), "--overwrite"]);
+    let replaced = dapt(&args);
+    ensure!(
+        replaced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replaced.stderr)
+    );
+    ensure!(
+        digests(&packed)?
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with('.'))
+            .collect::<BTreeMap<_, _>>()
+            == digests(&alone)?
+                .into_iter()
+                .filter(|(name, _)| !name.starts_with('.'))
+                .collect::<BTreeMap<_, _>>(),
+        "the replaced output differs from the other input's own"
+    );
     Ok(())
 }
 
