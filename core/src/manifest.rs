@@ -53,7 +53,28 @@ pub struct Manifest {
     /// Records skipped under the `skip` error policy, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<SkipRecord>,
+    /// The tool and version that wrote the manifest (`dapt 0.1.0`); recorded, not checked.
+    #[serde(default)]
+    pub producer: String,
 }
+
+impl Manifest {
+    /// An empty, unfinished manifest of `kind` and `config_hash`, written by this version.
+    pub fn new(kind: &str, config_hash: &str) -> Self {
+        Self {
+            kind: kind.to_string(),
+            config_hash: config_hash.to_string(),
+            shards: Vec::new(),
+            summary: serde_json::Value::Null,
+            complete: false,
+            skipped: Vec::new(),
+            producer: PRODUCER.to_string(),
+        }
+    }
+}
+
+/// What [`Manifest::producer`] says of this build.
+pub const PRODUCER: &str = concat!("dapt ", env!("CARGO_PKG_VERSION"));
 
 /// The manifest name of job `index` of `count` jobs that share one output directory
 /// (`_manifest-00003-of-00008.json`).
@@ -152,14 +173,7 @@ impl OutputDir {
             let lease = crate::lease::Lease::acquire(&location, manifest_name).await?;
             Self::remove_output(&location, manifest_name).await?;
             return Ok(Self {
-                manifest: Manifest {
-                    kind: kind.to_string(),
-                    config_hash: config_hash.to_string(),
-                    shards: Vec::new(),
-                    summary: serde_json::Value::Null,
-                    complete: false,
-                    skipped: Vec::new(),
-                },
+                manifest: Manifest::new(kind, config_hash),
                 location,
                 manifest_name: manifest_name.to_string(),
                 lock,
@@ -249,14 +263,7 @@ impl OutputDir {
     ) -> Result<Manifest> {
         let manifest_url = location.url_of(&location.child(manifest_name));
         let manifest = match location.read_optional(manifest_name).await? {
-            None => Manifest {
-                kind: kind.to_string(),
-                config_hash: config_hash.to_string(),
-                shards: Vec::new(),
-                summary: serde_json::Value::Null,
-                complete: false,
-                skipped: Vec::new(),
-            },
+            None => Manifest::new(kind, config_hash),
             Some(bytes) => {
                 let manifest: Manifest =
                     serde_json::from_slice(&bytes).map_err(|source| Error::Json {
@@ -273,7 +280,10 @@ impl OutputDir {
                         ),
                     });
                 }
-                manifest
+                Manifest {
+                    producer: PRODUCER.to_string(),
+                    ..manifest
+                }
             }
         };
         Ok(manifest)
@@ -378,12 +388,9 @@ impl OutputDir {
         config_hash: &str,
     ) -> Result<Option<Manifest>> {
         let mut merged = Manifest {
-            kind: kind.to_string(),
-            config_hash: config_hash.to_string(),
-            shards: Vec::new(),
             summary: serde_json::Value::Object(Default::default()),
             complete: true,
-            skipped: Vec::new(),
+            ..Manifest::new(kind, config_hash)
         };
         for index in 0..count {
             // Read only: other jobs may still be writing (and hold their locks).
@@ -572,6 +579,13 @@ mod tests {
         new.finish(serde_json::Value::Null).await.unwrap();
         let reread = OutputDir::open(location, "ingest", "new").await.unwrap();
         assert!(reread.manifest().complete);
+        let written: Manifest =
+            serde_json::from_slice(&std::fs::read(dir.path().join(MANIFEST_NAME)).unwrap())
+                .unwrap();
+        assert_eq!(
+            written.producer,
+            format!("dapt {}", env!("CARGO_PKG_VERSION"))
+        );
         let names: Vec<_> = reread.manifest().shards.iter().map(|s| &s.name).collect();
         assert_eq!(names, ["c.parquet"]);
     }

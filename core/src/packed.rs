@@ -414,12 +414,8 @@ mod metadata_tests {
 
     fn empty_manifest() -> crate::Manifest {
         crate::Manifest {
-            kind: "pack".into(),
-            config_hash: "h".into(),
-            shards: Vec::new(),
-            summary: serde_json::Value::Null,
             complete: true,
-            skipped: Vec::new(),
+            ..crate::Manifest::new("pack", "h")
         }
     }
 
