@@ -15,6 +15,31 @@ pub fn identity(what: &str, value: &impl Serialize) -> Result<String> {
     Ok(dapt_core::hash::sha256_hex(&json))
 }
 
+/// Files as resolved now: URL and size of each, in listing order.
+pub type ResolvedFiles = Vec<(String, u64)>;
+
+/// The data the tables of a sources file read, as resolved now: each source's files (URL and size),
+/// by source name. Part of the identity of what reads them, so that an output is bound to the files it
+/// came from, not only to the URLs that named them. Call it outside an async runtime.
+pub fn sources_data(sources: &dapt_sql::SourcesOptions) -> Result<Vec<(String, ResolvedFiles)>> {
+    let runtime = crate::runtime()?;
+    sources
+        .sources
+        .iter()
+        .map(|(name, source)| {
+            let objects = runtime.block_on(dapt_core::location::expand_inputs(
+                std::slice::from_ref(&source.url),
+                &sources.storage,
+            ))?;
+            let files = objects
+                .iter()
+                .map(|(location, meta)| (location.url_of(&meta.location), meta.size))
+                .collect();
+            Ok((name.clone(), files))
+        })
+        .collect()
+}
+
 /// sha256 (hex) of a file's bytes, streamed; an unreadable file is an error naming it.
 pub fn file_identity(path: &std::path::Path) -> Result<String> {
     let file = std::fs::File::open(path).map_err(crate::error::io_error(path))?;

@@ -17,6 +17,7 @@ pub fn pipeline_identity(pipeline: &Pipeline) -> Result<String> {
                 name.clone(),
                 mix,
                 crate::identity::file_identity(&mix.tokenizer)?,
+                crate::identity::sources_data(&mix.sources)?,
             ))
         })
         .collect::<Result<Vec<_>>>()?;

@@ -128,15 +128,25 @@ impl PackJob {
         }
     }
 
-    /// The output's identity: the input (the sources file's bytes, or the input directory's
-    /// manifest, which lists its shards and the identity of what wrote them), the tokenizer's bytes,
+    /// The output's identity: the input (the sources file's bytes and the files its tables resolve
+    /// to with their sizes, or the input directory's manifest, which lists its shards and the
+    /// identity of what wrote them), the tokenizer's bytes,
     /// the settings and the seed.
     pub fn identity(&self, tokenizer: &TokenizerFile) -> Result<String> {
         let sources_file = match &self.input {
             PackInput::Query {
                 sources: Some(path),
                 ..
-            } => Some(crate::identity::file_identity(path)?),
+            } => {
+                let options = dapt_sql::SourcesOptions::load(path)?;
+                Some(crate::identity::identity(
+                    "the sources",
+                    &(
+                        crate::identity::file_identity(path)?,
+                        crate::identity::sources_data(&options)?,
+                    ),
+                )?)
+            }
             PackInput::Documents { url } => {
                 let location = Location::parse(url)?;
                 let name = dapt_core::manifest::MANIFEST_NAME;

@@ -498,3 +498,58 @@ fn a_killed_pack_reruns_to_identical_output_and_leaves_nothing_behind() -> Resul
     );
     Ok(())
 }
+
+/// A pack output is bound to the files its sources resolve to: after a source file grew, the rerun is
+/// refused instead of resuming over other data; `--overwrite` repacks.
+#[test]
+fn a_pack_output_is_bound_to_its_source_files() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("fortunes.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(test_data().join("corpus/en/fortunes.jsonl"))?
+        .lines()
+        .take(50)
+        .map(str::to_string)
+        .collect();
+    std::fs::write(&data, lines.join("\n") + "\n")?;
+    let sources = dir.path().join("sources.toml");
+    std::fs::write(
+        &sources,
+        format!("[sources.f]\nurl = {:?}\n", data.to_str().unwrap()),
+    )?;
+    let qwen = test_data().join("tokenizers/qwen3/tokenizer.json");
+    let out = dir.path().join("packed");
+    let pack = |extra: &[&str]| {
+        let mut args = vec![
+            "pack",
+            "--config",
+            sources.to_str().unwrap(),
+            "-e",
+            "SELECT concat(path, '#', CAST(i AS VARCHAR)) AS id, text FROM f",
+            "--tokenizer",
+            qwen.to_str().unwrap(),
+            "--seq-len",
+            "64",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        dapt(&args)
+    };
+    ensure!(pack(&[]).status.success());
+    ensure!(pack(&[]).status.success(), "a rerun over the same data");
+    std::fs::write(&data, lines.join("\n") + "\n" + &lines[0] + "\n")?;
+    let grown = pack(&[]);
+    let stderr = String::from_utf8_lossy(&grown.stderr);
+    ensure!(!grown.status.success(), "packed over changed data");
+    ensure!(
+        stderr.contains("choose another output directory"),
+        "{stderr}"
+    );
+    let again = pack(&["--overwrite"]);
+    ensure!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    Ok(())
+}
