@@ -676,33 +676,35 @@ fn lora_with_trainable_token_rows_trains_only_the_new_rows() {
     }
 }
 
+/// A tiny Llama (`tied` embeddings or not) made with `seed`, saved in a fresh directory.
+fn saved_tiny(seed: i64, tied: bool) -> (CausalLm, tempfile::TempDir) {
+    dapt_trainer::tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = CausalLm::new(&vs.root(), &tiny("llama", tied)).unwrap();
+    let base = tempfile::tempdir().unwrap();
+    model.save(&vs, base.path()).unwrap();
+    (model, base)
+}
+
+/// New-token specs `(id, decomposition)`.
+fn new_tokens(specs: &[(i64, &[i64])]) -> Vec<NewTokenSpec> {
+    specs
+        .iter()
+        .map(|&(id, pieces)| NewTokenSpec {
+            id,
+            text: format!("t{id}"),
+            decomposition: pieces.to_vec(),
+        })
+        .collect()
+}
+
 /// Resizing grows both tables, new rows are the mean of their sub-token rows, the model loads, and
 /// training with old rows frozen changes only new rows.
 #[test]
 fn resize_initialises_new_rows_as_subtoken_means_and_freezing_keeps_old_rows() {
     let _rng = rng_lock();
-    dapt_trainer::tch::manual_seed(8);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = CausalLm::new(&vs.root(), &tiny("llama", false)).unwrap();
-    let base = tempfile::tempdir().unwrap();
-    model.save(&vs, base.path()).unwrap();
-    let tokens = vec![
-        NewTokenSpec {
-            id: 61,
-            text: "ab".into(),
-            decomposition: vec![3, 4],
-        },
-        NewTokenSpec {
-            id: 62,
-            text: "abc".into(),
-            decomposition: vec![3, 4, 10],
-        },
-        NewTokenSpec {
-            id: 64,
-            text: "?".into(),
-            decomposition: vec![],
-        },
-    ];
+    let (model, base) = saved_tiny(8, false);
+    let tokens = new_tokens(&[(61, &[3, 4]), (62, &[3, 4, 10]), (64, &[])]);
     let out = tempfile::tempdir().unwrap();
     let report = dapt_trainer::resize_embeddings(
         base.path(),
@@ -1115,28 +1117,8 @@ fn chunked_losses_and_scores_equal_the_whole_computation() {
 #[test]
 fn frequency_init_splits_the_first_pieces_probability_by_counts() {
     let _rng = rng_lock();
-    dapt_trainer::tch::manual_seed(9);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = CausalLm::new(&vs.root(), &tiny("llama", true)).unwrap();
-    let base = tempfile::tempdir().unwrap();
-    model.save(&vs, base.path()).unwrap();
-    let tokens = vec![
-        NewTokenSpec {
-            id: 61,
-            text: "ab".into(),
-            decomposition: vec![3, 4],
-        },
-        NewTokenSpec {
-            id: 62,
-            text: "abc".into(),
-            decomposition: vec![3, 4, 10],
-        },
-        NewTokenSpec {
-            id: 63,
-            text: "de".into(),
-            decomposition: vec![7, 8],
-        },
-    ];
+    let (model, base) = saved_tiny(9, true);
+    let tokens = new_tokens(&[(61, &[3, 4]), (62, &[3, 4, 10]), (63, &[7, 8])]);
     let sequences = vec![vec![1i64, 2, 3, 4, 5], vec![9, 8, 7]];
     let hidden_mean = dapt_trainer::mean_final_hidden(base.path(), &sequences).unwrap();
     let expected_mean = dapt_trainer::tch::no_grad(|| {
