@@ -17,7 +17,7 @@
 //! Time to live: `DAPT_LEASE_TTL_S` seconds (default 60). Clocks of the writers' machines are
 //! compared, so they should agree to well within that. A store without conditional puts (plain HTTP)
 //! gets no lease, with a warning.
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,13 +46,11 @@ struct Holder {
 
 /// Leases held by this process (their URLs), so that a lease of this process's own id is taken over
 /// only when nothing here holds it any more.
-static HELD: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+static HELD: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
-fn held(f: impl FnOnce(&mut HashSet<String>) -> bool) -> bool {
-    let mut guard = HELD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    f(guard.get_or_insert_with(HashSet::new))
+fn held() -> std::sync::MutexGuard<'static, BTreeSet<String>> {
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn now_ms() -> u64 {
@@ -177,7 +175,7 @@ impl Lease {
             tracing::warn!(output = %location.url(), "the store returns no ETag: the lease cannot be renewed, so the output is written without one");
             return Ok(None);
         }
-        held(|set| set.insert(url.clone()));
+        held().insert(url.clone());
         let state = Arc::new(tokio::sync::Mutex::new(State {
             version,
             lost: None,
@@ -234,7 +232,7 @@ impl Lease {
                     ))
                 } else if other.host == holder.host
                     && (!process_runs(other.pid)
-                        || (other.pid == holder.pid && !held(|set| set.contains(url))))
+                        || (other.pid == holder.pid && !held().contains(url)))
                 {
                     Some(format!(
                         "its writer {} (a process of this host) no longer runs",
@@ -325,7 +323,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.task.abort();
-        held(|set| set.remove(&self.url));
+        held().remove(&self.url);
     }
 }
 

@@ -82,6 +82,19 @@ pub fn job_manifest_name(index: usize, count: usize) -> String {
     format!("_manifest-{index:05}-of-{count:05}.json")
 }
 
+/// Whether `name` is a job manifest's name (as [`job_manifest_name`] makes them).
+fn is_job_manifest_name(name: &str) -> bool {
+    let numbers = name
+        .strip_prefix("_manifest-")
+        .and_then(|rest| rest.strip_suffix(".json"))
+        .and_then(|rest| rest.split_once("-of-"));
+    numbers.is_some_and(|(index, count)| {
+        [index, count]
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
 /// An output directory with its manifest, opened by its one writer.
 ///
 /// A local (`file://`) output is locked while it is written: the writer holds an exclusive `flock`
@@ -151,15 +164,11 @@ impl OutputDir {
         Self::open_with(location, manifest_name, kind, config_hash, false).await
     }
 
-    /// Opens an output directory to write it anew (`--overwrite`): an output already there, of any
-    /// identity, finished or not, is removed first: its manifest before its shards, so that readers
-    /// find the old output, no output, or the new one, never a mix. Only what the manifests list is
-    /// removed (and the manifests of a job array's jobs); other files in the directory stay.
-    pub async fn open_replacing(location: Location, kind: &str, config_hash: &str) -> Result<Self> {
-        Self::open_with(location, MANIFEST_NAME, kind, config_hash, true).await
-    }
-
-    /// [`OutputDir::open_named`], or [`OutputDir::open_replacing`] when `replace` is set.
+    /// [`OutputDir::open_named`], or, with `replace` (`--overwrite`), an output directory opened to be
+    /// written anew: an output already there, of any identity, finished or not, is removed first,
+    /// its manifest before its shards, so that readers find the old output, no output, or the new
+    /// one, never a mix. Only what the manifests list is removed (and the manifests of a job array's
+    /// jobs); other files in the directory stay.
     pub async fn open_with(
         location: Location,
         manifest_name: &str,
@@ -194,11 +203,14 @@ impl OutputDir {
             return Ok(output);
         }
         output.lease = crate::lease::Lease::acquire(&output.location, manifest_name).await?;
-        // Another writer may have written (or finished) the output before this one took it over.
-        output.manifest =
-            Self::read_manifest(&output.location, manifest_name, kind, config_hash).await?;
-        if output.manifest.complete {
-            output.release().await?;
+        if output.lease.is_some() {
+            // Another writer may have written (or finished) the output before this one took the
+            // lease over (a local lock is taken before the first read).
+            output.manifest =
+                Self::read_manifest(&output.location, manifest_name, kind, config_hash).await?;
+            if output.manifest.complete {
+                output.release().await?;
+            }
         }
         Ok(output)
     }
@@ -208,27 +220,10 @@ impl OutputDir {
     async fn remove_output(location: &Location, manifest_name: &str) -> Result<()> {
         let mut manifests = vec![manifest_name.to_string()];
         if manifest_name == MANIFEST_NAME {
-            let prefix = location.prefix().clone();
-            for object in location.list_objects().await.unwrap_or_default() {
-                let Some(name) = object
-                    .location
-                    .prefix_match(&prefix)
-                    .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>())
-                else {
-                    continue;
-                };
-                if let [name] = name.as_slice() {
-                    let job = name
-                        .strip_prefix("_manifest-")
-                        .and_then(|rest| rest.strip_suffix(".json"))
-                        .and_then(|rest| rest.split_once("-of-"));
-                    if job.is_some_and(|(i, n)| {
-                        [i, n]
-                            .iter()
-                            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                    }) {
-                        manifests.push(name.clone());
-                    }
+            for object in location.list_objects().await? {
+                let name = object.location.filename().unwrap_or_default();
+                if is_job_manifest_name(name) && object.location == location.child(name) {
+                    manifests.push(name.to_string());
                 }
             }
         }
@@ -559,7 +554,7 @@ mod tests {
             .unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
 
-        let mut new = OutputDir::open_replacing(location.clone(), "ingest", "new")
+        let mut new = OutputDir::open_with(location.clone(), MANIFEST_NAME, "ingest", "new", true)
             .await
             .unwrap();
         let mut left: Vec<String> = std::fs::read_dir(dir.path())

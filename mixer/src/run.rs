@@ -845,7 +845,7 @@ pub async fn plan_pipeline_with(
 
 /// Runs every stage of a pipeline into `out/<stage>/` (a single mix: `out/` itself). `hash` is the
 /// configuration's hash (recorded in each manifest; a changed configuration is refused, unless
-/// `overwrite` is set: then each stage's output is replaced, see `OutputDir::open_replacing`).
+/// `overwrite` is set: then each stage's output is replaced, see `OutputDir::open_with`).
 pub async fn run_pipeline(
     pipeline: &Pipeline,
     out: &Location,

@@ -221,12 +221,12 @@ pub fn resize_embeddings(
         tensors.push((HEAD.to_string(), head.to_kind(kind)));
         config.tie_word_embeddings = false;
     }
+    // (`frequency` wrote its untied head above.)
     let tied = config.tie_word_embeddings;
     if tied {
         tensors.retain(|(n, _)| n != HEAD);
-    } else if statistics.is_some() {
-        // The head is written above.
-    } else if let Some(head_at) = tensors.iter().position(|(n, _)| n == HEAD) {
+    } else if let (None, Some(head_at)) = (statistics, tensors.iter().position(|(n, _)| n == HEAD))
+    {
         let (head, _, _) = grow(
             &tensors[head_at].1,
             rows,
