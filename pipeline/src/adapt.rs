@@ -1070,6 +1070,8 @@ pub fn run(
         },
         base_dir: out.clone(),
         replace_stale: true,
+        dist: None,
+        zero1: false,
     };
     let clock = Instant::now();
     let mut bars: BTreeMap<String, indicatif::ProgressBar> = BTreeMap::new();

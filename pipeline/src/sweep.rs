@@ -318,6 +318,8 @@ pub fn run(file: &Path, out: &Path) -> Result<SweepOutcome> {
             },
             base_dir: base_dir.clone(),
             replace_stale: false,
+            dist: None,
+            zero1: false,
         };
         let reports = dapt_trainer::run_stages(&train, &dir.join("run"), |_, _| {})?;
         tracing::info!(variant = %variant.name, loss = reports[0].last_loss, "proxy trained");

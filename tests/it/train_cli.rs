@@ -658,3 +658,264 @@ fn ids_beyond_the_vocabulary_and_misspelt_model_keys_are_refused() -> Result<()>
     );
     Ok(())
 }
+
+/// A two-stage config (full CPT with gradient accumulation, then LoRA) for data-parallel runs.
+fn ddp_config(dir: &Path, vocab: usize) -> Result<PathBuf> {
+    let path = dir.join("ddp.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"seed = 11
+device = "cpu"
+
+[init]
+model_type = "llama"
+vocab_size = {vocab}
+hidden_size = 48
+head_dim = 16
+intermediate_size = 96
+num_hidden_layers = 2
+num_attention_heads = 4
+num_key_value_heads = 2
+tie_word_embeddings = false
+
+[[stage]]
+name = "cpt"
+data = "cpt"
+heldout = "heldout"
+[stage.train]
+steps = 12
+batch_size = 8
+grad_accumulation = 2
+learning_rate = 2e-3
+warmup_steps = 2
+checkpoint_every = 3
+eval_every = 6
+
+[[stage]]
+name = "lora"
+data = "cpt"
+method = "lora"
+[stage.train]
+steps = 6
+batch_size = 4
+learning_rate = 5e-3
+warmup_steps = 1
+checkpoint_every = 2
+[stage.lora]
+r = 4
+alpha = 8
+dropout = 0.0
+target_modules = ["q_proj", "v_proj", "down_proj"]
+"#
+        ),
+    )?;
+    Ok(path)
+}
+
+fn losses(out: &Path, stage: &str) -> Result<Vec<f64>> {
+    std::fs::read_to_string(out.join(stage).join("train_log.jsonl"))?
+        .lines()
+        .map(|l| {
+            Ok(serde_json::from_str::<serde_json::Value>(l)?["loss"]
+                .as_f64()
+                .unwrap_or(f64::NAN))
+        })
+        .collect()
+}
+
+/// The largest absolute difference between two model directories' weights (same names required).
+fn max_weight_difference(a: &Path, b: &Path) -> Result<f64> {
+    let read = |dir: &Path| dapt_trainer::weights::read_safetensors(&dir.join("model.safetensors"));
+    let (a, b) = (read(a)?, read(b)?);
+    ensure!(a.len() == b.len() && !a.is_empty());
+    let b: std::collections::HashMap<String, dapt_trainer::tch::Tensor> = b.into_iter().collect();
+    let mut worst = 0.0f64;
+    for (name, x) in a {
+        let y = b
+            .get(&name)
+            .ok_or_else(|| anyhow::anyhow!("{name} missing"))?;
+        worst = worst.max((x - y).abs().max().double_value(&[]));
+    }
+    Ok(worst)
+}
+
+fn launched_rank(config: &Path, out: &Path, rank: usize, port: u16) -> Command {
+    let mut command = train_command(config, out);
+    command
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env("OMP_NUM_THREADS", "1")
+        .env("DAPT_DIST_TIMEOUT_S", "30");
+    command
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_for(path: &Path, seconds: u64) -> Result<()> {
+    let started = std::time::Instant::now();
+    while !path.exists() {
+        ensure!(
+            started.elapsed().as_secs() < seconds,
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Data-parallel training over two gloo ranks on 127.0.0.1: the same per-step losses and final
+/// weights as one process on the full batch (DDP and ZeRO-1), a rank killed mid-run ends the other
+/// with an error within the timeout, and both ranks killed then rerun give the uninterrupted run's
+/// bytes.
+#[test]
+fn two_gloo_ranks_train_as_one_process_and_resume_after_a_kill() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_tokenizer, vocab) = prepare(dir.path())?;
+    let config = ddp_config(dir.path(), vocab)?;
+    let run = |out: &Path, extra: &[&str]| -> Result<String> {
+        let output = train_command(&config, out).args(extra).output()?;
+        ensure!(
+            output.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let one = dir.path().join("one");
+    run(&one, &[])?;
+    let two = dir.path().join("two");
+    run(&two, &["--nproc", "2"])?;
+    let zero = dir.path().join("zero");
+    let zero_log = {
+        let output = train_command(&config, &zero)
+            .args(["--nproc", "2", "--zero1"])
+            .env("DAPT_LOG", "info")
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    for stage in ["cpt", "lora"] {
+        let (a, b, z) = (
+            losses(&one, stage)?,
+            losses(&two, stage)?,
+            losses(&zero, stage)?,
+        );
+        ensure!(a.len() == b.len() && a.len() == z.len() && !a.is_empty());
+        for (step, ((x, y), w)) in a.iter().zip(&b).zip(&z).enumerate() {
+            ensure!(
+                (x - y).abs() <= 1e-6 && (y - w).abs() <= 1e-6,
+                "{stage} step {step}: loss {x} (one process) vs {y} (two ranks) vs {w} (ZeRO-1)"
+            );
+        }
+        let difference = max_weight_difference(
+            &one.join(stage).join("model"),
+            &two.join(stage).join("model"),
+        )?;
+        ensure!(
+            difference <= 1e-6,
+            "{stage}: weights differ by {difference}"
+        );
+        let difference = max_weight_difference(
+            &two.join(stage).join("model"),
+            &zero.join(stage).join("model"),
+        )?;
+        ensure!(
+            difference <= 1e-6,
+            "{stage}: ZeRO-1 weights differ by {difference}"
+        );
+    }
+    // Both runs saw the whole global batch: the same target tokens per step.
+    let tokens = |out: &Path| -> Result<i64> {
+        Ok(stage_report(out, "cpt")?["target_tokens"]
+            .as_i64()
+            .unwrap_or(0))
+    };
+    ensure!(tokens(&one)? == tokens(&two)? && tokens(&one)? > 0);
+    // Rank 0 evaluated held-out rows; only rank 0 wrote the stage.
+    let report = stage_report(&two, "cpt")?;
+    ensure!(report["heldout_after"].as_f64().is_some(), "{report}");
+    // ZeRO-1 halves the optimiser state per rank (the full state is 2 × 4 bytes per weight).
+    let held: Vec<i64> = zero_log
+        .lines()
+        .filter(|l| l.contains("optimiser state held by this rank") && l.contains("zero1=true"))
+        .filter_map(|l| {
+            l.split("optimizer_state_bytes=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    ensure!(held.len() >= 4, "{zero_log}");
+    let trainable = stage_report(&one, "cpt")?["trainable_parameters"]
+        .as_i64()
+        .unwrap_or(0);
+    let full_state = 8 * trainable;
+    ensure!(
+        held[..2].iter().sum::<i64>() == full_state
+            && held[..2].iter().all(|&h| h < full_state * 6 / 10),
+        "per-rank optimiser state {held:?} of {full_state}"
+    );
+
+    // A rank killed mid-run: the other ends with an error naming the distributed step, in time.
+    let lost = dir.path().join("lost");
+    let port = free_port()?;
+    let rank0 = launched_rank(&config, &lost, 0, port)
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut rank1 = launched_rank(&config, &lost, 1, port).spawn()?;
+    wait_for(&lost.join("cpt/checkpoints/latest"), 120)?;
+    rank1.kill()?;
+    rank1.wait()?;
+    let killed_at = std::time::Instant::now();
+    let output = rank0.wait_with_output()?;
+    let waited = killed_at.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        !output.status.success() && stderr.contains("distributed training (rank 0 of 2)"),
+        "rank 0 after rank 1 was killed: {stderr}"
+    );
+    ensure!(waited < 40.0, "rank 0 took {waited:.1} s to notice");
+
+    // Both ranks killed after a checkpoint, then rerun: the uninterrupted run's bytes.
+    let killed = dir.path().join("killed");
+    let port = free_port()?;
+    let mut ranks = vec![
+        launched_rank(&config, &killed, 0, port).spawn()?,
+        launched_rank(&config, &killed, 1, port).spawn()?,
+    ];
+    wait_for(&killed.join("cpt/checkpoints/latest"), 120)?;
+    for rank in &mut ranks {
+        rank.kill()?;
+        rank.wait()?;
+    }
+    let finished_early = killed.join("cpt/stage.json").exists();
+    eprintln!(
+        "both ranks killed after a checkpoint; stage finished before the kill: {finished_early}"
+    );
+    run(&killed, &["--nproc", "2"])?;
+    for stage in ["cpt", "lora"] {
+        let a = std::fs::read(two.join(stage).join("model/model.safetensors"))?;
+        let b = std::fs::read(killed.join(stage).join("model/model.safetensors"))?;
+        ensure!(a == b, "{stage}: the resumed two-rank run's model differs");
+        ensure!(
+            losses(&two, stage)? == losses(&killed, stage)?,
+            "{stage}: loss curves differ"
+        );
+    }
+    Ok(())
+}

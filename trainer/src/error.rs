@@ -88,6 +88,19 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A collective of data-parallel training that failed (a lost rank, the timeout, a bad setup).
+    #[error("distributed training (rank {rank} of {world}): {what}: {message}")]
+    Distributed {
+        /// This process's rank.
+        rank: usize,
+        /// Ranks in the group.
+        world: usize,
+        /// The collective or setup step.
+        what: String,
+        /// LibTorch's message.
+        message: String,
+    },
+
     /// A loss that is no longer a finite number.
     #[error("training diverged at step {step}: loss is {loss}")]
     Diverged {

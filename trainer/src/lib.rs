@@ -11,6 +11,7 @@
 mod batch;
 mod config;
 mod data;
+pub mod dist;
 mod error;
 #[cfg(feature = "cuda")]
 mod flash;
@@ -26,13 +27,14 @@ pub mod weights;
 pub use batch::{Batch, Objective, IGNORE_INDEX};
 pub use config::{ModelConfig, ProxyDefaults, ProxyModelOptions, Rope, RopeScaling, TokenIds};
 pub use data::{DataCursor, InMemoryRows, PackedShards, RowSource};
+pub use dist::{Dist, Launch};
 pub use error::{Error, Result};
 #[cfg(feature = "cuda")]
 pub use flash::varlen_attention as flash_varlen_attention;
 pub use gguf::{GgufModel, WeightType, WeightsReport};
 pub use lora::{save_adapter, LoraInit, LoraOptions, TrainableTokens, ALL_LINEAR};
 pub use model::{CausalLm, KvCache, TargetScores, LOGIT_CHUNK_ELEMENTS};
-pub use optim::AdamW;
+pub use optim::{AdamW, Moments};
 pub use resize::{
     mean_final_hidden, resize_embeddings, FrequencyStatistics, NewTokenSpec, ResizeInit,
     ResizeReport,

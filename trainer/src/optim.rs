@@ -15,8 +15,23 @@ struct Parameter {
     decay: bool,
     /// Multiplies the step's learning rate for this variable.
     lr_scale: f64,
+    /// The rank that updates this variable and holds its moments (ZeRO-1); 0 unsharded.
+    owner: usize,
+    /// Whether this rank holds the moments (empty tensors otherwise).
+    owned: bool,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+}
+
+/// The moments of one variable as a sharded optimiser describes them.
+#[derive(Debug)]
+pub struct Moments {
+    /// The variable's name.
+    pub name: String,
+    /// Its shape (the moments have the same).
+    pub shape: Vec<i64>,
+    /// `exp_avg` and `exp_avg_sq`, on the rank that owns the variable.
+    pub values: Option<(Tensor, Tensor)>,
 }
 
 /// AdamW over the trainable variables of one VarStore.
@@ -54,6 +69,8 @@ impl AdamW {
             .map(|(name, tensor)| Parameter {
                 decay: decays(&name),
                 lr_scale: 1.0,
+                owner: 0,
+                owned: true,
                 exp_avg: tensor.zeros_like().to_kind(Kind::Float),
                 exp_avg_sq: tensor.zeros_like().to_kind(Kind::Float),
                 name,
@@ -76,6 +93,66 @@ impl AdamW {
             p.lr_scale = scale(&p.name);
         }
         self
+    }
+
+    /// Shards the optimiser state over `world` ranks (ZeRO-1): each variable gets one owner (the
+    /// largest first, each to the least loaded rank, ties to the lower rank), which alone keeps its
+    /// moments and updates it; the others drop their moments. Every rank computes the same owners.
+    pub fn shard(&mut self, rank: usize, world: usize) {
+        let mut order: Vec<usize> = (0..self.parameters.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.parameters[i].tensor.numel()));
+        let mut load = vec![0usize; world.max(1)];
+        for i in order {
+            let owner = (0..load.len()).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+            load[owner] += self.parameters[i].tensor.numel();
+            let p = &mut self.parameters[i];
+            p.owner = owner;
+            p.owned = owner == rank;
+            if !p.owned {
+                p.exp_avg = Tensor::zeros([0], (Kind::Float, p.tensor.device()));
+                p.exp_avg_sq = Tensor::zeros([0], (Kind::Float, p.tensor.device()));
+            }
+        }
+    }
+
+    /// The optimised variables with their owners, in name order.
+    pub fn owners(&self) -> Vec<(Tensor, usize)> {
+        self.parameters
+            .iter()
+            .map(|p| (p.tensor.shallow_clone(), p.owner))
+            .collect()
+    }
+
+    /// The optimised variables, in name order.
+    pub fn tensors(&self) -> Vec<Tensor> {
+        self.parameters
+            .iter()
+            .map(|p| p.tensor.shallow_clone())
+            .collect()
+    }
+
+    /// Bytes of optimiser state this rank holds (both moments of the variables it owns).
+    pub fn state_bytes(&self) -> i64 {
+        self.parameters
+            .iter()
+            .filter(|p| p.owned)
+            .map(|p| 2 * 4 * p.tensor.numel() as i64)
+            .sum()
+    }
+
+    /// The moments of the variables `owner` owns, in name order (the tensors only on the owner).
+    pub fn moments_of(&self, owner: usize) -> Vec<Moments> {
+        self.parameters
+            .iter()
+            .filter(|p| p.owner == owner)
+            .map(|p| Moments {
+                name: p.name.clone(),
+                shape: p.tensor.size(),
+                values: p
+                    .owned
+                    .then(|| (p.exp_avg.shallow_clone(), p.exp_avg_sq.shallow_clone())),
+            })
+            .collect()
     }
 
     /// Number of optimised values.
@@ -141,7 +218,7 @@ impl AdamW {
         tch::no_grad(|| {
             for p in &mut self.parameters {
                 let grad = p.tensor.grad();
-                if !grad.defined() {
+                if !p.owned || !grad.defined() {
                     continue;
                 }
                 let grad = grad.to_kind(Kind::Float);
@@ -164,10 +241,11 @@ impl AdamW {
         });
     }
 
-    /// The state as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`) plus the step count.
+    /// The state as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`) plus the step count (of the
+    /// variables this rank owns, when sharded).
     pub fn state(&self) -> (Vec<(String, Tensor)>, i64) {
         let mut out = Vec::with_capacity(self.parameters.len() * 2);
-        for p in &self.parameters {
+        for p in self.parameters.iter().filter(|p| p.owned) {
             out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
             out.push((
                 format!("exp_avg_sq.{}", p.name),
@@ -177,7 +255,8 @@ impl AdamW {
         (out, self.step)
     }
 
-    /// Restores a state written by [`AdamW::state`]; every moment must be present.
+    /// Restores a state written by [`AdamW::state`] (unsharded); every moment must be present. A
+    /// sharded optimiser keeps the moments of the variables it owns.
     pub fn load_state(
         &mut self,
         tensors: Vec<(String, Tensor)>,
@@ -185,7 +264,7 @@ impl AdamW {
         what: &str,
     ) -> Result<()> {
         let mut by_name: HashMap<String, Tensor> = tensors.into_iter().collect();
-        for p in &mut self.parameters {
+        for p in self.parameters.iter_mut().filter(|p| p.owned) {
             for (prefix, target) in [
                 ("exp_avg", &mut p.exp_avg),
                 ("exp_avg_sq", &mut p.exp_avg_sq),

@@ -5,8 +5,12 @@
 //! `train_log.jsonl`, `checkpoints/` while running, and `stage.json` when done. A rerun skips finished
 //! stages and resumes an interrupted one from its last checkpoint, so the outputs are byte-identical to
 //! an uninterrupted run's.
+//!
+//! Data-parallel (`TrainConfig::dist`): every rank runs the stages; rank 0 alone decides what is done,
+//! writes the stage directories, and the others follow its decision and wait for its writes.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use dapt_core::hash::{sha256_hex, sub_seed};
@@ -15,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind};
 
 use crate::data::PackedShards;
+use crate::dist::Dist;
 use crate::error::{invalid, json_error};
 use crate::lora::{save_adapter, LoraOptions, TrainableTokens};
 use crate::train::{mean_loss, StepMetrics, TrainOptions, TrainSettings, Trainer};
@@ -146,6 +151,10 @@ pub struct TrainConfig {
     /// A stage directory written by other settings, input model or data is removed and trained
     /// afresh (a recipe that owns its output directory); otherwise it is refused.
     pub replace_stale: bool,
+    /// Data-parallel training: this rank's process group (none: one process).
+    pub dist: Option<Arc<Dist>>,
+    /// ZeRO-1 optimiser-state sharding over the ranks (same results, less memory per rank).
+    pub zero1: bool,
 }
 
 impl TrainConfig {
@@ -164,6 +173,8 @@ impl TrainConfig {
             options,
             base_dir,
             replace_stale: false,
+            dist: None,
+            zero1: false,
         };
         config.validate().map_err(invalid(path.display()))?;
         Ok(config)
@@ -342,8 +353,20 @@ pub fn run_stages(
     mut on_step: impl FnMut(&str, &StepMetrics),
 ) -> Result<Vec<StageReport>> {
     let o = &config.options;
-    let device = o.device.device()?;
-    std::fs::create_dir_all(out).map_err(|e| io_error(out, e))?;
+    let dist = config.dist.as_deref();
+    let leader = dist.is_none_or(|d| d.rank() == 0);
+    let device = match (o.device.device()?, dist) {
+        // One GPU per rank of a machine (LOCAL_RANK picks it, as torchrun sets it).
+        (Device::Cuda(_), Some(_)) => Device::Cuda(
+            crate::Launch::from_env()?
+                .map_or(0, |l| l.local_rank)
+                .min(tch::Cuda::device_count().max(1) as usize - 1),
+        ),
+        (device, _) => device,
+    };
+    if leader {
+        std::fs::create_dir_all(out).map_err(|e| io_error(out, e))?;
+    }
     let mut input_dir = config.model_dir();
     let mut input_identity = match &input_dir {
         Some(dir) => model_identity(dir)?,
@@ -363,7 +386,7 @@ pub fn run_stages(
                 std::fs::remove_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
             }
         }
-        if !init_dir.join("model.safetensors").exists() {
+        if leader && !init_dir.join("model.safetensors").exists() {
             if let Some(init) = &o.init {
                 tch::manual_seed(sub_seed(o.seed, "model-init", 0) as i64);
                 let vs = nn::VarStore::new(Device::Cpu);
@@ -373,6 +396,9 @@ pub fn run_stages(
             }
         }
         input_dir = Some(init_dir);
+        if let Some(dist) = dist {
+            dist.barrier()?;
+        }
     }
     let mut reports = Vec::new();
     for (index, stage) in o.stages.iter().enumerate() {
@@ -389,6 +415,35 @@ pub fn run_stages(
                 .map_err(json_error(format_args!("stage[{index}]")))?,
         );
         let report_path = stage_dir.join("stage.json");
+        if let (Some(dist), false) = (dist, leader) {
+            // Follow rank 0: it says whether the stage is done once its bookkeeping is over.
+            let done = dist.sum_f64(&[0.0])?[0] > 0.5;
+            if done {
+                let text =
+                    std::fs::read_to_string(&report_path).map_err(|e| io_error(&report_path, e))?;
+                let report: StageReport =
+                    serde_json::from_str(&text).map_err(json_error(report_path.display()))?;
+                input_dir = Some(stage_dir.join("model"));
+                input_identity = report.hash.clone();
+                reports.push(report);
+                continue;
+            }
+            let report = run_stage(
+                config,
+                stage,
+                index,
+                &input_dir.clone().unwrap_or_default(),
+                &stage_dir,
+                &hash,
+                device,
+                &mut on_step,
+            )?;
+            dist.barrier()?;
+            input_dir = Some(stage_dir.join("model"));
+            input_identity = hash;
+            reports.push(report);
+            continue;
+        }
         let hash_path = stage_dir.join("settings.sha256");
         let written_by = std::fs::read_to_string(&report_path)
             .ok()
@@ -400,6 +455,9 @@ pub fn run_stages(
         match written_by {
             Some(report) if report.hash == hash => {
                 tracing::info!(stage = %stage.name, "stage already done; skipped");
+                if let Some(dist) = dist {
+                    dist.sum_f64(&[1.0])?;
+                }
                 input_dir = Some(stage_dir.join("model"));
                 input_identity = report.hash.clone();
                 reports.push(report);
@@ -438,6 +496,9 @@ pub fn run_stages(
         if stale || previous.is_none() || other_marker {
             write_atomically(&hash_path, hash.as_bytes())?;
         }
+        if let Some(dist) = dist {
+            dist.sum_f64(&[0.0])?;
+        }
         let report = run_stage(
             config,
             stage,
@@ -452,6 +513,10 @@ pub fn run_stages(
             serde_json::to_string_pretty(&report).map_err(json_error(report_path.display()))?;
         write_atomically(&report_path, (json + "\n").as_bytes())?;
         let _ = std::fs::remove_dir_all(stage_dir.join("checkpoints"));
+        if let Some(dist) = dist {
+            // The other ranks load this stage's model next.
+            dist.barrier()?;
+        }
         input_dir = Some(stage_dir.join("model"));
         input_identity = hash;
         reports.push(report);
@@ -522,8 +587,10 @@ fn run_stage(
         None => None,
     };
     let objective = stage.train.objective;
+    let leader = config.dist.as_ref().is_none_or(|d| d.rank() == 0);
     let heldout_before = heldout
         .as_deref()
+        .filter(|_| leader)
         .map(|rows| mean_loss(&model, rows, stage.train.batch_size, objective, device))
         .transpose()?
         .map(|(loss, _)| loss);
@@ -549,8 +616,27 @@ fn run_stage(
         },
         checkpoint_dir: Some(stage_dir.join("checkpoints")),
         log_path: Some(stage_dir.join("train_log.jsonl")),
+        dist: config.dist.as_deref(),
+        zero1: config.zero1,
     };
     let outcome = trainer.run(&mut data, true, |m| on_step(&stage.name, m))?;
+    if !leader {
+        // Rank 0 writes the stage's outputs; this rank reports what it trained.
+        return Ok(StageReport {
+            name: stage.name.clone(),
+            hash: hash.to_string(),
+            method: stage.method,
+            steps: outcome.history.len(),
+            target_tokens: outcome.history.iter().map(|m| m.tokens).sum(),
+            trainable_parameters: outcome.trainable_parameters,
+            first_loss: outcome.history.first().map_or(f64::NAN, |m| m.loss),
+            last_loss: outcome.history.last().map_or(f64::NAN, |m| m.loss),
+            heldout_before: None,
+            heldout_after: None,
+            seconds: started.elapsed().as_secs_f64(),
+            model: stage_dir.join("model").display().to_string(),
+        });
+    }
     // The whole curve (a resumed run logged its earlier steps before the interruption).
     let log_path = stage_dir.join("train_log.jsonl");
     let log: Vec<StepMetrics> = std::fs::read_to_string(&log_path)

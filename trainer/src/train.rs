@@ -14,6 +14,7 @@ use tch::{nn, Device, Tensor};
 
 use crate::batch::Objective;
 use crate::data::{DataCursor, RowSource};
+use crate::dist::Dist;
 use crate::optim::AdamW;
 use crate::weights::{file_error, load_into, read_safetensors, save_safetensors, write_atomically};
 use crate::{Batch, CausalLm, Error, Result};
@@ -249,6 +250,15 @@ pub struct Trainer<'a> {
     pub checkpoint_dir: Option<PathBuf>,
     /// The JSONL metrics log; on resume, lines of steps not yet redone are dropped.
     pub log_path: Option<PathBuf>,
+    /// Data-parallel training: this rank's process group. Each micro-batch's rows are split
+    /// evenly over the ranks (rank r takes the r-th slice), gradients are summed over all ranks,
+    /// and the loss is averaged over the target tokens of the whole (global) batch, so a run gives
+    /// the losses and weights of one process for any number of ranks. Rank 0 alone writes
+    /// checkpoints and the log and evaluates held-out rows.
+    pub dist: Option<&'a Dist>,
+    /// ZeRO-1: each rank keeps and updates the optimiser state of its share of the variables
+    /// (whole variables, balanced by size), then every variable is sent from its owner to all.
+    pub zero1: bool,
 }
 
 /// What a run did.
@@ -260,6 +270,8 @@ pub struct TrainOutcome {
     pub resumed_from: usize,
     /// Parameters that trained.
     pub trainable_parameters: i64,
+    /// Bytes of optimiser state this rank held (all of it unless `zero1` shards it).
+    pub optimizer_state_bytes: i64,
 }
 
 /// Mean loss of `model` over `rows` and the target tokens scored (no gradients, batch size does not
@@ -321,7 +333,13 @@ impl<'a> Trainer<'a> {
             freeze_embeddings_below: None,
             checkpoint_dir: None,
             log_path: None,
+            dist: None,
+            zero1: false,
         }
+    }
+
+    fn rank(&self) -> usize {
+        self.dist.map_or(0, Dist::rank)
     }
 
     fn embedding_rows(&self) -> Vec<Tensor> {
@@ -341,6 +359,17 @@ impl<'a> Trainer<'a> {
     ) -> Result<TrainOutcome> {
         let options = self.options;
         let device = self.trainable.device();
+        let (rank, world) = self.dist.map_or((0, 1), |d| (d.rank(), d.world()));
+        if !options.batch_size.is_multiple_of(world) {
+            return Err(Error::Setting {
+                key: "train.batch_size".into(),
+                reason: format!(
+                    "{} rows per micro-batch do not split evenly over {world} ranks; use a multiple of {world}",
+                    options.batch_size
+                ),
+            });
+        }
+        let share = options.batch_size / world;
         let mut optimizer = AdamW::new(
             self.trainable,
             options.beta1,
@@ -355,6 +384,9 @@ impl<'a> Trainer<'a> {
                 1.0
             }
         });
+        if self.zero1 {
+            optimizer.shard(rank, world);
+        }
         let trainable_parameters = optimizer.parameter_count();
         if trainable_parameters == 0 {
             return Err(Error::Setting {
@@ -370,7 +402,24 @@ impl<'a> Trainer<'a> {
                 start = state.step;
             }
         }
-        let mut log = self.open_log(start)?;
+        if let Some(dist) = self.dist {
+            // Every rank starts from rank 0's weights (a model loaded or initialised differently
+            // on one machine must not drift apart).
+            dist.broadcast_tensors(&optimizer.tensors(), 0)?;
+        }
+        let optimizer_state_bytes = optimizer.state_bytes();
+        tracing::info!(
+            rank,
+            world,
+            zero1 = self.zero1,
+            optimizer_state_bytes,
+            "optimiser state held by this rank"
+        );
+        let mut log = if rank == 0 {
+            self.open_log(start)?
+        } else {
+            None
+        };
         let frozen: Vec<(Tensor, Tensor)> = match self.freeze_embeddings_below {
             Some(rows) => self
                 .embedding_rows()
@@ -402,10 +451,15 @@ impl<'a> Trainer<'a> {
                     cursor: data.cursor(),
                     source: Box::new(e),
                 })?;
-                let refs: Vec<&PackedRow> = rows.iter().collect();
+                // Every rank reads the same rows (one cursor for all) and trains on its slice.
+                let refs: Vec<&PackedRow> = rows[rank * share..(rank + 1) * share].iter().collect();
                 batches.push(Batch::from_rows_with(&refs, device, options.objective));
             }
-            let tokens: i64 = batches.iter().map(|b| b.target_count).sum();
+            let local_tokens: i64 = batches.iter().map(|b| b.target_count).sum();
+            let tokens = match self.dist {
+                Some(dist) => dist.sum_f64(&[local_tokens as f64])?[0].round() as i64,
+                None => local_tokens,
+            };
             optimizer.zero_grad();
             let mut loss_sum = 0.0;
             for batch in &batches {
@@ -413,12 +467,28 @@ impl<'a> Trainer<'a> {
                 loss_sum += loss.double_value(&[]);
                 (loss / tokens.max(1) as f64).backward();
             }
+            if let Some(dist) = self.dist {
+                dist.all_reduce_gradients(&optimizer.tensors())?;
+                loss_sum = dist.sum_f64(&[loss_sum])?[0];
+            }
             let loss = loss_sum / tokens.max(1) as f64;
             if !loss.is_finite() {
                 return Err(Error::Diverged { step, loss });
             }
             let grad_norm = optimizer.clip_grad_norm(options.grad_clip);
             optimizer.step(learning_rate);
+            if let (Some(dist), true) = (self.dist, self.zero1) {
+                // Each owner updated its variables: send them to every rank.
+                let owners = optimizer.owners();
+                for owner in 0..world {
+                    let owned: Vec<Tensor> = owners
+                        .iter()
+                        .filter(|(_, o)| *o == owner)
+                        .map(|(t, _)| t.shallow_clone())
+                        .collect();
+                    dist.broadcast_tensors(&owned, owner)?;
+                }
+            }
             if !frozen.is_empty() {
                 tch::no_grad(|| {
                     for (table, kept) in &frozen {
@@ -430,7 +500,9 @@ impl<'a> Trainer<'a> {
             let tokens_per_second = tokens as f64 / seconds;
             let heldout_loss = match (self.heldout, options.eval_every) {
                 (Some(rows), every)
-                    if every > 0 && ((step + 1) % every == 0 || step + 1 == options.steps) =>
+                    if rank == 0
+                        && every > 0
+                        && ((step + 1) % every == 0 || step + 1 == options.steps) =>
                 {
                     Some(
                         mean_loss(
@@ -476,6 +548,7 @@ impl<'a> Trainer<'a> {
             history,
             resumed_from: start,
             trainable_parameters,
+            optimizer_state_bytes,
         })
     }
 
@@ -515,10 +588,59 @@ impl<'a> Trainer<'a> {
         Ok(Some((path.clone(), file)))
     }
 
+    /// The optimiser's moments of every variable, gathered on rank 0 from their owners when the
+    /// state is sharded (every rank takes part; ranks other than 0 get an empty list).
+    fn gathered_moments(&self, optimizer: &AdamW) -> Result<Vec<(String, Tensor)>> {
+        let (Some(dist), true) = (self.dist, self.zero1) else {
+            return Ok(optimizer.state().0);
+        };
+        let mut out = Vec::new();
+        for owner in 0..dist.world() {
+            let moments = optimizer.moments_of(owner);
+            if moments.is_empty() {
+                continue;
+            }
+            let flat = if dist.rank() == owner {
+                let pieces: Vec<Tensor> = moments
+                    .iter()
+                    .filter_map(|m| m.values.as_ref())
+                    .flat_map(|(a, b)| [a.flatten(0, -1), b.flatten(0, -1)])
+                    .map(|t| t.to_device(Device::Cpu))
+                    .collect();
+                Tensor::cat(&pieces, 0)
+            } else {
+                let total: i64 = moments
+                    .iter()
+                    .map(|m| 2 * m.shape.iter().product::<i64>())
+                    .sum();
+                Tensor::zeros([total], (tch::Kind::Float, Device::Cpu))
+            };
+            dist.broadcast(&flat, owner)?;
+            if dist.rank() == 0 {
+                let mut offset = 0;
+                for m in moments {
+                    let n: i64 = m.shape.iter().product();
+                    for prefix in ["exp_avg", "exp_avg_sq"] {
+                        out.push((
+                            format!("{prefix}.{}", m.name),
+                            flat.narrow(0, offset, n).view(m.shape.as_slice()),
+                        ));
+                        offset += n;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn save_checkpoint(&self, optimizer: &AdamW, step: usize, cursor: DataCursor) -> Result<()> {
         let Some(dir) = &self.checkpoint_dir else {
             return Ok(());
         };
+        let moments = self.gathered_moments(optimizer)?;
+        if self.rank() != 0 {
+            return Ok(());
+        }
         std::fs::create_dir_all(dir).map_err(crate::error::io_error(dir))?;
         let name = format!("step-{step:08}");
         let final_dir = dir.join(&name);
@@ -527,7 +649,7 @@ impl<'a> Trainer<'a> {
         std::fs::create_dir_all(&tmp).map_err(crate::error::io_error(&tmp))?;
         let weights: Vec<(String, Tensor)> = self.trainable.variables().into_iter().collect();
         save_safetensors(&tmp.join("trainable.safetensors"), &weights)?;
-        let (moments, optimizer_steps) = optimizer.state();
+        let optimizer_steps = optimizer.steps_taken();
         save_safetensors(&tmp.join("optimizer.safetensors"), &moments)?;
         let state = CheckpointState {
             step,
