@@ -49,6 +49,18 @@ extern "C" {
         root: i32,
         out: *mut *mut RawWork,
     ) -> *mut c_char;
+    fn dapt_dist_reduce_scatter(
+        group: *mut RawGroup,
+        output: *const c_void,
+        input: *const c_void,
+        out: *mut *mut RawWork,
+    ) -> *mut c_char;
+    fn dapt_dist_allgather(
+        group: *mut RawGroup,
+        output: *const c_void,
+        input: *const c_void,
+        out: *mut *mut RawWork,
+    ) -> *mut c_char;
     fn dapt_dist_barrier(group: *mut RawGroup, out: *mut *mut RawWork) -> *mut c_char;
     fn dapt_dist_wait(group: *mut RawGroup, work: *mut RawWork) -> *mut c_char;
     fn free(pointer: *mut c_void);
@@ -327,6 +339,40 @@ impl Dist {
         self.wait("broadcast", work)
     }
 
+    /// Sums `input` (`[world × n]`, contiguous, CPU) over every rank; this rank's `output` (`[n]`)
+    /// receives part `rank` of the sum.
+    pub fn reduce_scatter_sum(&self, output: &Tensor, input: &Tensor) -> Result<()> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: both are live tch tensors; the work keeps their storage alive until waited.
+        let error = unsafe {
+            dapt_dist_reduce_scatter(
+                self.group,
+                output.as_ptr().cast(),
+                input.as_ptr().cast(),
+                &mut raw,
+            )
+        };
+        let work = self.started("reduce-scatter", error, raw)?;
+        self.wait("reduce-scatter", work)
+    }
+
+    /// Concatenates every rank's `input` (`[n]`, contiguous, CPU) into `output` (`[world × n]`) in
+    /// rank order.
+    pub fn all_gather(&self, output: &Tensor, input: &Tensor) -> Result<()> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: as in `reduce_scatter_sum`.
+        let error = unsafe {
+            dapt_dist_allgather(
+                self.group,
+                output.as_ptr().cast(),
+                input.as_ptr().cast(),
+                &mut raw,
+            )
+        };
+        let work = self.started("all-gather", error, raw)?;
+        self.wait("all-gather", work)
+    }
+
     /// Returns once every rank has reached it.
     pub fn barrier(&self) -> Result<()> {
         let mut raw = std::ptr::null_mut();
@@ -424,6 +470,109 @@ impl Dist {
                         .copy_(&part.to_device(t.device()).to_kind(t.kind()));
                     offset += n;
                 }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// ZeRO-1's flat layout: the variables grouped by owner, each owner's group padded to one shard
+/// length, so that a reduce-scatter hands every rank the summed gradients of exactly its variables
+/// and an all-gather hands every rank the updated values of all.
+pub struct ShardLayout {
+    /// Per rank, the variables it owns, in name order.
+    groups: Vec<Vec<Tensor>>,
+    /// Values per shard (the largest group's size).
+    shard: i64,
+}
+
+impl ShardLayout {
+    /// The layout of `(variable, owner)` pairs (every rank passes the same list) over `world` ranks.
+    pub fn new(owners: Vec<(Tensor, usize)>, world: usize) -> Self {
+        let mut groups: Vec<Vec<Tensor>> = (0..world).map(|_| Vec::new()).collect();
+        for (tensor, owner) in owners {
+            groups[owner.min(world - 1)].push(tensor);
+        }
+        let shard = groups
+            .iter()
+            .map(|g| g.iter().map(|t| t.numel() as i64).sum::<i64>())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        Self { groups, shard }
+    }
+
+    fn flat(tensors: &[Tensor], shard: i64, value: impl Fn(&Tensor) -> Tensor) -> Tensor {
+        let mut pieces: Vec<Tensor> = tensors
+            .iter()
+            .map(|t| {
+                value(t)
+                    .to_device(Device::Cpu)
+                    .to_kind(Kind::Float)
+                    .flatten(0, -1)
+            })
+            .collect();
+        let used: i64 = tensors.iter().map(|t| t.numel() as i64).sum();
+        pieces.push(Tensor::zeros([shard - used], (Kind::Float, Device::Cpu)));
+        Tensor::cat(&pieces, 0)
+    }
+
+    fn scatter_into(tensors: &[Tensor], flat: &Tensor, write: impl Fn(&Tensor, &Tensor)) {
+        let mut offset = 0;
+        for t in tensors {
+            let n = t.numel() as i64;
+            write(t, &flat.narrow(0, offset, n).view_as(t));
+            offset += n;
+        }
+    }
+
+    /// Reduce-scatters the gradients: afterwards the variables this rank owns hold the gradients
+    /// summed over all ranks (the others keep their local ones, which nothing reads).
+    pub fn reduce_scatter_gradients(&self, dist: &Dist) -> Result<()> {
+        tch::no_grad(|| {
+            let grad_or_zeros = |t: &Tensor| {
+                let grad = t.grad();
+                if grad.defined() {
+                    grad
+                } else {
+                    t.zeros_like()
+                }
+            };
+            let input = Tensor::cat(
+                &self
+                    .groups
+                    .iter()
+                    .map(|g| Self::flat(g, self.shard, grad_or_zeros))
+                    .collect::<Vec<_>>(),
+                0,
+            );
+            let output = Tensor::zeros([self.shard], (Kind::Float, Device::Cpu));
+            dist.reduce_scatter_sum(&output, &input)?;
+            Self::scatter_into(&self.groups[dist.rank()], &output, |t, part| {
+                let mut grad = t.grad();
+                if grad.defined() {
+                    grad.copy_(&part.to_device(grad.device()).to_kind(grad.kind()));
+                }
+            });
+            Ok(())
+        })
+    }
+
+    /// All-gathers the values: every rank's variables take the values their owners hold.
+    pub fn all_gather_values(&self, dist: &Dist) -> Result<()> {
+        tch::no_grad(|| {
+            let input = Self::flat(&self.groups[dist.rank()], self.shard, Tensor::shallow_clone);
+            let output = Tensor::zeros(
+                [self.shard * self.groups.len() as i64],
+                (Kind::Float, Device::Cpu),
+            );
+            dist.all_gather(&output, &input)?;
+            for (rank, group) in self.groups.iter().enumerate() {
+                let part = output.narrow(0, rank as i64 * self.shard, self.shard);
+                Self::scatter_into(group, &part, |t, values| {
+                    t.shallow_clone()
+                        .copy_(&values.to_device(t.device()).to_kind(t.kind()));
+                });
             }
             Ok(())
         })

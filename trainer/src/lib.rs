@@ -27,7 +27,7 @@ pub mod weights;
 pub use batch::{Batch, Objective, IGNORE_INDEX};
 pub use config::{ModelConfig, ProxyDefaults, ProxyModelOptions, Rope, RopeScaling, TokenIds};
 pub use data::{DataCursor, InMemoryRows, PackedShards, RowSource};
-pub use dist::{Dist, Launch};
+pub use dist::{Dist, Launch, ShardLayout};
 pub use error::{Error, Result};
 #[cfg(feature = "cuda")]
 pub use flash::varlen_attention as flash_varlen_attention;

@@ -181,31 +181,44 @@ impl AdamW {
     /// Global L2 norm of the gradients; scales them to at most `max` when `max > 0`. Returns the norm
     /// before scaling.
     pub fn clip_grad_norm(&mut self, max: f64) -> f64 {
+        self.clip_grad_norm_by(max, Ok).unwrap_or(0.0)
+    }
+
+    /// As [`AdamW::clip_grad_norm`] over the gradients of the variables this rank owns, where
+    /// `sum` turns this rank's sum of squares into the sum over all ranks (ZeRO-1: each rank holds
+    /// the reduced gradients of its own variables only).
+    pub fn clip_grad_norm_by(
+        &mut self,
+        max: f64,
+        sum: impl FnOnce(f64) -> Result<f64>,
+    ) -> Result<f64> {
         tch::no_grad(|| {
             let grads: Vec<Tensor> = self
                 .parameters
                 .iter()
+                .filter(|p| p.owned)
                 .map(|p| p.tensor.grad())
                 .filter(tch::Tensor::defined)
                 .collect();
-            if grads.is_empty() {
-                return 0.0;
-            }
             let squares: Vec<Tensor> = grads
                 .iter()
                 .map(|g| g.to_kind(Kind::Float).pow_tensor_scalar(2).sum(Kind::Float))
                 .collect();
-            let norm = Tensor::stack(&squares, 0)
-                .sum(Kind::Float)
-                .sqrt()
-                .double_value(&[]);
+            let local = if squares.is_empty() {
+                0.0
+            } else {
+                Tensor::stack(&squares, 0)
+                    .sum(Kind::Float)
+                    .double_value(&[])
+            };
+            let norm = sum(local)?.sqrt();
             if max > 0.0 && norm > max {
                 let scale = max / (norm + 1e-6);
                 for mut g in grads {
                     let _ = g.g_mul_scalar_(scale);
                 }
             }
-            norm
+            Ok(norm)
         })
     }
 

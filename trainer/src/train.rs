@@ -14,7 +14,7 @@ use tch::{nn, Device, Tensor};
 
 use crate::batch::Objective;
 use crate::data::{DataCursor, RowSource};
-use crate::dist::Dist;
+use crate::dist::{Dist, ShardLayout};
 use crate::optim::AdamW;
 use crate::weights::{file_error, load_into, read_safetensors, save_safetensors, write_atomically};
 use crate::{Batch, CausalLm, Error, Result};
@@ -407,6 +407,10 @@ impl<'a> Trainer<'a> {
             // on one machine must not drift apart).
             dist.broadcast_tensors(&optimizer.tensors(), 0)?;
         }
+        let layout = match (self.dist, self.zero1) {
+            (Some(_), true) => Some(ShardLayout::new(optimizer.owners(), world)),
+            _ => None,
+        };
         let optimizer_state_bytes = optimizer.state_bytes();
         tracing::info!(
             rank,
@@ -468,26 +472,25 @@ impl<'a> Trainer<'a> {
                 (loss / tokens.max(1) as f64).backward();
             }
             if let Some(dist) = self.dist {
-                dist.all_reduce_gradients(&optimizer.tensors())?;
+                match &layout {
+                    Some(layout) => layout.reduce_scatter_gradients(dist)?,
+                    None => dist.all_reduce_gradients(&optimizer.tensors())?,
+                }
                 loss_sum = dist.sum_f64(&[loss_sum])?[0];
             }
             let loss = loss_sum / tokens.max(1) as f64;
             if !loss.is_finite() {
                 return Err(Error::Diverged { step, loss });
             }
-            let grad_norm = optimizer.clip_grad_norm(options.grad_clip);
+            let grad_norm = match (self.dist, &layout) {
+                (Some(dist), Some(_)) => optimizer
+                    .clip_grad_norm_by(options.grad_clip, |local| Ok(dist.sum_f64(&[local])?[0]))?,
+                _ => optimizer.clip_grad_norm(options.grad_clip),
+            };
             optimizer.step(learning_rate);
-            if let (Some(dist), true) = (self.dist, self.zero1) {
-                // Each owner updated its variables: send them to every rank.
-                let owners = optimizer.owners();
-                for owner in 0..world {
-                    let owned: Vec<Tensor> = owners
-                        .iter()
-                        .filter(|(_, o)| *o == owner)
-                        .map(|(t, _)| t.shallow_clone())
-                        .collect();
-                    dist.broadcast_tensors(&owned, owner)?;
-                }
+            if let (Some(dist), Some(layout)) = (self.dist, &layout) {
+                // Each owner updated its variables: gather them on every rank.
+                layout.all_gather_values(dist)?;
             }
             if !frozen.is_empty() {
                 tch::no_grad(|| {
