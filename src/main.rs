@@ -28,6 +28,9 @@ enum Command {
     Sql(commands::sql::SqlArgs),
     /// Find exact or near duplicates among the rows of a query; writes a table (id, cluster_id, kept).
     Dedup(commands::dedup::DedupArgs),
+    /// Where the jobs writing an output stand: done, running, interrupted, failed (with the error) or
+    /// missing, per job of an array.
+    Status(commands::status::StatusArgs),
     /// Train or evaluate a fastText-style text classifier (used in SQL as classify(text, 'name')).
     Classify(commands::classify::ClassifyArgs),
     /// Tokenizer adaptation: train, measure compression, extend a vocabulary with domain tokens.
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Ingest(args) => commands::ingest::run(args),
         Command::Sql(args) => commands::sql::run(args),
         Command::Dedup(args) => commands::dedup::run(args),
+        Command::Status(args) => commands::status::run(args),
         Command::Classify(args) => commands::classify::run(args),
         Command::Tokenizer(args) => commands::tokenizer::run(args),
         Command::Pack(args) => commands::pack::run(args),

@@ -105,6 +105,30 @@ struct State {
     last_renewal: std::time::Instant,
 }
 
+/// Who writes output `location`'s manifest `manifest_name` now, by its lease: the holder's owner and
+/// how long ago it renewed, when the lease is alive (renewed within its time to live, and — for a
+/// holder on this host — its process runs); `None` when there is no live lease.
+pub async fn live_holder(location: &Location, manifest_name: &str) -> Result<Option<String>> {
+    let Some(bytes) = location
+        .read_optional(&format!(".{manifest_name}.lease"))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Ok(holder) = serde_json::from_slice::<Holder>(&bytes) else {
+        return Ok(None);
+    };
+    let age_ms = now_ms().saturating_sub(holder.renewed_unix_ms);
+    let alive = age_ms <= holder.ttl_ms && (holder.host != host_name() || process_runs(holder.pid));
+    Ok(alive.then(|| {
+        format!(
+            "{} (lease renewed {:.1} s ago)",
+            holder.owner,
+            age_ms as f64 / 1000.0
+        )
+    }))
+}
+
 /// A held lease; renewed until released or dropped.
 #[derive(Debug)]
 pub(crate) struct Lease {

@@ -18,6 +18,7 @@ pub mod parquet_io;
 pub mod schema;
 pub mod script;
 pub mod shard_writer;
+pub mod status;
 
 pub use error::{Error, Result};
 pub use location::Location;

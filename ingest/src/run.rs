@@ -29,17 +29,89 @@ impl Job {
     /// The whole input in one job.
     pub const ALL: Job = Job { index: 0, count: 1 };
 
-    /// Parses `i/n`.
+    /// Parses `i/n`, or `env`: the index the batch system set (see [`Job::from_env`]).
     pub fn parse(text: &str) -> Result<Self> {
+        if text.trim() == "env" {
+            return Self::from_env();
+        }
         let bad = || Error::Setting {
             key: "shard".into(),
-            reason: format!("{text:?} is not INDEX/COUNT with INDEX < COUNT, e.g. 0/8"),
+            reason: format!("{text:?} is not INDEX/COUNT with INDEX < COUNT (e.g. 0/8) or env"),
         };
         let (index, count) = text.split_once('/').ok_or_else(bad)?;
         let index: usize = index.trim().parse().map_err(|_| bad())?;
         let count: usize = count.trim().parse().map_err(|_| bad())?;
         if count == 0 || index >= count {
             return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
+
+    /// This job's place in an array as the batch system set it: Slurm
+    /// (`SLURM_ARRAY_TASK_ID` − `SLURM_ARRAY_TASK_MIN` of `SLURM_ARRAY_TASK_COUNT`), a Kubernetes
+    /// Indexed Job (`JOB_COMPLETION_INDEX`), AWS Batch (`AWS_BATCH_JOB_ARRAY_INDEX`) or any launcher
+    /// (`DAPT_SHARD_INDEX`); the count comes from `DAPT_SHARD_COUNT` where the system does not say
+    /// it (Kubernetes, AWS Batch). Errors name the variable that is missing or malformed.
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(|key| std::env::var(key).ok())
+    }
+
+    /// As [`Job::from_env`], reading variables through `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let number = |key: &str| -> Result<Option<usize>> {
+            var(key)
+                .map(|v| {
+                    v.trim().parse::<usize>().map_err(|_| Error::Setting {
+                        key: key.into(),
+                        reason: format!("{v:?} is not a whole number"),
+                    })
+                })
+                .transpose()
+        };
+        let count_from = |key: &str| -> Result<usize> {
+            number(key)?.ok_or_else(|| Error::Setting {
+                key: key.into(),
+                reason: "must give the number of jobs in the array".into(),
+            })
+        };
+        let (index, count, source) = if let Some(id) = number("SLURM_ARRAY_TASK_ID")? {
+            let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            let index = id.checked_sub(min).ok_or_else(|| Error::Setting {
+                key: "SLURM_ARRAY_TASK_ID".into(),
+                reason: format!("{id} is below SLURM_ARRAY_TASK_MIN {min}"),
+            })?;
+            (
+                index,
+                count_from("SLURM_ARRAY_TASK_COUNT")?,
+                "SLURM_ARRAY_TASK_ID",
+            )
+        } else if let Some(index) = number("JOB_COMPLETION_INDEX")? {
+            (
+                index,
+                count_from("DAPT_SHARD_COUNT")?,
+                "JOB_COMPLETION_INDEX",
+            )
+        } else if let Some(index) = number("AWS_BATCH_JOB_ARRAY_INDEX")? {
+            (
+                index,
+                count_from("DAPT_SHARD_COUNT")?,
+                "AWS_BATCH_JOB_ARRAY_INDEX",
+            )
+        } else if let Some(index) = number("DAPT_SHARD_INDEX")? {
+            (index, count_from("DAPT_SHARD_COUNT")?, "DAPT_SHARD_INDEX")
+        } else {
+            return Err(Error::Setting {
+                key: "shard".into(),
+                reason: "--shard env, but no array index is set (SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX, \
+                         AWS_BATCH_JOB_ARRAY_INDEX or DAPT_SHARD_INDEX)"
+                    .into(),
+            });
+        };
+        if count == 0 || index >= count {
+            return Err(Error::Setting {
+                key: source.into(),
+                reason: format!("index {index} is not below the job count {count}"),
+            });
         }
         Ok(Self { index, count })
     }
@@ -299,5 +371,61 @@ mod tests {
         assert!(Job::parse("7/7").is_err());
         assert!(Job::parse("x").is_err());
         assert!(Job::ALL.takes("anything"));
+    }
+}
+
+#[cfg(test)]
+mod job_tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |key| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_string())
+        }
+    }
+
+    #[test]
+    fn the_array_index_comes_from_the_batch_system() {
+        let job = |pairs: &[(&str, &str)]| Job::from_vars(vars(pairs));
+        assert_eq!(
+            job(&[
+                ("SLURM_ARRAY_TASK_ID", "12"),
+                ("SLURM_ARRAY_TASK_MIN", "10"),
+                ("SLURM_ARRAY_TASK_COUNT", "4")
+            ])
+            .unwrap(),
+            Job { index: 2, count: 4 }
+        );
+        assert_eq!(
+            job(&[("JOB_COMPLETION_INDEX", "7"), ("DAPT_SHARD_COUNT", "8")]).unwrap(),
+            Job { index: 7, count: 8 }
+        );
+        assert_eq!(
+            job(&[
+                ("AWS_BATCH_JOB_ARRAY_INDEX", "0"),
+                ("DAPT_SHARD_COUNT", "2")
+            ])
+            .unwrap(),
+            Job { index: 0, count: 2 }
+        );
+        assert_eq!(
+            job(&[("DAPT_SHARD_INDEX", "1"), ("DAPT_SHARD_COUNT", "3")]).unwrap(),
+            Job { index: 1, count: 3 }
+        );
+        for (pairs, named) in [
+            (&[][..], "SLURM_ARRAY_TASK_ID"),
+            (&[("JOB_COMPLETION_INDEX", "1")][..], "DAPT_SHARD_COUNT"),
+            (
+                &[("DAPT_SHARD_INDEX", "3"), ("DAPT_SHARD_COUNT", "3")][..],
+                "DAPT_SHARD_INDEX",
+            ),
+            (&[("SLURM_ARRAY_TASK_ID", "x")][..], "SLURM_ARRAY_TASK_ID"),
+        ] {
+            let error = job(pairs).unwrap_err().to_string();
+            assert!(error.contains(named), "{named}: {error}");
+        }
     }
 }

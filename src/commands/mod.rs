@@ -11,6 +11,7 @@ pub mod pack;
 #[cfg(feature = "torch")]
 pub mod run;
 pub mod sql;
+pub mod status;
 #[cfg(feature = "torch")]
 pub mod sweep;
 pub mod tokenizer;

@@ -410,3 +410,223 @@ fn overwrite_replaces_an_output_of_other_inputs() -> Result<()> {
     );
     Ok(())
 }
+
+/// A job array run as local processes by `configs/cluster/local-array.sh` against the S3 server
+/// (moto): indices that never ran are missing, a misconfigured index fails and records why, a killed
+/// one is interrupted, and rerunning those indices alone completes an output whose shards are exactly
+/// those of a one-process run; `dapt status` says each of these.
+#[test]
+fn an_array_of_local_processes_against_s3_equals_one_process_and_reports_each_job() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("in");
+    write_inputs(&input)?;
+    let server = crate::common::S3Server::start()?;
+    let bucket = server.bucket("array")?;
+    let dapt = env!("CARGO_BIN_EXE_dapt");
+    let storage: BTreeMap<String, String> = server
+        .env()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.to_lowercase().replace("aws_endpoint_url", "aws_endpoint"),
+                v,
+            )
+        })
+        .collect();
+    let runtime = tokio::runtime::Runtime::new()?;
+    // The inputs in the bucket, so that their URLs (and so the jobs' files) are the same every run.
+    let inputs = dapt_core::Location::parse_with(&format!("{bucket}/in/"), &storage)?;
+    for entry in std::fs::read_dir(&input)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        runtime.block_on(inputs.write(&name, std::fs::read(&path)?.into()))?;
+    }
+    let input = format!("{bucket}/in/");
+    let one = format!("{bucket}/one/");
+    let array = format!("{bucket}/array/");
+    let ingest_args = |out: &str| -> Vec<String> {
+        vec![
+            dapt.into(),
+            "ingest".into(),
+            input.clone(),
+            "--out".into(),
+            out.into(),
+            "--concurrency".into(),
+            "1".into(),
+        ]
+    };
+    let run = |args: &[String], env: &[(&str, &str)]| -> Result<std::process::Output> {
+        Ok(Command::new(&args[0])
+            .args(&args[1..])
+            .envs(server.env())
+            .envs(env.iter().copied())
+            .env("DAPT_LOG", "warn")
+            .output()?)
+    };
+    let output = run(&ingest_args(&one), &[])?;
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/cluster/local-array.sh");
+    let logs = dir.path().join("logs");
+    let array_command = |only: &str| -> Vec<String> {
+        let mut args = vec![
+            script.display().to_string(),
+            "--logs".into(),
+            logs.display().to_string(),
+            "--only".into(),
+            only.into(),
+            "3".into(),
+            "--".into(),
+        ];
+        args.extend(ingest_args(&array));
+        args.extend(["--shard".into(), "env".into()]);
+        args
+    };
+    let status = || -> Result<serde_json::Value> {
+        let output = run(
+            &[
+                dapt.into(),
+                "status".into(),
+                array.clone(),
+                "--jobs".into(),
+                "3".into(),
+                "--json".into(),
+            ],
+            &[],
+        )?;
+        ensure!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    };
+    let states = |status: &serde_json::Value| -> Vec<String> {
+        status["jobs"]
+            .as_array()
+            .map(|jobs| {
+                jobs.iter()
+                    .map(|j| j["state"].as_str().unwrap_or("?").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // Indices 0 and 2 only: index 1 is missing.
+    let output = run(&array_command("0,2"), &[])?;
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let now = status()?;
+    ensure!(
+        states(&now) == ["done", "missing", "done"] && now["complete"] == false,
+        "{now}"
+    );
+
+    // Index 1 misconfigured: it fails and says why.
+    let output = run(&array_command("1"), &[("DAPT_LEASE_TTL_S", "soon")])?;
+    ensure!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(stderr.contains("indices failed: 1"), "{stderr}");
+    let now = status()?;
+    ensure!(states(&now) == ["done", "failed", "done"], "{now}");
+    ensure!(
+        now["jobs"][1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("DAPT_LEASE_TTL_S")),
+        "{now}"
+    );
+    let table = run(
+        &[
+            dapt.into(),
+            "status".into(),
+            array.clone(),
+            "--jobs".into(),
+            "3".into(),
+        ],
+        &[],
+    )?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    ensure!(
+        table.contains("job 1/3  failed") && table.contains("2 of 3 job(s) done"),
+        "{table}"
+    );
+
+    // Index 1 killed once it has published a shard: interrupted.
+    let mut child = Command::new(&array_command("1")[0])
+        .args(&array_command("1")[1..])
+        .envs(server.env())
+        .env("DAPT_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid_file = logs.join("job-1.pid");
+    let started = Instant::now();
+    let killed_while_running = loop {
+        ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "index 1 never wrote its manifest"
+        );
+        if s3_object_exists(&server, "array", "array/_manifest-00001-of-00003.json")? {
+            let pid = std::fs::read_to_string(&pid_file)?;
+            let killed = Command::new("kill").args(["-KILL", pid.trim()]).status()?;
+            break killed.success();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    ensure!(!child.wait()?.success() || !killed_while_running);
+    let now = status()?;
+    if killed_while_running && states(&now)[1] != "done" {
+        ensure!(states(&now) == ["done", "interrupted", "done"], "{now}");
+    } else {
+        eprintln!("index 1 finished before it could be killed: {now}");
+    }
+
+    // Rerun index 1: the output is complete and holds exactly the one-process run's shards.
+    let output = run(&array_command("1"), &[])?;
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let now = status()?;
+    ensure!(
+        states(&now) == ["done", "done", "done"] && now["complete"] == true,
+        "{now}"
+    );
+    let manifest = |url: &str| -> Result<dapt_core::Manifest> {
+        let location = dapt_core::Location::parse_with(url, &storage)?;
+        let bytes = runtime.block_on(location.read("_manifest.json"))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    };
+    ensure!(
+        now["jobs"][1]["shards"].as_u64().unwrap_or(0) >= 2,
+        "index 1 had too few files to be killed half-way: {now}"
+    );
+    let (a, b) = (manifest(&one)?, manifest(&array)?);
+    ensure!(
+        a.shards.len() == 12 && a.shards == b.shards,
+        "shards differ:\n{:?}\n{:?}",
+        a.shards,
+        b.shards
+    );
+    ensure!(
+        runtime
+            .block_on(
+                dapt_core::Location::parse_with(&array, &storage)?
+                    .read_optional("_failed-00001-of-00003.json")
+            )?
+            .is_none(),
+        "the failure record outlived the success"
+    );
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! `dapt status URL`: per job of an output directory (or its one job), done / running / interrupted /
+//! failed (with the error it recorded) / missing, from the manifests, failure records and the
+//! writers' locks or leases.
+use anyhow::Context;
+use clap::Args;
+use dapt_core::status::{output_status, JobState};
+use dapt_core::Location;
+
+/// Arguments of `dapt status`.
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Output directory URL or path (an ingest, pack or mix output; s3://…, gs://…, local).
+    url: String,
+    /// Jobs in the array that writes it (jobs that never started leave nothing that says how many
+    /// there are; without this the count comes from the job manifests and failure records found).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Object-store setting KEY=VALUE over the environment (aws_endpoint, aws_region, …); repeatable.
+    #[arg(long = "storage-option", value_name = "KEY=VALUE")]
+    storage_options: Vec<String>,
+}
+
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let mut storage = std::collections::BTreeMap::new();
+    for option in &args.storage_options {
+        let (key, value) = option
+            .split_once('=')
+            .with_context(|| format!("--storage-option {option:?} is not KEY=VALUE"))?;
+        storage.insert(key.to_string(), value.to_string());
+    }
+    if args.jobs == Some(0) {
+        anyhow::bail!("--jobs must be at least 1");
+    }
+    let location = Location::parse_with(&args.url, &storage)?;
+    let status = dapt_pipeline::runtime()?.block_on(output_status(&location, args.jobs))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let done = status
+        .jobs
+        .iter()
+        .filter(|j| j.state == JobState::Done)
+        .count();
+    println!(
+        "{}: {}{}, {done} of {} job(s) done",
+        status.url,
+        status.kind.as_deref().unwrap_or("(no manifest)"),
+        if status.complete {
+            ", complete"
+        } else {
+            ", incomplete"
+        },
+        status.jobs.len()
+    );
+    for job in &status.jobs {
+        let (state, detail) = match &job.state {
+            JobState::Done => ("done", String::new()),
+            JobState::Running { writer } => ("running", format!("  writer: {writer}")),
+            JobState::Failed { error, at } => ("failed", format!("  at {at}: {error}")),
+            JobState::Interrupted => ("interrupted", "  (rerun the job to finish it)".into()),
+            JobState::Missing => ("missing", String::new()),
+        };
+        println!(
+            "  job {}/{}  {state:<11} {:>6} shards {:>10} rows{detail}",
+            job.index, job.count, job.shards, job.rows
+        );
+    }
+    Ok(())
+}
