@@ -4,7 +4,21 @@ mod libtorch {
     include!("../build.rs");
 }
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// A C++ build against LibTorch's headers, as LibTorch itself was built (C++17, the new ABI).
+fn shim(libtorch: &Path) -> cc::Build {
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(libtorch.join("include"))
+        .include(libtorch.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1");
+    build
+}
 
 fn main() {
     libtorch::main();
@@ -27,32 +41,16 @@ fn main() {
             gloo.display()
         );
     }
-    let mut dist = cc::Build::new();
-    dist.cpp(true)
-        .pic(true)
-        .warnings(false)
-        .include(root.join("include"))
-        .include(root.join("include/torch/csrc/api/include"))
-        .flag("-std=c++17")
-        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .define("USE_C10D_GLOO", None);
-    if gloo.as_path() != std::path::Path::new("/usr/include") {
+    let mut dist = shim(&root);
+    dist.define("USE_C10D_GLOO", None);
+    if gloo.as_path() != Path::new("/usr/include") {
         dist.include(&gloo);
     }
     dist.file("csrc/dist.cpp").compile("dapt_dist");
     #[cfg(feature = "cuda")]
-    {
-        cc::Build::new()
-            .cpp(true)
-            .pic(true)
-            .warnings(false)
-            .include(root.join("include"))
-            .include(root.join("include/torch/csrc/api/include"))
-            .flag("-std=c++17")
-            .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-            .file("csrc/flash_varlen.cpp")
-            .compile("dapt_flash_varlen");
-    }
+    shim(&root)
+        .file("csrc/flash_varlen.cpp")
+        .compile("dapt_flash_varlen");
     // The shims call into LibTorch: link it after them.
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");

@@ -237,7 +237,7 @@ pub async fn ingest(
                 .into(),
         });
     }
-    let mut output = OutputDir::open_with(
+    let output = OutputDir::open_with(
         out.clone(),
         &manifest_name,
         "ingest",
@@ -245,6 +245,34 @@ pub async fn ingest(
         settings.overwrite,
     )
     .await?;
+    // From here on this job writes the output: how it ends is recorded beside its manifest (a
+    // failure record for `dapt status`, removed by a later success). Refusals before this point
+    // (other settings, another writer) leave the output alone.
+    let result = write_output(&settings, &out, config_hash, job, output, files, progress).await;
+    match &result {
+        Ok(_) => dapt_core::status::clear_failure(&out, job.index, job.count).await?,
+        Err(error) => {
+            let message = dapt_core::status::describe(error);
+            dapt_core::status::record_failure(&out, job.index, job.count, &message).await;
+        }
+    }
+    result
+}
+
+/// A file to ingest: its store, its object, its format and its URL.
+type InputFile = (Location, ObjectMeta, Format, String);
+
+/// Writes this job's pending files into the opened output, finishes its manifest and (the last job
+/// of an array) merges the job manifests.
+async fn write_output(
+    settings: &Arc<IngestSettings>,
+    out: &Location,
+    config_hash: &str,
+    job: Job,
+    mut output: OutputDir,
+    files: Vec<InputFile>,
+    progress: Arc<dyn Fn(Progress) + Send + Sync>,
+) -> Result<IngestSummary> {
     let mut summary = IngestSummary {
         files: files.len() as u64,
         ..Default::default()
@@ -271,7 +299,7 @@ pub async fn ingest(
             let Some((location, meta, format, url)) = pending.next() else {
                 break;
             };
-            let settings = Arc::clone(&settings);
+            let settings = Arc::clone(settings);
             let out = out.clone();
             let progress = Arc::clone(&progress);
             let config_hash = config_hash.to_string();
@@ -309,7 +337,7 @@ pub async fn ingest(
         }))
         .await?;
     if job.count > 1 {
-        summary.merged = OutputDir::merge_job_manifests(&out, job.count, "ingest", config_hash)
+        summary.merged = OutputDir::merge_job_manifests(out, job.count, "ingest", config_hash)
             .await?
             .is_some();
     }

@@ -10,21 +10,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::Result;
 
-/// An error with its causes, as one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let message = cause.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// The identity of an ingest output: its settings (inputs, format, columns, policy).
 pub fn ingest_identity(settings: &IngestSettings) -> Result<String> {
     crate::identity::identity("the ingest settings", settings)
@@ -68,28 +53,8 @@ pub fn run_ingest(
             }
         })
     };
-    let result = runtime.block_on(dapt_ingest::ingest(
-        settings,
-        out.clone(),
-        &hash,
-        job,
-        progress,
-    ));
+    let summary = runtime.block_on(dapt_ingest::ingest(settings, out, &hash, job, progress))?;
     bar.finish_and_clear();
-    // The job's outcome, where `dapt status` reads it: a failure record, or none after a success.
-    let summary = match result {
-        Ok(summary) => {
-            runtime.block_on(dapt_core::status::clear_failure(&out, job.index, job.count))?;
-            summary
-        }
-        Err(error) => {
-            let message = error_chain(&error);
-            runtime.block_on(dapt_core::status::record_failure(
-                &out, job.index, job.count, &message,
-            ));
-            return Err(error.into());
-        }
-    };
     tracing::info!(
         files = summary.files,
         read = summary.files_read,

@@ -1,7 +1,6 @@
 //! `dapt ingest`: read shards from object storage into normalised Document Parquet.
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
 use dapt_core::Location;
 use dapt_ingest::{ErrorPolicy, IngestOptions, IngestSettings, Job, Preset};
@@ -70,13 +69,7 @@ enum PolicyArg {
 }
 
 pub fn run(args: IngestArgs) -> anyhow::Result<()> {
-    let mut storage = std::collections::BTreeMap::new();
-    for option in &args.storage_options {
-        let (key, value) = option
-            .split_once('=')
-            .with_context(|| format!("--storage-option {option:?} is not KEY=VALUE"))?;
-        storage.insert(key.to_string(), value.to_string());
-    }
+    let storage = super::storage_options(&args.storage_options)?;
     let settings = IngestSettings::try_from(IngestOptions {
         inputs: args.inputs,
         format: Some(args.format),

@@ -18,7 +18,10 @@ pub mod tokenizer;
 #[cfg(feature = "torch")]
 pub mod train;
 
+use std::collections::BTreeMap;
 use std::path::Path;
+
+use anyhow::Context;
 
 use dapt_sql::{SourcesOptions, SqlSession};
 
@@ -38,4 +41,17 @@ pub fn query_strings(
         dapt_sql::string_rows(&session, query, &[columns]).await
     })?;
     Ok(rows.1)
+}
+
+/// `--storage-option KEY=VALUE` flags as object_store options.
+pub fn storage_options(flags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    flags
+        .iter()
+        .map(|option| {
+            let (key, value) = option
+                .split_once('=')
+                .with_context(|| format!("--storage-option {option:?} is not KEY=VALUE"))?;
+            Ok((key.to_string(), value.to_string()))
+        })
+        .collect()
 }

@@ -1,7 +1,6 @@
 //! `dapt status URL`: per job of an output directory (or its one job), done / running / interrupted /
 //! failed (with the error it recorded) / missing, from the manifests, failure records and the
 //! writers' locks or leases.
-use anyhow::Context;
 use clap::Args;
 use dapt_core::status::{output_status, JobState};
 use dapt_core::Location;
@@ -24,13 +23,7 @@ pub struct StatusArgs {
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let mut storage = std::collections::BTreeMap::new();
-    for option in &args.storage_options {
-        let (key, value) = option
-            .split_once('=')
-            .with_context(|| format!("--storage-option {option:?} is not KEY=VALUE"))?;
-        storage.insert(key.to_string(), value.to_string());
-    }
+    let storage = super::storage_options(&args.storage_options)?;
     if args.jobs == Some(0) {
         anyhow::bail!("--jobs must be at least 1");
     }

@@ -412,14 +412,14 @@ fn overwrite_replaces_an_output_of_other_inputs() -> Result<()> {
 }
 
 /// A job array run as local processes by `configs/cluster/local-array.sh` against the S3 server
-/// (moto): indices that never ran are missing, a misconfigured index fails and records why, a killed
-/// one is interrupted, and rerunning those indices alone completes an output whose shards are exactly
+/// (moto): an index that never ran is missing (a refused run changes nothing), fails and records why
+/// when an input is corrupt, is interrupted when killed, and rerunning those indices alone completes an output whose shards are exactly
 /// those of a one-process run; `dapt status` says each of these.
 #[test]
 fn an_array_of_local_processes_against_s3_equals_one_process_and_reports_each_job() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let input = dir.path().join("in");
-    write_inputs(&input)?;
+    let local_inputs = dir.path().join("in");
+    write_inputs(&local_inputs)?;
     let server = crate::common::S3Server::start()?;
     let bucket = server.bucket("array")?;
     let dapt = env!("CARGO_BIN_EXE_dapt");
@@ -436,7 +436,7 @@ fn an_array_of_local_processes_against_s3_equals_one_process_and_reports_each_jo
     let runtime = tokio::runtime::Runtime::new()?;
     // The inputs in the bucket, so that their URLs (and so the jobs' files) are the same every run.
     let inputs = dapt_core::Location::parse_with(&format!("{bucket}/in/"), &storage)?;
-    for entry in std::fs::read_dir(&input)? {
+    for entry in std::fs::read_dir(&local_inputs)? {
         let path = entry?.path();
         let name = path
             .file_name()
@@ -520,8 +520,8 @@ fn an_array_of_local_processes_against_s3_equals_one_process_and_reports_each_jo
             .unwrap_or_default()
     };
 
-    // Indices 0 and 2 only: index 1 is missing.
-    let output = run(&array_command("0,2"), &[])?;
+    // Index 2 (7 of the 12 files) is the one followed; 0 and 1 run first, so 2 is missing.
+    let output = run(&array_command("0,1"), &[])?;
     ensure!(
         output.status.success(),
         "{}",
@@ -529,21 +529,57 @@ fn an_array_of_local_processes_against_s3_equals_one_process_and_reports_each_jo
     );
     let now = status()?;
     ensure!(
-        states(&now) == ["done", "missing", "done"] && now["complete"] == false,
+        states(&now) == ["done", "done", "missing"] && now["complete"] == false,
         "{now}"
     );
 
-    // Index 1 misconfigured: it fails and says why.
-    let output = run(&array_command("1"), &[("DAPT_LEASE_TTL_S", "soon")])?;
+    // A refused run (a misconfigured lease) leaves the output alone: index 2 is still missing.
+    let output = run(&array_command("2"), &[("DAPT_LEASE_TTL_S", "soon")])?;
     ensure!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(stderr.contains("indices failed: 1"), "{stderr}");
-    let now = status()?;
-    ensure!(states(&now) == ["done", "failed", "done"], "{now}");
+    ensure!(stderr.contains("indices failed: 2"), "{stderr}");
+    ensure!(states(&status()?) == ["done", "done", "missing"]);
+
+    // Index 2's first input corrupt (same size, so the output's inputs are unchanged): index 2
+    // fails at once and records why, naming the object.
+    let location = dapt_core::Location::parse_with(&array, &storage)?;
+    let job_manifest = |i: usize| -> Result<dapt_core::Manifest> {
+        let name = dapt_core::manifest::job_manifest_name(i, 3);
+        Ok(serde_json::from_slice(
+            &runtime.block_on(location.read(&name))?,
+        )?)
+    };
+    let taken: Vec<String> = [job_manifest(0)?, job_manifest(1)?]
+        .into_iter()
+        .flat_map(|m| m.shards.into_iter().map(|s| s.name))
+        .collect();
+    let mut names: Vec<String> = std::fs::read_dir(&local_inputs)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().to_string()))
+        .collect::<Result<_>>()?;
+    names.sort();
+    let mine: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            let stem = n.split('.').next().unwrap_or_default();
+            !taken.iter().any(|t| t.starts_with(&format!("{stem}-")))
+        })
+        .collect();
     ensure!(
-        now["jobs"][1]["error"]
+        mine.len() >= 4,
+        "index 2 has too few files to follow: {mine:?}"
+    );
+    let victim = mine[0].clone();
+    let original = std::fs::read(local_inputs.join(&victim))?;
+    runtime.block_on(inputs.write(&victim, vec![0u8; original.len()].into()))?;
+    let output = run(&array_command("2"), &[])?;
+    ensure!(!output.status.success());
+    runtime.block_on(inputs.write(&victim, original.into()))?;
+    let now = status()?;
+    ensure!(states(&now) == ["done", "done", "failed"], "{now}");
+    ensure!(
+        now["jobs"][2]["error"]
             .as_str()
-            .is_some_and(|e| e.contains("DAPT_LEASE_TTL_S")),
+            .is_some_and(|e| e.contains(&victim)),
         "{now}"
     );
     let table = run(
@@ -558,25 +594,32 @@ fn an_array_of_local_processes_against_s3_equals_one_process_and_reports_each_jo
     )?;
     let table = String::from_utf8_lossy(&table.stdout);
     ensure!(
-        table.contains("job 1/3  failed") && table.contains("2 of 3 job(s) done"),
+        table.contains("job 2/3  failed") && table.contains("2 of 3 job(s) done"),
         "{table}"
     );
 
-    // Index 1 killed once it has published a shard: interrupted.
-    let mut child = Command::new(&array_command("1")[0])
-        .args(&array_command("1")[1..])
+    // Index 2 rerun and killed once it has published a shard: interrupted (the failure record is
+    // older than its manifest now).
+    let mut child = Command::new(&array_command("2")[0])
+        .args(&array_command("2")[1..])
         .envs(server.env())
         .env("DAPT_LOG", "warn")
         .stderr(Stdio::null())
         .spawn()?;
-    let pid_file = logs.join("job-1.pid");
+    let pid_file = logs.join("job-2.pid");
     let started = Instant::now();
     let killed_while_running = loop {
         ensure!(
             started.elapsed() < Duration::from_secs(120),
-            "index 1 never wrote its manifest"
+            "index 2 published nothing"
         );
-        if s3_object_exists(&server, "array", "array/_manifest-00001-of-00003.json")? {
+        let name = dapt_core::manifest::job_manifest_name(2, 3);
+        let published = runtime
+            .block_on(location.read_optional(&name))?
+            .map(|bytes| serde_json::from_slice::<dapt_core::Manifest>(&bytes))
+            .transpose()?
+            .is_some_and(|m| !m.shards.is_empty());
+        if published {
             let pid = std::fs::read_to_string(&pid_file)?;
             let killed = Command::new("kill").args(["-KILL", pid.trim()]).status()?;
             break killed.success();
@@ -585,14 +628,14 @@ fn an_array_of_local_processes_against_s3_equals_one_process_and_reports_each_jo
     };
     ensure!(!child.wait()?.success() || !killed_while_running);
     let now = status()?;
-    if killed_while_running && states(&now)[1] != "done" {
-        ensure!(states(&now) == ["done", "interrupted", "done"], "{now}");
+    if killed_while_running && states(&now)[2] != "done" {
+        ensure!(states(&now) == ["done", "done", "interrupted"], "{now}");
     } else {
-        eprintln!("index 1 finished before it could be killed: {now}");
+        eprintln!("index 2 finished before it could be killed: {now}");
     }
 
-    // Rerun index 1: the output is complete and holds exactly the one-process run's shards.
-    let output = run(&array_command("1"), &[])?;
+    // Rerun index 2: the output is complete and holds exactly the one-process run's shards.
+    let output = run(&array_command("2"), &[])?;
     ensure!(
         output.status.success(),
         "{}",
@@ -608,10 +651,6 @@ fn an_array_of_local_processes_against_s3_equals_one_process_and_reports_each_jo
         let bytes = runtime.block_on(location.read("_manifest.json"))?;
         Ok(serde_json::from_slice(&bytes)?)
     };
-    ensure!(
-        now["jobs"][1]["shards"].as_u64().unwrap_or(0) >= 2,
-        "index 1 had too few files to be killed half-way: {now}"
-    );
     let (a, b) = (manifest(&one)?, manifest(&array)?);
     ensure!(
         a.shards.len() == 12 && a.shards == b.shards,
@@ -623,7 +662,7 @@ fn an_array_of_local_processes_against_s3_equals_one_process_and_reports_each_jo
         runtime
             .block_on(
                 dapt_core::Location::parse_with(&array, &storage)?
-                    .read_optional("_failed-00001-of-00003.json")
+                    .read_optional("_failed-00002-of-00003.json")
             )?
             .is_none(),
         "the failure record outlived the success"

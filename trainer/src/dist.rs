@@ -66,6 +66,14 @@ extern "C" {
     fn free(pointer: *mut c_void);
 }
 
+/// The shim's collectives of an output and an input tensor.
+type OutputInputFn = unsafe extern "C" fn(
+    *mut RawGroup,
+    *const c_void,
+    *const c_void,
+    *mut *mut RawWork,
+) -> *mut c_char;
+
 /// Gradients are all-reduced in buckets of about this many bytes (a few large messages instead of
 /// one per tensor, all in flight at once).
 pub const BUCKET_BYTES: usize = 25 << 20;
@@ -339,38 +347,39 @@ impl Dist {
         self.wait("broadcast", work)
     }
 
-    /// Sums `input` (`[world × n]`, contiguous, CPU) over every rank; this rank's `output` (`[n]`)
-    /// receives part `rank` of the sum.
-    pub fn reduce_scatter_sum(&self, output: &Tensor, input: &Tensor) -> Result<()> {
+    /// Runs a collective of an output and an input tensor (reduce-scatter, all-gather) and waits.
+    fn output_input(
+        &self,
+        what: &str,
+        start: OutputInputFn,
+        output: &Tensor,
+        input: &Tensor,
+    ) -> Result<()> {
         let mut raw = std::ptr::null_mut();
-        // SAFETY: both are live tch tensors; the work keeps their storage alive until waited.
+        // SAFETY: both are live tch tensors (`at::Tensor*`); the work keeps their storage alive
+        // until it is waited for.
         let error = unsafe {
-            dapt_dist_reduce_scatter(
+            start(
                 self.group,
                 output.as_ptr().cast(),
                 input.as_ptr().cast(),
                 &mut raw,
             )
         };
-        let work = self.started("reduce-scatter", error, raw)?;
-        self.wait("reduce-scatter", work)
+        let work = self.started(what, error, raw)?;
+        self.wait(what, work)
+    }
+
+    /// Sums `input` (`[world × n]`, contiguous, CPU) over every rank; this rank's `output` (`[n]`)
+    /// receives part `rank` of the sum.
+    pub fn reduce_scatter_sum(&self, output: &Tensor, input: &Tensor) -> Result<()> {
+        self.output_input("reduce-scatter", dapt_dist_reduce_scatter, output, input)
     }
 
     /// Concatenates every rank's `input` (`[n]`, contiguous, CPU) into `output` (`[world × n]`) in
     /// rank order.
     pub fn all_gather(&self, output: &Tensor, input: &Tensor) -> Result<()> {
-        let mut raw = std::ptr::null_mut();
-        // SAFETY: as in `reduce_scatter_sum`.
-        let error = unsafe {
-            dapt_dist_allgather(
-                self.group,
-                output.as_ptr().cast(),
-                input.as_ptr().cast(),
-                &mut raw,
-            )
-        };
-        let work = self.started("all-gather", error, raw)?;
-        self.wait("all-gather", work)
+        self.output_input("all-gather", dapt_dist_allgather, output, input)
     }
 
     /// Returns once every rank has reached it.

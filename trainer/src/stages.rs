@@ -415,89 +415,26 @@ pub fn run_stages(
                 .map_err(json_error(format_args!("stage[{index}]")))?,
         );
         let report_path = stage_dir.join("stage.json");
-        if let (Some(dist), false) = (dist, leader) {
-            // Follow rank 0: it says whether the stage is done once its bookkeeping is over.
-            let done = dist.sum_f64(&[0.0])?[0] > 0.5;
-            if done {
+        // Rank 0 decides whether the stage is done (and clears stale outputs); the others follow.
+        let mut done = if leader {
+            prepare_stage(config, stage, &stage_dir, &hash)?
+        } else {
+            None
+        };
+        if let Some(dist) = dist {
+            let skip = dist.sum_f64(&[if done.is_some() { 1.0 } else { 0.0 }])?[0] > 0.5;
+            if skip && done.is_none() {
                 let text =
                     std::fs::read_to_string(&report_path).map_err(|e| io_error(&report_path, e))?;
-                let report: StageReport =
-                    serde_json::from_str(&text).map_err(json_error(report_path.display()))?;
-                input_dir = Some(stage_dir.join("model"));
-                input_identity = report.hash.clone();
-                reports.push(report);
-                continue;
+                done =
+                    Some(serde_json::from_str(&text).map_err(json_error(report_path.display()))?);
             }
-            let report = run_stage(
-                config,
-                stage,
-                index,
-                &input_dir.clone().unwrap_or_default(),
-                &stage_dir,
-                &hash,
-                device,
-                &mut on_step,
-            )?;
-            dist.barrier()?;
+        }
+        if let Some(report) = done {
             input_dir = Some(stage_dir.join("model"));
-            input_identity = hash;
+            input_identity = report.hash.clone();
             reports.push(report);
             continue;
-        }
-        let hash_path = stage_dir.join("settings.sha256");
-        let written_by = std::fs::read_to_string(&report_path)
-            .ok()
-            .map(|text| {
-                serde_json::from_str::<StageReport>(&text)
-                    .map_err(json_error(report_path.display()))
-            })
-            .transpose()?;
-        match written_by {
-            Some(report) if report.hash == hash => {
-                tracing::info!(stage = %stage.name, "stage already done; skipped");
-                if let Some(dist) = dist {
-                    dist.sum_f64(&[1.0])?;
-                }
-                input_dir = Some(stage_dir.join("model"));
-                input_identity = report.hash.clone();
-                reports.push(report);
-                continue;
-            }
-            Some(_) if !config.replace_stale => {
-                return Err(stale_stage(
-                    &report_path,
-                    "was written by other settings, another input model or other data; remove the stage directory to retrain it",
-                ));
-            }
-            _ => {}
-        }
-        let previous = std::fs::read_to_string(&hash_path).ok();
-        // A marker of other settings only protects checkpoints: a run that failed before its first
-        // checkpoint (bad data, say) leaves nothing to keep, and the stage starts afresh.
-        let has_checkpoints = std::fs::read_dir(stage_dir.join("checkpoints"))
-            .is_ok_and(|mut entries| entries.next().is_some());
-        let other_marker = previous.as_deref().is_some_and(|p| p.trim() != hash);
-        if other_marker && !has_checkpoints && !report_path.exists() {
-            tracing::info!(stage = %stage.name, "an earlier run of other settings left no checkpoint; starting afresh");
-            std::fs::remove_dir_all(&stage_dir).map_err(|e| io_error(&stage_dir, e))?;
-        }
-        let stale = report_path.exists() || (other_marker && has_checkpoints);
-        if stale {
-            if !config.replace_stale {
-                return Err(stale_stage(
-                    &stage_dir,
-                    "holds checkpoints of other settings; remove it to train this stage afresh",
-                ));
-            }
-            tracing::info!(stage = %stage.name, "settings, input model or data changed; the stage trains afresh");
-            std::fs::remove_dir_all(&stage_dir).map_err(|e| io_error(&stage_dir, e))?;
-        }
-        std::fs::create_dir_all(&stage_dir).map_err(|e| io_error(&stage_dir, e))?;
-        if stale || previous.is_none() || other_marker {
-            write_atomically(&hash_path, hash.as_bytes())?;
-        }
-        if let Some(dist) = dist {
-            dist.sum_f64(&[0.0])?;
         }
         let report = run_stage(
             config,
@@ -509,10 +446,12 @@ pub fn run_stages(
             device,
             &mut on_step,
         )?;
-        let json =
-            serde_json::to_string_pretty(&report).map_err(json_error(report_path.display()))?;
-        write_atomically(&report_path, (json + "\n").as_bytes())?;
-        let _ = std::fs::remove_dir_all(stage_dir.join("checkpoints"));
+        if leader {
+            let json =
+                serde_json::to_string_pretty(&report).map_err(json_error(report_path.display()))?;
+            write_atomically(&report_path, (json + "\n").as_bytes())?;
+            let _ = std::fs::remove_dir_all(stage_dir.join("checkpoints"));
+        }
         if let Some(dist) = dist {
             // The other ranks load this stage's model next.
             dist.barrier()?;
@@ -522,6 +461,64 @@ pub fn run_stages(
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// The stage's report when it is already done with these settings (`hash`); otherwise clears what
+/// other settings left (or refuses to, see `TrainConfig::replace_stale`), marks the stage directory
+/// with `hash` and returns `None`: the stage trains (resuming from its checkpoints, if any).
+fn prepare_stage(
+    config: &TrainConfig,
+    stage: &StageOptions,
+    stage_dir: &Path,
+    hash: &str,
+) -> Result<Option<StageReport>> {
+    let report_path = stage_dir.join("stage.json");
+    let hash_path = stage_dir.join("settings.sha256");
+    let written_by = std::fs::read_to_string(&report_path)
+        .ok()
+        .map(|text| {
+            serde_json::from_str::<StageReport>(&text).map_err(json_error(report_path.display()))
+        })
+        .transpose()?;
+    match written_by {
+        Some(report) if report.hash == hash => {
+            tracing::info!(stage = %stage.name, "stage already done; skipped");
+            return Ok(Some(report));
+        }
+        Some(_) if !config.replace_stale => {
+            return Err(stale_stage(
+                &report_path,
+                "was written by other settings, another input model or other data; remove the stage directory to retrain it",
+            ));
+        }
+        _ => {}
+    }
+    let previous = std::fs::read_to_string(&hash_path).ok();
+    // A marker of other settings only protects checkpoints: a run that failed before its first
+    // checkpoint (bad data, say) leaves nothing to keep, and the stage starts afresh.
+    let has_checkpoints = std::fs::read_dir(stage_dir.join("checkpoints"))
+        .is_ok_and(|mut entries| entries.next().is_some());
+    let other_marker = previous.as_deref().is_some_and(|p| p.trim() != hash);
+    if other_marker && !has_checkpoints && !report_path.exists() {
+        tracing::info!(stage = %stage.name, "an earlier run of other settings left no checkpoint; starting afresh");
+        std::fs::remove_dir_all(stage_dir).map_err(|e| io_error(stage_dir, e))?;
+    }
+    let stale = report_path.exists() || (other_marker && has_checkpoints);
+    if stale {
+        if !config.replace_stale {
+            return Err(stale_stage(
+                stage_dir,
+                "holds checkpoints of other settings; remove it to train this stage afresh",
+            ));
+        }
+        tracing::info!(stage = %stage.name, "settings, input model or data changed; the stage trains afresh");
+        std::fs::remove_dir_all(stage_dir).map_err(|e| io_error(stage_dir, e))?;
+    }
+    std::fs::create_dir_all(stage_dir).map_err(|e| io_error(stage_dir, e))?;
+    if stale || previous.is_none() || other_marker {
+        write_atomically(&hash_path, hash.as_bytes())?;
+    }
+    Ok(None)
 }
 
 #[allow(clippy::too_many_arguments)]
