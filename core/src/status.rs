@@ -45,12 +45,21 @@ pub struct FailureRecord {
     pub pid: u32,
     /// Milliseconds since the Unix epoch when it failed.
     pub unix_ms: u64,
+    /// Shards the job's manifest listed when it failed (a later run that published more was not
+    /// this failure; no clocks are compared).
+    #[serde(default)]
+    pub shards: usize,
 }
 
 /// Records that job `index` of `count` failed with `error` (best effort: a store that cannot take
 /// the record is logged, the job's own error stays the one reported).
 pub async fn record_failure(location: &Location, index: usize, count: usize, error: &str) {
+    let shards = match read_manifest(location, &manifest_name(index, count)).await {
+        Ok(manifest) => manifest.map_or(0, |m| m.shards.len()),
+        Err(_) => 0,
+    };
     let record = FailureRecord {
+        shards,
         error: error.to_string(),
         host: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -73,6 +82,15 @@ pub async fn record_failure(location: &Location, index: usize, count: usize, err
     }
 }
 
+/// The manifest of job `index` of `count`.
+fn manifest_name(index: usize, count: usize) -> String {
+    if count <= 1 {
+        MANIFEST_NAME.to_string()
+    } else {
+        job_manifest_name(index, count)
+    }
+}
+
 /// Removes job `index` of `count`'s failure record after it succeeded.
 pub async fn clear_failure(location: &Location, index: usize, count: usize) -> Result<()> {
     location.delete(&failure_record_name(index, count)).await
@@ -89,8 +107,8 @@ pub enum JobState {
         /// Who: a process of this host, or the lease's owner.
         writer: String,
     },
-    /// It failed and recorded why (no live writer, not complete, and its manifest was not written
-    /// after the failure: a later run that was killed is `Interrupted`).
+    /// It failed and recorded why (no live writer, not complete, and its manifest lists what it
+    /// listed at the failure: a later run that published more and was killed is `Interrupted`).
     Failed {
         /// The recorded error.
         error: String,
@@ -189,13 +207,8 @@ async fn job_status(
     location: &Location,
     index: usize,
     count: usize,
-    modified: &std::collections::BTreeMap<String, u64>,
 ) -> Result<(JobStatus, Option<String>)> {
-    let manifest_name = if count <= 1 {
-        MANIFEST_NAME.to_string()
-    } else {
-        job_manifest_name(index, count)
-    };
+    let manifest_name = manifest_name(index, count);
     let manifest = read_manifest(location, &manifest_name).await?;
     let (shards, rows) = manifest.as_ref().map_or((0, 0), |m| {
         (m.shards.len(), m.shards.iter().map(|s| s.rows).sum())
@@ -208,13 +221,7 @@ async fn job_status(
         JobState::Done
     } else if let Some(writer) = live_writer(location, &manifest_name).await? {
         JobState::Running { writer }
-    } else if let Some(failure) = failure.filter(|f| {
-        // A manifest written after the failure belongs to a later run (the writer's and the
-        // store's clocks are compared).
-        modified
-            .get(&manifest_name)
-            .is_none_or(|&written| written <= f.unix_ms)
-    }) {
+    } else if let Some(failure) = failure.filter(|f| shards <= f.shards) {
         JobState::Failed {
             error: failure.error,
             at: format!("{}/{}", failure.host, failure.pid),
@@ -240,9 +247,9 @@ async fn job_status(
 /// that never started leave nothing that says how many there are); otherwise it is taken from the
 /// job manifests and failure records found, and a single job is assumed when there are none.
 pub async fn output_status(location: &Location, count: Option<usize>) -> Result<OutputStatus> {
-    // Top-level objects and when each was last written (ms since the epoch).
+    // Top-level object names (not those of subdirectories).
     let prefix = location.child("");
-    let modified: std::collections::BTreeMap<String, u64> = location
+    let names: Vec<String> = location
         .list_objects()
         .await?
         .into_iter()
@@ -251,22 +258,15 @@ pub async fn output_status(location: &Location, count: Option<usize>) -> Result<
                 .prefix_match(&prefix)
                 .is_some_and(|mut parts| parts.nth(1).is_none())
         })
-        .filter_map(|o| {
-            let name = o.location.filename()?.to_string();
-            Some((name, o.last_modified.timestamp_millis().max(0) as u64))
-        })
+        .filter_map(|o| o.location.filename().map(str::to_string))
         .collect();
-    let found = modified
-        .keys()
-        .filter_map(|n| job_of(n))
-        .map(|(_, c)| c)
-        .max();
+    let found = names.iter().filter_map(|n| job_of(n)).map(|(_, c)| c).max();
     let merged = read_manifest(location, MANIFEST_NAME).await?;
     let count = count.or(found).unwrap_or(1);
     let mut kind = merged.as_ref().map(|m| m.kind.clone());
     let mut jobs = Vec::with_capacity(count);
     for index in 0..count {
-        let (mut status, job_kind) = job_status(location, index, count, &modified).await?;
+        let (mut status, job_kind) = job_status(location, index, count).await?;
         // The merged manifest of a finished array stands for jobs whose own manifests it replaced.
         if count > 1
             && merged.as_ref().is_some_and(|m| m.complete)
@@ -344,5 +344,30 @@ mod tests {
         let status = output_status(&location, Some(5)).await.unwrap();
         assert!(matches!(status.jobs[1].state, JobState::Interrupted));
         assert!(matches!(status.jobs[3].state, JobState::Missing));
+        // A failure, then a later run that published a shard and died: interrupted, not failed.
+        record_failure(&location, 4, 5, "connection reset").await;
+        let status = output_status(&location, Some(5)).await.unwrap();
+        assert!(
+            matches!(&status.jobs[4].state, JobState::Failed { error, .. } if error == "connection reset")
+        );
+        let mut manifest = Manifest::new("ingest", "h");
+        manifest.shards.push(crate::ShardEntry {
+            name: "a.parquet".into(),
+            rows: 3,
+            bytes: 10,
+            sha256: "x".into(),
+        });
+        let bytes = serde_json::to_vec(&manifest).unwrap();
+        location
+            .write(&job_manifest_name(4, 5), Bytes::from(bytes))
+            .await
+            .unwrap();
+        let status = output_status(&location, Some(5)).await.unwrap();
+        assert!(
+            matches!(status.jobs[4].state, JobState::Interrupted),
+            "{:?}",
+            status.jobs[4]
+        );
+        assert_eq!((status.jobs[4].shards, status.jobs[4].rows), (1, 3));
     }
 }
