@@ -775,7 +775,7 @@ fn wait_for(path: &Path, seconds: u64) -> Result<()> {
 /// Data-parallel training over two gloo ranks on 127.0.0.1: the same per-step losses and final
 /// weights as one process on the full batch (DDP and ZeRO-1), a rank killed mid-run ends the other
 /// with an error within the timeout, and both ranks killed then rerun give the uninterrupted run's
-/// bytes.
+/// bytes (DDP and ZeRO-1).
 #[test]
 fn two_gloo_ranks_train_as_one_process_and_resume_after_a_kill() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -915,6 +915,50 @@ fn two_gloo_ranks_train_as_one_process_and_resume_after_a_kill() -> Result<()> {
         ensure!(
             losses(&two, stage)? == losses(&killed, stage)?,
             "{stage}: loss curves differ"
+        );
+    }
+
+    // The same with ZeRO-1: the checkpoint holds the moments gathered from both owners, and each
+    // rank takes its own back on resume.
+    let killed = dir.path().join("killed-zero1");
+    let port = free_port()?;
+    let mut ranks = vec![
+        launched_rank(&config, &killed, 0, port)
+            .arg("--zero1")
+            .spawn()?,
+        launched_rank(&config, &killed, 1, port)
+            .arg("--zero1")
+            .spawn()?,
+    ];
+    wait_for(&killed.join("cpt/checkpoints/latest"), 120)?;
+    for rank in &mut ranks {
+        rank.kill()?;
+        rank.wait()?;
+    }
+    let moments = dapt_trainer::weights::read_safetensors(
+        &std::fs::read_dir(killed.join("cpt/checkpoints"))?
+            .filter_map(std::result::Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.join("optimizer.safetensors").exists())
+            .ok_or_else(|| anyhow::anyhow!("no checkpoint"))?
+            .join("optimizer.safetensors"),
+    )?;
+    let trainable = stage_report(&one, "cpt")?["trainable_parameters"]
+        .as_i64()
+        .unwrap_or(0);
+    let saved: i64 = moments.iter().map(|(_, t)| t.numel() as i64).sum();
+    ensure!(
+        saved == 2 * trainable,
+        "the ZeRO-1 checkpoint holds {saved} moment values, not both moments of all {trainable} weights"
+    );
+    run(&killed, &["--nproc", "2", "--zero1"])?;
+    for stage in ["cpt", "lora"] {
+        let a = std::fs::read(zero.join(stage).join("model/model.safetensors"))?;
+        let b = std::fs::read(killed.join(stage).join("model/model.safetensors"))?;
+        ensure!(a == b, "{stage}: the resumed ZeRO-1 run's model differs");
+        ensure!(
+            losses(&zero, stage)? == losses(&killed, stage)?,
+            "{stage}: ZeRO-1 loss curves differ"
         );
     }
     Ok(())
