@@ -820,22 +820,14 @@ fn two_gloo_ranks_train_as_one_process_and_resume_after_a_kill() -> Result<()> {
                 "{stage} step {step}: loss {x} (one process) vs {y} (two ranks) vs {w} (ZeRO-1)"
             );
         }
-        let difference = max_weight_difference(
-            &one.join(stage).join("model"),
-            &two.join(stage).join("model"),
-        )?;
-        ensure!(
-            difference <= 1e-6,
-            "{stage}: weights differ by {difference}"
-        );
-        let difference = max_weight_difference(
-            &two.join(stage).join("model"),
-            &zero.join(stage).join("model"),
-        )?;
-        ensure!(
-            difference <= 1e-6,
-            "{stage}: ZeRO-1 weights differ by {difference}"
-        );
+        for (x, y, what) in [(&one, &two, "two ranks"), (&two, &zero, "ZeRO-1")] {
+            let difference =
+                max_weight_difference(&x.join(stage).join("model"), &y.join(stage).join("model"))?;
+            ensure!(
+                difference <= 1e-6,
+                "{stage}: {what}: weights differ by {difference}"
+            );
+        }
     }
     // Both runs saw the whole global batch: the same target tokens per step.
     let tokens = |out: &Path| -> Result<i64> {
@@ -891,75 +883,62 @@ fn two_gloo_ranks_train_as_one_process_and_resume_after_a_kill() -> Result<()> {
     );
     ensure!(waited < 40.0, "rank 0 took {waited:.1} s to notice");
 
-    // Both ranks killed after a checkpoint, then rerun: the uninterrupted run's bytes.
-    let killed = dir.path().join("killed");
-    let port = free_port()?;
-    let mut ranks = vec![
-        launched_rank(&config, &killed, 0, port).spawn()?,
-        launched_rank(&config, &killed, 1, port).spawn()?,
-    ];
-    wait_for(&killed.join("cpt/checkpoints/latest"), 120)?;
-    for rank in &mut ranks {
-        rank.kill()?;
-        rank.wait()?;
-    }
-    let finished_early = killed.join("cpt/stage.json").exists();
-    eprintln!(
-        "both ranks killed after a checkpoint; stage finished before the kill: {finished_early}"
-    );
+    // Both ranks killed after a checkpoint, then rerun: the uninterrupted run's bytes (DDP, then
+    // ZeRO-1, whose checkpoint holds the moments gathered from both owners).
+    let kill_both_after_a_checkpoint = |name: &str, extra: &[&str]| -> Result<PathBuf> {
+        let killed = dir.path().join(name);
+        let port = free_port()?;
+        let mut ranks = Vec::new();
+        for rank in 0..2 {
+            ranks.push(
+                launched_rank(&config, &killed, rank, port)
+                    .args(extra)
+                    .spawn()?,
+            );
+        }
+        wait_for(&killed.join("cpt/checkpoints/latest"), 120)?;
+        for rank in &mut ranks {
+            rank.kill()?;
+            rank.wait()?;
+        }
+        Ok(killed)
+    };
+    let same_as = |reference: &Path, resumed: &Path| -> Result<()> {
+        for stage in ["cpt", "lora"] {
+            let a = std::fs::read(reference.join(stage).join("model/model.safetensors"))?;
+            let b = std::fs::read(resumed.join(stage).join("model/model.safetensors"))?;
+            ensure!(
+                a == b,
+                "{}: the resumed run's model differs",
+                resumed.join(stage).display()
+            );
+            ensure!(
+                losses(reference, stage)? == losses(resumed, stage)?,
+                "{}: loss curves differ",
+                resumed.join(stage).display()
+            );
+        }
+        Ok(())
+    };
+    let killed = kill_both_after_a_checkpoint("killed", &[])?;
     run(&killed, &["--nproc", "2"])?;
-    for stage in ["cpt", "lora"] {
-        let a = std::fs::read(two.join(stage).join("model/model.safetensors"))?;
-        let b = std::fs::read(killed.join(stage).join("model/model.safetensors"))?;
-        ensure!(a == b, "{stage}: the resumed two-rank run's model differs");
-        ensure!(
-            losses(&two, stage)? == losses(&killed, stage)?,
-            "{stage}: loss curves differ"
-        );
-    }
+    same_as(&two, &killed)?;
 
-    // The same with ZeRO-1: the checkpoint holds the moments gathered from both owners, and each
-    // rank takes its own back on resume.
-    let killed = dir.path().join("killed-zero1");
-    let port = free_port()?;
-    let mut ranks = vec![
-        launched_rank(&config, &killed, 0, port)
-            .arg("--zero1")
-            .spawn()?,
-        launched_rank(&config, &killed, 1, port)
-            .arg("--zero1")
-            .spawn()?,
-    ];
-    wait_for(&killed.join("cpt/checkpoints/latest"), 120)?;
-    for rank in &mut ranks {
-        rank.kill()?;
-        rank.wait()?;
-    }
-    let moments = dapt_trainer::weights::read_safetensors(
-        &std::fs::read_dir(killed.join("cpt/checkpoints"))?
-            .filter_map(std::result::Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.join("optimizer.safetensors").exists())
-            .ok_or_else(|| anyhow::anyhow!("no checkpoint"))?
-            .join("optimizer.safetensors"),
-    )?;
-    let trainable = stage_report(&one, "cpt")?["trainable_parameters"]
-        .as_i64()
-        .unwrap_or(0);
-    let saved: i64 = moments.iter().map(|(_, t)| t.numel() as i64).sum();
+    let killed = kill_both_after_a_checkpoint("killed-zero1", &["--zero1"])?;
+    let checkpoint = std::fs::read_dir(killed.join("cpt/checkpoints"))?
+        .filter_map(std::result::Result::ok)
+        .map(|e| e.path().join("optimizer.safetensors"))
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("no checkpoint"))?;
+    let saved: i64 = dapt_trainer::weights::read_safetensors(&checkpoint)?
+        .iter()
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
     ensure!(
         saved == 2 * trainable,
         "the ZeRO-1 checkpoint holds {saved} moment values, not both moments of all {trainable} weights"
     );
     run(&killed, &["--nproc", "2", "--zero1"])?;
-    for stage in ["cpt", "lora"] {
-        let a = std::fs::read(zero.join(stage).join("model/model.safetensors"))?;
-        let b = std::fs::read(killed.join(stage).join("model/model.safetensors"))?;
-        ensure!(a == b, "{stage}: the resumed ZeRO-1 run's model differs");
-        ensure!(
-            losses(&zero, stage)? == losses(&killed, stage)?,
-            "{stage}: ZeRO-1 loss curves differ"
-        );
-    }
+    same_as(&zero, &killed)?;
     Ok(())
 }
