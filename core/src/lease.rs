@@ -59,7 +59,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn host_name() -> String {
+/// This machine's host name (as leases and failure records name their writers).
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -105,14 +106,16 @@ struct State {
     last_renewal: std::time::Instant,
 }
 
+/// The lease object of an output's manifest `manifest_name`.
+fn lease_name(manifest_name: &str) -> String {
+    format!(".{manifest_name}.lease")
+}
+
 /// Who writes output `location`'s manifest `manifest_name` now, by its lease: the holder's owner and
 /// how long ago it renewed, when the lease is alive (renewed within its time to live, and — for a
 /// holder on this host — its process runs); `None` when there is no live lease.
 pub async fn live_holder(location: &Location, manifest_name: &str) -> Result<Option<String>> {
-    let Some(bytes) = location
-        .read_optional(&format!(".{manifest_name}.lease"))
-        .await?
-    else {
+    let Some(bytes) = location.read_optional(&lease_name(manifest_name)).await? else {
         return Ok(None);
     };
     let Ok(holder) = serde_json::from_slice::<Holder>(&bytes) else {
@@ -155,7 +158,7 @@ impl Lease {
         manifest_name: &str,
         ttl: Duration,
     ) -> Result<Option<Self>> {
-        let path = location.child(&format!(".{manifest_name}.lease"));
+        let path = location.child(&lease_name(manifest_name));
         let url = location.url_of(&path);
         let host = host_name();
         let pid = std::process::id();

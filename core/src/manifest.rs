@@ -82,17 +82,59 @@ pub fn job_manifest_name(index: usize, count: usize) -> String {
     format!("_manifest-{index:05}-of-{count:05}.json")
 }
 
+/// The manifest job `index` of `count` writes: `_manifest.json` for an output's only job, else its
+/// job manifest.
+pub fn manifest_name_of_job(index: usize, count: usize) -> String {
+    if count <= 1 {
+        MANIFEST_NAME.to_string()
+    } else {
+        job_manifest_name(index, count)
+    }
+}
+
+/// `(index, count)` of a name `{prefix}-IIIII-of-NNNNN.json`, as [`job_manifest_name`] (prefix
+/// `_manifest`) and the failure records of `status` (prefix `_failed`) make them.
+pub(crate) fn job_numbers(name: &str, prefix: &str) -> Option<(usize, usize)> {
+    let (index, count) = name
+        .strip_prefix(prefix)?
+        .strip_prefix('-')?
+        .strip_suffix(".json")?
+        .split_once("-of-")?;
+    let number = |n: &str| {
+        (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| n.parse().ok())
+            .flatten()
+    };
+    Some((number(index)?, number(count)?))
+}
+
 /// Whether `name` is a job manifest's name (as [`job_manifest_name`] makes them).
 fn is_job_manifest_name(name: &str) -> bool {
-    let numbers = name
-        .strip_prefix("_manifest-")
-        .and_then(|rest| rest.strip_suffix(".json"))
-        .and_then(|rest| rest.split_once("-of-"));
-    numbers.is_some_and(|(index, count)| {
-        [index, count]
-            .iter()
-            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    })
+    job_numbers(name, "_manifest").is_some()
+}
+
+/// The lock file of a local output's manifest `manifest_name` (held by its writer).
+pub(crate) fn lock_file_name(manifest_name: &str) -> String {
+    format!(".{manifest_name}.lock")
+}
+
+impl Manifest {
+    /// The manifest `name` of `location`, or `None` where there is none; an unreadable one is an
+    /// error naming its URL.
+    pub async fn read_optional(location: &Location, name: &str) -> Result<Option<Self>> {
+        let Some(bytes) = location.read_optional(name).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| Error::Json {
+                what: format!(
+                    "manifest {} is unreadable",
+                    location.url_of(&location.child(name))
+                ),
+                source,
+            })
+    }
 }
 
 /// An output directory with its manifest, opened by its one writer.
@@ -126,7 +168,7 @@ fn lock_output(location: &Location, manifest_name: &str) -> Result<Option<std::f
         move |source| Error::Io { path, source }
     };
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let path = dir.join(format!(".{manifest_name}.lock"));
+    let path = dir.join(lock_file_name(manifest_name));
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -257,14 +299,9 @@ impl OutputDir {
         config_hash: &str,
     ) -> Result<Manifest> {
         let manifest_url = location.url_of(&location.child(manifest_name));
-        let manifest = match location.read_optional(manifest_name).await? {
+        let manifest = match Manifest::read_optional(location, manifest_name).await? {
             None => Manifest::new(kind, config_hash),
-            Some(bytes) => {
-                let manifest: Manifest =
-                    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
-                        what: format!("manifest {manifest_url} is unreadable"),
-                        source,
-                    })?;
+            Some(manifest) => {
                 if manifest.kind != kind || manifest.config_hash != config_hash {
                     return Err(Error::Manifest {
                         url: manifest_url,

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{job_manifest_name, Manifest, MANIFEST_NAME};
+use crate::manifest::{job_numbers, lock_file_name, manifest_name_of_job, Manifest, MANIFEST_NAME};
 use crate::{Location, Result};
 
 /// The failure record of job `index` of `count` (`count == 1`: the output's only job).
@@ -54,16 +54,15 @@ pub struct FailureRecord {
 /// Records that job `index` of `count` failed with `error` (best effort: a store that cannot take
 /// the record is logged, the job's own error stays the one reported).
 pub async fn record_failure(location: &Location, index: usize, count: usize, error: &str) {
-    let shards = match read_manifest(location, &manifest_name(index, count)).await {
+    let shards = match Manifest::read_optional(location, &manifest_name_of_job(index, count)).await
+    {
         Ok(manifest) => manifest.map_or(0, |m| m.shards.len()),
         Err(_) => 0,
     };
     let record = FailureRecord {
         shards,
         error: error.to_string(),
-        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default(),
+        host: crate::lease::host_name(),
         pid: std::process::id(),
         unix_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -79,15 +78,6 @@ pub async fn record_failure(location: &Location, index: usize, count: usize, err
     };
     if let Err(e) = written {
         tracing::warn!(record = %location.url_of(&location.child(&name)), error = %e, "cannot write the failure record");
-    }
-}
-
-/// The manifest of job `index` of `count`.
-fn manifest_name(index: usize, count: usize) -> String {
-    if count <= 1 {
-        MANIFEST_NAME.to_string()
-    } else {
-        job_manifest_name(index, count)
     }
 }
 
@@ -152,12 +142,7 @@ pub struct OutputStatus {
 
 /// `(index, count)` of a job manifest or failure record name.
 fn job_of(name: &str) -> Option<(usize, usize)> {
-    let rest = name
-        .strip_prefix("_manifest-")
-        .or_else(|| name.strip_prefix("_failed-"))?
-        .strip_suffix(".json")?;
-    let (index, count) = rest.split_once("-of-")?;
-    Some((index.parse().ok()?, count.parse().ok()?))
+    job_numbers(name, "_manifest").or_else(|| job_numbers(name, "_failed"))
 }
 
 /// Whether a process holds the `flock` of local file `path` (from `/proc/locks`, without taking the
@@ -184,23 +169,9 @@ fn local_lock_holder(path: &std::path::Path) -> Option<String> {
 /// Who writes manifest `manifest_name` of `location` now, if anyone.
 async fn live_writer(location: &Location, manifest_name: &str) -> Result<Option<String>> {
     match location.local_path() {
-        Some(dir) => Ok(local_lock_holder(
-            &dir.join(format!(".{manifest_name}.lock")),
-        )),
+        Some(dir) => Ok(local_lock_holder(&dir.join(lock_file_name(manifest_name)))),
         None => crate::lease::live_holder(location, manifest_name).await,
     }
-}
-
-async fn read_manifest(location: &Location, name: &str) -> Result<Option<Manifest>> {
-    let Some(bytes) = location.read_optional(name).await? else {
-        return Ok(None);
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| crate::Error::Manifest {
-            url: location.url_of(&location.child(name)),
-            reason: format!("unreadable manifest: {e}"),
-        })
 }
 
 async fn job_status(
@@ -208,8 +179,8 @@ async fn job_status(
     index: usize,
     count: usize,
 ) -> Result<(JobStatus, Option<String>)> {
-    let manifest_name = manifest_name(index, count);
-    let manifest = read_manifest(location, &manifest_name).await?;
+    let manifest_name = manifest_name_of_job(index, count);
+    let manifest = Manifest::read_optional(location, &manifest_name).await?;
     let (shards, rows) = manifest.as_ref().map_or((0, 0), |m| {
         (m.shards.len(), m.shards.iter().map(|s| s.rows).sum())
     });
@@ -261,7 +232,7 @@ pub async fn output_status(location: &Location, count: Option<usize>) -> Result<
         .filter_map(|o| o.location.filename().map(str::to_string))
         .collect();
     let found = names.iter().filter_map(|n| job_of(n)).map(|(_, c)| c).max();
-    let merged = read_manifest(location, MANIFEST_NAME).await?;
+    let merged = Manifest::read_optional(location, MANIFEST_NAME).await?;
     let count = count.or(found).unwrap_or(1);
     let mut kind = merged.as_ref().map(|m| m.kind.clone());
     let mut jobs = Vec::with_capacity(count);
@@ -288,6 +259,7 @@ pub async fn output_status(location: &Location, count: Option<usize>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::job_manifest_name;
 
     #[test]
     fn job_numbers_come_from_manifest_and_failure_names() {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dapt_core::manifest::job_manifest_name;
+use dapt_core::manifest::manifest_name_of_job;
 use dapt_core::schema::{document_schema, metadata};
 use dapt_core::shard_writer::ShardWriter;
 use dapt_core::{hash, Location, OutputDir, ShardEntry, SkipRecord};
@@ -224,11 +224,7 @@ pub async fn ingest(
             reason: "no .jsonl, .jsonl.gz, .jsonl.zst or .parquet shards found".into(),
         });
     }
-    let manifest_name = if job.count == 1 {
-        dapt_core::manifest::MANIFEST_NAME.to_string()
-    } else {
-        job_manifest_name(job.index, job.count)
-    };
+    let manifest_name = manifest_name_of_job(job.index, job.count);
     if settings.overwrite && job.count > 1 {
         return Err(Error::Setting {
             key: "ingest.overwrite".into(),
@@ -400,11 +396,6 @@ mod tests {
         assert!(Job::parse("x").is_err());
         assert!(Job::ALL.takes("anything"));
     }
-}
-
-#[cfg(test)]
-mod job_tests {
-    use super::*;
 
     fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |key| {

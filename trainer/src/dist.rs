@@ -78,6 +78,54 @@ type OutputInputFn = unsafe extern "C" fn(
 /// one per tensor, all in flight at once).
 pub const BUCKET_BYTES: usize = 25 << 20;
 
+/// Tensors (any device and kind) as one flat float32 tensor on the CPU, in order.
+pub(crate) fn flatten(tensors: impl IntoIterator<Item = Tensor>) -> Tensor {
+    let pieces: Vec<Tensor> = tensors
+        .into_iter()
+        .map(|t| t.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
+        .collect();
+    Tensor::cat(&pieces, 0)
+}
+
+/// Hands each tensor its piece of `flat` (laid out as [`flatten`] lays them), shaped like it.
+fn unflatten<'t>(
+    tensors: impl IntoIterator<Item = &'t Tensor>,
+    flat: &Tensor,
+    mut write: impl FnMut(&Tensor, &Tensor),
+) {
+    let mut offset = 0;
+    for t in tensors {
+        let n = t.numel() as i64;
+        write(t, &flat.narrow(0, offset, n).view_as(t));
+        offset += n;
+    }
+}
+
+/// A variable's gradient, or zeros shaped like it when it has none.
+fn grad_or_zeros(t: &Tensor) -> Tensor {
+    let grad = t.grad();
+    if grad.defined() {
+        grad
+    } else {
+        t.zeros_like()
+    }
+}
+
+/// Copies `value` into `target`, on `target`'s device and in its kind.
+fn assign(target: &Tensor, value: &Tensor) {
+    target
+        .shallow_clone()
+        .copy_(&value.to_device(target.device()).to_kind(target.kind()));
+}
+
+/// Copies `value` into a variable's gradient, when it has one.
+fn assign_grad(t: &Tensor, value: &Tensor) {
+    let grad = t.grad();
+    if grad.defined() {
+        assign(&grad, value);
+    }
+}
+
 /// Where a rank learns its place in the group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Launch {
@@ -161,6 +209,7 @@ pub struct Dist {
     group: *mut RawGroup,
     rank: usize,
     world: usize,
+    local_rank: usize,
 }
 
 // SAFETY: c10d process groups are used from several threads in PyTorch itself (each collective is
@@ -255,6 +304,7 @@ impl Dist {
             group,
             rank: launch.rank,
             world: launch.world,
+            local_rank: launch.local_rank,
         })
     }
 
@@ -266,6 +316,11 @@ impl Dist {
     /// Ranks in the group.
     pub fn world(&self) -> usize {
         self.world
+    }
+
+    /// This process's rank on its machine (which GPU it trains on).
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
     }
 
     fn error(&self, what: &str, message: String) -> Error {
@@ -421,35 +476,14 @@ impl Dist {
                 .into_iter()
                 .filter(|b| !b.is_empty())
                 .map(|bucket| {
-                    let pieces: Vec<Tensor> = bucket
-                        .iter()
-                        .map(|p| {
-                            let grad = p.grad();
-                            if grad.defined() {
-                                grad.to_device(Device::Cpu)
-                                    .to_kind(Kind::Float)
-                                    .flatten(0, -1)
-                            } else {
-                                Tensor::zeros([p.numel() as i64], (Kind::Float, Device::Cpu))
-                            }
-                        })
-                        .collect();
-                    (bucket, Tensor::cat(&pieces, 0))
+                    let sum = flatten(bucket.iter().map(|p| grad_or_zeros(p)));
+                    (bucket, sum)
                 })
                 .collect();
             let refs: Vec<&Tensor> = flat.iter().map(|(_, t)| t).collect();
             self.all_reduce_sum(&refs)?;
             for (bucket, sum) in &flat {
-                let mut offset = 0;
-                for p in bucket {
-                    let n = p.numel() as i64;
-                    let mut grad = p.grad();
-                    if grad.defined() {
-                        let part = sum.narrow(0, offset, n).view_as(&grad);
-                        grad.copy_(&part.to_device(grad.device()).to_kind(grad.kind()));
-                    }
-                    offset += n;
-                }
+                unflatten(bucket.iter().copied(), sum, assign_grad);
             }
             Ok(())
         })
@@ -462,23 +496,10 @@ impl Dist {
             return Ok(());
         }
         tch::no_grad(|| {
-            let flat = Tensor::cat(
-                &tensors
-                    .iter()
-                    .map(|t| t.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
-                    .collect::<Vec<_>>(),
-                0,
-            );
+            let flat = flatten(tensors.iter().map(Tensor::shallow_clone));
             self.broadcast(&flat, root)?;
             if self.rank != root {
-                let mut offset = 0;
-                for t in tensors {
-                    let n = t.numel() as i64;
-                    let part = flat.narrow(0, offset, n).view_as(t);
-                    t.shallow_clone()
-                        .copy_(&part.to_device(t.device()).to_kind(t.kind()));
-                    offset += n;
-                }
+                unflatten(tensors, &flat, assign);
             }
             Ok(())
         })
@@ -511,58 +532,28 @@ impl ShardLayout {
         Self { groups, shard }
     }
 
-    fn flat(tensors: &[Tensor], shard: i64, value: impl Fn(&Tensor) -> Tensor) -> Tensor {
-        let mut pieces: Vec<Tensor> = tensors
-            .iter()
-            .map(|t| {
-                value(t)
-                    .to_device(Device::Cpu)
-                    .to_kind(Kind::Float)
-                    .flatten(0, -1)
-            })
-            .collect();
+    /// `value` of each tensor, flattened and padded with zeros to one shard.
+    fn padded(&self, tensors: &[Tensor], value: impl Fn(&Tensor) -> Tensor) -> Tensor {
         let used: i64 = tensors.iter().map(|t| t.numel() as i64).sum();
-        pieces.push(Tensor::zeros([shard - used], (Kind::Float, Device::Cpu)));
-        Tensor::cat(&pieces, 0)
-    }
-
-    fn scatter_into(tensors: &[Tensor], flat: &Tensor, write: impl Fn(&Tensor, &Tensor)) {
-        let mut offset = 0;
-        for t in tensors {
-            let n = t.numel() as i64;
-            write(t, &flat.narrow(0, offset, n).view_as(t));
-            offset += n;
-        }
+        let padding = Tensor::zeros([self.shard - used], (Kind::Float, Device::Cpu));
+        flatten(tensors.iter().map(value).chain(std::iter::once(padding)))
     }
 
     /// Reduce-scatters the gradients: afterwards the variables this rank owns hold the gradients
     /// summed over all ranks (the others keep their local ones, which nothing reads).
     pub fn reduce_scatter_gradients(&self, dist: &Dist) -> Result<()> {
         tch::no_grad(|| {
-            let grad_or_zeros = |t: &Tensor| {
-                let grad = t.grad();
-                if grad.defined() {
-                    grad
-                } else {
-                    t.zeros_like()
-                }
-            };
             let input = Tensor::cat(
                 &self
                     .groups
                     .iter()
-                    .map(|g| Self::flat(g, self.shard, grad_or_zeros))
+                    .map(|g| self.padded(g, grad_or_zeros))
                     .collect::<Vec<_>>(),
                 0,
             );
             let output = Tensor::zeros([self.shard], (Kind::Float, Device::Cpu));
             dist.reduce_scatter_sum(&output, &input)?;
-            Self::scatter_into(&self.groups[dist.rank()], &output, |t, part| {
-                let mut grad = t.grad();
-                if grad.defined() {
-                    grad.copy_(&part.to_device(grad.device()).to_kind(grad.kind()));
-                }
-            });
+            unflatten(&self.groups[dist.rank()], &output, assign_grad);
             Ok(())
         })
     }
@@ -570,7 +561,7 @@ impl ShardLayout {
     /// All-gathers the values: every rank's variables take the values their owners hold.
     pub fn all_gather_values(&self, dist: &Dist) -> Result<()> {
         tch::no_grad(|| {
-            let input = Self::flat(&self.groups[dist.rank()], self.shard, Tensor::shallow_clone);
+            let input = self.padded(&self.groups[dist.rank()], Tensor::shallow_clone);
             let output = Tensor::zeros(
                 [self.shard * self.groups.len() as i64],
                 (Kind::Float, Device::Cpu),
@@ -578,10 +569,7 @@ impl ShardLayout {
             dist.all_gather(&output, &input)?;
             for (rank, group) in self.groups.iter().enumerate() {
                 let part = output.narrow(0, rank as i64 * self.shard, self.shard);
-                Self::scatter_into(group, &part, |t, values| {
-                    t.shallow_clone()
-                        .copy_(&values.to_device(t.device()).to_kind(t.kind()));
-                });
+                unflatten(group, &part, assign);
             }
             Ok(())
         })

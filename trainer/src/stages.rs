@@ -357,9 +357,8 @@ pub fn run_stages(
     let leader = dist.is_none_or(|d| d.rank() == 0);
     let device = match (o.device.device()?, dist) {
         // One GPU per rank of a machine (LOCAL_RANK picks it, as torchrun sets it).
-        (Device::Cuda(_), Some(_)) => Device::Cuda(
-            crate::Launch::from_env()?
-                .map_or(0, |l| l.local_rank)
+        (Device::Cuda(_), Some(dist)) => Device::Cuda(
+            dist.local_rank()
                 .min(tch::Cuda::device_count().max(1) as usize - 1),
         ),
         (device, _) => device,

@@ -604,13 +604,12 @@ impl<'a> Trainer<'a> {
                 continue;
             }
             let flat = if dist.rank() == owner {
-                let pieces: Vec<Tensor> = moments
-                    .iter()
-                    .filter_map(|m| m.values.as_ref())
-                    .flat_map(|(a, b)| [a.flatten(0, -1), b.flatten(0, -1)])
-                    .map(|t| t.to_device(Device::Cpu))
-                    .collect();
-                Tensor::cat(&pieces, 0)
+                crate::dist::flatten(
+                    moments
+                        .iter()
+                        .filter_map(|m| m.values.as_ref())
+                        .flat_map(|(a, b)| [a.shallow_clone(), b.shallow_clone()]),
+                )
             } else {
                 let total: i64 = moments
                     .iter()
