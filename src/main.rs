@@ -45,9 +45,14 @@ enum Command {
     /// Model files: import a GGUF model, resize embeddings for an extended tokenizer, merge a LoRA adapter.
     #[cfg(feature = "torch")]
     Model(commands::model::ModelArgs),
-    /// Score a checkpoint: perplexity, bits-per-byte, multiple-choice tasks, generation lang-swap.
+    /// Score a checkpoint: perplexity, bits-per-byte, multiple-choice and generative tasks (code run
+    /// in a sandbox, math answers, baskets), generation lang-swap.
     #[cfg(feature = "torch")]
-    Eval(commands::eval::EvalArgs),
+    Eval(Box<commands::eval::EvalArgs>),
+    /// Score completions brought from any model (HumanEval samples format) on a generative task:
+    /// code runs in a sandbox, answers are checked; pass@k into a JSON file.
+    #[cfg(feature = "torch")]
+    EvalCompletions(commands::eval::EvalCompletionsArgs),
     /// Compare eval.json files side by side (Markdown or HTML with SVG charts), flag regressions.
     #[cfg(feature = "torch")]
     Report(commands::eval::ReportArgs),
@@ -109,7 +114,9 @@ fn main() -> ExitCode {
         #[cfg(feature = "torch")]
         Command::Model(args) => commands::model::run(args),
         #[cfg(feature = "torch")]
-        Command::Eval(args) => commands::eval::run(args),
+        Command::Eval(args) => commands::eval::run(*args),
+        #[cfg(feature = "torch")]
+        Command::EvalCompletions(args) => commands::eval::eval_completions(args),
         #[cfg(feature = "torch")]
         Command::Report(args) => commands::eval::report(args),
         #[cfg(feature = "torch")]

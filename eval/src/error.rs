@@ -55,6 +55,13 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// The sandbox that runs generated code could not be set up or waited for.
+    #[error("sandbox: {reason}")]
+    Sandbox {
+        /// What went wrong.
+        reason: String,
+    },
+
     /// An invalid setting.
     #[error("invalid setting {key}: {reason}")]
     Setting {

@@ -7,27 +7,37 @@
 //! reports (Markdown/HTML with SVG plots) and HTTP responses.
 #![warn(missing_docs)]
 
+mod answers;
 mod error;
 mod generate;
+mod generative;
 mod langswap;
 mod perplexity;
 mod plan;
 mod regression;
 mod report;
 mod results;
+mod sandbox;
 mod scorer;
 mod serve;
 mod tasks;
 mod text;
 
+pub use answers::{answers_match, chrf, extract_answer, pass_at_k, AnswerMetric};
 pub use error::{Error, Result};
 pub use generate::{generate, FinishReason, GenerateOptions, Generation};
+pub use generative::{
+    contexts, generate_completions, load_generative_task, needs_sandbox, read_completions,
+    score_completions, Check, GenExample, GenFormat, GenTaskSet, GenerativeDetail,
+    GenerativeResult, GenerativeSettings, SampleResult,
+};
 pub use langswap::{foreign_spans, lang_swap, ForeignSpan, LangSwapExample, LangSwapReport};
 pub use perplexity::{perplexity, Perplexity};
 pub use plan::{generate_all, read_jsonl_field, EvalPlan, Grouping, PromptSet, TaskSet, TextSet};
 pub use regression::{regress, Observation, Regression};
 pub use report::{bar_chart, build as build_report, LossCurve, RedFlag, Report, ReportOptions};
 pub use results::{EvalResults, GenerationRecord, GenerationResults};
+pub use sandbox::{RunOutcome, RunStatus, Sandbox, SandboxLimits};
 pub use scorer::{LogLikelihood, Request, Scorer, TokenScore};
 pub use serve::Server;
 pub use tasks::{evaluate_task, load_task, ExampleResult, McExample, TaskFormat, TaskResult};

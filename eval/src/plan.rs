@@ -82,6 +82,12 @@ pub struct EvalPlan {
     pub num_fewshot: usize,
     /// Prompts for generation and lang-swap.
     pub prompts: Option<PromptSet>,
+    /// Generative tasks (code, math, baskets).
+    pub generative: Vec<crate::GenTaskSet>,
+    /// How their completions are generated (`max_length` is the plan's).
+    pub generative_settings: crate::GenerativeSettings,
+    /// Where code runs; needed when a generative task runs code.
+    pub sandbox: Option<crate::Sandbox>,
     /// Requests per forward pass (results do not depend on it).
     pub batch_size: usize,
     /// Longest scored input in tokens.
@@ -104,6 +110,17 @@ impl EvalPlan {
             tasks: Vec::new(),
             num_fewshot: 0,
             prompts: None,
+            generative: Vec::new(),
+            generative_settings: crate::GenerativeSettings {
+                options: GenerateOptions {
+                    max_tokens: 256,
+                    ..GenerateOptions::default()
+                },
+                samples: 1,
+                num_fewshot: 0,
+                max_length,
+            },
+            sandbox: None,
             batch_size: 16,
             max_length,
             prefix,
@@ -117,9 +134,11 @@ impl EvalPlan {
             && self.texts.is_empty()
             && self.tasks.is_empty()
             && self.prompts.is_none()
+            && self.generative.is_empty()
     }
 
-    /// Measures `model` with `tokenizer`; `on_prompt` is called after each generation.
+    /// Measures `model` with `tokenizer`; `on_prompt` is called after each generation (lang-swap
+    /// prompts and generative problems alike).
     pub fn execute(
         &self,
         model: &CausalLm,
@@ -185,6 +204,50 @@ impl EvalPlan {
                 "task"
             );
             results.tasks.insert(task.name.clone(), result);
+        }
+        for task in &self.generative {
+            let settings = crate::GenerativeSettings {
+                max_length: self.max_length,
+                ..self.generative_settings.clone()
+            };
+            if crate::needs_sandbox(task) && self.sandbox.is_none() {
+                return Err(Error::Setting {
+                    key: "sandbox".into(),
+                    reason: format!("task {} runs code: a sandbox is needed", task.name),
+                });
+            }
+            let contexts = crate::contexts(task, settings.num_fewshot, self.seed);
+            let mut done = 0;
+            let total = task.examples.len();
+            let completions = crate::generate_completions(
+                model,
+                tokenizer,
+                task,
+                &contexts,
+                &settings,
+                self.prefix,
+                device,
+                &mut || {
+                    done += 1;
+                    on_prompt(done, total);
+                },
+            )?;
+            let result = crate::score_completions(
+                task,
+                &contexts,
+                &completions,
+                settings.num_fewshot,
+                self.sandbox.as_ref(),
+            )?;
+            tracing::info!(
+                name = task.name,
+                metric = result.metric,
+                score = result.headline(),
+                examples = result.examples,
+                samples = result.samples,
+                "generative task"
+            );
+            results.generative.insert(task.name.clone(), result);
         }
         if let Some(prompts) = &self.prompts {
             results.generation = Some(generate_all(

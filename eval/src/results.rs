@@ -49,6 +49,9 @@ pub struct EvalResults {
     /// Multiple-choice tasks, by name.
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskResult>,
+    /// Generative tasks (code run in a sandbox, checked answers), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub generative: BTreeMap<String, crate::GenerativeResult>,
     /// Generations and lang-swap, when prompts were given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<GenerationResults>,
@@ -79,6 +82,11 @@ impl EvalResults {
         for (name, t) in &self.tasks {
             out.push((format!("acc/{name}"), t.acc, true));
             out.push((format!("acc_norm/{name}"), t.acc_norm, true));
+        }
+        for (name, g) in &self.generative {
+            for (metric, value) in &g.scores {
+                out.push((format!("{metric}/{name}"), *value, true));
+            }
         }
         if let Some(g) = &self.generation {
             out.push((

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 use dapt_eval::{
-    read_jsonl_field, EvalPlan, EvalResults, GenerateOptions, Grouping, LossCurve, PromptSet,
-    ReportOptions, TaskFormat, TaskSet, TextSet,
+    read_jsonl_field, EvalPlan, EvalResults, GenFormat, GenTaskSet, GenerateOptions, Grouping,
+    LossCurve, PromptSet, ReportOptions, Sandbox, SandboxLimits, TaskFormat, TaskSet, TextSet,
 };
 use dapt_packer::TokenizerFile;
 use dapt_trainer::tch::{nn, Device, Kind};
@@ -82,10 +82,19 @@ impl CheckpointArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     checkpoint: CheckpointArgs,
-    /// Multiple-choice task: NAME=PATH[:FORMAT] (formats: dapt, hellaswag, arc, mmlu, bigbench;
-    /// default: bigbench for .json, dapt for .jsonl). Repeatable.
+    /// Task: NAME=PATH[:FORMAT]. Multiple choice: dapt, hellaswag, arc, mmlu, bigbench (default:
+    /// bigbench for .json, dapt for .jsonl). Generative: humaneval (code run in a sandbox; pass@k),
+    /// gsm8k (worked answers ending in `#### N`; exact match of the final number), bigbench-gen
+    /// (BIG-bench task.json generated, with its prefixes and output_regex), basket (JSONL `prompt`,
+    /// `reference`, `metric`: exact, contains, regex, chrf, math). Repeatable.
     #[arg(long = "task")]
     tasks: Vec<String>,
+    /// Generative tasks: completions per problem (pass@k for k = 1, 10, 100 up to it; above 1 needs
+    /// --temperature > 0).
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
     /// Few-shot examples per question (drawn from the task's other examples).
     #[arg(long, default_value_t = 0)]
     num_fewshot: usize,
@@ -108,7 +117,7 @@ pub struct EvalArgs {
     /// Language the generations should be in.
     #[arg(long, default_value = "ru")]
     target_language: String,
-    /// Generation: tokens at most.
+    /// Generation (lang-swap prompts and generative tasks): tokens at most.
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
     /// Generation: 0 is greedy.
@@ -116,7 +125,7 @@ pub struct EvalArgs {
     temperature: f64,
     #[arg(long, default_value_t = 1.0)]
     top_p: f64,
-    /// Generation: stop strings (repeatable).
+    /// Generation: stop strings (repeatable), besides a generative task's own.
     #[arg(long = "stop")]
     stop: Vec<String>,
     /// Lang-swap: spans with fewer letters are not judged.
@@ -142,6 +151,71 @@ pub struct EvalArgs {
     /// Where eval.json goes.
     #[arg(long)]
     out: PathBuf,
+}
+
+/// Where and under which limits generated code runs.
+#[derive(Args, Clone)]
+pub struct SandboxArgs {
+    /// Python interpreter that runs generated code (inside the sandbox: no network, a fresh /tmp,
+    /// the host read-only).
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Wall-clock seconds per program before it and its children are killed.
+    #[arg(long, default_value_t = 10)]
+    run_timeout: u64,
+    /// Address space per sandboxed process, MiB.
+    #[arg(long, default_value_t = 1024)]
+    run_memory_mb: u64,
+    /// Processes a sandboxed program may have at once.
+    #[arg(long, default_value_t = 16)]
+    run_processes: u64,
+}
+
+impl SandboxArgs {
+    fn sandbox(&self) -> anyhow::Result<Sandbox> {
+        let limits = SandboxLimits {
+            wall_seconds: self.run_timeout,
+            cpu_seconds: self.run_timeout,
+            memory_bytes: self.run_memory_mb << 20,
+            processes: self.run_processes,
+            ..SandboxLimits::default()
+        };
+        Ok(Sandbox::new(&self.python, limits)?)
+    }
+}
+
+/// A task spec NAME=PATH[:FORMAT]: a multiple-choice or a generative task.
+enum TaskSpec {
+    Choice(String, PathBuf, TaskFormat),
+    Generative(String, PathBuf, GenFormat),
+}
+
+fn task_spec(spec: &str) -> anyhow::Result<TaskSpec> {
+    let (name, rest) = named(spec, "task")?;
+    if let Some((path, format)) = rest.rsplit_once(':') {
+        if let Ok(format) = format.parse::<GenFormat>() {
+            return Ok(TaskSpec::Generative(name, PathBuf::from(path), format));
+        }
+        if let Ok(format) = format.parse::<TaskFormat>() {
+            return Ok(TaskSpec::Choice(name, PathBuf::from(path), format));
+        }
+    }
+    let path = PathBuf::from(&rest);
+    let format = TaskFormat::guess(&path);
+    Ok(TaskSpec::Choice(name, path, format))
+}
+
+fn load_generative(
+    name: &str,
+    path: &Path,
+    format: GenFormat,
+    limit: Option<usize>,
+) -> anyhow::Result<GenTaskSet> {
+    let mut task = dapt_eval::load_generative_task(name, path, format)?;
+    if let Some(limit) = limit {
+        task.examples.truncate(limit);
+    }
+    Ok(task)
 }
 
 fn named(spec: &str, what: &str) -> anyhow::Result<(String, String)> {
@@ -224,19 +298,34 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         });
     }
     for spec in &args.tasks {
-        let (name, rest) = named(spec, "task")?;
-        let (path, format) = match rest.rsplit_once(':') {
-            Some((p, f)) if f.parse::<TaskFormat>().is_ok() => (
-                PathBuf::from(p),
-                f.parse::<TaskFormat>().map_err(anyhow::Error::msg)?,
-            ),
-            _ => (PathBuf::from(&rest), TaskFormat::guess(Path::new(&rest))),
-        };
-        let mut examples = dapt_eval::load_task(&path, format)?;
-        if let Some(limit) = args.limit {
-            examples.truncate(limit);
+        match task_spec(spec)? {
+            TaskSpec::Choice(name, path, format) => {
+                let mut examples = dapt_eval::load_task(&path, format)?;
+                if let Some(limit) = args.limit {
+                    examples.truncate(limit);
+                }
+                plan.tasks.push(TaskSet { name, examples });
+            }
+            TaskSpec::Generative(name, path, format) => {
+                plan.generative
+                    .push(load_generative(&name, &path, format, args.limit)?);
+            }
         }
-        plan.tasks.push(TaskSet { name, examples });
+    }
+    plan.generative_settings = dapt_eval::GenerativeSettings {
+        options: GenerateOptions {
+            max_tokens: args.max_tokens,
+            temperature: args.temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+            stop: args.stop.clone(),
+        },
+        samples: args.samples,
+        num_fewshot: args.num_fewshot,
+        max_length,
+    };
+    if plan.generative.iter().any(dapt_eval::needs_sandbox) {
+        plan.sandbox = Some(args.sandbox.sandbox()?);
     }
     if let Some(path) = &args.prompts {
         plan.prompts = Some(PromptSet {
@@ -255,10 +344,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if plan.is_empty() {
         bail!("nothing to evaluate: give --task, --text, --packed or --prompts");
     }
-    let bar = plan
-        .prompts
-        .as_ref()
-        .map(|p| dapt_pipeline::progress::bar(p.prompts.len() as u64, "generate", "prompts"));
+    let generations = plan.prompts.as_ref().map_or(0, |p| p.prompts.len())
+        + plan
+            .generative
+            .iter()
+            .map(|t| t.examples.len())
+            .sum::<usize>();
+    let bar = (generations > 0)
+        .then(|| dapt_pipeline::progress::bar(generations as u64, "generate", "prompts"));
     let results = plan.execute(model, tokenizer, device, |_, _| {
         if let Some(bar) = &bar {
             bar.inc(1);
@@ -273,6 +366,72 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         println!("{:<32} {value:.4}", name);
     }
     dapt_pipeline::log_peak_rss("eval");
+    Ok(())
+}
+
+/// Arguments of `dapt eval-completions`.
+#[derive(Args)]
+pub struct EvalCompletionsArgs {
+    /// The task: NAME=PATH:FORMAT (humaneval, gsm8k, bigbench-gen, basket).
+    #[arg(long)]
+    task: String,
+    /// Completions: JSONL rows with `task_id` and `completion` (HumanEval's samples format; for the
+    /// other formats `task_id` is the problem's id). Several rows per problem give pass@k.
+    #[arg(long)]
+    completions: PathBuf,
+    /// Few-shot examples the completions were made with (recorded contexts only).
+    #[arg(long, default_value_t = 0)]
+    num_fewshot: usize,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    /// Where the scores go (JSON: `pass@1`, `pass@k`, … and every sample's verdict).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn eval_completions(args: EvalCompletionsArgs) -> anyhow::Result<()> {
+    let TaskSpec::Generative(name, path, format) = task_spec(&args.task)? else {
+        bail!(
+            "--task {:?}: expected NAME=PATH:FORMAT with a generative format (humaneval, gsm8k, bigbench-gen, basket)",
+            args.task
+        );
+    };
+    let task = load_generative(&name, &path, format, None)?;
+    let completions = dapt_eval::read_completions(&args.completions, &task)?;
+    let missing = completions.iter().filter(|c| c.is_empty()).count();
+    if missing > 0 {
+        tracing::warn!(
+            missing,
+            problems = task.examples.len(),
+            "problems without completions are left out"
+        );
+    }
+    let sandbox = if dapt_eval::needs_sandbox(&task) {
+        Some(args.sandbox.sandbox()?)
+    } else {
+        None
+    };
+    let contexts = dapt_eval::contexts(&task, args.num_fewshot, 0);
+    let result = dapt_eval::score_completions(
+        &task,
+        &contexts,
+        &completions,
+        args.num_fewshot,
+        sandbox.as_ref(),
+    )?;
+    let mut json = serde_json::to_value(&result)?;
+    if let Some(object) = json.as_object_mut() {
+        object.insert("task".into(), name.clone().into());
+        for (metric, value) in &result.scores {
+            object.insert(metric.clone(), (*value).into());
+        }
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    for (metric, value) in &result.scores {
+        println!("{:<32} {value:.4}", format!("{metric}/{name}"));
+    }
+    dapt_pipeline::log_peak_rss("eval-completions");
     Ok(())
 }
 

@@ -8,6 +8,8 @@ mod common;
 mod configs;
 #[cfg(feature = "torch")]
 mod eval_cli;
+#[cfg(feature = "torch")]
+mod generative_cli;
 mod ingest_cli;
 mod mix_cli;
 #[cfg(feature = "torch")]
