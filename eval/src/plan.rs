@@ -88,6 +88,9 @@ pub struct EvalPlan {
     pub generative_settings: crate::GenerativeSettings,
     /// Where code runs; needed when a generative task runs code.
     pub sandbox: Option<crate::Sandbox>,
+    /// Generative prompts (few-shot examples included) are sent as one user message rendered with
+    /// this chat template, the assistant's turn opened (for instruct models).
+    pub chat_template: Option<std::sync::Arc<dapt_packer::ChatTemplate>>,
     /// Requests per forward pass (results do not depend on it).
     pub batch_size: usize,
     /// Longest scored input in tokens.
@@ -121,6 +124,7 @@ impl EvalPlan {
                 max_length,
             },
             sandbox: None,
+            chat_template: None,
             batch_size: 16,
             max_length,
             prefix,
@@ -216,7 +220,23 @@ impl EvalPlan {
                     reason: format!("task {} runs code: a sandbox is needed", task.name),
                 });
             }
-            let contexts = crate::contexts(task, settings.num_fewshot, self.seed);
+            let mut contexts = crate::contexts(task, settings.num_fewshot, self.seed);
+            if let Some(template) = &self.chat_template {
+                for context in &mut contexts {
+                    *context = template
+                        .render(
+                            &[dapt_packer::Message {
+                                role: "user".into(),
+                                content: std::mem::take(context),
+                            }],
+                            true,
+                        )
+                        .map_err(|e| Error::Setting {
+                            key: "chat_template".into(),
+                            reason: e.to_string(),
+                        })?;
+                }
+            }
             let mut done = 0;
             let total = task.examples.len();
             let completions = crate::generate_completions(

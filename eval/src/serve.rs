@@ -1,6 +1,9 @@
-//! An OpenAI-compatible completions endpoint (`POST /v1/completions`, `GET /v1/models`) over plain
-//! HTTP/1.1, so that lm-evaluation-harness (`local-completions`) and other clients evaluate a dapt
-//! checkpoint unchanged. `prompt` may be a string, a list of strings, a list of token ids or a list of
+//! An OpenAI-compatible endpoint (`POST /v1/completions`, `POST /v1/chat/completions`,
+//! `GET /v1/models`) over plain HTTP/1.1, so that lm-evaluation-harness (`local-completions`,
+//! `local-chat-completions`), chat clients and other tools evaluate a dapt checkpoint unchanged. Chat
+//! requests are rendered with the model's chat template (generation prompt added) and generated like
+//! completions (stop strings, `max_tokens`, `temperature`, `top_p`, `seed`); each generation's
+//! tokens per second are logged and returned in `usage`. `prompt` may be a string, a list of strings, a list of token ids or a list of
 //! such lists; `echo` returns the prompt with its per-token `logprobs` (`token_logprobs`, `top_logprobs`,
 //! `tokens`, `text_offset`), which is how log-likelihood evaluation is asked for. Requests are served
 //! one at a time.
@@ -27,6 +30,8 @@ pub struct Server<'a> {
     pub device: Device,
     /// Longest input in tokens for log-probabilities.
     pub max_length: usize,
+    /// The chat template `/v1/chat/completions` renders messages with (none: chat is refused).
+    pub chat_template: Option<dapt_packer::ChatTemplate>,
 }
 
 struct HttpError(u16, String);
@@ -85,6 +90,9 @@ impl Server<'_> {
             ("POST", "/v1/completions") => serde_json::from_slice::<Value>(&body)
                 .map_err(|e| bad_request(format!("invalid JSON: {e}")))
                 .and_then(|request| self.completions(&request)),
+            ("POST", "/v1/chat/completions") => serde_json::from_slice::<Value>(&body)
+                .map_err(|e| bad_request(format!("invalid JSON: {e}")))
+                .and_then(|request| self.chat_completions(&request)),
             _ => Err(HttpError(404, format!("no route {method} {path}"))),
         };
         let (status, value) = match result {
@@ -148,6 +156,94 @@ impl Server<'_> {
         }
     }
 
+    /// Generates, logging the rate.
+    fn generate(
+        &self,
+        ids: &[u32],
+        options: &GenerateOptions,
+    ) -> Result<crate::Generation, HttpError> {
+        let started = std::time::Instant::now();
+        let generation = generate(self.model, self.tokenizer, ids, options, self.device)
+            .map_err(|e| HttpError(500, e.to_string()))?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            prompt_tokens = ids.len(),
+            completion_tokens = generation.tokens.len(),
+            seconds,
+            tokens_per_second = generation.tokens.len() as f64 / seconds.max(1e-9),
+            "generated"
+        );
+        Ok(generation)
+    }
+
+    fn chat_completions(&self, request: &Value) -> Result<Value, HttpError> {
+        let template = self.chat_template.as_ref().ok_or_else(|| {
+            bad_request("this server has no chat template (serve a model with tokenizer_config.json, or pass --chat-template)")
+        })?;
+        let messages: Vec<dapt_packer::Message> = request
+            .get("messages")
+            .ok_or_else(|| bad_request("`messages` is required"))
+            .and_then(|m| {
+                serde_json::from_value::<Vec<Value>>(m.clone())
+                    .map_err(|e| bad_request(format!("`messages`: {e}")))
+            })?
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let field = |key: &str| {
+                    m.get(key)
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .ok_or_else(|| bad_request(format!("messages[{i}] has no string `{key}`")))
+                };
+                Ok(dapt_packer::Message {
+                    role: field("role")?,
+                    content: field("content")?,
+                })
+            })
+            .collect::<Result<_, HttpError>>()?;
+        if messages.is_empty() {
+            return Err(bad_request("`messages` is empty"));
+        }
+        let max_tokens = request
+            .get("max_completion_tokens")
+            .or_else(|| request.get("max_tokens"))
+            .and_then(Value::as_u64)
+            .unwrap_or(256) as usize;
+        let options = options(request, max_tokens)?;
+        let prompt = template
+            .render(&messages, true)
+            .map_err(|e| bad_request(e.to_string()))?;
+        let ids = self
+            .tokenizer
+            .encode("chat", &prompt)
+            .map_err(|e| bad_request(e.to_string()))?;
+        if ids.is_empty() {
+            return Err(bad_request("the rendered conversation is empty"));
+        }
+        let started = std::time::Instant::now();
+        let generation = self.generate(&ids, &options)?;
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(json!({
+            "id": format!("chatcmpl-{}", dapt_core::hash::sha256_hex(request.to_string().as_bytes()).get(..16).unwrap_or("0")),
+            "object": "chat.completion",
+            "created": 0,
+            "model": self.name,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": generation.text},
+                "logprobs": Value::Null,
+                "finish_reason": finish_reason(generation.finish_reason),
+            }],
+            "usage": {
+                "prompt_tokens": ids.len(),
+                "completion_tokens": generation.tokens.len(),
+                "total_tokens": ids.len() + generation.tokens.len(),
+                "completion_tokens_per_second": generation.tokens.len() as f64 / seconds.max(1e-9),
+            },
+        }))
+    }
+
     fn completions(&self, request: &Value) -> Result<Value, HttpError> {
         let prompt = request
             .get("prompt")
@@ -165,27 +261,7 @@ impl Server<'_> {
             .get("logprobs")
             .and_then(Value::as_u64)
             .map(|n| n as usize);
-        if request.get("n").and_then(Value::as_u64).unwrap_or(1) != 1 {
-            return Err(bad_request("only n = 1 is supported"));
-        }
-        let stop = match request.get("stop") {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let options = GenerateOptions {
-            max_tokens,
-            temperature: request
-                .get("temperature")
-                .and_then(Value::as_f64)
-                .unwrap_or(1.0),
-            top_p: request.get("top_p").and_then(Value::as_f64).unwrap_or(1.0),
-            seed: request.get("seed").and_then(Value::as_u64).unwrap_or(0),
-            stop,
-        };
+        let options = options(request, max_tokens)?;
         let scorer = Scorer {
             model: self.model,
             device: self.device,
@@ -200,8 +276,7 @@ impl Server<'_> {
             }
             prompt_tokens += ids.len();
             let (generated, text, finish) = if max_tokens > 0 {
-                let g = generate(self.model, self.tokenizer, ids, &options, self.device)
-                    .map_err(|e| HttpError(500, e.to_string()))?;
+                let g = self.generate(ids, &options)?;
                 (g.tokens, g.text, g.finish_reason)
             } else {
                 (Vec::new(), String::new(), FinishReason::Length)
@@ -257,7 +332,7 @@ impl Server<'_> {
                 "index": index,
                 "text": if echo { format!("{prompt_text}{text}") } else { text },
                 "logprobs": logprobs_value,
-                "finish_reason": match finish { FinishReason::Stop => "stop", FinishReason::Length => "length" },
+                "finish_reason": finish_reason(finish),
             }));
         }
         Ok(json!({
@@ -273,4 +348,37 @@ impl Server<'_> {
             },
         }))
     }
+}
+
+fn finish_reason(finish: FinishReason) -> &'static str {
+    match finish {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+/// Generation options of a request: `temperature` (default 1), `top_p`, `seed`, `stop` (a string or
+/// a list); only `n` = 1.
+fn options(request: &Value, max_tokens: usize) -> Result<GenerateOptions, HttpError> {
+    if request.get("n").and_then(Value::as_u64).unwrap_or(1) != 1 {
+        return Err(bad_request("only n = 1 is supported"));
+    }
+    let stop = match request.get("stop") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(GenerateOptions {
+        max_tokens,
+        temperature: request
+            .get("temperature")
+            .and_then(Value::as_f64)
+            .unwrap_or(1.0),
+        top_p: request.get("top_p").and_then(Value::as_f64).unwrap_or(1.0),
+        seed: request.get("seed").and_then(Value::as_u64).unwrap_or(0),
+        stop,
+    })
 }

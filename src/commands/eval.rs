@@ -38,6 +38,33 @@ pub struct CheckpointArgs {
 }
 
 impl CheckpointArgs {
+    fn tokenizer_path(&self) -> PathBuf {
+        self.tokenizer
+            .clone()
+            .unwrap_or_else(|| self.model.join("tokenizer.json"))
+    }
+
+    /// A chat template: `chatml`, a tokenizer_config.json, or `auto` (the one beside the tokenizer).
+    pub fn chat_template(&self, spec: &str) -> anyhow::Result<dapt_packer::ChatTemplate> {
+        let config = match spec {
+            "chatml" => {
+                return Ok(dapt_packer::ChatTemplate::new(
+                    dapt_packer::CHATML,
+                    "",
+                    "<|im_end|>",
+                )?)
+            }
+            "auto" => self
+                .tokenizer_path()
+                .parent()
+                .map(|p| p.join("tokenizer_config.json"))
+                .unwrap_or_default(),
+            path => PathBuf::from(path),
+        };
+        dapt_packer::ChatTemplate::from_tokenizer_config(&config)
+            .with_context(|| format!("--chat-template {spec}"))
+    }
+
     pub fn load(&self) -> anyhow::Result<Checkpoint> {
         let device = match self.device.as_str() {
             "cpu" => Device::Cpu,
@@ -50,10 +77,7 @@ impl CheckpointArgs {
             model.load_adapter(adapter, device)?;
             model.merge_lora();
         }
-        let tokenizer_path = self
-            .tokenizer
-            .clone()
-            .unwrap_or_else(|| self.model.join("tokenizer.json"));
+        let tokenizer_path = self.tokenizer_path();
         let tokenizer = TokenizerFile::load(&tokenizer_path).with_context(|| {
             format!(
                 "the model's tokenizer ({}); pass --tokenizer",
@@ -93,6 +117,11 @@ pub struct EvalArgs {
     /// --temperature > 0).
     #[arg(long, default_value_t = 1)]
     samples: usize,
+    /// Generative tasks: send each prompt as a user message rendered with this chat template (an
+    /// HF tokenizer_config.json, `chatml`, or `auto`: the tokenizer_config.json beside the
+    /// tokenizer), for instruct models.
+    #[arg(long)]
+    chat_template: Option<String>,
     #[command(flatten)]
     sandbox: SandboxArgs,
     /// Few-shot examples per question (drawn from the task's other examples).
@@ -324,6 +353,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         num_fewshot: args.num_fewshot,
         max_length,
     };
+    if let Some(spec) = &args.chat_template {
+        plan.chat_template = Some(std::sync::Arc::new(args.checkpoint.chat_template(spec)?));
+    }
     if plan.generative.iter().any(dapt_eval::needs_sandbox) {
         plan.sandbox = Some(args.sandbox.sandbox()?);
     }
@@ -519,10 +551,18 @@ pub struct ServeArgs {
     /// Model name clients see.
     #[arg(long)]
     name: Option<String>,
+    /// Chat template of /v1/chat/completions: an HF tokenizer_config.json or `chatml` (default: the
+    /// tokenizer_config.json beside the tokenizer, when it has one; else chat is refused).
+    #[arg(long)]
+    chat_template: Option<String>,
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let checkpoint = args.checkpoint.load()?;
+    let chat_template = match &args.chat_template {
+        Some(spec) => Some(args.checkpoint.chat_template(spec)?),
+        None => args.checkpoint.chat_template("auto").ok(),
+    };
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
@@ -535,8 +575,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| default_label(&args.checkpoint.model)),
         device: checkpoint.device,
         max_length: args.max_length,
+        chat_template,
     };
     println!("listening on http://{address}/v1/completions");
+    if server.chat_template.is_some() {
+        println!("listening on http://{address}/v1/chat/completions");
+    }
     use std::io::Write;
     std::io::stdout().flush()?;
     server.run(listener, &|| false)?;

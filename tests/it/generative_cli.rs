@@ -402,3 +402,113 @@ fn a_model_that_learned_the_answers_passes_code_and_math() -> Result<()> {
     );
     Ok(())
 }
+
+/// A real OpenAI client (the `openai` Python package) asks the real SmolLM2-135M-Instruct a question
+/// through `/v1/chat/completions`; `dapt eval` with the model's chat template generates the same text
+/// for the same question as a basket task.
+#[test]
+fn a_chat_client_gets_what_dapt_eval_generates_from_the_real_model() -> Result<()> {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let model = d.join("smollm2");
+    run_ok(&[
+        "model",
+        "import-gguf",
+        test_data()
+            .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+            .to_str()
+            .unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+    ])?;
+    let question = "What is the capital of France?";
+    std::fs::write(
+        d.join("basket.jsonl"),
+        jsonl(&[
+            json!({"id": "fr", "prompt": question, "reference": "Paris", "metric": "contains"}),
+        ]),
+    )?;
+    run_ok(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        &format!("basket={}:basket", d.join("basket.jsonl").display()),
+        "--chat-template",
+        "auto",
+        "--max-tokens",
+        "24",
+        "--device",
+        "cpu",
+        "--out",
+        d.join("eval.json").to_str().unwrap(),
+    ])?;
+    let eval = read_json(&d.join("eval.json"))?;
+    let detail = &eval["generative"]["basket"]["details"][0];
+    ensure!(
+        detail["context"].as_str().is_some_and(|c| c
+            .contains("<|im_start|>user\nWhat is the capital of France?<|im_end|>")
+            && c.ends_with("<|im_start|>assistant\n")),
+        "{detail}"
+    );
+    let generated = detail["samples"][0]["completion"]
+        .as_str()
+        .context("completion")?
+        .to_string();
+    ensure!(
+        eval["generative"]["basket"]["scores"]["score"] == 1.0,
+        "the real model knows: {generated:?}"
+    );
+
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_dapt"))
+        .args([
+            "serve",
+            "--model",
+            model.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--device",
+            "cpu",
+            "--name",
+            "smollm2",
+        ])
+        .env("DAPT_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let result = (|| -> Result<()> {
+        let mut lines = std::io::BufReader::new(server.stdout.take().context("stdout")?).lines();
+        let _completions = lines.next().context("first line")??;
+        let chat = lines.next().context("second line")??;
+        let url = chat
+            .strip_prefix("listening on ")
+            .and_then(|u| u.strip_suffix("/chat/completions"))
+            .with_context(|| format!("unexpected line {chat:?}"))?
+            .to_string();
+        let client = "import json, sys\nfrom openai import OpenAI\n\
+            client = OpenAI(base_url=sys.argv[1], api_key='unused', max_retries=0)\n\
+            r = client.chat.completions.create(model='smollm2', messages=[{'role': 'user', 'content': sys.argv[2]}], max_tokens=24, temperature=0)\n\
+            print(json.dumps({'text': r.choices[0].message.content, 'finish': r.choices[0].finish_reason, \
+            'tokens': r.usage.completion_tokens, 'role': r.choices[0].message.role}))\n";
+        let output = std::process::Command::new("python3")
+            .args(["-c", client, &url, question])
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "the openai client (scripts/setup installs it): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let answer: Value = serde_json::from_slice(&output.stdout)?;
+        ensure!(answer["role"] == "assistant", "{answer}");
+        ensure!(
+            answer["text"].as_str() == Some(generated.as_str()),
+            "client {:?} vs dapt eval {generated:?}",
+            answer["text"]
+        );
+        ensure!(answer["tokens"].as_u64().is_some_and(|t| t > 0 && t <= 24));
+        Ok(())
+    })();
+    server.kill()?;
+    server.wait()?;
+    result
+}
