@@ -1,6 +1,7 @@
 //! Multiple-choice tasks scored by log-likelihood, as lm-evaluation-harness does: each choice is a
 //! continuation of the prompt (few-shot examples, then the question); `acc` takes the most likely
-//! choice, `acc_norm` the most likely per character of the choice. Loaders turn the common formats into
+//! choice, `acc_norm` the most likely per character of the choice (its log-likelihood divided by the
+//! choice's length in characters, as lm-eval does). Loaders turn the common formats into
 //! [`McExample`]s: dapt's own JSONL, HellaSwag, ARC, MMLU (JSONL rows as the HF datasets hold them) and
 //! BIG-bench `task.json` (multiple-choice examples with `target_scores`).
 use std::path::Path;
@@ -24,6 +25,14 @@ pub struct McExample {
     pub choices: Vec<String>,
     /// Index of the right choice.
     pub gold: usize,
+    /// What joins the context and a choice (lm-eval's `target_delimiter`): a space, or nothing when
+    /// the task's output prefix ends the context.
+    #[serde(default = "space")]
+    pub delimiter: String,
+}
+
+fn space() -> String {
+    " ".into()
 }
 
 /// File formats of tasks.
@@ -117,6 +126,103 @@ fn index(v: Option<&Value>, choices: usize, key: &str, path: &Path, row: usize) 
     }
 }
 
+/// A BIG-bench `task.json`'s multiple-choice examples rendered as BIG-bench renders them: the task's
+/// `example_input_prefix` (default `"\nQ: "`), the input, with `append_choices_to_input` (default
+/// true) each choice after `choice_prefix` (default `"\n  choice: "`) in the file's order, then
+/// `example_output_prefix` (default `"\nA: "`); leading whitespace of the whole is dropped, and a
+/// space ending the output prefix becomes the delimiter before the choice.
+fn load_bigbench(path: &Path, text: &str) -> Result<Vec<McExample>> {
+    #[derive(Deserialize)]
+    struct Task {
+        examples: Vec<Example>,
+        example_input_prefix: Option<String>,
+        example_output_prefix: Option<String>,
+        choice_prefix: Option<String>,
+        append_choices_to_input: Option<bool>,
+    }
+    #[derive(Deserialize)]
+    struct Example {
+        input: Option<String>,
+        target_scores: Option<OrderedScores>,
+    }
+    let task: Task = serde_json::from_str(text).map_err(|source| Error::Json {
+        what: path.display().to_string(),
+        source,
+    })?;
+    let input_prefix = task.example_input_prefix.as_deref().unwrap_or("\nQ: ");
+    let output_prefix = task.example_output_prefix.as_deref().unwrap_or("\nA: ");
+    let choice_prefix = task.choice_prefix.as_deref().unwrap_or("\n  choice: ");
+    let append = task.append_choices_to_input.unwrap_or(true);
+    let mut out = Vec::new();
+    for (i, e) in task.examples.into_iter().enumerate() {
+        let Some(OrderedScores(scores)) = e.target_scores else {
+            continue; // a generative example
+        };
+        let input = e
+            .input
+            .ok_or_else(|| bad(path, i + 1, "no string `input`"))?;
+        let gold = scores
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1 .1.total_cmp(&b.1 .1).then(b.0.cmp(&a.0)))
+            .map(|(i, _)| i)
+            .ok_or_else(|| bad(path, i + 1, "empty target_scores"))?;
+        let choices: Vec<String> = scores.into_iter().map(|(k, _)| k).collect();
+        let mut context = format!("{input_prefix}{input}");
+        if append {
+            for choice in &choices {
+                context.push_str(choice_prefix);
+                context.push_str(choice);
+            }
+        }
+        context.push_str(output_prefix);
+        let mut context = context.trim_start().to_string();
+        let delimiter = if context.ends_with(' ') {
+            context.truncate(context.trim_end_matches(' ').len());
+            space()
+        } else {
+            String::new()
+        };
+        if choices.len() < 2 {
+            return Err(bad(path, i + 1, "fewer than two choices"));
+        }
+        out.push(McExample {
+            id: format!("{i}"),
+            context,
+            choices,
+            gold,
+            delimiter,
+        });
+    }
+    Ok(out)
+}
+
+/// `target_scores` in the file's key order (BIG-bench lists choices in it).
+struct OrderedScores(Vec<(String, f64)>);
+
+impl<'de> Deserialize<'de> for OrderedScores {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OrderedScores;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of choice → score")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut scores = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, f64>()? {
+                    scores.push((key, value));
+                }
+                Ok(OrderedScores(scores))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
 /// Reads a task file.
 pub fn load_task(path: &Path, format: TaskFormat) -> Result<Vec<McExample>> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
@@ -125,37 +231,7 @@ pub fn load_task(path: &Path, format: TaskFormat) -> Result<Vec<McExample>> {
     })?;
     let mut out = Vec::new();
     if format == TaskFormat::Bigbench {
-        let json: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
-            what: path.display().to_string(),
-            source,
-        })?;
-        let examples = json
-            .get("examples")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad(path, 0, "no `examples` list"))?;
-        for (i, e) in examples.iter().enumerate() {
-            let Some(scores) = e.get("target_scores").and_then(Value::as_object) else {
-                continue; // a generative example
-            };
-            let input = string(e, "input", path, i + 1)?;
-            let choices: Vec<String> = scores.keys().cloned().collect();
-            let gold = scores
-                .values()
-                .enumerate()
-                .max_by(|a, b| {
-                    let (x, y) = (a.1.as_f64().unwrap_or(0.0), b.1.as_f64().unwrap_or(0.0));
-                    x.total_cmp(&y).then(b.0.cmp(&a.0))
-                })
-                .map(|(i, _)| i)
-                .ok_or_else(|| bad(path, i + 1, "empty target_scores"))?;
-            out.push(McExample {
-                id: format!("{i}"),
-                context: format!("Q: {input}\nA:"),
-                choices,
-                gold,
-            });
-        }
-        return Ok(out);
+        return load_bigbench(path, &text);
     }
     for (line_no, line) in text.lines().enumerate() {
         let row = line_no + 1;
@@ -183,6 +259,7 @@ pub fn load_task(path: &Path, format: TaskFormat) -> Result<Vec<McExample>> {
                     context: string(&v, "context", path, row)?,
                     choices,
                     gold,
+                    delimiter: space(),
                 }
             }
             TaskFormat::Hellaswag => {
@@ -209,6 +286,7 @@ pub fn load_task(path: &Path, format: TaskFormat) -> Result<Vec<McExample>> {
                     context,
                     choices,
                     gold,
+                    delimiter: space(),
                 }
             }
             TaskFormat::Arc => {
@@ -235,6 +313,7 @@ pub fn load_task(path: &Path, format: TaskFormat) -> Result<Vec<McExample>> {
                     context: format!("Question: {}\nAnswer:", string(&v, "question", path, row)?),
                     choices: texts,
                     gold,
+                    delimiter: space(),
                 }
             }
             TaskFormat::Mmlu => {
@@ -257,6 +336,7 @@ pub fn load_task(path: &Path, format: TaskFormat) -> Result<Vec<McExample>> {
                     ),
                     choices: letters,
                     gold,
+                    delimiter: space(),
                 }
             }
             TaskFormat::Bigbench => unreachable!(),
@@ -278,7 +358,7 @@ pub struct TaskResult {
     pub num_fewshot: usize,
     /// Accuracy: the choice with the highest log-likelihood.
     pub acc: f64,
-    /// Accuracy with log-likelihoods divided by the choices' byte lengths.
+    /// Accuracy with log-likelihoods divided by the choices' lengths in characters (lm-eval's).
     pub acc_norm: f64,
     /// Accuracy of always guessing: mean of 1 / choices.
     pub chance: f64,
@@ -291,6 +371,12 @@ pub struct TaskResult {
 pub struct ExampleResult {
     /// Question id.
     pub id: String,
+    /// The context scored (few-shot examples included).
+    #[serde(default)]
+    pub context: String,
+    /// The continuations scored, each the delimiter and a choice.
+    #[serde(default)]
+    pub continuations: Vec<String>,
     /// Choice picked by `acc`.
     pub predicted: usize,
     /// The right choice.
@@ -345,10 +431,11 @@ pub fn evaluate_task(
         });
     }
     let mut requests = Vec::new();
+    let mut contexts = Vec::with_capacity(examples.len());
     for (i, example) in examples.iter().enumerate() {
         let shots: Vec<String> = fewshot(examples, i, num_fewshot, seed)
             .into_iter()
-            .map(|e| format!("{} {}", e.context, e.choices[e.gold]))
+            .map(|e| format!("{}{}{}", e.context, e.delimiter, e.choices[e.gold]))
             .collect();
         let context = if shots.is_empty() {
             example.context.clone()
@@ -356,7 +443,11 @@ pub fn evaluate_task(
             format!("{}\n\n{}", shots.join("\n\n"), example.context)
         };
         for choice in &example.choices {
-            let (mut head, tail) = split_tokens(tokenizer, &context, &format!(" {choice}"))?;
+            let (mut head, tail) = split_tokens(
+                tokenizer,
+                &context,
+                &format!("{}{choice}", example.delimiter),
+            )?;
             if head.is_empty() {
                 head.push(prefix);
             }
@@ -365,6 +456,7 @@ pub fn evaluate_task(
                 continuation: tail,
             });
         }
+        contexts.push(context);
     }
     let scores = scorer.loglikelihoods(&requests)?;
     let mut at = 0;
@@ -383,14 +475,14 @@ pub fn evaluate_task(
             })
             .0
     };
-    for example in examples {
+    for (example, context) in examples.iter().zip(contexts) {
         let n = example.choices.len();
         let logprobs: Vec<f64> = scores[at..at + n].iter().map(|s| s.logprob).collect();
         at += n;
         let normalised: Vec<f64> = logprobs
             .iter()
             .zip(&example.choices)
-            .map(|(l, c)| l / (c.chars().count() + 1) as f64)
+            .map(|(l, c)| l / c.chars().count().max(1) as f64)
             .collect();
         let predicted = argmax(&logprobs);
         correct += usize::from(predicted == example.gold);
@@ -398,6 +490,12 @@ pub fn evaluate_task(
         chance += 1.0 / n as f64;
         details.push(ExampleResult {
             id: example.id.clone(),
+            context,
+            continuations: example
+                .choices
+                .iter()
+                .map(|c| format!("{}{c}", example.delimiter))
+                .collect(),
             predicted,
             gold: example.gold,
             logprobs,
@@ -417,6 +515,37 @@ pub fn evaluate_task(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bigbench_tasks_render_with_their_own_prefixes_and_choices() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/bigbench/general_knowledge/task.json");
+        let e = &load_task(&path, TaskFormat::Bigbench).unwrap()[0];
+        // The default prefixes, the choices appended in the file's order.
+        assert_eq!(
+            e.context,
+            "Q: How many legs do horses have?\n  choice: two\n  choice: four\n  choice: six\n  choice: three\n  choice: one\n  choice: none\nA:"
+        );
+        assert_eq!(
+            (e.choices[1].as_str(), e.gold, e.delimiter.as_str()),
+            ("four", 1, " ")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let custom = dir.path().join("task.json");
+        std::fs::write(
+            &custom,
+            r#"{"example_input_prefix": "\nEnglish: ", "example_output_prefix": "\nRussian:\n",
+                "append_choices_to_input": false,
+                "examples": [{"input": "cat", "target_scores": {"собака": 0, "кошка": 1}}]}"#,
+        )
+        .unwrap();
+        let e = &load_task(&custom, TaskFormat::Bigbench).unwrap()[0];
+        assert_eq!(e.context, "English: cat\nRussian:\n");
+        assert_eq!(
+            (e.choices.clone(), e.gold, e.delimiter.as_str()),
+            (vec!["собака".to_string(), "кошка".to_string()], 1, "")
+        );
+    }
 
     #[test]
     fn formats_load_into_examples() {

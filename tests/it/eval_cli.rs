@@ -372,9 +372,26 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
     ensure!(multiple_choice >= 20 && shots[0]["tasks"]["gk"]["examples"] == 20);
     ensure!(shots[1]["tasks"]["gk"]["num_fewshot"] == 2);
     ensure!(
-        shots[0]["tasks"]["gk"]["details"][0]["logprobs"]
-            != shots[1]["tasks"]["gk"]["details"][0]["logprobs"],
-        "few-shot examples change the context"
+        shots[0]["tasks"]["gk"]["details"][0]["context"]
+            != shots[1]["tasks"]["gk"]["details"][0]["context"],
+        "few-shot examples change the context (the 64-token model sees its end only)"
+    );
+    // eval.json records what was scored: BIG-bench's rendering, two shots, the choices appended.
+    let detail = &shots[1]["tasks"]["gk"]["details"][0];
+    ensure!(
+        detail["context"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("Q: ")
+                && c.matches("\nA:").count() == 3
+                && c.ends_with("\nA:")
+                && c.contains("\n  choice: ")),
+        "{detail}"
+    );
+    ensure!(
+        detail["continuations"][0]
+            .as_str()
+            .is_some_and(|c| c.starts_with(' ')),
+        "{detail}"
     );
     // `--prefix-token` takes a token of the vocabulary or its id, with the same result.
     let vocabulary: serde_json::Value =
