@@ -77,6 +77,9 @@ pub enum GenFormat {
     /// JSONL rows `{"id"?, "prompt", "reference", "metric"?}`; metric exact (default), contains,
     /// regex, chrf or math.
     Basket,
+    /// MERA's task files (see [`crate::load_mera`]): the formatted instruction, the first line of
+    /// the completion compared with `outputs` after trimming, as MERA's harness does.
+    Mera,
 }
 
 impl std::str::FromStr for GenFormat {
@@ -87,9 +90,10 @@ impl std::str::FromStr for GenFormat {
             "gsm8k" => Self::Gsm8k,
             "bigbench-gen" => Self::BigbenchGen,
             "basket" => Self::Basket,
+            "mera" => Self::Mera,
             other => {
                 return Err(format!(
-                    "unknown generative format {other:?} (humaneval, gsm8k, bigbench-gen, basket)"
+                    "unknown generative format {other:?} (humaneval, gsm8k, bigbench-gen, basket, mera)"
                 ))
             }
         })
@@ -102,7 +106,7 @@ impl GenFormat {
         let list: &[&str] = match self {
             Self::Humaneval => &["\nclass", "\ndef", "\n#", "\nif", "\nprint"],
             Self::Gsm8k => &["Question:", "\n\n"],
-            Self::BigbenchGen => &["\n"],
+            Self::BigbenchGen | Self::Mera => &["\n"],
             Self::Basket => &[],
         };
         list.iter().map(|s| (*s).to_string()).collect()
@@ -164,8 +168,27 @@ fn field(v: &Value, key: &str, path: &Path, row: usize) -> Result<String> {
 
 /// Reads a generative task file; `name` names the task in errors and results.
 pub fn load_generative_task(name: &str, path: &Path, format: GenFormat) -> Result<GenTaskSet> {
-    let text = read_text(path)?;
     let mut examples = Vec::new();
+    if format == GenFormat::Mera {
+        for row in crate::load_mera(path)? {
+            examples.push(GenExample {
+                id: row.id,
+                demonstration: format!(" {}\n\n", row.output),
+                prompt: row.prompt,
+                reference: row.output,
+                check: Check::Answer {
+                    metric: AnswerMetric::Exact,
+                    output_regex: None,
+                },
+            });
+        }
+        return Ok(GenTaskSet {
+            name: name.to_string(),
+            examples,
+            stop: format.stop(),
+        });
+    }
+    let text = read_text(path)?;
     match format {
         GenFormat::Humaneval => {
             for (row, v) in jsonl_rows(path, &text)? {
@@ -300,6 +323,7 @@ pub fn load_generative_task(name: &str, path: &Path, format: GenFormat) -> Resul
                 });
             }
         }
+        GenFormat::Mera => unreachable!("read above"),
     }
     if examples.is_empty() {
         return Err(bad(path, 0, "no examples"));
@@ -737,6 +761,30 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("m.jsonl:1") && err.contains("bleu"), "{err}");
+    }
+
+    #[test]
+    fn mera_tasks_generate_and_score_by_trimmed_exact_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "simplear.jsonl",
+            "{\"instruction\": \"Вычисли: {inputs}\\nОтвет:\", \"inputs\": \"2 + 3\", \"outputs\": \"5\", \"meta\": {\"id\": 0}}\n\
+             {\"instruction\": \"Вычисли: {inputs}\\nОтвет:\", \"inputs\": \"4 + 4\", \"outputs\": \"8\", \"meta\": {\"id\": 1}}\n",
+        );
+        let task = load_generative_task("simplear", &path, GenFormat::Mera).unwrap();
+        assert_eq!(task.examples[0].prompt, "Вычисли: 2 + 3\nОтвет:");
+        let contexts = contexts(&task, 1, 0);
+        assert_eq!(
+            contexts[0],
+            "Вычисли: 4 + 4\nОтвет: 8\n\nВычисли: 2 + 3\nОтвет:"
+        );
+        let completions = vec![vec![" 5 ".to_string()], vec![" 9".to_string()]];
+        let result = score_completions(&task, &contexts, &completions, 1, None).unwrap();
+        assert_eq!(result.scores["exact_match"], 0.5);
+        let choice = crate::load_task(&path, crate::TaskFormat::MeraChoice).unwrap();
+        assert_eq!(choice[1].choices, ["5", "8"]);
+        assert_eq!(choice[1].gold, 1);
     }
 
     #[test]

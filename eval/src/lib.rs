@@ -1,7 +1,8 @@
 //! dapt-eval: did the adaptation help, and what did it break? Its job is to score models: perplexity
 //! on held-out packed rows, bits-per-byte on held-out text (comparable across tokenizers),
 //! multiple-choice tasks by log-likelihood (lm-evaluation-harness style, batch-size independent),
-//! generation with a KV cache and the lang-swap rate of generations, side-by-side reports across
+//! generative tasks checked by programs (HumanEval code run in a sandbox, math answers, MERA,
+//! baskets), generation with a KV cache and the lang-swap rate of generations, side-by-side reports across
 //! checkpoints, and an OpenAI-compatible completions endpoint. Its input is a model from
 //! `dapt-trainer`, a tokenizer, packed rows, texts and task files; its output is serialisable results,
 //! reports (Markdown/HTML with SVG plots) and HTTP responses.
@@ -12,6 +13,7 @@ mod error;
 mod generate;
 mod generative;
 mod langswap;
+mod mera;
 mod perplexity;
 mod plan;
 mod regression;
@@ -32,6 +34,7 @@ pub use generative::{
     GenerativeResult, GenerativeSettings, SampleResult,
 };
 pub use langswap::{foreign_spans, lang_swap, ForeignSpan, LangSwapExample, LangSwapReport};
+pub use mera::{load_mera, python_format, MeraRow};
 pub use perplexity::{perplexity, Perplexity};
 pub use plan::{generate_all, read_jsonl_field, EvalPlan, Grouping, PromptSet, TaskSet, TextSet};
 pub use regression::{regress, Observation, Regression};

@@ -49,6 +49,9 @@ pub enum TaskFormat {
     Mmlu,
     /// BIG-bench `task.json`: `examples` with `input` and `target_scores`.
     Bigbench,
+    /// MERA task files (see [`crate::load_mera`]) scored by log-likelihood: the choices are the
+    /// distinct answers of the file (`A`–`D`, `1`/`2`, …), each after a space.
+    MeraChoice,
 }
 
 impl FromStr for TaskFormat {
@@ -60,11 +63,10 @@ impl FromStr for TaskFormat {
             "arc" => Self::Arc,
             "mmlu" => Self::Mmlu,
             "bigbench" => Self::Bigbench,
-            other => {
-                return Err(format!(
-                    "unknown task format {other:?} (dapt, hellaswag, arc, mmlu, bigbench)"
-                ))
-            }
+            "mera-choice" => Self::MeraChoice,
+            other => return Err(format!(
+                "unknown task format {other:?} (dapt, hellaswag, arc, mmlu, bigbench, mera-choice)"
+            )),
         })
     }
 }
@@ -233,6 +235,29 @@ pub fn load_task(path: &Path, format: TaskFormat) -> Result<Vec<McExample>> {
     if format == TaskFormat::Bigbench {
         return load_bigbench(path, &text);
     }
+    if format == TaskFormat::MeraChoice {
+        let rows = crate::load_mera(path)?;
+        let mut choices: Vec<String> = rows.iter().map(|r| r.output.clone()).collect();
+        choices.sort();
+        choices.dedup();
+        if choices.len() < 2 {
+            return Err(bad(
+                path,
+                0,
+                "fewer than two distinct answers: not a multiple-choice task",
+            ));
+        }
+        return Ok(rows
+            .into_iter()
+            .map(|r| McExample {
+                gold: choices.iter().position(|c| *c == r.output).unwrap_or(0),
+                id: r.id,
+                context: r.prompt,
+                choices: choices.clone(),
+                delimiter: space(),
+            })
+            .collect());
+    }
     for (line_no, line) in text.lines().enumerate() {
         let row = line_no + 1;
         if line.trim().is_empty() {
@@ -339,7 +364,7 @@ pub fn load_task(path: &Path, format: TaskFormat) -> Result<Vec<McExample>> {
                     delimiter: space(),
                 }
             }
-            TaskFormat::Bigbench => unreachable!(),
+            TaskFormat::Bigbench | TaskFormat::MeraChoice => unreachable!("read above"),
         };
         if example.choices.len() < 2 {
             return Err(bad(path, row, "fewer than two choices"));

@@ -106,11 +106,12 @@ impl CheckpointArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     checkpoint: CheckpointArgs,
-    /// Task: NAME=PATH[:FORMAT]. Multiple choice: dapt, hellaswag, arc, mmlu, bigbench (default:
-    /// bigbench for .json, dapt for .jsonl). Generative: humaneval (code run in a sandbox; pass@k),
-    /// gsm8k (worked answers ending in `#### N`; exact match of the final number), bigbench-gen
-    /// (BIG-bench task.json generated, with its prefixes and output_regex), basket (JSONL `prompt`,
-    /// `reference`, `metric`: exact, contains, regex, chrf, math). Repeatable.
+    /// Task: NAME=PATH[:FORMAT]. Multiple choice: dapt, hellaswag, arc, mmlu, bigbench,
+    /// mera-choice (default: bigbench for .json, dapt for .jsonl). Generative: humaneval (code run in
+    /// a sandbox; pass@k), gsm8k (worked answers ending in `#### N`; exact match of the final
+    /// number), bigbench-gen (BIG-bench task.json generated, with its prefixes and output_regex),
+    /// mera (MERA's instruction format; exact match), basket (JSONL `prompt`, `reference`, `metric`:
+    /// exact, contains, regex, chrf, math). Repeatable.
     #[arg(long = "task")]
     tasks: Vec<String>,
     /// Generative tasks: completions per problem (pass@k for k = 1, 10, 100 up to it; above 1 needs
@@ -404,7 +405,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 /// Arguments of `dapt eval-completions`.
 #[derive(Args)]
 pub struct EvalCompletionsArgs {
-    /// The task: NAME=PATH:FORMAT (humaneval, gsm8k, bigbench-gen, basket).
+    /// The task: NAME=PATH:FORMAT (humaneval, gsm8k, bigbench-gen, mera, basket).
     #[arg(long)]
     task: String,
     /// Completions: JSONL rows with `task_id` and `completion` (HumanEval's samples format; for the
@@ -424,7 +425,7 @@ pub struct EvalCompletionsArgs {
 pub fn eval_completions(args: EvalCompletionsArgs) -> anyhow::Result<()> {
     let TaskSpec::Generative(name, path, format) = task_spec(&args.task)? else {
         bail!(
-            "--task {:?}: expected NAME=PATH:FORMAT with a generative format (humaneval, gsm8k, bigbench-gen, basket)",
+            "--task {:?}: expected NAME=PATH:FORMAT with a generative format (humaneval, gsm8k, bigbench-gen, mera, basket)",
             args.task
         );
     };
