@@ -64,9 +64,11 @@ impl FromStr for TaskFormat {
             "mmlu" => Self::Mmlu,
             "bigbench" => Self::Bigbench,
             "mera-choice" => Self::MeraChoice,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown task format {other:?} (dapt, hellaswag, arc, mmlu, bigbench, mera-choice)"
-            )),
+            ))
+            }
         })
     }
 }

@@ -11,7 +11,8 @@
 //! 5. **train** CPT stage 1, CPT stage 2 and SFT (the model's chat template, loss on assistant turns)
 //!    with LoRA, the new embedding rows trainable beside the adapters and the old ones frozen;
 //! 6. **evaluate** the base, the extended untrained model and every trained stage (bits-per-byte by
-//!    text set, multiple-choice tasks, lang-swap of greedy generations) and write one side-by-side
+//!    text set, multiple-choice tasks, generative tasks — code run in a sandbox, checked answers —,
+//!    lang-swap of greedy generations) and write one side-by-side
 //!    report with red flags where a watched metric got worse.
 //!
 //! ```text
@@ -206,9 +207,21 @@ pub struct AdaptEvalOptions {
     /// Held-out texts for bits-per-byte: name → a query returning `text` (`bpb/NAME` in the report).
     #[serde(default)]
     pub texts: BTreeMap<String, String>,
-    /// Multiple-choice tasks: name → the task file and how many of its examples to use.
+    /// Tasks: name → the task file, its format and how many of its examples to use. Multiple-choice
+    /// tasks report accuracy; generative ones (humaneval, gsm8k, bigbench-gen, mera, basket) pass@1
+    /// or exact match.
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskOptions>,
+    /// Generative tasks: tokens generated per problem at most. Default 128.
+    #[serde(default = "default_task_tokens")]
+    pub task_max_new_tokens: usize,
+    /// Generative tasks: Python interpreter that runs generated code in the sandbox. Default
+    /// `python3`.
+    #[serde(default = "default_python")]
+    pub python: String,
+    /// Generative tasks: wall-clock seconds per sandboxed program. Default 10.
+    #[serde(default = "default_run_timeout")]
+    pub run_timeout: u64,
     /// Target-language prompts whose greedy continuations are checked for lang-swap and shown.
     #[serde(default)]
     pub prompts: Vec<String>,
@@ -233,15 +246,65 @@ pub struct AdaptEvalOptions {
     pub absolute_tolerance: f64,
 }
 
-/// One multiple-choice task of `[eval.tasks]`.
+/// One task of `[eval.tasks]`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskOptions {
-    /// The task file (dapt JSONL or BIG-bench `task.json`), relative to the config file.
+    /// The task file, relative to the config file.
     pub path: PathBuf,
+    /// Its format: a multiple-choice one (dapt, hellaswag, arc, mmlu, bigbench, mera-choice) or a
+    /// generative one (humaneval, gsm8k, bigbench-gen, mera, basket). Default: bigbench for `.json`,
+    /// dapt for other files.
+    #[serde(default)]
+    pub format: Option<String>,
     /// Use the first this many examples (0: all). Default 0.
     #[serde(default)]
     pub limit: usize,
+}
+
+/// A task of `[eval.tasks]` read.
+enum LoadedTask {
+    Choice(TaskSet),
+    Generative(dapt_eval::GenTaskSet),
+}
+
+impl TaskOptions {
+    fn load(&self, name: &str, path: &Path) -> Result<LoadedTask> {
+        let format = self.format.as_deref();
+        if let Some(generative) = format.and_then(|f| f.parse::<dapt_eval::GenFormat>().ok()) {
+            let mut task = dapt_eval::load_generative_task(name, path, generative)?;
+            if self.limit > 0 {
+                task.examples.truncate(self.limit);
+            }
+            return Ok(LoadedTask::Generative(task));
+        }
+        let choice = match format {
+            Some(f) => f
+                .parse::<dapt_eval::TaskFormat>()
+                .map_err(|reason| setting(format!("eval.tasks.{name}.format"), reason))?,
+            None => dapt_eval::TaskFormat::guess(path),
+        };
+        let mut examples = dapt_eval::load_task(path, choice)?;
+        if self.limit > 0 {
+            examples.truncate(self.limit);
+        }
+        Ok(LoadedTask::Choice(TaskSet {
+            name: name.to_string(),
+            examples,
+        }))
+    }
+}
+
+fn default_task_tokens() -> usize {
+    128
+}
+
+fn default_python() -> String {
+    "python3".into()
+}
+
+fn default_run_timeout() -> u64 {
+    10
 }
 
 fn default_new_tokens_per_prompt() -> usize {
@@ -412,6 +475,22 @@ impl AdaptSettings {
                     format!("{} is not a file", path.display()),
                 ));
             }
+            if let Some(format) = &task.format {
+                if format.parse::<dapt_eval::GenFormat>().is_err()
+                    && format.parse::<dapt_eval::TaskFormat>().is_err()
+                {
+                    return Err(setting(
+                        format!("eval.tasks.{name}.format"),
+                        format!("{format:?} is none of dapt, hellaswag, arc, mmlu, bigbench, mera-choice, humaneval, gsm8k, bigbench-gen, mera, basket"),
+                    ));
+                }
+            }
+        }
+        if e.task_max_new_tokens == 0 || e.run_timeout == 0 {
+            return Err(setting(
+                "eval",
+                "task_max_new_tokens and run_timeout must be positive",
+            ));
         }
         Ok(())
     }
@@ -1136,19 +1215,33 @@ pub fn run(
         })
         .collect::<Result<_>>()?;
     let mut tasks = Vec::new();
+    let mut generative = Vec::new();
     let mut task_ids = Vec::new();
     for (name, task) in &o.eval.tasks {
         let path = settings.resolve(&task.path);
-        let mut examples = dapt_eval::load_task(&path, dapt_eval::TaskFormat::guess(&path))?;
-        if task.limit > 0 {
-            examples.truncate(task.limit);
+        match task.load(name, &path)? {
+            LoadedTask::Choice(set) => tasks.push(set),
+            LoadedTask::Generative(set) => generative.push(set),
         }
-        task_ids.push((name.clone(), file_identity(&path)?, task.limit));
-        tasks.push(TaskSet {
-            name: name.clone(),
-            examples,
-        });
+        task_ids.push((
+            name.clone(),
+            file_identity(&path)?,
+            task.limit,
+            task.format.clone(),
+        ));
     }
+    let sandbox = if generative.iter().any(dapt_eval::needs_sandbox) {
+        Some(dapt_eval::Sandbox::new(
+            &o.eval.python,
+            dapt_eval::SandboxLimits {
+                wall_seconds: o.eval.run_timeout,
+                cpu_seconds: o.eval.run_timeout,
+                ..Default::default()
+            },
+        )?)
+    } else {
+        None
+    };
     // What the measurements depend on (the tasks by their contents, not their paths; the report's
     // tolerances are applied later).
     let e = &o.eval;
@@ -1161,6 +1254,7 @@ pub fn run(
                 e.max_new_tokens,
                 e.max_length,
                 e.batch_size,
+                (e.task_max_new_tokens, e.run_timeout),
             ),
             &o.pack.eos_token,
             &o.target_language,
@@ -1195,6 +1289,9 @@ pub fn run(
             plan.seed = o.seed;
             plan.texts = eval_texts.clone();
             plan.tasks = tasks.clone();
+            plan.generative = generative.clone();
+            plan.sandbox = sandbox.clone();
+            plan.generative_settings.options.max_tokens = o.eval.task_max_new_tokens;
             if !o.eval.prompts.is_empty() {
                 plan.prompts = Some(PromptSet {
                     prompts: o.eval.prompts.clone(),
@@ -1206,7 +1303,9 @@ pub fn run(
                     min_letters: 12,
                 });
             }
-            let prompts = o.eval.prompts.len() as u64;
+            let prompts = (o.eval.prompts.len()
+                + generative.iter().map(|t| t.examples.len()).sum::<usize>())
+                as u64;
             let bar = crate::progress::bar(prompts, &checkpoint.label, "prompts");
             let evaluation = plan.execute(&model, &tokenizer, device, |done, _| {
                 bar.set_position(done as u64);
@@ -1320,13 +1419,20 @@ fn write_report(
         .collect();
     let mut accuracy: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for name in o.eval.tasks.keys() {
-        accuracy.insert(
-            name.clone(),
-            results
-                .iter()
-                .map(|r| r.tasks.get(name).map_or(f64::NAN, |t| t.acc))
-                .collect(),
-        );
+        let generative = results.iter().any(|r| r.generative.contains_key(name));
+        let values = results
+            .iter()
+            .map(|r| match (r.tasks.get(name), r.generative.get(name)) {
+                (Some(t), _) => t.acc,
+                (None, Some(g)) => g.headline(),
+                (None, None) => f64::NAN,
+            })
+            .collect();
+        let key = match results.iter().find_map(|r| r.generative.get(name)) {
+            Some(g) if generative => format!("{name} ({})", g.metric),
+            _ => name.clone(),
+        };
+        accuracy.insert(key, values);
     }
     let lang_swap: Vec<f64> = results
         .iter()
@@ -1552,6 +1658,37 @@ prompts = ["Привет"]
         assert_eq!(settings.options.stages[0].method, Method::Lora);
         let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo.toml");
         assert!(!is_adapt_config(&demo)?);
+        // The shipped recipes load (their task files come with the test data).
+        for name in [
+            "ru-adapt.toml",
+            "ru-adapt-small.toml",
+            "code-math-adapt.toml",
+        ] {
+            let config = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../configs")
+                .join(name);
+            let settings = AdaptSettings::load(&config)?;
+            assert!(!settings.options.eval.tasks.is_empty(), "{name}");
+        }
+        let code_math = AdaptSettings::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/code-math-adapt.toml"),
+        )?;
+        assert_eq!(
+            code_math.options.eval.tasks["humaneval"].format.as_deref(),
+            Some("humaneval")
+        );
+        let bad_format = write(
+            dir.path(),
+            &MINIMAL.replace(
+                "[eval]\n",
+                "[eval]\ntasks.t = { path = \"recipe.toml\", format = \"humaneva\" }\n",
+            ),
+        );
+        let error = AdaptSettings::load(&bad_format).unwrap_err().to_string();
+        assert!(
+            error.contains("eval.tasks.t.format") && error.contains("humaneva"),
+            "{error}"
+        );
 
         let misspelt = write(
             dir.path(),

@@ -105,6 +105,22 @@ fn the_small_russian_recipe_adapts_smollm2_and_reruns_what_changed() -> Result<(
     for label in &checkpoints {
         let eval = read_json(&out.join("eval").join(format!("{label}.json")))?;
         ensure!(eval["tasks"]["ru_proverbs"]["examples"] == 8, "{label}");
+        // Generative tasks after every stage: HumanEval programs ran in the sandbox, sums were
+        // generated and checked.
+        let code = &eval["generative"]["code_humaneval"];
+        ensure!(
+            code["examples"] == 2 && code["scores"]["pass@1"].is_number(),
+            "{label}: {code}"
+        );
+        ensure!(
+            code["details"][0]["samples"][0]["run"]["status"]["kind"].is_string(),
+            "{label}: {code}"
+        );
+        let sums = &eval["generative"]["en_arithmetic"];
+        ensure!(
+            sums["examples"] == 4 && sums["scores"]["exact_match"].is_number(),
+            "{label}: {sums}"
+        );
         ensure!(
             eval["generation"]["outputs"].as_array().map(Vec::len) == Some(2),
             "{label}"
@@ -157,6 +173,8 @@ fn the_small_russian_recipe_adapts_smollm2_and_reruns_what_changed() -> Result<(
         "## Sample generations",
         "| bpb/en ↓ |",
         "acc/ru_proverbs",
+        "pass@1/code_humaneval",
+        "exact_match/en_arithmetic",
     ] {
         ensure!(markdown.contains(needle), "{needle} missing:\n{markdown}");
     }
