@@ -169,3 +169,178 @@ pub fn generate(
         finish_reason: FinishReason::Length,
     })
 }
+
+/// Where one row of a batched generation stands.
+struct Row {
+    tokens: Vec<u32>,
+    text: String,
+    finish: Option<FinishReason>,
+}
+
+/// Generates one continuation of `prompt` per seed, as a batch: the prompt is read once, its KV cache
+/// repeated, and every row draws with its own seed (row `r` samples as [`generate`] would with
+/// `options.seed = seeds[r]`). Rows that ended wait for the others.
+pub fn generate_samples(
+    model: &CausalLm,
+    tokenizer: &TokenizerFile,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    seeds: &[u64],
+    device: Device,
+) -> Result<Vec<Generation>> {
+    if seeds.len() <= 1 {
+        let mut options = options.clone();
+        if let Some(&seed) = seeds.first() {
+            options.seed = seed;
+        }
+        return Ok(vec![generate(model, tokenizer, prompt, &options, device)?]);
+    }
+    if prompt.is_empty() {
+        return Err(Error::Setting {
+            key: "prompt".into(),
+            reason: "empty prompt".into(),
+        });
+    }
+    let n = seeds.len();
+    let eos = model.config().eos_ids();
+    let filler = eos.first().copied().unwrap_or(0);
+    let ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+    let mut cache = KvCache::default();
+    let mut logits = tch::no_grad(|| {
+        model
+            .next_token_logits(
+                &Tensor::from_slice(&ids).unsqueeze(0).to_device(device),
+                &mut cache,
+            )
+            .repeat([n as i64, 1])
+    });
+    let mut cache = cache.repeat_batch(n as i64);
+    let mut rows: Vec<Row> = (0..n)
+        .map(|_| Row {
+            tokens: Vec::new(),
+            text: String::new(),
+            finish: None,
+        })
+        .collect();
+    let row_options: Vec<GenerateOptions> = seeds
+        .iter()
+        .map(|&seed| GenerateOptions {
+            seed,
+            ..options.clone()
+        })
+        .collect();
+    for step in 0..options.max_tokens {
+        let mut inputs = Vec::with_capacity(n);
+        for (r, row) in rows.iter_mut().enumerate() {
+            if row.finish.is_some() {
+                inputs.push(filler);
+                continue;
+            }
+            let next = pick(&logits.get(r as i64), &row_options[r], step as u64);
+            inputs.push(i64::from(next));
+            if eos.contains(&i64::from(next)) {
+                row.finish = Some(FinishReason::Stop);
+                continue;
+            }
+            row.tokens.push(next);
+            row.text = tokenizer.decode(&row.tokens)?;
+            if let Some(at) = options
+                .stop
+                .iter()
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| row.text.find(s.as_str()))
+                .min()
+            {
+                row.text.truncate(at);
+                row.finish = Some(FinishReason::Stop);
+            }
+        }
+        if rows.iter().all(|r| r.finish.is_some()) || step + 1 == options.max_tokens {
+            break;
+        }
+        logits = tch::no_grad(|| {
+            model.next_token_logits(
+                &Tensor::from_slice(&inputs).unsqueeze(1).to_device(device),
+                &mut cache,
+            )
+        });
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| Generation {
+            text: row.text,
+            tokens: row.tokens,
+            finish_reason: row.finish.unwrap_or(FinishReason::Length),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dapt_trainer::ModelConfig;
+    use tch::nn;
+
+    #[test]
+    fn batched_samples_draw_as_single_generations_do() {
+        tch::manual_seed(11);
+        let tokenizer = TokenizerFile::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../configs/demo/tokenizer.json"),
+        )
+        .unwrap();
+        let config = ModelConfig {
+            vocab_size: tokenizer.vocab_size() as i64,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            max_position_embeddings: 128,
+            ..ModelConfig::default()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = CausalLm::new(&vs.root(), &config).unwrap();
+        let prompt = tokenizer.encode("t", "Пакетный менеджер").unwrap();
+        let options = GenerateOptions {
+            max_tokens: 12,
+            temperature: 1.0,
+            ..GenerateOptions::default()
+        };
+        let seeds = [3, 9, 27, 81];
+        let batched =
+            generate_samples(&model, &tokenizer, &prompt, &options, &seeds, Device::Cpu).unwrap();
+        assert_eq!(batched.len(), 4);
+        for (seed, row) in seeds.iter().zip(&batched) {
+            let single = generate(
+                &model,
+                &tokenizer,
+                &prompt,
+                &GenerateOptions {
+                    seed: *seed,
+                    ..options.clone()
+                },
+                Device::Cpu,
+            )
+            .unwrap();
+            assert_eq!(&single, row, "seed {seed}");
+        }
+        assert_ne!(batched[0].tokens, batched[1].tokens, "seeds draw apart");
+        // A stop string ends one row while the others go on.
+        let stop = batched[2].text.chars().take(3).collect::<String>();
+        let stopped = generate_samples(
+            &model,
+            &tokenizer,
+            &prompt,
+            &GenerateOptions {
+                stop: vec![stop.clone()],
+                ..options.clone()
+            },
+            &seeds,
+            Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(stopped[2].finish_reason, FinishReason::Stop);
+        assert!(!stopped[2].text.contains(&stop));
+    }
+}

@@ -606,9 +606,9 @@ pub struct GenerativeSettings {
     pub max_length: usize,
 }
 
-/// Generates `settings.samples` completions of every problem's context (sample `s` of problem `i`
-/// draws with a seed of (seed, i, s), so results do not depend on how the work is split);
-/// `on_problem` is called after each problem.
+/// Generates `settings.samples` completions of every problem's context, the samples of a problem as
+/// one batch over one reading of its prompt (sample `s` of problem `i` draws with a seed of
+/// (seed, i, s)); `on_problem` is called after each problem.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_completions(
     model: &dapt_trainer::CausalLm,
@@ -654,16 +654,16 @@ pub fn generate_completions(
         if ids.len() > budget {
             ids.drain(..ids.len() - budget);
         }
-        let mut samples = Vec::with_capacity(settings.samples);
-        for s in 0..settings.samples {
-            let mut sample_options = options.clone();
-            sample_options.seed = settings.options.seed
-                ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                ^ (s as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-            let generation = crate::generate(model, tokenizer, &ids, &sample_options, device)?;
-            samples.push(generation.text);
-        }
-        out.push(samples);
+        let seeds: Vec<u64> = (0..settings.samples)
+            .map(|s| {
+                settings.options.seed
+                    ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ (s as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+            })
+            .collect();
+        let generations =
+            crate::generate_samples(model, tokenizer, &ids, &options, &seeds, device)?;
+        out.push(generations.into_iter().map(|g| g.text).collect());
         on_problem();
     }
     Ok(out)

@@ -455,6 +455,18 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.seen == 0
     }
+
+    /// This cache repeated `n` times along the batch: one prompt read once, `n` continuations.
+    pub fn repeat_batch(&self, n: i64) -> Self {
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|(k, v)| (k.repeat([n, 1, 1, 1]), v.repeat([n, 1, 1, 1])))
+                .collect(),
+            seen: self.seen,
+        }
+    }
 }
 
 /// A decoder-only causal language model (Llama 3, Qwen2, Qwen3).
