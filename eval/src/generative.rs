@@ -646,6 +646,8 @@ pub fn generate_completions(
         .saturating_sub(options.max_tokens)
         .max(1);
     let mut out = Vec::with_capacity(contexts.len());
+    let started = std::time::Instant::now();
+    let mut generated = 0usize;
     for (i, context) in contexts.iter().enumerate() {
         let mut ids = tokenizer.encode(&format!("{} problem {i}", task.name), context)?;
         if ids.is_empty() {
@@ -663,9 +665,20 @@ pub fn generate_completions(
             .collect();
         let generations =
             crate::generate_samples(model, tokenizer, &ids, &options, &seeds, device)?;
+        generated += generations.iter().map(|g| g.tokens.len()).sum::<usize>();
         out.push(generations.into_iter().map(|g| g.text).collect());
         on_problem();
     }
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        task = task.name,
+        problems = contexts.len(),
+        samples = settings.samples,
+        tokens = generated,
+        seconds,
+        tokens_per_second = generated as f64 / seconds.max(1e-9),
+        "generated"
+    );
     Ok(out)
 }
 
