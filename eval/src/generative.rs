@@ -686,6 +686,11 @@ pub fn generate_completions(
 mod tests {
     use super::*;
 
+    /// One completion per problem.
+    fn one_each(texts: &[&str]) -> Vec<Vec<String>> {
+        texts.iter().map(|t| vec![(*t).to_string()]).collect()
+    }
+
     fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
@@ -709,10 +714,7 @@ mod tests {
             "Question: Tom has 2 apples and buys 3. How many?\nAnswer: 2 + 3 = 5\n#### 5\n\n\
              Question: A box holds 4 eggs. How many in 3 boxes?\nAnswer:"
         );
-        let completions = vec![
-            vec![" 2 + 3 = 5\n#### 5".to_string()],
-            vec![" 4 * 3 = 13\n#### 13".to_string()],
-        ];
+        let completions = one_each(&[" 2 + 3 = 5\n#### 5", " 4 * 3 = 13\n#### 13"]);
         let result = score_completions(&task, &contexts, &completions, 1, None).unwrap();
         assert_eq!(result.metric, "exact_match");
         assert_eq!(result.scores["exact_match"], 0.5);
@@ -747,17 +749,11 @@ mod tests {
         );
         let task = load_generative_task("basket", &path, GenFormat::Basket).unwrap();
         let contexts = contexts(&task, 0, 0);
-        let completions: Vec<Vec<String>> = ["Это Париж.", "1961 год", "кошка", " 4 "]
-            .iter()
-            .map(|c| vec![(*c).to_string()])
-            .collect();
+        let completions = one_each(&["Это Париж.", "1961 год", "кошка", " 4 "]);
         let result = score_completions(&task, &contexts, &completions, 0, None).unwrap();
         assert_eq!(result.metric, "score");
         assert_eq!(result.scores["score"], 1.0);
-        let wrong: Vec<Vec<String>> = ["Лион", "в 2024", "собака", "5"]
-            .iter()
-            .map(|c| vec![(*c).to_string()])
-            .collect();
+        let wrong = one_each(&["Лион", "в 2024", "собака", "5"]);
         let result = score_completions(&task, &contexts, &wrong, 0, None).unwrap();
         let scores: Vec<f64> = result.details.iter().map(|d| d.samples[0].score).collect();
         assert_eq!([scores[0], scores[1], scores[3]], [0.0, 0.0, 0.0]);
@@ -792,7 +788,7 @@ mod tests {
             contexts[0],
             "Вычисли: 4 + 4\nОтвет: 8\n\nВычисли: 2 + 3\nОтвет:"
         );
-        let completions = vec![vec![" 5 ".to_string()], vec![" 9".to_string()]];
+        let completions = one_each(&[" 5 ", " 9"]);
         let result = score_completions(&task, &contexts, &completions, 1, None).unwrap();
         assert_eq!(result.scores["exact_match"], 0.5);
         let choice = crate::load_task(&path, crate::TaskFormat::MeraChoice).unwrap();
@@ -813,10 +809,7 @@ mod tests {
         let task = load_generative_task("add", &path, GenFormat::BigbenchGen).unwrap();
         assert_eq!(task.examples[0].prompt, "Q: What is 1 plus 2?\nA: ");
         assert_eq!(task.stop, vec!["\n"]);
-        let completions = vec![
-            vec!["3 apples".to_string()],
-            vec!["the answer: 8".to_string()],
-        ];
+        let completions = one_each(&["3 apples", "the answer: 8"]);
         let result =
             score_completions(&task, &contexts(&task, 0, 0), &completions, 0, None).unwrap();
         assert_eq!(result.scores["exact_match"], 0.5);

@@ -342,14 +342,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let generate_options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+        stop: args.stop.clone(),
+    };
     plan.generative_settings = dapt_eval::GenerativeSettings {
-        options: GenerateOptions {
-            max_tokens: args.max_tokens,
-            temperature: args.temperature,
-            top_p: args.top_p,
-            seed: args.seed,
-            stop: args.stop.clone(),
-        },
+        options: generate_options.clone(),
         samples: args.samples,
         num_fewshot: args.num_fewshot,
         max_length,
@@ -363,13 +364,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.prompts {
         plan.prompts = Some(PromptSet {
             prompts: read_jsonl_field(path, "prompt")?,
-            options: GenerateOptions {
-                max_tokens: args.max_tokens,
-                temperature: args.temperature,
-                top_p: args.top_p,
-                seed: args.seed,
-                stop: args.stop.clone(),
-            },
+            options: generate_options,
             target_language: args.target_language.clone(),
             min_letters: args.min_letters,
         });
