@@ -1151,6 +1151,7 @@ pub fn run(
         replace_stale: true,
         dist: None,
         zero1: false,
+        keep_final_checkpoint: false,
     };
     let clock = Instant::now();
     let mut bars: BTreeMap<String, indicatif::ProgressBar> = BTreeMap::new();

@@ -25,6 +25,8 @@ pub mod progress;
 #[cfg(feature = "torch")]
 pub mod run;
 #[cfg(feature = "torch")]
+pub mod search;
+#[cfg(feature = "torch")]
 pub mod sweep;
 pub mod tokenizer;
 

@@ -72,9 +72,12 @@ pub struct SweepOptions {
     /// Token filling the end of rows. Default: the EOS token.
     #[serde(default)]
     pub pad_token: Option<String>,
-    /// The mixtures to try.
-    #[serde(rename = "variant")]
+    /// The mixtures to try (with `[search]` and none given: the mix's own weights, as `mix`).
+    #[serde(rename = "variant", default)]
     pub variants: Vec<VariantOptions>,
+    /// A hyperparameter search over training keys, for every variant (see [`crate::search`]).
+    #[serde(default)]
+    pub search: Option<crate::search::SearchOptions>,
     /// The proxy model trained from scratch (its vocabulary defaults to the tokenizer's) …
     #[serde(default)]
     pub model: Option<ProxyModelOptions>,
@@ -136,6 +139,43 @@ pub struct VariantResult {
     pub metrics: BTreeMap<String, f64>,
 }
 
+/// What one trial of a search measured after one rung.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RungResult {
+    /// Steps trained by then.
+    pub steps: usize,
+    /// Its evaluation metrics.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// One trial of a hyperparameter search.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrialResult {
+    /// Trial name (its directory under `OUT/trials/`).
+    pub name: String,
+    /// The variant (mixture) it trained on.
+    pub variant: String,
+    /// Its training settings.
+    pub settings: crate::search::TrialSettings,
+    /// What it measured after each rung it reached.
+    pub rungs: Vec<RungResult>,
+}
+
+/// The search's outcome.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SearchResults {
+    /// The metric trials are ranked by.
+    pub objective: String,
+    /// Whether a higher value is better.
+    pub higher_is_better: bool,
+    /// Steps of each rung.
+    pub rungs: Vec<usize>,
+    /// Every trial.
+    pub trials: Vec<TrialResult>,
+    /// The best trial that trained all its steps.
+    pub best: Option<String>,
+}
+
 /// `sweep_results.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SweepResults {
@@ -147,6 +187,9 @@ pub struct SweepResults {
     pub variants: Vec<VariantResult>,
     /// The mixture regression, with three or more variants.
     pub regression: Option<Regression>,
+    /// The hyperparameter search, when the sweep has `[search]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchResults>,
 }
 
 /// What a finished sweep wrote.
@@ -181,10 +224,19 @@ pub fn run(file: &Path, out: &Path) -> Result<SweepOutcome> {
     let base_dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mix = Mix::load(&resolve(&base_dir, &options.mix))?;
     let names: Vec<String> = mix.components.iter().map(|c| c.name.clone()).collect();
-    if options.variants.is_empty() {
-        return Err(setting(key("variant".into()), "no [[variant]]"));
-    }
-    for (i, v) in options.variants.iter().enumerate() {
+    let variants: Vec<VariantOptions> = match (&options.search, options.variants.is_empty()) {
+        (_, false) => options.variants.clone(),
+        (Some(_), true) => vec![VariantOptions {
+            name: "mix".into(),
+            weights: mix
+                .components
+                .iter()
+                .map(|c| (c.name.clone(), c.weight))
+                .collect(),
+        }],
+        (None, true) => return Err(setting(key("variant".into()), "no [[variant]]")),
+    };
+    for (i, v) in variants.iter().enumerate() {
         for component in v.weights.keys() {
             if !names.contains(component) {
                 return Err(setting(
@@ -283,8 +335,17 @@ pub fn run(file: &Path, out: &Path) -> Result<SweepOutcome> {
                 "give either [model] (a proxy trained from scratch) or `base` (a model directory)",
             )),
         };
+    let trainee = Trainee {
+        options: &options,
+        base_dir: &base_dir,
+        init,
+        base,
+        tokenizer: &tokenizer,
+        eos,
+    };
     let mut results = Vec::new();
-    for variant in &options.variants {
+    let mut packed_variants = Vec::new();
+    for variant in &variants {
         let dir = out.join("variants").join(&variant.name);
         let assemble = Instant::now();
         let (shares, tokens) = runtime.block_on(assemble_variant(
@@ -297,48 +358,20 @@ pub fn run(file: &Path, out: &Path) -> Result<SweepOutcome> {
             &dir.join("packed"),
         ))?;
         cost.assemble_seconds += assemble.elapsed().as_secs_f64();
-        let train = TrainConfig {
-            options: TrainConfigOptions {
-                seed: sub_seed(options.seed, "sweep-train", 0),
-                model: base.clone(),
-                init: init.clone(),
-                device: dapt_trainer::DeviceChoice::Auto,
-                prefetch_rows: 4096,
-                storage: BTreeMap::new(),
-                stages: vec![dapt_trainer::StageOptions {
-                    name: "train".into(),
-                    data: dir.join("packed").display().to_string(),
-                    heldout: None,
-                    method: options.method,
-                    trainable: dapt_trainer::Trainable::All,
-                    freeze_embeddings_below: None,
-                    train: options.train.clone(),
-                    lora: options.lora.clone(),
-                }],
-            },
-            base_dir: base_dir.clone(),
-            replace_stale: false,
-            dist: None,
-            zero1: false,
-        };
-        let reports = dapt_trainer::run_stages(&train, &dir.join("run"), |_, _| {})?;
-        tracing::info!(variant = %variant.name, loss = reports[0].last_loss, "proxy trained");
-        let eval_path = dir.join("eval.json");
-        let evaluation = match EvalResults::load(&eval_path) {
-            Ok(done) => done,
-            Err(_) => {
-                let results = evaluate(
-                    &options,
-                    &base_dir,
-                    &variant.name,
-                    &dir.join("run/train/model"),
-                    &tokenizer,
-                    eos,
-                )?;
-                write_json(&eval_path, &results)?;
-                results
-            }
-        };
+        if options.search.is_some() {
+            packed_variants.push((variant.name.clone(), dir.join("packed")));
+            continue;
+        }
+        let evaluation = trainee.train_and_evaluate(
+            &variant.name,
+            &dir.join("packed"),
+            &dir.join("run"),
+            &dir.join("eval.json"),
+            options.train.clone(),
+            options.lora.clone(),
+            None,
+            false,
+        )?;
         let total: f64 = variant.weights.values().sum();
         results.push(VariantResult {
             name: variant.name.clone(),
@@ -360,6 +393,11 @@ pub fn run(file: &Path, out: &Path) -> Result<SweepOutcome> {
                 .collect(),
         });
     }
+
+    let search = match &options.search {
+        Some(search) => Some(run_search(&trainee, search, &packed_variants, &out)?),
+        None => None,
+    };
 
     // 5. Summary and regression.
     let objective = options.eval.objective.clone().or_else(|| {
@@ -384,6 +422,7 @@ pub fn run(file: &Path, out: &Path) -> Result<SweepOutcome> {
         data: cost,
         variants: results,
         regression,
+        search,
     };
     write_json(&out.join("sweep_results.json"), &summary)?;
     let (document, charts) = render(&summary);
@@ -527,6 +566,221 @@ async fn assemble_variant(
     Ok((shares, total))
 }
 
+/// What every training run of a sweep shares.
+struct Trainee<'a> {
+    options: &'a SweepOptions,
+    base_dir: &'a Path,
+    init: Option<ProxyModelOptions>,
+    base: Option<PathBuf>,
+    tokenizer: &'a TokenizerFile,
+    eos: u32,
+}
+
+impl Trainee<'_> {
+    /// Trains on `packed` into `run_dir` (resuming from the checkpoint of `previous`, a run of the
+    /// same trial with fewer steps) and evaluates the model into `eval_path`; both reuse what is
+    /// done.
+    #[allow(clippy::too_many_arguments)]
+    fn train_and_evaluate(
+        &self,
+        label: &str,
+        packed: &Path,
+        run_dir: &Path,
+        eval_path: &Path,
+        train: TrainOptions,
+        lora: dapt_trainer::LoraOptions,
+        previous: Option<&Path>,
+        keep_final_checkpoint: bool,
+    ) -> Result<EvalResults> {
+        let stage_dir = run_dir.join("train");
+        if let Some(previous) = previous {
+            let from = previous.join("train");
+            if !stage_dir.join("stage.json").exists() && !stage_dir.join("checkpoints").exists() {
+                copy_dir(&from.join("checkpoints"), &stage_dir.join("checkpoints"))?;
+                let log = from.join("train_log.jsonl");
+                std::fs::copy(&log, stage_dir.join("train_log.jsonl")).map_err(io_error(&log))?;
+            }
+        }
+        let config = TrainConfig {
+            options: TrainConfigOptions {
+                seed: sub_seed(self.options.seed, "sweep-train", 0),
+                model: self.base.clone(),
+                init: self.init.clone(),
+                device: dapt_trainer::DeviceChoice::Auto,
+                prefetch_rows: 4096,
+                storage: BTreeMap::new(),
+                stages: vec![dapt_trainer::StageOptions {
+                    name: "train".into(),
+                    data: packed.display().to_string(),
+                    heldout: None,
+                    method: self.options.method,
+                    trainable: dapt_trainer::Trainable::All,
+                    freeze_embeddings_below: None,
+                    train,
+                    lora,
+                }],
+            },
+            base_dir: self.base_dir.to_path_buf(),
+            replace_stale: false,
+            dist: None,
+            zero1: false,
+            keep_final_checkpoint,
+        };
+        let reports = dapt_trainer::run_stages(&config, run_dir, |_, _| {})?;
+        tracing::info!(run = %label, steps = reports[0].steps, loss = reports[0].last_loss, "trained");
+        if let Ok(done) = EvalResults::load(eval_path) {
+            return Ok(done);
+        }
+        let results = evaluate(
+            self.options,
+            self.base_dir,
+            label,
+            &stage_dir.join("model"),
+            self.tokenizer,
+            self.eos,
+        )?;
+        write_json(eval_path, &results)?;
+        Ok(results)
+    }
+}
+
+/// Copies a directory tree.
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(io_error(to))?;
+    for entry in std::fs::read_dir(from).map_err(io_error(from))? {
+        let entry = entry.map_err(io_error(from))?;
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target).map_err(io_error(&entry.path()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The trials of `[search]` over every variant, by successive halving when asked.
+fn run_search(
+    trainee: &Trainee,
+    search: &crate::search::SearchOptions,
+    variants: &[(String, PathBuf)],
+    out: &Path,
+) -> Result<SearchResults> {
+    let options = trainee.options;
+    let combinations = crate::search::expand(search, options.seed)?;
+    let full = options.train.steps;
+    let rungs = crate::search::rungs(search.halving.as_ref(), full)?;
+    let eta = search.halving.as_ref().map_or(2, |h| h.eta);
+    let mut trials = Vec::new();
+    let mut prepared = Vec::new();
+    for (variant, packed) in variants {
+        for (j, settings) in combinations.iter().enumerate() {
+            let (train, lora) = crate::search::apply(&options.train, &options.lora, settings)?;
+            let name = if variants.len() == 1 {
+                format!("t{j}")
+            } else {
+                format!("{variant}-t{j}")
+            };
+            tracing::info!(trial = %name, settings = %crate::search::describe(settings), "trial");
+            trials.push(TrialResult {
+                name,
+                variant: variant.clone(),
+                settings: settings.clone(),
+                rungs: Vec::new(),
+            });
+            prepared.push((packed.clone(), train, lora));
+        }
+    }
+    if search.halving.is_some() && prepared.iter().any(|(_, train, _)| train.steps != full) {
+        return Err(setting(
+            "search.space.steps",
+            "successive halving sets each rung's steps itself: search `steps` without [search.halving]",
+        ));
+    }
+    let mut objective: Option<(String, bool)> = None;
+    let mut alive: Vec<usize> = (0..trials.len()).collect();
+    for (r, &steps) in rungs.iter().enumerate() {
+        let last = r + 1 == rungs.len();
+        for &t in &alive {
+            let (packed, train, lora) = &prepared[t];
+            let mut train = train.clone();
+            if !last {
+                train.schedule_steps = Some(train.steps);
+                train.steps = steps;
+            }
+            let trial_dir = out.join("trials").join(&trials[t].name);
+            let run_dir = trial_dir.join(format!("steps-{}", train.steps));
+            let previous = (r > 0).then(|| trial_dir.join(format!("steps-{}", rungs[r - 1])));
+            let evaluation = trainee.train_and_evaluate(
+                &trials[t].name,
+                packed,
+                &run_dir,
+                &run_dir.join("eval.json"),
+                train,
+                lora.clone(),
+                previous.as_deref(),
+                !last,
+            )?;
+            let measured = evaluation.metrics();
+            if objective.is_none() {
+                let wanted = options.eval.objective.clone();
+                objective = measured
+                    .iter()
+                    .find(|(n, _, _)| wanted.as_deref().is_none_or(|w| w == n))
+                    .map(|(n, _, higher)| (n.clone(), *higher));
+                if objective.is_none() {
+                    return Err(setting(
+                        "eval.objective",
+                        format!("{wanted:?} is not among the measured metrics"),
+                    ));
+                }
+            }
+            trials[t].rungs.push(RungResult {
+                steps: if last { prepared[t].1.steps } else { steps },
+                metrics: measured.into_iter().map(|(n, v, _)| (n, v)).collect(),
+            });
+        }
+        if !last {
+            let (name, higher) = objective.clone().unwrap_or_default();
+            let scores: Vec<(usize, f64)> = alive
+                .iter()
+                .map(|&t| {
+                    let value = trials[t]
+                        .rungs
+                        .last()
+                        .and_then(|rung| rung.metrics.get(&name).copied())
+                        .unwrap_or(f64::NAN);
+                    (t, value)
+                })
+                .collect();
+            alive = crate::search::survivors(&scores, higher, eta);
+            tracing::info!(rung = r, steps, kept = alive.len(), "successive halving");
+        }
+    }
+    let (objective, higher_is_better) = objective.unwrap_or_default();
+    let finals: Vec<(usize, f64)> = alive
+        .iter()
+        .map(|&t| {
+            let value = trials[t]
+                .rungs
+                .last()
+                .and_then(|rung| rung.metrics.get(&objective).copied())
+                .unwrap_or(f64::NAN);
+            (t, value)
+        })
+        .collect();
+    let best = crate::search::survivors(&finals, higher_is_better, usize::MAX)
+        .first()
+        .map(|&t| trials[t].name.clone());
+    Ok(SearchResults {
+        objective,
+        higher_is_better,
+        rungs,
+        trials,
+        best,
+    })
+}
+
 fn evaluate(
     options: &SweepOptions,
     base_dir: &Path,
@@ -614,7 +868,72 @@ fn render(summary: &SweepResults) -> (String, Vec<(String, String)>) {
         }
         doc.push('\n');
     }
-    doc.push_str("\nWeights as asked (token shares as assembled).\n");
+    if !summary.variants.is_empty() {
+        doc.push_str("\nWeights as asked (token shares as assembled).\n");
+    }
+    if let Some(search) = &summary.search {
+        let _ = writeln!(
+            doc,
+            "\n## Hyperparameter search\n\n{} trials ranked by `{}` ({} is better); rungs at {} steps.\n",
+            search.trials.len(),
+            search.objective,
+            if search.higher_is_better { "higher" } else { "lower" },
+            search
+                .rungs
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        doc.push_str("| trial | variant | settings |");
+        for steps in &search.rungs {
+            let _ = write!(doc, " {} @ {steps} |", search.objective);
+        }
+        doc.push_str("\n|---|---|---|");
+        doc.push_str(&"---:|".repeat(search.rungs.len()));
+        doc.push('\n');
+        for trial in &search.trials {
+            let _ = write!(
+                doc,
+                "| {} | {} | {} |",
+                trial.name,
+                trial.variant,
+                crate::search::describe(&trial.settings)
+            );
+            for i in 0..search.rungs.len() {
+                match trial
+                    .rungs
+                    .get(i)
+                    .and_then(|r| r.metrics.get(&search.objective))
+                {
+                    Some(v) => {
+                        let _ = write!(doc, " {v:.4} |");
+                    }
+                    None => doc.push_str(" stopped |"),
+                }
+            }
+            doc.push('\n');
+        }
+        if let Some(best) = search
+            .trials
+            .iter()
+            .find(|t| Some(&t.name) == search.best.as_ref())
+        {
+            let _ = writeln!(
+                doc,
+                "\nBest: **{}** ({}; variant {}): `{}` {:.4}.",
+                best.name,
+                crate::search::describe(&best.settings),
+                best.variant,
+                search.objective,
+                best.rungs
+                    .last()
+                    .and_then(|r| r.metrics.get(&search.objective))
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            );
+        }
+    }
     if let Some(r) = &summary.regression {
         let _ = writeln!(
             doc,

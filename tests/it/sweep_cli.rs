@@ -245,3 +245,121 @@ fn sweep_rejects_unknown_components() -> Result<()> {
     );
     Ok(())
 }
+
+/// A hyperparameter search over `lora.r` × `learning_rate` by successive halving: four trials train
+/// 10 steps, the better two go on to 20, the best to 40 — resumed from their checkpoints, so the
+/// winner's model is what a straight 40-step run of its settings gives. The planted best (the
+/// learning rate that moves the model at all) wins; a rerun reuses every trial.
+#[test]
+fn search_halves_trials_and_continues_the_best() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let search_toml = "method = \"lora\"\n[lora]\nr = 4\ndropout = 0.0\n\
+                  [search.space]\nlearning_rate = [1e-5, 3e-2]\n\"lora.r\" = [2, 8]\n\
+                  [search.halving]\nmin_steps = 10\neta = 2\n";
+    let sweep = files(dir.path(), search_toml)?;
+    let out = dir.path().join("out");
+    let stdout = run_ok(&[
+        "sweep",
+        sweep.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])?;
+    ensure!(stdout.contains("## Hyperparameter search"), "{stdout}");
+    let first = results(&out)?;
+    let search = &first["search"];
+    ensure!(search["objective"] == "bpb/ru" && search["higher_is_better"] == false);
+    ensure!(
+        search["rungs"] == serde_json::json!([10, 20, 40]),
+        "{search}"
+    );
+    let trials = search["trials"].as_array().unwrap();
+    ensure!(trials.len() == 4);
+    let reached = |t: &serde_json::Value| t["rungs"].as_array().map_or(0, Vec::len);
+    let mut counts: Vec<usize> = trials.iter().map(reached).collect();
+    counts.sort_unstable();
+    ensure!(counts == [1, 1, 2, 3], "4 → 2 → 1: {counts:?}");
+    for t in trials {
+        if t["settings"]["learning_rate"] == 1e-5 {
+            ensure!(
+                reached(t) == 1,
+                "the useless learning rate stops first: {t}"
+            );
+        }
+    }
+    let best = trials.iter().find(|t| t["name"] == search["best"]).unwrap();
+    ensure!(
+        best["settings"]["learning_rate"] == 3e-2 && reached(best) == 3,
+        "{best}"
+    );
+    let markdown = std::fs::read_to_string(out.join("sweep.md"))?;
+    ensure!(
+        markdown.contains("Best: **") && markdown.contains("stopped"),
+        "{markdown}"
+    );
+
+    // The winner's 40 steps equal a straight run of its settings: same losses, same score.
+    let r = best["settings"]["lora.r"].clone();
+    let straight = files(
+        dir.path(),
+        &format!(
+            "method = \"lora\"\n[lora]\nr = 4\ndropout = 0.0\n\
+             [search.space]\nlearning_rate = [3e-2]\n\"lora.r\" = [{r}]\n"
+        ),
+    )?;
+    let straight_out = dir.path().join("straight");
+    std::fs::create_dir_all(&straight_out)?;
+    copy_dir(&out.join("components"), &straight_out.join("components"))?;
+    run_ok(&[
+        "sweep",
+        straight.to_str().unwrap(),
+        "--out",
+        straight_out.to_str().unwrap(),
+    ])?;
+    let once = results(&straight_out)?;
+    let losses = |path: std::path::PathBuf| -> Result<Vec<f64>> {
+        std::fs::read_to_string(path)?
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l)?;
+                Ok(v["loss"].as_f64().unwrap_or(f64::NAN))
+            })
+            .collect()
+    };
+    let halved = losses(
+        out.join("trials")
+            .join(best["name"].as_str().unwrap())
+            .join("steps-40/train/train_log.jsonl"),
+    )?;
+    let direct = losses(straight_out.join("trials/t0/steps-40/train/train_log.jsonl"))?;
+    ensure!(
+        halved.len() == 40 && halved == direct,
+        "{halved:?}\n{direct:?}"
+    );
+    ensure!(
+        once["search"]["trials"][0]["rungs"][0]["metrics"]["bpb/ru"]
+            == best["rungs"][2]["metrics"]["bpb/ru"]
+    );
+
+    // A rerun trains nothing again and ranks the same.
+    let log = out
+        .join("trials")
+        .join(best["name"].as_str().unwrap())
+        .join("steps-40/train/train_log.jsonl");
+    let before = std::fs::read(&log)?;
+    let sweep = files(dir.path(), search_toml)?;
+    run_ok(&[
+        "sweep",
+        sweep.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])?;
+    ensure!(std::fs::read(&log)? == before);
+    let again = results(&out)?;
+    ensure!(
+        again["search"] == first["search"],
+        "{}\n{}",
+        again["search"],
+        first["search"]
+    );
+    Ok(())
+}

@@ -155,6 +155,8 @@ pub struct TrainConfig {
     pub dist: Option<Arc<Dist>>,
     /// ZeRO-1 optimiser-state sharding over the ranks (same results, less memory per rank).
     pub zero1: bool,
+    /// Keep a finished stage's last checkpoint (a later run with more steps resumes from it).
+    pub keep_final_checkpoint: bool,
 }
 
 impl TrainConfig {
@@ -175,6 +177,7 @@ impl TrainConfig {
             replace_stale: false,
             dist: None,
             zero1: false,
+            keep_final_checkpoint: false,
         };
         config.validate().map_err(invalid(path.display()))?;
         Ok(config)
@@ -449,7 +452,9 @@ pub fn run_stages(
             let json =
                 serde_json::to_string_pretty(&report).map_err(json_error(report_path.display()))?;
             write_atomically(&report_path, (json + "\n").as_bytes())?;
-            let _ = std::fs::remove_dir_all(stage_dir.join("checkpoints"));
+            if !config.keep_final_checkpoint {
+                let _ = std::fs::remove_dir_all(stage_dir.join("checkpoints"));
+            }
         }
         if let Some(dist) = dist {
             // The other ranks load this stage's model next.

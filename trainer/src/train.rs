@@ -75,6 +75,11 @@ pub struct TrainOptions {
     /// Multiplies the learning rate of the embedding tables and of trainable embedding rows (new
     /// tokens' rows learn from few occurrences; a LoRA stage's adapters keep `learning_rate`).
     pub embedding_lr_scale: f64,
+    /// The steps the learning-rate schedule decays over (default: `steps`). A run of fewer steps
+    /// with the horizon of a longer one is the start of that run: successive halving stops trials
+    /// at a budget and continues the best from their checkpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_steps: Option<usize>,
 }
 
 impl Default for TrainOptions {
@@ -99,6 +104,7 @@ impl Default for TrainOptions {
             eval_every: 0,
             peak_tflops: 0.0,
             embedding_lr_scale: 1.0,
+            schedule_steps: None,
         }
     }
 }
@@ -183,7 +189,8 @@ impl TrainOptions {
         if step < self.warmup_steps {
             return peak * (step + 1) as f64 / self.warmup_steps as f64;
         }
-        let decay_steps = self.steps.saturating_sub(self.warmup_steps).max(1);
+        let horizon = self.schedule_steps.unwrap_or(self.steps);
+        let decay_steps = horizon.saturating_sub(self.warmup_steps).max(1);
         let progress = ((step - self.warmup_steps) as f64 / decay_steps as f64).min(1.0);
         let floor = peak * self.min_lr_ratio;
         match self.schedule {
