@@ -202,11 +202,9 @@ pub fn generate_samples(
         });
     }
     let n = seeds.len();
-    let eos = model.config().eos_ids();
-    let filler = eos.first().copied().unwrap_or(0);
     let ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
     let mut cache = KvCache::default();
-    let mut logits = tch::no_grad(|| {
+    let logits = tch::no_grad(|| {
         model
             .next_token_logits(
                 &Tensor::from_slice(&ids).unsqueeze(0).to_device(device),
@@ -214,7 +212,73 @@ pub fn generate_samples(
             )
             .repeat([n as i64, 1])
     });
-    let mut cache = cache.repeat_batch(n as i64);
+    let cache = cache.repeat_batch(n as i64);
+    decode_rows(model, tokenizer, logits, cache, options, seeds, device)
+}
+
+/// Generates a continuation of each prompt with its seed, as one batch: the prompts are padded on
+/// the left to end together (the padding is masked and each row's positions start at its first
+/// token), then decoded a token per row per step. Row `r` draws as [`generate`] would for
+/// `prompts[r]` with `options.seed = seeds[r]`.
+pub fn generate_batch(
+    model: &CausalLm,
+    tokenizer: &TokenizerFile,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+    seeds: &[u64],
+    device: Device,
+) -> Result<Vec<Generation>> {
+    if prompts.len() != seeds.len() {
+        return Err(Error::Setting {
+            key: "seeds".into(),
+            reason: format!("{} prompts but {} seeds", prompts.len(), seeds.len()),
+        });
+    }
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(Error::Request {
+            index: i,
+            reason: "empty prompt".into(),
+        });
+    }
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let filler = model.config().eos_ids().first().copied().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * longest);
+    let mut pads = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        let pad = longest - prompt.len();
+        pads.push(pad as i64);
+        ids.extend(std::iter::repeat_n(filler, pad));
+        ids.extend(prompt.iter().map(|&t| i64::from(t)));
+    }
+    let mut cache = KvCache::left_padded(pads);
+    let logits = tch::no_grad(|| {
+        model.next_token_logits(
+            &Tensor::from_slice(&ids)
+                .view([prompts.len() as i64, longest as i64])
+                .to_device(device),
+            &mut cache,
+        )
+    });
+    decode_rows(model, tokenizer, logits, cache, options, seeds, device)
+}
+
+/// The decoding loop of a batch: `logits` `[n, vocab]` of each row's next token after what `cache`
+/// holds; row `r` samples with `seeds[r]`; rows that ended wait for the others.
+fn decode_rows(
+    model: &CausalLm,
+    tokenizer: &TokenizerFile,
+    mut logits: Tensor,
+    mut cache: KvCache,
+    options: &GenerateOptions,
+    seeds: &[u64],
+    device: Device,
+) -> Result<Vec<Generation>> {
+    let n = seeds.len();
+    let eos = model.config().eos_ids();
+    let filler = eos.first().copied().unwrap_or(0);
     let mut rows: Vec<Row> = (0..n)
         .map(|_| Row {
             tokens: Vec::new(),
@@ -326,6 +390,45 @@ mod tests {
             assert_eq!(&single, row, "seed {seed}");
         }
         assert_ne!(batched[0].tokens, batched[1].tokens, "seeds draw apart");
+        // Prompts of different lengths in one left-padded batch: each row as alone.
+        let prompts: Vec<Vec<u32>> = [
+            "Пакетный менеджер",
+            "Файл",
+            "Система устанавливает пакеты и",
+        ]
+        .iter()
+        .map(|p| tokenizer.encode("t", p).unwrap())
+        .collect();
+        assert!(prompts[1].len() < prompts[0].len() && prompts[0].len() < prompts[2].len());
+        for temperature in [0.0, 1.0] {
+            let options = GenerateOptions {
+                temperature,
+                ..options.clone()
+            };
+            let rows = generate_batch(
+                &model,
+                &tokenizer,
+                &prompts,
+                &options,
+                &[5, 6, 7],
+                Device::Cpu,
+            )
+            .unwrap();
+            for ((prompt, seed), row) in prompts.iter().zip([5, 6, 7]).zip(&rows) {
+                let alone = generate(
+                    &model,
+                    &tokenizer,
+                    prompt,
+                    &GenerateOptions {
+                        seed,
+                        ..options.clone()
+                    },
+                    Device::Cpu,
+                )
+                .unwrap();
+                assert_eq!(&alone, row, "temperature {temperature}, seed {seed}");
+            }
+        }
         // A stop string ends one row while the others go on.
         let stop = batched[2].text.chars().take(3).collect::<String>();
         let stopped = generate_samples(

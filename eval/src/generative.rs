@@ -604,11 +604,13 @@ pub struct GenerativeSettings {
     pub num_fewshot: usize,
     /// Longest prompt plus completion in tokens; longer prompts keep their end.
     pub max_length: usize,
+    /// Completions generated at once (problems × samples, prompts padded on the left).
+    pub batch_size: usize,
 }
 
-/// Generates `settings.samples` completions of every problem's context, the samples of a problem as
-/// one batch over one reading of its prompt (sample `s` of problem `i` draws with a seed of
-/// (seed, i, s)); `on_problem` is called after each problem.
+/// Generates `settings.samples` completions of every problem's context, `settings.batch_size` rows
+/// (problem, sample) at a time (sample `s` of problem `i` draws with a seed of (seed, i, s));
+/// `on_problem` is called after each problem.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_completions(
     model: &dapt_trainer::CausalLm,
@@ -645,9 +647,10 @@ pub fn generate_completions(
         .max_length
         .saturating_sub(options.max_tokens)
         .max(1);
-    let mut out = Vec::with_capacity(contexts.len());
     let started = std::time::Instant::now();
     let mut generated = 0usize;
+    // Every (problem, sample) row with its prompt and seed, generated a batch at a time.
+    let mut prompts = Vec::with_capacity(contexts.len());
     for (i, context) in contexts.iter().enumerate() {
         let mut ids = tokenizer.encode(&format!("{} problem {i}", task.name), context)?;
         if ids.is_empty() {
@@ -656,18 +659,33 @@ pub fn generate_completions(
         if ids.len() > budget {
             ids.drain(..ids.len() - budget);
         }
-        let seeds: Vec<u64> = (0..settings.samples)
-            .map(|s| {
-                settings.options.seed
-                    ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    ^ (s as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+        prompts.push(ids);
+    }
+    let rows: Vec<(usize, u64)> = (0..contexts.len())
+        .flat_map(|i| {
+            (0..settings.samples).map(move |s| {
+                (
+                    i,
+                    settings.options.seed
+                        ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        ^ (s as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+                )
             })
-            .collect();
+        })
+        .collect();
+    let mut out: Vec<Vec<String>> = vec![Vec::with_capacity(settings.samples); contexts.len()];
+    for chunk in rows.chunks(settings.batch_size.max(1)) {
+        let batch: Vec<Vec<u32>> = chunk.iter().map(|&(i, _)| prompts[i].clone()).collect();
+        let seeds: Vec<u64> = chunk.iter().map(|&(_, seed)| seed).collect();
         let generations =
-            crate::generate_samples(model, tokenizer, &ids, &options, &seeds, device)?;
-        generated += generations.iter().map(|g| g.tokens.len()).sum::<usize>();
-        out.push(generations.into_iter().map(|g| g.text).collect());
-        on_problem();
+            crate::generate_batch(model, tokenizer, &batch, &options, &seeds, device)?;
+        for (&(i, _), generation) in chunk.iter().zip(generations) {
+            generated += generation.tokens.len();
+            out[i].push(generation.text);
+            if out[i].len() == settings.samples {
+                on_problem();
+            }
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(

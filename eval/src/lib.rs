@@ -27,7 +27,9 @@ mod text;
 
 pub use answers::{answers_match, chrf, extract_answer, pass_at_k, AnswerMetric};
 pub use error::{Error, Result};
-pub use generate::{generate, generate_samples, FinishReason, GenerateOptions, Generation};
+pub use generate::{
+    generate, generate_batch, generate_samples, FinishReason, GenerateOptions, Generation,
+};
 pub use generative::{
     contexts, generate_completions, load_generative_task, needs_sandbox, read_completions,
     score_completions, Check, GenExample, GenFormat, GenTaskSet, GenerativeDetail,

@@ -122,6 +122,7 @@ impl EvalPlan {
                 samples: 1,
                 num_fewshot: 0,
                 max_length,
+                batch_size: 8,
             },
             sandbox: None,
             chat_template: None,
@@ -212,6 +213,7 @@ impl EvalPlan {
         for task in &self.generative {
             let settings = crate::GenerativeSettings {
                 max_length: self.max_length,
+                batch_size: self.batch_size,
                 ..self.generative_settings.clone()
             };
             if crate::needs_sandbox(task) && self.sandbox.is_none() {

@@ -161,7 +161,8 @@ pub struct EvalArgs {
     /// Lang-swap: spans with fewer letters are not judged.
     #[arg(long, default_value_t = 12)]
     min_letters: usize,
-    /// Requests per forward pass (results do not depend on it).
+    /// Requests per forward pass (log-likelihoods do not depend on it), and completions generated
+    /// at once for generative tasks.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
     /// Longest input in tokens (default: the model's max_position_embeddings, at most 2048).
@@ -354,6 +355,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         samples: args.samples,
         num_fewshot: args.num_fewshot,
         max_length,
+        batch_size: args.batch_size,
     };
     if let Some(spec) = &args.chat_template {
         plan.chat_template = Some(std::sync::Arc::new(args.checkpoint.chat_template(spec)?));

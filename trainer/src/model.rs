@@ -443,6 +443,8 @@ pub struct TargetScores {
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
     seen: i64,
+    /// Left padding of each row (prompts of different lengths in one batch); empty: none.
+    pads: Vec<i64>,
 }
 
 impl KvCache {
@@ -465,6 +467,23 @@ impl KvCache {
                 .map(|(k, v)| (k.repeat([n, 1, 1, 1]), v.repeat([n, 1, 1, 1])))
                 .collect(),
             seen: self.seen,
+            pads: self
+                .pads
+                .iter()
+                .cycle()
+                .take(self.pads.len() * n as usize)
+                .copied()
+                .collect(),
+        }
+    }
+
+    /// An empty cache for a batch whose row `b` starts with `pads[b]` padding tokens (prompts of
+    /// different lengths, padded on the left so that they end together): the padding is never
+    /// attended to and each row's positions count from its first real token.
+    pub fn left_padded(pads: Vec<i64>) -> Self {
+        Self {
+            pads,
+            ..Self::default()
         }
     }
 }
@@ -926,13 +945,29 @@ impl CausalLm {
         let (b, t) = (size[0], size[1]);
         let device = input_ids.device();
         let past = cache.seen;
-        let positions = Tensor::arange_start(past, past + t, (Kind::Int64, device))
-            .unsqueeze(0)
-            .expand([b, t], false);
-        // Query i (at position past + i) sees keys 0..=past + i.
-        let query = Tensor::arange_start(past, past + t, (Kind::Int64, device)).unsqueeze(1);
+        let columns = Tensor::arange_start(past, past + t, (Kind::Int64, device));
+        // Query i (at column past + i) sees keys 0..=past + i.
+        let query = columns.unsqueeze(1);
         let key = Tensor::arange(past + t, (Kind::Int64, device)).unsqueeze(0);
-        let mask = key.le_tensor(&query).unsqueeze(0).unsqueeze(0);
+        let causal = key.le_tensor(&query);
+        let (positions, mask) = if cache.pads.is_empty() {
+            (
+                columns.unsqueeze(0).expand([b, t], false),
+                causal.unsqueeze(0).unsqueeze(0),
+            )
+        } else {
+            // Row r: positions count from its first real column; padding keys are masked (a
+            // padding query sees itself, so that no row of the softmax is empty).
+            let pads = Tensor::from_slice(&cache.pads).to_device(device);
+            let positions = (columns.unsqueeze(0) - pads.unsqueeze(1)).clamp_min(0);
+            let real_key = key.ge_tensor(&pads.unsqueeze(1)).unsqueeze(1);
+            let itself = key.eq_tensor(&query).unsqueeze(0);
+            let mask = causal
+                .unsqueeze(0)
+                .logical_and(&real_key.logical_or(&itself))
+                .unsqueeze(1);
+            (positions, mask)
+        };
         let hidden = self.decode(
             input_ids,
             &positions,
