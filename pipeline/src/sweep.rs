@@ -161,6 +161,16 @@ pub struct TrialResult {
     pub rungs: Vec<RungResult>,
 }
 
+impl TrialResult {
+    /// A metric after the last rung the trial reached (NaN when it was not measured).
+    pub fn latest(&self, metric: &str) -> f64 {
+        self.rungs
+            .last()
+            .and_then(|rung| rung.metrics.get(metric).copied())
+            .unwrap_or(f64::NAN)
+    }
+}
+
 /// The search's outcome.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SearchResults {
@@ -744,14 +754,7 @@ fn run_search(
             let (name, higher) = objective.clone().unwrap_or_default();
             let scores: Vec<(usize, f64)> = alive
                 .iter()
-                .map(|&t| {
-                    let value = trials[t]
-                        .rungs
-                        .last()
-                        .and_then(|rung| rung.metrics.get(&name).copied())
-                        .unwrap_or(f64::NAN);
-                    (t, value)
-                })
+                .map(|&t| (t, trials[t].latest(&name)))
                 .collect();
             alive = crate::search::survivors(&scores, higher, eta);
             tracing::info!(rung = r, steps, kept = alive.len(), "successive halving");
@@ -760,14 +763,7 @@ fn run_search(
     let (objective, higher_is_better) = objective.unwrap_or_default();
     let finals: Vec<(usize, f64)> = alive
         .iter()
-        .map(|&t| {
-            let value = trials[t]
-                .rungs
-                .last()
-                .and_then(|rung| rung.metrics.get(&objective).copied())
-                .unwrap_or(f64::NAN);
-            (t, value)
-        })
+        .map(|&t| (t, trials[t].latest(&objective)))
         .collect();
     let best = crate::search::survivors(&finals, higher_is_better, usize::MAX)
         .first()
@@ -926,11 +922,7 @@ fn render(summary: &SweepResults) -> (String, Vec<(String, String)>) {
                 crate::search::describe(&best.settings),
                 best.variant,
                 search.objective,
-                best.rungs
-                    .last()
-                    .and_then(|r| r.metrics.get(&search.objective))
-                    .copied()
-                    .unwrap_or(f64::NAN)
+                best.latest(&search.objective)
             );
         }
     }

@@ -79,6 +79,16 @@ const THREE: &str =
      [[variant]]\nname = \"balanced\"\nweights = { ru = 0.34, en = 0.33, code = 0.33 }\n\
      [[variant]]\nname = \"code-heavy\"\nweights = { ru = 0.1, en = 0.1, code = 0.8 }\n";
 
+/// `dapt sweep FILE --out OUT`; its stdout.
+fn sweep(file: &Path, out: &Path) -> Result<String> {
+    run_ok(&[
+        "sweep",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 fn results(dir: &Path) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&std::fs::read(
         dir.join("sweep_results.json"),
@@ -256,14 +266,9 @@ fn search_halves_trials_and_continues_the_best() -> Result<()> {
     let search_toml = "method = \"lora\"\n[lora]\nr = 4\ndropout = 0.0\n\
                   [search.space]\nlearning_rate = [1e-5, 3e-2]\n\"lora.r\" = [2, 8]\n\
                   [search.halving]\nmin_steps = 10\neta = 2\n";
-    let sweep = files(dir.path(), search_toml)?;
+    let file = files(dir.path(), search_toml)?;
     let out = dir.path().join("out");
-    let stdout = run_ok(&[
-        "sweep",
-        sweep.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ])?;
+    let stdout = sweep(&file, &out)?;
     ensure!(stdout.contains("## Hyperparameter search"), "{stdout}");
     let first = results(&out)?;
     let search = &first["search"];
@@ -309,12 +314,7 @@ fn search_halves_trials_and_continues_the_best() -> Result<()> {
     let straight_out = dir.path().join("straight");
     std::fs::create_dir_all(&straight_out)?;
     copy_dir(&out.join("components"), &straight_out.join("components"))?;
-    run_ok(&[
-        "sweep",
-        straight.to_str().unwrap(),
-        "--out",
-        straight_out.to_str().unwrap(),
-    ])?;
+    sweep(&straight, &straight_out)?;
     let once = results(&straight_out)?;
     let losses = |path: std::path::PathBuf| -> Result<Vec<f64>> {
         std::fs::read_to_string(path)?
@@ -346,13 +346,8 @@ fn search_halves_trials_and_continues_the_best() -> Result<()> {
         .join(best["name"].as_str().unwrap())
         .join("steps-40/train/train_log.jsonl");
     let before = std::fs::read(&log)?;
-    let sweep = files(dir.path(), search_toml)?;
-    run_ok(&[
-        "sweep",
-        sweep.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ])?;
+    let file = files(dir.path(), search_toml)?;
+    sweep(&file, &out)?;
     ensure!(std::fs::read(&log)? == before);
     let again = results(&out)?;
     ensure!(
