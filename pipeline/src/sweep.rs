@@ -960,5 +960,35 @@ fn render(summary: &SweepResults) -> (String, Vec<(String, String)>) {
         let _ = writeln!(doc, "\n![{m}](plots/{name}.svg)");
         charts.push((name, dapt_eval::bar_chart(m, &labels, &values)));
     }
+    if let Some(search) = &summary.search {
+        // Each trial's objective at the last rung it reached, labelled with its settings.
+        let labels: Vec<String> = search
+            .trials
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}{} ({}) @ {}",
+                    if Some(&t.name) == search.best.as_ref() {
+                        "★ "
+                    } else {
+                        ""
+                    },
+                    t.name,
+                    crate::search::describe(&t.settings),
+                    t.rungs.last().map_or(0, |r| r.steps)
+                )
+            })
+            .collect();
+        let values: Vec<Option<f64>> = search
+            .trials
+            .iter()
+            .map(|t| Some(t.latest(&search.objective)).filter(|v| !v.is_nan()))
+            .collect();
+        let _ = writeln!(doc, "\n![trials](plots/search.svg)");
+        charts.push((
+            "search".to_string(),
+            dapt_eval::bar_chart(&search.objective, &labels, &values),
+        ));
+    }
     (doc, charts)
 }

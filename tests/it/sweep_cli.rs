@@ -301,6 +301,11 @@ fn search_halves_trials_and_continues_the_best() -> Result<()> {
         markdown.contains("Best: **") && markdown.contains("stopped"),
         "{markdown}"
     );
+    let chart = std::fs::read_to_string(out.join("plots/search.svg"))?;
+    ensure!(
+        chart.contains("<svg") && chart.contains("★ ") && chart.contains("learning_rate=0.03"),
+        "the chart names the best settings"
+    );
 
     // The winner's 40 steps equal a straight run of its settings: same losses, same score.
     let r = best["settings"]["lora.r"].clone();
