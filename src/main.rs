@@ -59,7 +59,8 @@ enum Command {
     /// Serve a checkpoint over an OpenAI-compatible /v1/completions endpoint.
     #[cfg(feature = "torch")]
     Serve(commands::eval::ServeArgs),
-    /// Ablations over mixtures: components tokenised once, a proxy trained and evaluated per variant.
+    /// Ablations over mixtures and training settings: components tokenised once, a proxy trained and
+    /// evaluated per variant or trial; hyperparameter search by grid, random draw, successive halving.
     #[cfg(feature = "torch")]
     Sweep(commands::sweep::SweepArgs),
 }
