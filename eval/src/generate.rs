@@ -177,45 +177,6 @@ struct Row {
     finish: Option<FinishReason>,
 }
 
-/// Generates one continuation of `prompt` per seed, as a batch: the prompt is read once, its KV cache
-/// repeated, and every row draws with its own seed (row `r` samples as [`generate`] would with
-/// `options.seed = seeds[r]`). Rows that ended wait for the others.
-pub fn generate_samples(
-    model: &CausalLm,
-    tokenizer: &TokenizerFile,
-    prompt: &[u32],
-    options: &GenerateOptions,
-    seeds: &[u64],
-    device: Device,
-) -> Result<Vec<Generation>> {
-    if seeds.len() <= 1 {
-        let mut options = options.clone();
-        if let Some(&seed) = seeds.first() {
-            options.seed = seed;
-        }
-        return Ok(vec![generate(model, tokenizer, prompt, &options, device)?]);
-    }
-    if prompt.is_empty() {
-        return Err(Error::Setting {
-            key: "prompt".into(),
-            reason: "empty prompt".into(),
-        });
-    }
-    let n = seeds.len();
-    let ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
-    let mut cache = KvCache::default();
-    let logits = tch::no_grad(|| {
-        model
-            .next_token_logits(
-                &Tensor::from_slice(&ids).unsqueeze(0).to_device(device),
-                &mut cache,
-            )
-            .repeat([n as i64, 1])
-    });
-    let cache = cache.repeat_batch(n as i64);
-    decode_rows(model, tokenizer, logits, cache, options, seeds, device)
-}
-
 /// Generates a continuation of each prompt with its seed, as one batch: the prompts are padded on
 /// the left to end together (the padding is masked and each row's positions start at its first
 /// token), then decoded a token per row per step. Row `r` draws as [`generate`] would for
@@ -372,8 +333,9 @@ mod tests {
             ..GenerateOptions::default()
         };
         let seeds = [3, 9, 27, 81];
+        let same = vec![prompt.clone(); seeds.len()];
         let batched =
-            generate_samples(&model, &tokenizer, &prompt, &options, &seeds, Device::Cpu).unwrap();
+            generate_batch(&model, &tokenizer, &same, &options, &seeds, Device::Cpu).unwrap();
         assert_eq!(batched.len(), 4);
         for (seed, row) in seeds.iter().zip(&batched) {
             let single = generate(
@@ -431,10 +393,10 @@ mod tests {
         }
         // A stop string ends one row while the others go on.
         let stop = batched[2].text.chars().take(3).collect::<String>();
-        let stopped = generate_samples(
+        let stopped = generate_batch(
             &model,
             &tokenizer,
-            &prompt,
+            &same,
             &GenerateOptions {
                 stop: vec![stop.clone()],
                 ..options.clone()

@@ -6,7 +6,6 @@
 //! chrf, math). Scores: pass@k (unbiased, over `samples` completions per problem), exact match, or
 //! the mean metric score.
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 use rayon::prelude::*;
@@ -14,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::answers::{answers_match, chrf, extract_answer, pass_at_k, AnswerMetric};
+use crate::files::{jsonl_rows, read_text, row_error as bad};
 use crate::{Error, Result, RunOutcome, Sandbox};
 
 /// How a completion is checked.
@@ -111,51 +111,6 @@ impl GenFormat {
         };
         list.iter().map(|s| (*s).to_string()).collect()
     }
-}
-
-fn bad(path: &Path, row: usize, reason: impl Into<String>) -> Error {
-    Error::File {
-        path: if row == 0 {
-            path.display().to_string()
-        } else {
-            format!("{}:{row}", path.display())
-        },
-        reason: reason.into(),
-    }
-}
-
-/// A file's text, gunzipped when its name ends in `.gz`.
-fn read_text(path: &Path) -> Result<String> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let bytes = std::fs::read(path).map_err(io)?;
-    if path.extension().is_some_and(|e| e == "gz") {
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(&bytes[..])
-            .read_to_string(&mut text)
-            .map_err(io)?;
-        Ok(text)
-    } else {
-        String::from_utf8(bytes).map_err(|e| bad(path, 0, format!("not UTF-8: {e}")))
-    }
-}
-
-/// The JSON objects of a JSONL text, with their line numbers.
-fn jsonl_rows(path: &Path, text: &str) -> Result<Vec<(usize, Value)>> {
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(line).map_err(|source| Error::Json {
-            what: format!("{}:{}", path.display(), i + 1),
-            source,
-        })?;
-        rows.push((i + 1, value));
-    }
-    Ok(rows)
 }
 
 fn field(v: &Value, key: &str, path: &Path, row: usize) -> Result<String> {

@@ -10,6 +10,7 @@
 
 mod answers;
 mod error;
+mod files;
 mod generate;
 mod generative;
 mod langswap;
@@ -27,9 +28,7 @@ mod text;
 
 pub use answers::{answers_match, chrf, extract_answer, pass_at_k, AnswerMetric};
 pub use error::{Error, Result};
-pub use generate::{
-    generate, generate_batch, generate_samples, FinishReason, GenerateOptions, Generation,
-};
+pub use generate::{generate, generate_batch, FinishReason, GenerateOptions, Generation};
 pub use generative::{
     contexts, generate_completions, load_generative_task, needs_sandbox, read_completions,
     score_completions, Check, GenExample, GenFormat, GenTaskSet, GenerativeDetail,
@@ -38,7 +37,10 @@ pub use generative::{
 pub use langswap::{foreign_spans, lang_swap, ForeignSpan, LangSwapExample, LangSwapReport};
 pub use mera::{load_mera, python_format, MeraRow};
 pub use perplexity::{perplexity, Perplexity};
-pub use plan::{generate_all, read_jsonl_field, EvalPlan, Grouping, PromptSet, TaskSet, TextSet};
+pub use plan::{
+    generate_all, load_any_task, read_jsonl_field, AnyFormat, AnyTask, EvalPlan, Grouping,
+    PromptSet, TaskSet, TextSet,
+};
 pub use regression::{regress, Observation, Regression};
 pub use report::{bar_chart, build as build_report, LossCurve, RedFlag, Report, ReportOptions};
 pub use results::{EvalResults, GenerationRecord, GenerationResults};

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::{Error, Result};
+use crate::files::{jsonl_rows, read_text, row_error as bad};
+use crate::Result;
 
 /// One MERA row: id, prompt, answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,13 +20,6 @@ pub struct MeraRow {
     pub prompt: String,
     /// The answer (`outputs`).
     pub output: String,
-}
-
-fn bad(path: &Path, row: usize, reason: impl Into<String>) -> Error {
-    Error::File {
-        path: format!("{}:{row}", path.display()),
-        reason: reason.into(),
-    }
 }
 
 /// Python's `str.format` with named fields only: `{name}` from `fields`, `{{` and `}}` escaped.
@@ -76,11 +70,8 @@ fn text_of(value: &Value) -> String {
 
 /// Reads a MERA task file.
 pub fn load_mera(path: &Path) -> Result<Vec<MeraRow>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let rows: Vec<Value> = match serde_json::from_str::<Value>(&text) {
+    let text = read_text(path)?;
+    let rows: Vec<(usize, Value)> = match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(object)) if object.contains_key("data") => {
             let data = &object["data"];
             let answered = |split: &str| {
@@ -97,23 +88,14 @@ pub fn load_mera(path: &Path) -> Result<Vec<MeraRow>> {
             ["test", "validation", "train"]
                 .iter()
                 .find_map(|split| answered(split))
+                .map(|rows| rows.into_iter().enumerate().map(|(i, r)| (i + 1, r)).collect())
                 .ok_or_else(|| bad(path, 0, "no split of `data` (test, validation, train) has every answer in `outputs`"))?
         }
-        _ => text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| {
-                serde_json::from_str(l).map_err(|source| Error::Json {
-                    what: format!("{}:{}", path.display(), i + 1),
-                    source,
-                })
-            })
-            .collect::<Result<_>>()?,
+        _ => jsonl_rows(path, &text)?,
     };
     let mut out = Vec::with_capacity(rows.len());
-    for (i, row) in rows.iter().enumerate() {
-        let n = i + 1;
+    for (i, (n, row)) in rows.iter().enumerate() {
+        let n = *n;
         let instruction = row["instruction"]
             .as_str()
             .ok_or_else(|| bad(path, n, "no string `instruction`"))?;

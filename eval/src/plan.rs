@@ -50,6 +50,69 @@ pub struct TaskSet {
     pub examples: Vec<McExample>,
 }
 
+/// A task file's format: scored by log-likelihood or generated and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnyFormat {
+    /// Multiple choice.
+    Choice(crate::TaskFormat),
+    /// Generative.
+    Generative(crate::GenFormat),
+}
+
+impl std::str::FromStr for AnyFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map(Self::Generative)
+            .or_else(|_| s.parse().map(Self::Choice))
+            .map_err(|_: String| {
+                format!(
+                    "unknown task format {s:?} (multiple choice: dapt, hellaswag, arc, mmlu, bigbench, mera-choice; \
+                     generative: humaneval, gsm8k, bigbench-gen, mera, basket)"
+                )
+            })
+    }
+}
+
+/// A task read from its file.
+#[derive(Clone, Debug)]
+pub enum AnyTask {
+    /// Multiple choice.
+    Choice(TaskSet),
+    /// Generative.
+    Generative(crate::GenTaskSet),
+}
+
+/// Reads the task `name` from `path` in `format` (default: BIG-bench for `.json`, dapt JSONL
+/// otherwise), keeping its first `limit` examples when given.
+pub fn load_any_task(
+    name: &str,
+    path: &Path,
+    format: Option<AnyFormat>,
+    limit: Option<usize>,
+) -> Result<AnyTask> {
+    let format = format.unwrap_or_else(|| AnyFormat::Choice(crate::TaskFormat::guess(path)));
+    Ok(match format {
+        AnyFormat::Choice(format) => {
+            let mut examples = crate::load_task(path, format)?;
+            if let Some(limit) = limit {
+                examples.truncate(limit);
+            }
+            AnyTask::Choice(TaskSet {
+                name: name.to_string(),
+                examples,
+            })
+        }
+        AnyFormat::Generative(format) => {
+            let mut task = crate::load_generative_task(name, path, format)?;
+            if let Some(limit) = limit {
+                task.examples.truncate(limit);
+            }
+            AnyTask::Generative(task)
+        }
+    })
+}
+
 /// Prompts to generate from, and the language their continuations should be in.
 #[derive(Clone, Debug)]
 pub struct PromptSet {
@@ -395,35 +458,19 @@ pub fn generate_all(
 /// A string field of every non-empty line of a JSONL file; a line without it is an error naming the
 /// file and line.
 pub fn read_jsonl_field(path: &Path, field: &str) -> Result<Vec<String>> {
-    let fail = |line: usize, reason: String| Error::File {
-        path: if line == 0 {
-            path.display().to_string()
-        } else {
-            format!("{}:{line}", path.display())
-        },
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value =
-            serde_json::from_str(line).map_err(|source| Error::Json {
-                what: format!("{}:{}", path.display(), i + 1),
-                source,
-            })?;
-        let field_value = value
-            .get(field)
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| fail(i + 1, format!("no string field `{field}`")))?;
-        out.push(field_value.to_string());
-    }
-    Ok(out)
+    let text = crate::files::read_text(path)?;
+    crate::files::jsonl_rows(path, &text)?
+        .into_iter()
+        .map(|(line, value)| {
+            value
+                .get(field)
+                .and_then(|t| t.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    crate::files::row_error(path, line, format!("no string field `{field}`"))
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]

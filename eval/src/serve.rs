@@ -156,24 +156,25 @@ impl Server<'_> {
         }
     }
 
-    /// Generates, logging the rate.
+    /// Generates, logging the rate; returns the generation and its tokens per second.
     fn generate(
         &self,
         ids: &[u32],
         options: &GenerateOptions,
-    ) -> Result<crate::Generation, HttpError> {
+    ) -> Result<(crate::Generation, f64), HttpError> {
         let started = std::time::Instant::now();
         let generation = generate(self.model, self.tokenizer, ids, options, self.device)
             .map_err(|e| HttpError(500, e.to_string()))?;
         let seconds = started.elapsed().as_secs_f64();
+        let tokens_per_second = generation.tokens.len() as f64 / seconds.max(1e-9);
         tracing::info!(
             prompt_tokens = ids.len(),
             completion_tokens = generation.tokens.len(),
             seconds,
-            tokens_per_second = generation.tokens.len() as f64 / seconds.max(1e-9),
+            tokens_per_second,
             "generated"
         );
-        Ok(generation)
+        Ok((generation, tokens_per_second))
     }
 
     fn chat_completions(&self, request: &Value) -> Result<Value, HttpError> {
@@ -221,9 +222,7 @@ impl Server<'_> {
         if ids.is_empty() {
             return Err(bad_request("the rendered conversation is empty"));
         }
-        let started = std::time::Instant::now();
-        let generation = self.generate(&ids, &options)?;
-        let seconds = started.elapsed().as_secs_f64();
+        let (generation, tokens_per_second) = self.generate(&ids, &options)?;
         Ok(json!({
             "id": format!("chatcmpl-{}", dapt_core::hash::sha256_hex(request.to_string().as_bytes()).get(..16).unwrap_or("0")),
             "object": "chat.completion",
@@ -239,7 +238,7 @@ impl Server<'_> {
                 "prompt_tokens": ids.len(),
                 "completion_tokens": generation.tokens.len(),
                 "total_tokens": ids.len() + generation.tokens.len(),
-                "completion_tokens_per_second": generation.tokens.len() as f64 / seconds.max(1e-9),
+                "completion_tokens_per_second": tokens_per_second,
             },
         }))
     }
@@ -276,7 +275,7 @@ impl Server<'_> {
             }
             prompt_tokens += ids.len();
             let (generated, text, finish) = if max_tokens > 0 {
-                let g = self.generate(ids, &options)?;
+                let (g, _) = self.generate(ids, &options)?;
                 (g.tokens, g.text, g.finish_reason)
             } else {
                 (Vec::new(), String::new(), FinishReason::Length)

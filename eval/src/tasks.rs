@@ -84,12 +84,7 @@ impl TaskFormat {
     }
 }
 
-fn bad(path: &Path, row: usize, reason: impl Into<String>) -> Error {
-    Error::File {
-        path: format!("{}:{}", path.display(), row),
-        reason: reason.into(),
-    }
-}
+use crate::files::row_error as bad;
 
 fn string(v: &Value, key: &str, path: &Path, row: usize) -> Result<String> {
     v.get(key)

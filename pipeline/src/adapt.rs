@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use dapt_core::hash::sub_seed;
-use dapt_eval::{EvalPlan, EvalResults, Grouping, PromptSet, TaskSet, TextSet};
+use dapt_eval::{EvalPlan, EvalResults, Grouping, PromptSet, TextSet};
 use dapt_mixer::mix::ComponentOptions;
 use dapt_mixer::{Mix, MixOptions, MixReport, Pipeline};
 use dapt_packer::{Compression, EncoderChoice, Overlong, PackOptions, PackSettings, TokenizerFile};
@@ -262,39 +262,6 @@ pub struct TaskOptions {
     pub limit: usize,
 }
 
-/// A task of `[eval.tasks]` read.
-enum LoadedTask {
-    Choice(TaskSet),
-    Generative(dapt_eval::GenTaskSet),
-}
-
-impl TaskOptions {
-    fn load(&self, name: &str, path: &Path) -> Result<LoadedTask> {
-        let format = self.format.as_deref();
-        if let Some(generative) = format.and_then(|f| f.parse::<dapt_eval::GenFormat>().ok()) {
-            let mut task = dapt_eval::load_generative_task(name, path, generative)?;
-            if self.limit > 0 {
-                task.examples.truncate(self.limit);
-            }
-            return Ok(LoadedTask::Generative(task));
-        }
-        let choice = match format {
-            Some(f) => f
-                .parse::<dapt_eval::TaskFormat>()
-                .map_err(|reason| setting(format!("eval.tasks.{name}.format"), reason))?,
-            None => dapt_eval::TaskFormat::guess(path),
-        };
-        let mut examples = dapt_eval::load_task(path, choice)?;
-        if self.limit > 0 {
-            examples.truncate(self.limit);
-        }
-        Ok(LoadedTask::Choice(TaskSet {
-            name: name.to_string(),
-            examples,
-        }))
-    }
-}
-
 fn default_task_tokens() -> usize {
     128
 }
@@ -476,14 +443,9 @@ impl AdaptSettings {
                 ));
             }
             if let Some(format) = &task.format {
-                if format.parse::<dapt_eval::GenFormat>().is_err()
-                    && format.parse::<dapt_eval::TaskFormat>().is_err()
-                {
-                    return Err(setting(
-                        format!("eval.tasks.{name}.format"),
-                        format!("{format:?} is none of dapt, hellaswag, arc, mmlu, bigbench, mera-choice, humaneval, gsm8k, bigbench-gen, mera, basket"),
-                    ));
-                }
+                format
+                    .parse::<dapt_eval::AnyFormat>()
+                    .map_err(|reason| setting(format!("eval.tasks.{name}.format"), reason))?;
             }
         }
         if e.task_max_new_tokens == 0 || e.run_timeout == 0 {
@@ -1220,9 +1182,16 @@ pub fn run(
     let mut task_ids = Vec::new();
     for (name, task) in &o.eval.tasks {
         let path = settings.resolve(&task.path);
-        match task.load(name, &path)? {
-            LoadedTask::Choice(set) => tasks.push(set),
-            LoadedTask::Generative(set) => generative.push(set),
+        let format = task
+            .format
+            .as_deref()
+            .map(str::parse::<dapt_eval::AnyFormat>)
+            .transpose()
+            .map_err(|reason| setting(format!("eval.tasks.{name}.format"), reason))?;
+        let limit = (task.limit > 0).then_some(task.limit);
+        match dapt_eval::load_any_task(name, &path, format, limit)? {
+            dapt_eval::AnyTask::Choice(set) => tasks.push(set),
+            dapt_eval::AnyTask::Generative(set) => generative.push(set),
         }
         task_ids.push((
             name.clone(),

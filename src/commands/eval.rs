@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 use dapt_eval::{
-    read_jsonl_field, EvalPlan, EvalResults, GenFormat, GenTaskSet, GenerateOptions, Grouping,
-    LossCurve, PromptSet, ReportOptions, Sandbox, SandboxLimits, TaskFormat, TaskSet, TextSet,
+    read_jsonl_field, AnyFormat, AnyTask, EvalPlan, EvalResults, GenerateOptions, Grouping,
+    LossCurve, PromptSet, ReportOptions, Sandbox, SandboxLimits, TextSet,
 };
 use dapt_packer::TokenizerFile;
 use dapt_trainer::tch::{nn, Device, Kind};
@@ -215,38 +215,21 @@ impl SandboxArgs {
     }
 }
 
-/// A task spec NAME=PATH[:FORMAT]: a multiple-choice or a generative task.
-enum TaskSpec {
-    Choice(String, PathBuf, TaskFormat),
-    Generative(String, PathBuf, GenFormat),
-}
-
-fn task_spec(spec: &str) -> anyhow::Result<TaskSpec> {
+/// A task spec NAME=PATH[:FORMAT] read: a multiple-choice or a generative task.
+fn load_task_spec(spec: &str, limit: Option<usize>) -> anyhow::Result<AnyTask> {
     let (name, rest) = named(spec, "task")?;
-    if let Some((path, format)) = rest.rsplit_once(':') {
-        if let Ok(format) = format.parse::<GenFormat>() {
-            return Ok(TaskSpec::Generative(name, PathBuf::from(path), format));
+    let (path, format) = match rest.rsplit_once(':') {
+        Some((path, format)) if format.parse::<AnyFormat>().is_ok() => {
+            (path.to_string(), format.parse::<AnyFormat>().ok())
         }
-        if let Ok(format) = format.parse::<TaskFormat>() {
-            return Ok(TaskSpec::Choice(name, PathBuf::from(path), format));
-        }
-    }
-    let path = PathBuf::from(&rest);
-    let format = TaskFormat::guess(&path);
-    Ok(TaskSpec::Choice(name, path, format))
-}
-
-fn load_generative(
-    name: &str,
-    path: &Path,
-    format: GenFormat,
-    limit: Option<usize>,
-) -> anyhow::Result<GenTaskSet> {
-    let mut task = dapt_eval::load_generative_task(name, path, format)?;
-    if let Some(limit) = limit {
-        task.examples.truncate(limit);
-    }
-    Ok(task)
+        _ => (rest, None),
+    };
+    Ok(dapt_eval::load_any_task(
+        &name,
+        Path::new(&path),
+        format,
+        limit,
+    )?)
 }
 
 fn named(spec: &str, what: &str) -> anyhow::Result<(String, String)> {
@@ -329,18 +312,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         });
     }
     for spec in &args.tasks {
-        match task_spec(spec)? {
-            TaskSpec::Choice(name, path, format) => {
-                let mut examples = dapt_eval::load_task(&path, format)?;
-                if let Some(limit) = args.limit {
-                    examples.truncate(limit);
-                }
-                plan.tasks.push(TaskSet { name, examples });
-            }
-            TaskSpec::Generative(name, path, format) => {
-                plan.generative
-                    .push(load_generative(&name, &path, format, args.limit)?);
-            }
+        match load_task_spec(spec, args.limit)? {
+            AnyTask::Choice(task) => plan.tasks.push(task),
+            AnyTask::Generative(task) => plan.generative.push(task),
         }
     }
     let generate_options = GenerateOptions {
@@ -420,13 +394,13 @@ pub struct EvalCompletionsArgs {
 }
 
 pub fn eval_completions(args: EvalCompletionsArgs) -> anyhow::Result<()> {
-    let TaskSpec::Generative(name, path, format) = task_spec(&args.task)? else {
+    let AnyTask::Generative(task) = load_task_spec(&args.task, None)? else {
         bail!(
             "--task {:?}: expected NAME=PATH:FORMAT with a generative format (humaneval, gsm8k, bigbench-gen, mera, basket)",
             args.task
         );
     };
-    let task = load_generative(&name, &path, format, None)?;
+    let name = task.name.clone();
     let completions = dapt_eval::read_completions(&args.completions, &task)?;
     let missing = completions.iter().filter(|c| c.is_empty()).count();
     if missing > 0 {

@@ -458,25 +458,6 @@ impl KvCache {
         self.seen == 0
     }
 
-    /// This cache repeated `n` times along the batch: one prompt read once, `n` continuations.
-    pub fn repeat_batch(&self, n: i64) -> Self {
-        Self {
-            layers: self
-                .layers
-                .iter()
-                .map(|(k, v)| (k.repeat([n, 1, 1, 1]), v.repeat([n, 1, 1, 1])))
-                .collect(),
-            seen: self.seen,
-            pads: self
-                .pads
-                .iter()
-                .cycle()
-                .take(self.pads.len() * n as usize)
-                .copied()
-                .collect(),
-        }
-    }
-
     /// An empty cache for a batch whose row `b` starts with `pads[b]` padding tokens (prompts of
     /// different lengths, padded on the left so that they end together): the padding is never
     /// attended to and each row's positions count from its first real token.
