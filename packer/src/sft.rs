@@ -202,6 +202,12 @@ pub struct SftStats {
 /// A row being filled: ids, loss mask, segment lengths, segment sources.
 type OpenRow = (Vec<u32>, Vec<bool>, Vec<i32>, Vec<String>);
 
+/// A tokenised example: ids and loss mask.
+pub type Tokenized = (Vec<u32>, Vec<bool>);
+
+/// One segment of a packing unit: ids, loss mask, source label.
+type Segment = (Vec<u32>, Vec<bool>, Option<String>);
+
 /// Packs tokenised examples whole into rows: within each window of `window` examples (in the order
 /// given), longest first, each goes into the open row it fills best. `sources` (one per example, or
 /// empty) label the segments.
@@ -214,39 +220,91 @@ pub fn pack_sft(
     overlong: Overlong,
 ) -> (Vec<PackedRow>, SftStats) {
     let mut stats = SftStats::default();
-    let mut rows = Vec::new();
-    let window = window.max(1);
-    for (chunk_index, chunk) in examples.chunks(window).enumerate() {
-        let mut items: Vec<(Vec<u32>, Vec<bool>, Option<String>)> = Vec::with_capacity(chunk.len());
-        for (offset, (ids, mask)) in chunk.iter().enumerate() {
-            let source = sources.get(chunk_index * window + offset).cloned();
+    let units: Vec<Option<Vec<Segment>>> = examples
+        .iter()
+        .enumerate()
+        .map(|(i, (ids, mask))| {
+            let source = sources.get(i).cloned();
             if ids.len() > seq_len {
                 match overlong {
                     Overlong::Drop => {
                         stats.dropped += 1;
-                        continue;
+                        return None;
                     }
                     Overlong::Truncate => {
                         stats.truncated += 1;
-                        items.push((ids[..seq_len].to_vec(), mask[..seq_len].to_vec(), source));
-                        continue;
+                        return Some(vec![(
+                            ids[..seq_len].to_vec(),
+                            mask[..seq_len].to_vec(),
+                            source,
+                        )]);
                     }
                 }
             }
-            if !ids.is_empty() {
-                items.push((ids.clone(), mask.clone(), source));
+            (!ids.is_empty()).then(|| vec![(ids.clone(), mask.clone(), source)])
+        })
+        .collect();
+    let rows = pack_units(&units, pad_id, seq_len, window, &mut stats);
+    (rows, stats)
+}
+
+/// Packs preference pairs whole: each (chosen, rejected) pair becomes two adjacent segments of one
+/// row, labelled `chosen` and `rejected` (what the trainer's preference objectives read), packed
+/// like [`pack_sft`]'s examples. A pair longer than a row is left out (`dropped`): cutting one
+/// response would compare a whole answer with a part. `examples` counts pairs.
+pub fn pack_pairs(
+    pairs: &[(Tokenized, Tokenized)],
+    pad_id: u32,
+    seq_len: usize,
+    window: usize,
+) -> (Vec<PackedRow>, SftStats) {
+    let mut stats = SftStats::default();
+    let units: Vec<Option<Vec<Segment>>> = pairs
+        .iter()
+        .map(|((chosen, chosen_mask), (rejected, rejected_mask))| {
+            if chosen.len() + rejected.len() > seq_len {
+                stats.dropped += 1;
+                return None;
             }
-        }
+            Some(vec![
+                (chosen.clone(), chosen_mask.clone(), Some("chosen".into())),
+                (
+                    rejected.clone(),
+                    rejected_mask.clone(),
+                    Some("rejected".into()),
+                ),
+            ])
+        })
+        .collect();
+    let rows = pack_units(&units, pad_id, seq_len, window, &mut stats);
+    (rows, stats)
+}
+
+/// Best-fit-decreasing over windows of `window` units (in the order given; `None`: left out but
+/// counted in the window); a unit's segments stay together and in order.
+fn pack_units(
+    units: &[Option<Vec<Segment>>],
+    pad_id: u32,
+    seq_len: usize,
+    window: usize,
+    stats: &mut SftStats,
+) -> Vec<PackedRow> {
+    let mut rows = Vec::new();
+    let window = window.max(1);
+    let length = |unit: &[Segment]| unit.iter().map(|s| s.0.len()).sum::<usize>();
+    for chunk in units.chunks(window) {
+        let items: Vec<&Vec<Segment>> = chunk.iter().flatten().collect();
         // Longest first; ties keep the given order (a stable sort), so the result is deterministic.
         let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by(|&a, &b| items[b].0.len().cmp(&items[a].0.len()));
+        order.sort_by(|&a, &b| length(items[b]).cmp(&length(items[a])));
         let mut open: Vec<OpenRow> = Vec::new();
         for index in order {
-            let (ids, mask, source) = &items[index];
+            let unit = items[index];
+            let size = length(unit);
             let best = open
                 .iter()
                 .enumerate()
-                .filter(|(_, row)| seq_len - row.0.len() >= ids.len())
+                .filter(|(_, row)| seq_len - row.0.len() >= size)
                 .min_by_key(|(i, row)| (seq_len - row.0.len(), *i))
                 .map(|(i, _)| i);
             let row = match best {
@@ -261,15 +319,17 @@ pub fn pack_sft(
                     open.last_mut().expect("just pushed")
                 }
             };
-            row.0.extend_from_slice(ids);
-            row.1.extend_from_slice(mask);
-            row.2.push(ids.len() as i32);
-            if let Some(source) = source {
-                row.3.push(source.clone());
+            for (ids, mask, source) in unit {
+                row.0.extend_from_slice(ids);
+                row.1.extend_from_slice(mask);
+                row.2.push(ids.len() as i32);
+                if let Some(source) = source {
+                    row.3.push(source.clone());
+                }
+                stats.tokens += ids.len() as u64;
+                stats.target_tokens += mask.iter().filter(|m| **m).count() as u64;
             }
             stats.examples += 1;
-            stats.tokens += ids.len() as u64;
-            stats.target_tokens += mask.iter().filter(|m| **m).count() as u64;
         }
         for (mut ids, mut mask, segments, labels) in open {
             ids.resize(seq_len, pad_id);
@@ -286,7 +346,7 @@ pub fn pack_sft(
     if stats.rows > 0 {
         stats.fill = stats.tokens as f64 / (stats.rows as f64 * seq_len as f64);
     }
-    (rows, stats)
+    rows
 }
 
 #[cfg(test)]
@@ -344,5 +404,33 @@ mod tests {
         let (rows, stats) = pack_sft(&examples, &[], 0, 10, 100, Overlong::Truncate);
         assert_eq!((stats.truncated, stats.examples), (1, 6));
         assert!(rows.iter().any(|r| r.segment_lengths == [10]));
+    }
+
+    #[test]
+    fn pairs_stay_together_in_order_and_overlong_pairs_are_dropped() {
+        let example = |n: usize, first: u32| -> (Vec<u32>, Vec<bool>) {
+            (
+                (first..first + n as u32).collect(),
+                (0..n).map(|i| i > 0).collect(),
+            )
+        };
+        let pairs = vec![
+            (example(3, 10), example(2, 20)),
+            (example(6, 30), example(5, 40)),
+            (example(1, 50), example(2, 60)),
+        ];
+        let (rows, stats) = pack_pairs(&pairs, 0, 10, 100);
+        assert_eq!(stats.examples, 2);
+        assert_eq!(stats.dropped, 1);
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(row.segment_lengths, [3, 2, 1, 2]);
+        assert_eq!(
+            row.segment_sources,
+            ["chosen", "rejected", "chosen", "rejected"]
+        );
+        assert_eq!(&row.input_ids[..8], &[10, 11, 12, 20, 21, 50, 60, 61]);
+        assert_eq!(&row.input_ids[8..], &[0, 0]);
+        assert_eq!(stats.target_tokens, 2 + 1 + 1);
     }
 }

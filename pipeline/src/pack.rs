@@ -62,6 +62,17 @@ pub enum PackMode {
         /// What an example longer than a row does.
         overlong: Overlong,
     },
+    /// Preference pairs for DPO/SimPO: `prompt`, `chosen` and `rejected` columns (the prompt as a
+    /// user turn or a JSON list of messages, the responses as assistant turns), or `chosen` and
+    /// `rejected` as JSON message lists that share every message but the last (assistant) one.
+    /// Each pair becomes two adjacent segments of a row (`chosen`, `rejected`), loss on the final
+    /// response only; pairs longer than a row are left out.
+    Preference {
+        /// As for SFT.
+        chat_template: Option<String>,
+        /// Pairs packed together by best-fit-decreasing.
+        window: usize,
+    },
 }
 
 /// A pack job.
@@ -97,6 +108,8 @@ pub enum PackOutcome {
     },
     /// An SFT packing and what it packed.
     Sft(SftStats),
+    /// A preference packing (`examples` counts pairs).
+    Preference(SftStats),
 }
 
 /// The query a Document directory is packed with.
@@ -217,65 +230,110 @@ impl PackJob {
                 window,
                 overlong,
             } => {
-                let mut output = runtime.block_on(OutputDir::open_with(
-                    Location::parse(&self.out)?,
-                    dapt_core::manifest::MANIFEST_NAME,
-                    "pack-sft",
-                    &hash,
-                    self.overwrite,
-                ))?;
-                if output.manifest().complete {
-                    // A finished output is reused as it is, without reading or tokenising again.
-                    let stats = serde_json::from_value(output.manifest().summary.clone())
-                        .map_err(|e| setting("--out", format!("{}: {e}", self.out)))?;
-                    return Ok(PackOutcome::Sft(stats));
-                }
-                let template = self.chat_template(chat_template.as_deref())?;
-                let mut examples = runtime.block_on(chats(&sources, &query))?;
-                // The order is the packing order of the documents' ids, never how the rows arrived.
-                let stage = dapt_core::order::stage_seed(self.seed, dapt_packer::PACK_ORDER, 0);
-                examples.sort_by_cached_key(|(id, _)| {
-                    (dapt_core::order::key_with(stage, id), id.clone())
-                });
-                use rayon::prelude::*;
-                let tokenized: Vec<(Vec<u32>, Vec<bool>)> = examples
-                    .par_iter()
-                    .map(|(id, messages)| {
-                        template
-                            .tokenize(&tokenizer, messages)
-                            .map_err(|source| Error::Example {
-                                id: id.clone(),
-                                source,
+                let stats =
+                    self.pack_whole(&tokenizer, &hash, "pack-sft", |tokenizer, pad_id| {
+                        let template = self.chat_template(chat_template.as_deref())?;
+                        let examples =
+                            ordered(runtime.block_on(chats(&sources, &query))?, self.seed);
+                        use rayon::prelude::*;
+                        let tokenized: Vec<(Vec<u32>, Vec<bool>)> = examples
+                            .par_iter()
+                            .map(|(id, messages)| {
+                                template.tokenize(tokenizer, messages).map_err(|source| {
+                                    Error::Example {
+                                        id: id.clone(),
+                                        source,
+                                    }
+                                })
                             })
-                    })
-                    .collect::<Result<_>>()?;
-                let pad_id = tokenizer.id_of(&self.settings.pad_token)?;
-                let (rows, stats) = dapt_packer::pack_sft(
-                    &tokenized,
-                    &[],
-                    pad_id,
-                    self.settings.seq_len,
-                    *window,
-                    *overlong,
-                );
-                let summary = serde_json::to_value(&stats).map_err(|source| Error::Json {
-                    what: "the SFT statistics".into(),
-                    source,
-                })?;
-                runtime.block_on(dapt_packer::write_packed(
-                    &mut output,
-                    &rows,
-                    self.settings.rows_per_shard,
-                    self.settings.seq_len,
-                    pad_id,
-                    tokenizer.sha256(),
-                    self.seed,
-                    &hash,
-                    summary,
-                ))?;
+                            .collect::<Result<_>>()?;
+                        Ok(dapt_packer::pack_sft(
+                            &tokenized,
+                            &[],
+                            pad_id,
+                            self.settings.seq_len,
+                            *window,
+                            *overlong,
+                        ))
+                    })?;
                 Ok(PackOutcome::Sft(stats))
             }
+            PackMode::Preference {
+                chat_template,
+                window,
+            } => {
+                let stats =
+                    self.pack_whole(&tokenizer, &hash, "pack-preference", |tokenizer, pad_id| {
+                        let template = self.chat_template(chat_template.as_deref())?;
+                        let pairs = ordered(runtime.block_on(pairs(&sources, &query))?, self.seed);
+                        use rayon::prelude::*;
+                        let tokenized = pairs
+                            .par_iter()
+                            .map(|(id, (chosen, rejected))| {
+                                let side = |messages: &[Message]| {
+                                    template
+                                        .tokenize(tokenizer, messages)
+                                        .map(|(ids, mask)| (ids, last_run(mask)))
+                                        .map_err(|source| Error::Example {
+                                            id: id.clone(),
+                                            source,
+                                        })
+                                };
+                                Ok((side(chosen)?, side(rejected)?))
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        Ok(dapt_packer::pack_pairs(
+                            &tokenized,
+                            pad_id,
+                            self.settings.seq_len,
+                            *window,
+                        ))
+                    })?;
+                Ok(PackOutcome::Preference(stats))
+            }
         }
+    }
+
+    /// Packs examples whole (SFT chats, preference pairs): a finished output of this identity is
+    /// reused as it is, without reading or tokenising again; otherwise `pack` makes the rows.
+    fn pack_whole(
+        &self,
+        tokenizer: &TokenizerFile,
+        hash: &str,
+        writer: &str,
+        pack: impl FnOnce(&TokenizerFile, u32) -> Result<(Vec<dapt_core::PackedRow>, SftStats)>,
+    ) -> Result<SftStats> {
+        let runtime = crate::runtime()?;
+        let mut output = runtime.block_on(OutputDir::open_with(
+            Location::parse(&self.out)?,
+            dapt_core::manifest::MANIFEST_NAME,
+            writer,
+            hash,
+            self.overwrite,
+        ))?;
+        if output.manifest().complete {
+            let stats = serde_json::from_value(output.manifest().summary.clone())
+                .map_err(|e| setting("--out", format!("{}: {e}", self.out)))?;
+            return Ok(stats);
+        }
+        let pad_id = tokenizer.id_of(&self.settings.pad_token)?;
+        let (rows, stats) = pack(tokenizer, pad_id)?;
+        let summary = serde_json::to_value(&stats).map_err(|source| Error::Json {
+            what: "the packing statistics".into(),
+            source,
+        })?;
+        runtime.block_on(dapt_packer::write_packed(
+            &mut output,
+            &rows,
+            self.settings.rows_per_shard,
+            self.settings.seq_len,
+            pad_id,
+            tokenizer.sha256(),
+            self.seed,
+            hash,
+            summary,
+        ))?;
+        Ok(stats)
     }
 
     fn chat_template(&self, chat_template: Option<&str>) -> Result<ChatTemplate> {
@@ -354,6 +412,88 @@ async fn ordered_documents(
         "documents written to the sort's buckets"
     );
     Ok(sorter.finish()?)
+}
+
+/// Examples in the packing order of their ids (never the order the rows arrived in).
+fn ordered<T>(mut examples: Vec<(String, T)>, seed: u64) -> Vec<(String, T)> {
+    let stage = dapt_core::order::stage_seed(seed, dapt_packer::PACK_ORDER, 0);
+    examples.sort_by_cached_key(|(id, _)| (dapt_core::order::key_with(stage, id), id.clone()));
+    examples
+}
+
+/// `mask` with only its last run of set flags kept: the final assistant turn of a chat.
+fn last_run(mut mask: Vec<bool>) -> Vec<bool> {
+    if let Some(end) = mask.iter().rposition(|m| *m) {
+        let start = mask[..end].iter().rposition(|m| !*m).map_or(0, |i| i + 1);
+        mask[..start].iter_mut().for_each(|m| *m = false);
+    }
+    mask
+}
+
+/// The (chosen, rejected) chats of a preference query: `prompt`, `chosen`, `rejected` columns, or
+/// `chosen` and `rejected` as JSON message lists sharing all but their last message.
+async fn pairs(
+    sources: &SourcesOptions,
+    query: &str,
+) -> Result<Vec<(String, (Vec<Message>, Vec<Message>))>> {
+    let session = SqlSession::over_sources(sources, None).await?;
+    let (layout, rows) = dapt_sql::string_rows(
+        &session,
+        query,
+        &[
+            &["id", "prompt", "chosen", "rejected"],
+            &["id", "chosen", "rejected"],
+        ],
+    )
+    .await?;
+    let messages = |id: &str, column: &str, text: &str| -> Result<Vec<Message>> {
+        serde_json::from_str(text).map_err(|source| Error::Json {
+            what: format!("row {id}: {column} must be a JSON list of {{role, content}}"),
+            source,
+        })
+    };
+    let assistant = |content: &str| Message {
+        role: "assistant".into(),
+        content: content.to_string(),
+    };
+    rows.into_iter()
+        .map(|row| {
+            let id = row[0].clone();
+            let (chosen, rejected) = if layout == 0 {
+                let prompt = if row[1].trim_start().starts_with('[') {
+                    messages(&id, "prompt", &row[1])?
+                } else {
+                    vec![Message {
+                        role: "user".into(),
+                        content: row[1].clone(),
+                    }]
+                };
+                let mut chosen = prompt.clone();
+                chosen.push(assistant(&row[2]));
+                let mut rejected = prompt;
+                rejected.push(assistant(&row[3]));
+                (chosen, rejected)
+            } else {
+                let chosen = messages(&id, "chosen", &row[1])?;
+                let rejected = messages(&id, "rejected", &row[2])?;
+                let shared = |m: &[Message]| m[..m.len().saturating_sub(1)].to_vec();
+                let last_is_answer =
+                    |m: &[Message]| m.last().is_some_and(|m| m.role == "assistant");
+                if !(last_is_answer(&chosen) && last_is_answer(&rejected))
+                    || shared(&chosen) != shared(&rejected)
+                {
+                    return Err(setting(
+                        "query",
+                        format!(
+                            "row {id}: chosen and rejected must share every message but the last, an assistant turn"
+                        ),
+                    ));
+                }
+                (chosen, rejected)
+            };
+            Ok((id, (chosen, rejected)))
+        })
+        .collect()
 }
 
 /// Chats from the query: a `messages` column (JSON) or `prompt` and `response` columns.

@@ -53,17 +53,21 @@ pub struct PackArgs {
     #[arg(long)]
     overwrite: bool,
     /// cpt: documents, EOS-separated, split across rows; sft: chats (a `messages` column of JSON
-    /// [{role, content}], or `prompt` and `response` columns), packed whole, loss on assistant turns.
+    /// [{role, content}], or `prompt` and `response` columns), packed whole, loss on assistant turns;
+    /// preference: pairs for `objective = "dpo"`/`"simpo"` (`prompt`, `chosen`, `rejected` columns, or
+    /// `chosen` and `rejected` as JSON message lists that differ only in the last, assistant, turn),
+    /// each pair as two adjacent segments of one row, loss on the final responses.
     #[arg(long, value_enum, default_value = "cpt")]
     mode: Mode,
-    /// SFT: a tokenizer_config.json with the chat template, or `chatml`; default: the
-    /// tokenizer_config.json beside --tokenizer.
+    /// SFT and preference: a tokenizer_config.json with the chat template, or `chatml`; default:
+    /// the tokenizer_config.json beside --tokenizer.
     #[arg(long)]
     chat_template: Option<String>,
-    /// SFT: examples considered together by best-fit-decreasing packing.
+    /// SFT and preference: examples (pairs) considered together by best-fit-decreasing packing.
     #[arg(long, default_value_t = 1000)]
     window: usize,
-    /// SFT: what to do with an example longer than a row.
+    /// SFT: what to do with an example longer than a row (a preference pair longer than a row is
+    /// always dropped).
     #[arg(long, value_enum, default_value = "drop")]
     overlong: OverlongArg,
 }
@@ -72,6 +76,7 @@ pub struct PackArgs {
 enum Mode {
     Cpt,
     Sft,
+    Preference,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -109,6 +114,17 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
                 OverlongArg::Truncate => Overlong::Truncate,
             },
         },
+        Mode::Preference => {
+            if matches!(args.overlong, OverlongArg::Truncate) {
+                anyhow::bail!(
+                    "--overlong truncate does not apply to --mode preference: a pair longer than a row is dropped (raise --seq-len to keep it)"
+                );
+            }
+            PackMode::Preference {
+                chat_template: args.chat_template.clone(),
+                window: args.window,
+            }
+        }
     };
     let job = PackJob {
         input,
@@ -151,6 +167,11 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
             "packed {} examples ({} target tokens of {}) into {} rows of {} ({:.2}% filled), {} dropped, {} truncated; wrote {}",
             stats.examples, stats.target_tokens, stats.tokens, stats.rows, args.seq_len,
             100.0 * stats.fill, stats.dropped, stats.truncated, args.out
+        ),
+        PackOutcome::Preference(stats) => println!(
+            "packed {} pairs ({} response tokens of {}) into {} rows of {} ({:.2}% filled), {} dropped as longer than a row; wrote {}",
+            stats.examples, stats.target_tokens, stats.tokens, stats.rows, args.seq_len,
+            100.0 * stats.fill, stats.dropped, args.out
         ),
     }
     Ok(())

@@ -17,6 +17,8 @@ mod model_import;
 mod pack_cli;
 #[cfg(feature = "torch")]
 mod pipeline;
+#[cfg(feature = "torch")]
+mod preference_cli;
 mod sql_cli;
 #[cfg(feature = "torch")]
 mod sweep_cli;

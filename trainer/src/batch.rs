@@ -13,6 +13,20 @@ pub enum Objective {
     Cpt,
     /// Supervised fine-tuning: only next tokens whose `loss_mask` is set (the answers).
     Sft,
+    /// Direct preference optimisation (Rafailov et al.): rows hold (chosen, rejected) pairs of
+    /// segments (`dapt pack --preference`); each response's log-probability is the sum over its
+    /// `loss_mask` tokens, compared with the frozen reference model's (see `crate::preference`).
+    Dpo,
+    /// SimPO (Meng et al.), reference-free: each response's mean log-probability per token, a
+    /// target margin `simpo_gamma` between chosen and rejected; no reference pass at all.
+    Simpo,
+}
+
+impl Objective {
+    /// Whether the objective compares (chosen, rejected) pairs.
+    pub fn is_preference(self) -> bool {
+        matches!(self, Self::Dpo | Self::Simpo)
+    }
 }
 
 /// Target value that the loss ignores.
@@ -38,6 +52,12 @@ pub struct Batch {
     pub cu_seqlens: Vec<i32>,
     /// The longest segment.
     pub max_seqlen: i64,
+    /// `[batch · seq]` int64: for each position whose target counts, the number of its segment
+    /// counted over the whole batch (row by row, pads excluded), else -1. Preference objectives sum
+    /// target log-probabilities per segment with it.
+    pub target_segments: Tensor,
+    /// Segments (pads excluded) in the batch.
+    pub segment_count: i64,
 }
 
 impl Batch {
@@ -48,7 +68,7 @@ impl Batch {
 
     /// Builds a batch for an objective; every row must have the same length.
     pub fn from_rows_with(rows: &[&PackedRow], device: Device, objective: Objective) -> Self {
-        let use_mask = objective == Objective::Sft;
+        let use_mask = objective != Objective::Cpt;
         let batch = rows.len() as i64;
         let seq = rows.first().map_or(0, |r| r.input_ids.len()) as i64;
         let mut ids = Vec::with_capacity((batch * seq) as usize);
@@ -58,6 +78,8 @@ impl Batch {
         let mut target_count = 0;
         let mut cu_seqlens = vec![0i32];
         let mut max_seqlen = 0i64;
+        let mut target_segments = Vec::with_capacity((batch * seq) as usize);
+        let mut segment_count = 0i64;
         for row in rows {
             let start = segment_ids.len();
             let mut used = 0;
@@ -92,11 +114,14 @@ impl Batch {
                     && (!use_mask || row.loss_mask.get(next).copied().unwrap_or(true));
                 if valid {
                     targets.push(i64::from(row.input_ids[next]));
+                    target_segments.push(segment_count + row_segments[t]);
                     target_count += 1;
                 } else {
                     targets.push(IGNORE_INDEX);
+                    target_segments.push(-1);
                 }
             }
+            segment_count += row.segment_lengths.len() as i64;
         }
         let shape = [batch, seq];
         let segment_ids = Tensor::from_slice(&segment_ids)
@@ -115,6 +140,8 @@ impl Batch {
             target_count,
             cu_seqlens,
             max_seqlen,
+            target_segments: Tensor::from_slice(&target_segments).to_device(device),
+            segment_count,
         }
     }
 }
@@ -144,6 +171,9 @@ mod tests {
         assert!(at(5, 5) && !at(5, 4));
         assert_eq!(batch.cu_seqlens, [0, 3, 5, 6]);
         assert_eq!(batch.max_seqlen, 3);
+        let segments: Vec<i64> = batch.target_segments.shallow_clone().try_into().unwrap();
+        assert_eq!(segments, [0, 0, -1, 1, -1, -1]);
+        assert_eq!(batch.segment_count, 2);
     }
 
     /// Segment starts over a flattened batch agree with the mask: tokens i and j share a segment

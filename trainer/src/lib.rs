@@ -19,6 +19,7 @@ pub mod gguf;
 mod lora;
 mod model;
 mod optim;
+mod preference;
 mod resize;
 mod stages;
 mod train;
@@ -35,6 +36,10 @@ pub use gguf::{GgufModel, WeightType, WeightsReport};
 pub use lora::{save_adapter, LoraInit, LoraOptions, TrainableTokens, ALL_LINEAR};
 pub use model::{CausalLm, KvCache, TargetScores, LOGIT_CHUNK_ELEMENTS};
 pub use optim::{AdamW, Moments};
+pub use preference::{
+    check_pair_rows, pair_terms, preference_eval, row_key, segment_logps, PairSums, PairTerms,
+    PreferenceLoss, PreferenceMetrics, ReferenceLogps,
+};
 pub use resize::{
     mean_final_hidden, resize_embeddings, FrequencyStatistics, NewTokenSpec, ResizeInit,
     ResizeReport,

@@ -5,6 +5,8 @@
 //! renaming, and a saved directory is one HF `transformers` loads.
 use std::cell::Cell;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
@@ -47,6 +49,9 @@ struct LoraAdapter {
     b: Tensor,
     scale: f64,
     dropout: f64,
+    /// Shared with the model: off, the layer computes the frozen base alone (the reference of
+    /// preference training, without a second copy of the weights).
+    enabled: Arc<AtomicBool>,
 }
 
 /// `y = x·Wᵀ + b` (+ LoRA). `weight: [out, in]`, `bias: [out]`.
@@ -81,8 +86,7 @@ impl Linear {
     fn forward(&self, x: &Tensor, training: bool) -> Tensor {
         let y = x.linear(&self.weight, self.bias.as_ref());
         match &self.lora {
-            None => y,
-            Some(lora) => {
+            Some(lora) if lora.enabled.load(Ordering::Relaxed) => {
                 let input = if training && lora.dropout > 0.0 {
                     x.dropout(lora.dropout, true)
                 } else {
@@ -93,11 +97,12 @@ impl Linear {
                     .linear::<Tensor>(&lora.b, None)
                     * lora.scale
             }
+            _ => y,
         }
     }
 
     /// Adds an adapter below `root` (the adapter VarStore's root) under PEFT's name.
-    fn attach(&mut self, root: &nn::Path, options: &LoraOptions) {
+    fn attach(&mut self, root: &nn::Path, options: &LoraOptions, enabled: &Arc<AtomicBool>) {
         let mut path = root / "base_model" / "model";
         for part in self.name.split('.') {
             path = &path / part;
@@ -121,6 +126,7 @@ impl Linear {
             b: (&path / "lora_B").var("weight", &[outputs, options.r], Init::Const(0.0)),
             scale: options.scale(),
             dropout: options.dropout,
+            enabled: enabled.clone(),
         });
     }
 
@@ -483,6 +489,9 @@ pub struct CausalLm {
     inv_freq: Tensor,
     /// Trainable rows of the embedding tables (see [`CausalLm::attach_token_rows`]).
     token_rows: Option<TokenRows>,
+    /// Whether LoRA adapters and trainable embedding rows take part (see
+    /// [`CausalLm::set_adapters_enabled`]).
+    adapters_enabled: Arc<AtomicBool>,
     training: Cell<bool>,
     /// Flash varlen attention for batches on CUDA (see [`CausalLm::set_flash_attention`]).
     #[cfg(feature = "cuda")]
@@ -574,6 +583,7 @@ impl CausalLm {
             lm_head,
             inv_freq: inverse_frequencies(c, root.device())?,
             token_rows: None,
+            adapters_enabled: Arc::new(AtomicBool::new(true)),
             training: Cell::new(false),
             #[cfg(feature = "cuda")]
             flash: Cell::new(false),
@@ -621,14 +631,27 @@ impl CausalLm {
     pub fn attach_lora(&mut self, root: &nn::Path, options: &LoraOptions) -> Result<usize> {
         options.validate()?;
         let mut count = 0;
+        let enabled = self.adapters_enabled.clone();
         for linear in self.linears() {
             let module = linear.name.rsplit('.').next().unwrap_or("");
             if options.targets(module) {
-                linear.attach(root, options);
+                linear.attach(root, options, &enabled);
                 count += 1;
             }
         }
         Ok(count)
+    }
+
+    /// Turns the LoRA adapters and the trainable embedding rows off (`false`) or on again: off, the
+    /// model computes what its frozen base computes, the reference of preference training with no
+    /// second copy of the weights in memory (PEFT's `disable_adapter`).
+    pub fn set_adapters_enabled(&self, enabled: bool) {
+        self.adapters_enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Whether adapters take part (see [`CausalLm::set_adapters_enabled`]).
+    pub fn adapters_enabled(&self) -> bool {
+        self.adapters_enabled.load(Ordering::Relaxed)
     }
 
     /// Whether any adapter is attached.
@@ -765,7 +788,7 @@ impl CausalLm {
     /// Logits `[…, vocab]` of final hidden states `[…, hidden]`.
     fn head(&self, hidden: &Tensor) -> Tensor {
         let table = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        match &self.token_rows {
+        match self.token_rows.as_ref().filter(|_| self.adapters_enabled()) {
             None => hidden.linear::<Tensor>(table, None),
             Some(rows) => {
                 // The frozen rows and the trainable ones as two products, so that no gradient of
@@ -784,7 +807,7 @@ impl CausalLm {
 
     /// Input embeddings of `input_ids` (from the trainable rows where they are held apart).
     fn embed(&self, input_ids: &Tensor) -> Tensor {
-        match &self.token_rows {
+        match self.token_rows.as_ref().filter(|_| self.adapters_enabled()) {
             None => Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false),
             Some(rows) => {
                 let old = input_ids.lt(rows.first);

@@ -18,10 +18,12 @@ use dapt_core::{Location, PackedRow};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind};
 
+use crate::batch::Objective;
 use crate::data::PackedShards;
 use crate::dist::Dist;
 use crate::error::{invalid, json_error};
 use crate::lora::{save_adapter, LoraOptions, TrainableTokens};
+use crate::preference::{preference_eval, PreferenceMetrics, ReferenceLogps};
 use crate::train::{mean_loss, StepMetrics, TrainOptions, TrainSettings, Trainer};
 use crate::weights::write_atomically;
 use crate::{CausalLm, Error, ProxyDefaults, ProxyModelOptions, Result};
@@ -281,6 +283,13 @@ pub struct StageReport {
     pub heldout_before: Option<f64>,
     /// Held-out loss after it.
     pub heldout_after: Option<f64>,
+    /// Preference objectives: reward accuracy, margin and log-probabilities on the held-out pairs
+    /// before training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout_preference_before: Option<PreferenceMetrics>,
+    /// The same after training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout_preference_after: Option<PreferenceMetrics>,
     /// Wall time of the stage.
     pub seconds: f64,
     /// The output model directory.
@@ -589,12 +598,42 @@ fn run_stage(
     };
     let objective = stage.train.objective;
     let leader = config.dist.as_ref().is_none_or(|d| d.rank() == 0);
-    let heldout_before = heldout
-        .as_deref()
-        .filter(|_| leader)
-        .map(|rows| mean_loss(&model, rows, stage.train.batch_size, objective, device))
-        .transpose()?
-        .map(|(loss, _)| loss);
+    let reference = match objective {
+        Objective::Dpo => Some(reference_logps(
+            config,
+            stage,
+            &model,
+            &data_location,
+            heldout.as_deref(),
+            stage_dir,
+            device,
+        )?),
+        _ => None,
+    };
+    let heldout_eval = |model: &CausalLm| -> Result<(Option<f64>, Option<PreferenceMetrics>)> {
+        let Some(rows) = heldout.as_deref() else {
+            return Ok((None, None));
+        };
+        if objective.is_preference() {
+            let metrics = preference_eval(
+                model,
+                rows,
+                stage.train.batch_size,
+                &stage.train,
+                reference.as_ref(),
+                device,
+            )?;
+            Ok((Some(metrics.loss), Some(metrics)))
+        } else {
+            let (loss, _) = mean_loss(model, rows, stage.train.batch_size, objective, device)?;
+            Ok((Some(loss), None))
+        }
+    };
+    let (heldout_before, heldout_preference_before) = if leader {
+        heldout_eval(&model)?
+    } else {
+        (None, None)
+    };
     tracing::info!(
         stage = %stage.name,
         rows_per_epoch = data.rows_per_epoch(),
@@ -619,6 +658,7 @@ fn run_stage(
         log_path: Some(stage_dir.join("train_log.jsonl")),
         dist: config.dist.as_deref(),
         zero1: config.zero1,
+        reference: reference.as_ref(),
     };
     let outcome = trainer.run(&mut data, true, |m| on_step(&stage.name, m))?;
     if !leader {
@@ -634,6 +674,8 @@ fn run_stage(
             last_loss: outcome.history.last().map_or(f64::NAN, |m| m.loss),
             heldout_before: None,
             heldout_after: None,
+            heldout_preference_before: None,
+            heldout_preference_after: None,
             seconds: started.elapsed().as_secs_f64(),
             model: stage_dir.join("model").display().to_string(),
         });
@@ -660,11 +702,7 @@ fn run_stage(
         )?;
         model.merge_lora();
     }
-    let heldout_after = heldout
-        .as_deref()
-        .map(|rows| mean_loss(&model, rows, stage.train.batch_size, objective, device))
-        .transpose()?
-        .map(|(loss, _)| loss);
+    let (heldout_after, heldout_preference_after) = heldout_eval(&model)?;
     model.save(&vs, &model_dir)?;
     copy_companions(input_dir, &model_dir)?;
     Ok(StageReport {
@@ -678,7 +716,60 @@ fn run_stage(
         last_loss: log.last().map_or(f64::NAN, |m| m.loss),
         heldout_before,
         heldout_after,
+        heldout_preference_before,
+        heldout_preference_after,
         seconds: started.elapsed().as_secs_f64(),
         model: model_dir.display().to_string(),
     })
+}
+
+/// The reference log-probabilities of a DPO stage's training and held-out rows: read back from
+/// `reference_logps.json` in the stage directory (bound to the stage's settings, input model and
+/// data like everything there) or computed with `model` as it is before the first step, adapters
+/// off, and written there. A full fine-tuning stage with checkpoints but no cache is refused: its
+/// weights have moved, the reference is gone.
+fn reference_logps(
+    config: &TrainConfig,
+    stage: &StageOptions,
+    model: &CausalLm,
+    data: &Location,
+    heldout: Option<&[PackedRow]>,
+    stage_dir: &Path,
+    device: Device,
+) -> Result<ReferenceLogps> {
+    let path = stage_dir.join("reference_logps.json");
+    let rows = read_all_rows(data.clone(), config.options.prefetch_rows)?;
+    let all = || rows.iter().chain(heldout.unwrap_or_default());
+    if let Some(cached) = ReferenceLogps::load(&path)? {
+        if cached.covers(all()) {
+            tracing::info!(stage = %stage.name, rows = cached.len(), "reference log-probabilities read back");
+            return Ok(cached);
+        }
+    }
+    let resumed = std::fs::read_dir(stage_dir.join("checkpoints"))
+        .is_ok_and(|mut entries| entries.next().is_some());
+    if resumed && !model.has_lora() {
+        return Err(Error::Setting {
+            key: format!("stage[{}].train.objective", stage.name),
+            reason: format!(
+                "{} is missing or does not cover the data, and the stage's checkpoints have moved the weights that were the reference; remove {} to train the stage afresh",
+                path.display(),
+                stage_dir.display()
+            ),
+        });
+    }
+    let started = Instant::now();
+    let all_rows: Vec<PackedRow> = all().cloned().collect();
+    let reference = ReferenceLogps::compute(model, &all_rows, stage.train.batch_size, device)?;
+    if config.dist.as_ref().is_none_or(|d| d.rank() == 0) {
+        reference.save(&path)?;
+    }
+    tracing::info!(
+        stage = %stage.name,
+        rows = reference.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        adapters_off = model.has_lora(),
+        "reference log-probabilities computed once"
+    );
+    Ok(reference)
 }

@@ -16,6 +16,10 @@ use crate::batch::Objective;
 use crate::data::{DataCursor, RowSource};
 use crate::dist::{Dist, ShardLayout};
 use crate::optim::AdamW;
+use crate::preference::{
+    check_pair_rows, pair_terms, preference_eval, segment_logps, PairSums, PreferenceLoss,
+    PreferenceMetrics, ReferenceLogps,
+};
 use crate::weights::{file_error, load_into, read_safetensors, save_safetensors, write_atomically};
 use crate::{Batch, CausalLm, Error, Result};
 
@@ -60,8 +64,19 @@ pub struct TrainOptions {
     pub eps: f64,
     /// Maximum global gradient L2 norm; 0 disables clipping.
     pub grad_clip: f64,
-    /// `cpt`: loss on every token of every segment; `sft`: only where `loss_mask` is set.
+    /// `cpt`: loss on every token of every segment; `sft`: only where `loss_mask` is set; `dpo`
+    /// and `simpo`: preference pairs (rows from `dapt pack --preference`), see `beta`, `loss`.
     pub objective: Objective,
+    /// Preference objectives: the inverse temperature β of the implicit reward (TRL's `beta`).
+    pub beta: f64,
+    /// `dpo`: `sigmoid` (the DPO paper's), `hinge` (SLiC), `ipo` (IPO, on per-token mean
+    /// log-ratios, as TRL) or `robust` (rDPO, unbiased under `label_smoothing` label noise).
+    pub loss: PreferenceLoss,
+    /// Preference objectives: the share of pairs assumed to be labelled the wrong way round
+    /// (conservative DPO for `sigmoid` and `simpo`; `robust` corrects for it); 0 for none.
+    pub label_smoothing: f64,
+    /// `simpo`: the target reward margin γ between chosen and rejected (TRL's `simpo_gamma`).
+    pub simpo_gamma: f64,
     /// bf16 autocast (CUDA only; CPU trains in float32).
     pub bf16: bool,
     /// Save a checkpoint every this many steps (0: only at the end).
@@ -98,6 +113,10 @@ impl Default for TrainOptions {
             eps: 1e-8,
             grad_clip: 1.0,
             objective: Objective::Cpt,
+            beta: 0.1,
+            loss: PreferenceLoss::Sigmoid,
+            label_smoothing: 0.0,
+            simpo_gamma: 0.5,
             bf16: true,
             checkpoint_every: 0,
             keep_checkpoints: 2,
@@ -180,6 +199,24 @@ impl TrainOptions {
         if !(self.embedding_lr_scale.is_finite() && self.embedding_lr_scale > 0.0) {
             return Err(bad("embedding_lr_scale", "must be a positive number"));
         }
+        if !(self.beta.is_finite() && self.beta > 0.0) {
+            return Err(bad("beta", "must be a positive number"));
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            return Err(bad("label_smoothing", "must be in [0, 0.5)"));
+        }
+        if self.label_smoothing > 0.0
+            && self.objective == Objective::Dpo
+            && matches!(self.loss, PreferenceLoss::Hinge | PreferenceLoss::Ipo)
+        {
+            return Err(bad(
+                "label_smoothing",
+                "applies to the `sigmoid` and `robust` losses (and `simpo`), not to `hinge` or `ipo`",
+            ));
+        }
+        if !self.simpo_gamma.is_finite() {
+            return Err(bad("simpo_gamma", "must be a number"));
+        }
         Ok(())
     }
 
@@ -224,6 +261,10 @@ pub struct StepMetrics {
     /// Mean held-out loss after this step, when evaluated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heldout_loss: Option<f64>,
+    /// Preference objectives: the step's reward margin and accuracy and the chosen/rejected
+    /// log-probabilities, means over its pairs (`loss` is then the mean loss per pair).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferenceMetrics>,
 }
 
 /// What a checkpoint records besides tensors.
@@ -266,6 +307,9 @@ pub struct Trainer<'a> {
     /// ZeRO-1: each rank keeps and updates the optimiser state of its share of the variables
     /// (whole variables, balanced by size), then every variable is sent from its owner to all.
     pub zero1: bool,
+    /// `objective = "dpo"`: the reference model's log-probabilities of the training (and
+    /// held-out) rows, computed before the first step ([`ReferenceLogps::compute`]).
+    pub reference: Option<&'a ReferenceLogps>,
 }
 
 /// What a run did.
@@ -342,6 +386,7 @@ impl<'a> Trainer<'a> {
             log_path: None,
             dist: None,
             zero1: false,
+            reference: None,
         }
     }
 
@@ -443,6 +488,13 @@ impl<'a> Trainer<'a> {
             None => Vec::new(),
         };
         let flops_per_token = self.flops_per_token();
+        let preference = options.objective.is_preference();
+        if options.objective == Objective::Dpo && self.reference.is_none() {
+            return Err(Error::Setting {
+                key: "train.objective".into(),
+                reason: "`dpo` needs the reference model's log-probabilities of the rows (computed by the stage runner before the first step); `simpo` needs none".into(),
+            });
+        }
         let autocast = options.bf16 && device.is_cuda();
         let mut history = Vec::new();
         self.model.set_training(true);
@@ -453,30 +505,63 @@ impl<'a> Trainer<'a> {
             tch::manual_seed(sub_seed(self.seed, "train-step", step as u64) as i64);
             let learning_rate = options.learning_rate_at(step);
             let mut batches = Vec::with_capacity(options.grad_accumulation);
+            let mut slices = Vec::with_capacity(options.grad_accumulation);
             for _ in 0..options.grad_accumulation {
                 let rows = (0..options.batch_size)
                     .map(|_| data.next_row())
                     .collect::<Result<Vec<_>>>()?;
-                check_rows(self.model, &rows, 0).map_err(|e| Error::Data {
+                let checked = check_rows(self.model, &rows, 0).and_then(|()| {
+                    if preference {
+                        check_pair_rows(&rows, 0)
+                    } else {
+                        Ok(())
+                    }
+                });
+                checked.map_err(|e| Error::Data {
                     step,
                     cursor: data.cursor(),
                     source: Box::new(e),
                 })?;
                 // Every rank reads the same rows (one cursor for all) and trains on its slice.
-                let refs: Vec<&PackedRow> = rows[rank * share..(rank + 1) * share].iter().collect();
+                let slice: Vec<PackedRow> = rows[rank * share..(rank + 1) * share].to_vec();
+                let refs: Vec<&PackedRow> = slice.iter().collect();
                 batches.push(Batch::from_rows_with(&refs, device, options.objective));
+                slices.push(slice);
             }
             let local_tokens: i64 = batches.iter().map(|b| b.target_count).sum();
-            let tokens = match self.dist {
-                Some(dist) => dist.sum_f64(&[local_tokens as f64])?[0].round() as i64,
-                None => local_tokens,
+            // What the loss is averaged over: target tokens, or pairs for preference objectives.
+            let local_units: i64 = if preference {
+                batches.iter().map(|b| b.segment_count / 2).sum()
+            } else {
+                local_tokens
+            };
+            let (tokens, units) = match self.dist {
+                Some(dist) => {
+                    let sums = dist.sum_f64(&[local_tokens as f64, local_units as f64])?;
+                    (sums[0].round() as i64, sums[1].round() as i64)
+                }
+                None => (local_tokens, local_units),
             };
             optimizer.zero_grad();
             let mut loss_sum = 0.0;
-            for batch in &batches {
-                let loss = tch::autocast(autocast, || self.model.loss_sum(batch));
+            let mut pair_sums = PairSums::default();
+            for (batch, slice) in batches.iter().zip(&slices) {
+                let loss = if preference {
+                    let terms = tch::autocast(autocast, || {
+                        let (logps, counts) = segment_logps(self.model, batch);
+                        let reference = self
+                            .reference
+                            .map(|r| r.for_rows(&slice.iter().collect::<Vec<_>>(), device))
+                            .transpose()?;
+                        pair_terms(options, &logps, &counts, reference.as_ref())
+                    })?;
+                    pair_sums.add(&terms.sums);
+                    terms.losses.sum(tch::Kind::Float)
+                } else {
+                    tch::autocast(autocast, || self.model.loss_sum(batch))
+                };
                 loss_sum += loss.double_value(&[]);
-                (loss / tokens.max(1) as f64).backward();
+                (loss / units.max(1) as f64).backward();
             }
             if let Some(dist) = self.dist {
                 match &layout {
@@ -484,8 +569,11 @@ impl<'a> Trainer<'a> {
                     None => dist.all_reduce_gradients(&optimizer.tensors())?,
                 }
                 loss_sum = dist.sum_f64(&[loss_sum])?[0];
+                if preference {
+                    pair_sums = PairSums::from_slice(&dist.sum_f64(&pair_sums.to_vec())?);
+                }
             }
-            let loss = loss_sum / tokens.max(1) as f64;
+            let loss = loss_sum / units.max(1) as f64;
             if !loss.is_finite() {
                 return Err(Error::Diverged { step, loss });
             }
@@ -514,7 +602,17 @@ impl<'a> Trainer<'a> {
                         && every > 0
                         && ((step + 1) % every == 0 || step + 1 == options.steps) =>
                 {
-                    Some(
+                    Some(if preference {
+                        preference_eval(
+                            self.model,
+                            rows,
+                            options.batch_size,
+                            options,
+                            self.reference,
+                            device,
+                        )?
+                        .loss
+                    } else {
                         mean_loss(
                             self.model,
                             rows,
@@ -522,8 +620,8 @@ impl<'a> Trainer<'a> {
                             options.objective,
                             device,
                         )?
-                        .0,
-                    )
+                        .0
+                    })
                 }
                 _ => None,
             };
@@ -537,6 +635,7 @@ impl<'a> Trainer<'a> {
                 mfu: (options.peak_tflops > 0.0)
                     .then(|| tokens_per_second * flops_per_token / (options.peak_tflops * 1e12)),
                 heldout_loss,
+                preference: preference.then(|| pair_sums.finish()),
             };
             if let Some((path, file)) = log.as_mut() {
                 let line = serde_json::to_string(&metrics)

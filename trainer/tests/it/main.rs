@@ -12,6 +12,8 @@ use dapt_trainer::{
     ResizeInit, RowSource, StepMetrics, TrainOptions, TrainSettings, Trainer,
 };
 
+mod preference;
+
 /// LibTorch's random generator is global to the process: tests that seed it and draw from it take
 /// turns, or parallel tests would interleave their draws.
 static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
