@@ -93,6 +93,9 @@ pub struct AdaptOptions {
     /// `[sft]`: supervised fine-tuning after the last stage. Default none.
     #[serde(default)]
     pub sft: Option<SftOptions>,
+    /// `[align]`: preference training (DPO or SimPO) after SFT. Default none.
+    #[serde(default)]
+    pub align: Option<AlignOptions>,
     /// `[eval]`: what is measured of every checkpoint.
     pub eval: AdaptEvalOptions,
 }
@@ -198,6 +201,55 @@ pub struct SftOptions {
 
 fn default_window() -> usize {
     64
+}
+
+/// `[align]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlignOptions {
+    /// Preference pairs: a query returning `id`, `prompt`, `chosen` and `rejected` (or `id`,
+    /// `chosen` and `rejected` as JSON message lists that differ only in the last turn), rendered
+    /// in the model's chat template.
+    pub sql: String,
+    /// Held-out pairs (same columns): reward accuracy and margin before and after, in the report.
+    #[serde(default)]
+    pub heldout_sql: Option<String>,
+    /// Pairs packed together by best-fit-decreasing. Default 64.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// Tokens per row of pairs (a pair is two chats side by side). Default: twice `pack.seq_len`.
+    #[serde(default)]
+    pub seq_len: Option<usize>,
+    /// lora (default: the reference is the same weights with the adapters off) or full.
+    #[serde(default = "default_method")]
+    pub method: Method,
+    /// `[align.train]`: `objective = "dpo"` (default) or `"simpo"`, `beta`, `loss`,
+    /// `label_smoothing`, `simpo_gamma` and the usual keys.
+    #[serde(default)]
+    pub train: TrainOptions,
+    /// `[align.lora]`.
+    #[serde(default)]
+    pub lora: LoraOptions,
+}
+
+impl AlignOptions {
+    /// The training options with a preference objective (`dpo` unless `simpo` is given).
+    fn train_options(&self) -> Result<TrainOptions> {
+        let objective = match self.train.objective {
+            Objective::Cpt => Objective::Dpo,
+            o if o.is_preference() => o,
+            other => {
+                return Err(setting(
+                    "align.train.objective",
+                    format!("{other:?}: alignment trains `dpo` or `simpo`"),
+                ))
+            }
+        };
+        Ok(TrainOptions {
+            objective,
+            ..self.train.clone()
+        })
+    }
 }
 
 /// `[eval]`.
@@ -385,6 +437,7 @@ impl AdaptSettings {
             let key = |k: &str| format!("stage[{i}].{k}");
             if stage.name.is_empty()
                 || stage.name == "sft"
+                || stage.name == "align"
                 || stage.name == "mix"
                 || !stage
                     .name
@@ -394,7 +447,7 @@ impl AdaptSettings {
                 return Err(setting(
                     key("name"),
                     format!(
-                        "{:?}: use letters, digits, _ and - (and neither \"sft\" nor \"mix\")",
+                        "{:?}: use letters, digits, _ and - (and none of \"sft\", \"align\", \"mix\")",
                         stage.name
                     ),
                 ));
@@ -420,6 +473,19 @@ impl AdaptSettings {
             }
             TrainSettings::try_from(sft.train.clone()).map_err(invalid("sft.train"))?;
             sft.lora.validate().map_err(invalid("sft.lora"))?;
+        }
+        if let Some(align) = &o.align {
+            if align.sql.trim().is_empty() {
+                return Err(setting("align.sql", "must not be empty"));
+            }
+            if align.window == 0 {
+                return Err(setting("align.window", "must be positive"));
+            }
+            if align.seq_len == Some(0) {
+                return Err(setting("align.seq_len", "must be positive"));
+            }
+            TrainSettings::try_from(align.train_options()?).map_err(invalid("align.train"))?;
+            align.lora.validate().map_err(invalid("align.lora"))?;
         }
         let e = &o.eval;
         if e.texts.is_empty() && e.tasks.is_empty() && e.prompts.is_empty() {
@@ -749,11 +815,22 @@ pub fn run(
     let runtime = crate::runtime()?;
     let sources = settings.sources();
     let sources_id = sources_identity(&sources)?;
-    let checkpoints_count = o.stages.len() + usize::from(o.sft.is_some()) + 2;
+    let checkpoints_count =
+        o.stages.len() + usize::from(o.sft.is_some()) + usize::from(o.align.is_some()) + 2;
+    let align_packs = o
+        .align
+        .as_ref()
+        .map_or(0, |a| 1 + usize::from(a.heldout_sql.is_some()));
     let mut steps = Steps {
         dir: out.join("steps"),
-        // import, measure, extend, resize, a mix and a pack per stage, the chats, train, evals
-        total: 4 + 2 * o.stages.len() + usize::from(o.sft.is_some()) + 1 + checkpoints_count,
+        // import, measure, extend, resize, a mix and a pack per stage, the chats, the pairs,
+        // train, evals
+        total: 4
+            + 2 * o.stages.len()
+            + usize::from(o.sft.is_some())
+            + align_packs
+            + 1
+            + checkpoints_count,
         records: Vec::new(),
     };
 
@@ -1065,6 +1142,56 @@ pub fn run(
             Ok(())
         })?;
     }
+    let align_dir = out.join("packed").join("align");
+    let align_heldout_dir = out.join("packed").join("align-heldout");
+    if let Some(align) = &o.align {
+        let template = model_dir.join("tokenizer_config.json");
+        let template_id = if template.is_file() {
+            Some(file_identity(&template)?)
+        } else {
+            None
+        };
+        let mut parts = vec![("pack-align", &align.sql, &align_dir)];
+        if let Some(query) = &align.heldout_sql {
+            parts.push(("pack-align-heldout", query, &align_heldout_dir));
+        }
+        for (step, query, dir) in parts {
+            let job = PackJob {
+                input: PackInput::Inline {
+                    query: query.clone(),
+                    sources: sources.clone(),
+                },
+                tokenizer: tokenizer_path.clone(),
+                encoder: EncoderChoice::Auto,
+                settings: PackSettings {
+                    seq_len: align.seq_len.unwrap_or(2 * pack_settings.seq_len),
+                    ..pack_settings.clone()
+                },
+                seed: o.seed,
+                out: dir.display().to_string(),
+                mode: PackMode::Preference {
+                    chat_template: template.is_file().then(|| template.display().to_string()),
+                    window: align.window,
+                },
+                overwrite: false,
+            };
+            let pack_id = identity(
+                "the packed pairs",
+                &(job.identity(&tokenizer)?, &sources_id, &template_id),
+            )?;
+            steps.run(step, &pack_id, &[dir], || {
+                if let PackOutcome::Preference(stats) = job.run(std::sync::Arc::new(|_, _| {}))? {
+                    tracing::info!(
+                        pairs = stats.examples,
+                        dropped = stats.dropped,
+                        rows = stats.rows,
+                        "preference pairs packed"
+                    );
+                }
+                Ok(())
+            })?;
+        }
+    }
 
     // 5. Train: every CPT stage, then SFT, each from the one before.
     let train_dir = out.join("train");
@@ -1097,6 +1224,21 @@ pub fn run(
                 ..sft.train.clone()
             },
             lora: sft.lora.clone(),
+        });
+    }
+    if let Some(align) = &o.align {
+        stage_options.push(StageOptions {
+            name: "align".into(),
+            data: align_dir.display().to_string(),
+            heldout: align
+                .heldout_sql
+                .is_some()
+                .then(|| align_heldout_dir.display().to_string()),
+            method: align.method,
+            trainable: Trainable::All,
+            freeze_embeddings_below: freeze,
+            train: align.train_options()?,
+            lora: align.lora.clone(),
         });
     }
     let train_config = TrainConfig {
@@ -1486,6 +1628,25 @@ fn write_report(
             s.last_loss,
             s.seconds
         ));
+    }
+    for s in stage_reports {
+        if let (Some(before), Some(after)) =
+            (&s.heldout_preference_before, &s.heldout_preference_after)
+        {
+            summary.push_str(&format!(
+                "\nPreference training `{}` on {} held-out pairs: reward accuracy {:.3} → {:.3}, reward margin {:.3} → {:.3}, chosen log-probability {:.2} → {:.2}, rejected {:.2} → {:.2}.\n",
+                s.name,
+                after.pairs,
+                before.reward_accuracy,
+                after.reward_accuracy,
+                before.reward_margin,
+                after.reward_margin,
+                before.chosen_logps,
+                after.chosen_logps,
+                before.rejected_logps,
+                after.rejected_logps
+            ));
+        }
     }
     summary.push_str("\n## Mixes\n\n| stage | component | documents | tokens | target share | achieved share | QA grounded in earlier stages |\n|---|---|---|---|---|---|---|\n");
     for m in mix_reports {

@@ -468,10 +468,19 @@ async fn pairs(
                         content: row[1].clone(),
                     }]
                 };
+                // A response: the assistant's text, or (TRL's conversational layout) a JSON list
+                // of the messages that follow the prompt.
+                let response = |text: &str| -> Vec<Message> {
+                    text.trim_start()
+                        .starts_with('[')
+                        .then(|| serde_json::from_str::<Vec<Message>>(text).ok())
+                        .flatten()
+                        .unwrap_or_else(|| vec![assistant(text)])
+                };
                 let mut chosen = prompt.clone();
-                chosen.push(assistant(&row[2]));
+                chosen.extend(response(&row[2]));
                 let mut rejected = prompt;
-                rejected.push(assistant(&row[3]));
+                rejected.extend(response(&row[3]));
                 (chosen, rejected)
             } else {
                 let chosen = messages(&id, "chosen", &row[1])?;

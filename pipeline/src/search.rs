@@ -236,6 +236,8 @@ mod tests {
             ("learning_rate".to_string(), serde_json::json!(0.02)),
             ("lora.r".to_string(), serde_json::json!(16)),
             ("lora.alpha".to_string(), serde_json::json!(32.0)),
+            ("beta".to_string(), serde_json::json!(0.3)),
+            ("loss".to_string(), serde_json::json!("ipo")),
             (
                 "lora.target_modules".to_string(),
                 serde_json::json!(["q_proj", "v_proj"]),
@@ -248,6 +250,8 @@ mod tests {
         assert_eq!(lora.r, 16);
         assert_eq!(lora.alpha, 32.0);
         assert_eq!(lora.target_modules, ["q_proj", "v_proj"]);
+        assert_eq!(train.beta, 0.3);
+        assert_eq!(train.loss, dapt_trainer::PreferenceLoss::Ipo);
         let bad: TrialSettings = [("learnin_rate".to_string(), serde_json::json!(1))].into();
         let err = apply(&TrainOptions::default(), &LoraOptions::default(), &bad)
             .unwrap_err()

@@ -75,10 +75,42 @@ pub fn string_column(
         query: query.to_string(),
         reason: format!("the result has no column `{name}`"),
     })?;
-    arrow::compute::cast(column, &DataType::Utf8).map_err(|source| Error::Columns {
+    let fail = |reason: String| Error::Columns {
         query: query.to_string(),
-        reason: format!("column `{name}` cannot be read as text: {source}"),
-    })
+        reason: format!("column `{name}` cannot be read as text: {reason}"),
+    };
+    if column.data_type().is_nested() {
+        return nested_as_json(name, column).map_err(|e| fail(e.to_string()));
+    }
+    arrow::compute::cast(column, &DataType::Utf8).map_err(|source| fail(source.to_string()))
+}
+
+/// Each value of a nested column (lists, structs: a JSON-lines `messages` array, say) as its JSON
+/// text; nulls stay null.
+fn nested_as_json(
+    name: &str,
+    column: &arrow::array::ArrayRef,
+) -> std::result::Result<arrow::array::ArrayRef, arrow::error::ArrowError> {
+    let field = arrow::datatypes::Field::new(name, column.data_type().clone(), true);
+    let batch = RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(vec![field])),
+        vec![column.clone()],
+    )?;
+    let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+    writer.write(&batch)?;
+    writer.finish()?;
+    let text = String::from_utf8(writer.into_inner())
+        .map_err(|e| arrow::error::ArrowError::JsonError(e.to_string()))?;
+    let mut values = arrow::array::StringBuilder::new();
+    for (i, line) in text.lines().enumerate() {
+        let object: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| arrow::error::ArrowError::JsonError(e.to_string()))?;
+        match object.get(name) {
+            Some(value) if column.is_valid(i) => values.append_value(value.to_string()),
+            _ => values.append_null(),
+        }
+    }
+    Ok(std::sync::Arc::new(values.finish()))
 }
 
 #[cfg(test)]

@@ -88,12 +88,12 @@ fn the_small_russian_recipe_adapts_smollm2_and_reruns_what_changed() -> Result<(
         .filter_map(Value::as_str)
         .collect();
     ensure!(
-        checkpoints == ["base", "extended", "stage1", "stage2", "sft"],
+        checkpoints == ["base", "extended", "stage1", "stage2", "sft", "align"],
         "{checkpoints:?}"
     );
     let ru = bpb(&report, "ru");
     let en = bpb(&report, "en");
-    ensure!(ru.len() == 5 && en.len() == 5, "{ru:?} {en:?}");
+    ensure!(ru.len() == 6 && en.len() == 6, "{ru:?} {en:?}");
     ensure!(
         ru[3] < ru[1],
         "Russian bits-per-byte did not go down with training: {ru:?}"
@@ -126,6 +126,37 @@ fn the_small_russian_recipe_adapts_smollm2_and_reruns_what_changed() -> Result<(
             "{label}"
         );
     }
+
+    // DPO after SFT on dictionary pairs: the reference computed once (adapters off), every step
+    // logged its rewards, and the held-out pairs' reward accuracy went from 0 (the policy is its
+    // reference) past chance.
+    let align = report["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "align"))
+        .context("an align stage")?;
+    let (before, after) = (
+        &align["heldout_preference_before"],
+        &align["heldout_preference_after"],
+    );
+    ensure!(
+        before["reward_accuracy"] == 0.0 && after["pairs"].as_i64().unwrap_or(0) >= 10,
+        "{align}"
+    );
+    ensure!(
+        after["reward_accuracy"].as_f64().unwrap_or(0.0) > 0.5,
+        "{align}"
+    );
+    ensure!(out.join("train/align/reference_logps.json").is_file());
+    let log = std::fs::read_to_string(out.join("train/align/train_log.jsonl"))?;
+    ensure!(
+        log.lines().count() == 3 && log.lines().all(|l| l.contains("\"reward_margin\"")),
+        "{log}"
+    );
+    let markdown = std::fs::read_to_string(out.join("report.md"))?;
+    ensure!(
+        markdown.contains("Preference training `align` on"),
+        "{markdown}"
+    );
 
     // Stage 2's QA is grounded in stage 1's text; the LoRA stages trained the new rows.
     let qa = report["mix"][1]["components"]
@@ -230,13 +261,21 @@ fn the_small_russian_recipe_adapts_smollm2_and_reruns_what_changed() -> Result<(
         "mix-stage1",
         "pack-stage1",
         "pack-sft",
+        "pack-align",
+        "pack-align-heldout",
         "eval-base",
         "eval-extended",
         "eval-stage1",
     ] {
         ensure!(reused[step], "{step} was redone: {reused:?}");
     }
-    for step in ["mix-stage2", "pack-stage2", "eval-stage2", "eval-sft"] {
+    for step in [
+        "mix-stage2",
+        "pack-stage2",
+        "eval-stage2",
+        "eval-sft",
+        "eval-align",
+    ] {
         ensure!(!reused[step], "{step} was reused: {reused:?}");
     }
     let stage1 = read_json(&out.join("train/stage1/stage.json"))?;

@@ -361,10 +361,38 @@ fn preference_chats_must_share_the_prompt() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&good.stderr)
     );
-    let rows = dapt_trainer::read_all_rows(
-        dapt_core::Location::parse(dir.path().join("good").to_str().unwrap())?,
-        16,
+    // TRL's conversational layout as JSON lines with nested lists (read as JSON text): a prompt
+    // list, the responses as lists of what follows it; the same pair packs to the same row.
+    let trl = dir.path().join("trl.jsonl");
+    std::fs::write(
+        &trl,
+        serde_json::json!({
+            "id": "a",
+            "prompt": [{"role": "user", "content": "Сколько ног у лошади?"}],
+            "chosen": [{"role": "assistant", "content": "Четыре."}],
+            "rejected": [{"role": "assistant", "content": "Две."}],
+        })
+        .to_string()
+            + "\n",
     )?;
+    std::fs::write(
+        &sources,
+        format!("[sources.chats]\nurl = {data:?}\n[sources.trl]\nurl = {trl:?}\n"),
+    )?;
+    let trl_layout = pack("SELECT id, prompt, chosen, rejected FROM trl", "trl");
+    ensure!(
+        trl_layout.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trl_layout.stderr)
+    );
+    let read = |name: &str| {
+        dapt_trainer::read_all_rows(
+            dapt_core::Location::parse(dir.path().join(name).to_str().unwrap())?,
+            16,
+        )
+    };
+    ensure!(read("trl")? == read("good")?, "the two layouts pack alike");
+    let rows = read("good")?;
     ensure!(rows.len() == 1 && rows[0].segment_lengths.len() == 2);
     ensure!(rows[0].segment_sources == ["chosen", "rejected"]);
     // Loss on the final answers only: the prompt's tokens are not targets.
