@@ -71,6 +71,21 @@ fn sequence(
     out
 }
 
+/// The rows of a `DPOTrainer` fixture's batch (`input_ids`: chosen rows, then rejected ones).
+fn dpo_rows(fixture: &BTreeMap<String, Tensor>) -> Vec<PackedRow> {
+    let ids = ints(&fixture["input_ids"]);
+    let completion = ints(&fixture["completion_mask"]);
+    let attention = ints(&fixture["attention_mask"]);
+    let pairs = ids.len() / 2;
+    let side = |r: usize| sequence(&ids, &attention, |t| completion[r][t] == 1, r);
+    pair_rows(
+        &(0..pairs)
+            .map(|p| (side(p), side(pairs + p)))
+            .collect::<Vec<_>>(),
+        2 * ids[0].len(),
+    )
+}
+
 fn check(
     name: &str,
     options: &TrainOptions,
@@ -149,19 +164,7 @@ fn dpo_losses_and_gradients_equal_trls() {
             serde_json::to_value(loss).unwrap().as_str().unwrap()
         );
         let fixture = load(&format!("dpo/{name}.safetensors"));
-        let ids = ints(&fixture["input_ids"]);
-        let completion = ints(&fixture["completion_mask"]);
-        let attention = ints(&fixture["attention_mask"]);
-        let pairs = ids.len() / 2;
-        let rows = pair_rows(
-            &(0..pairs)
-                .map(|p| {
-                    let side = |r: usize| sequence(&ids, &attention, |t| completion[r][t] == 1, r);
-                    (side(p), side(pairs + p))
-                })
-                .collect::<Vec<_>>(),
-            2 * ids[0].len(),
-        );
+        let rows = dpo_rows(&fixture);
         let options = TrainOptions {
             objective: Objective::Dpo,
             beta: 0.3,
@@ -209,19 +212,7 @@ fn simpo_equals_trls_cpo_trainer() {
 fn lora_reference_is_the_base_with_adapters_off() {
     let _guard = rng_lock();
     let fixture = load("dpo/dpo_sigmoid.safetensors");
-    let ids = ints(&fixture["input_ids"]);
-    let completion = ints(&fixture["completion_mask"]);
-    let attention = ints(&fixture["attention_mask"]);
-    let pairs = ids.len() / 2;
-    let rows = pair_rows(
-        &(0..pairs)
-            .map(|p| {
-                let side = |r: usize| sequence(&ids, &attention, |t| completion[r][t] == 1, r);
-                (side(p), side(pairs + p))
-            })
-            .collect::<Vec<_>>(),
-        2 * ids[0].len(),
-    );
+    let rows = dpo_rows(&fixture);
     let refs: Vec<&PackedRow> = rows.iter().collect();
     let (_base_vs, base) = CausalLm::load(&fixture_dir(), Device::Cpu, Kind::Float).unwrap();
     let base_logps = ReferenceLogps::compute(&base, &rows, 8, Device::Cpu)
