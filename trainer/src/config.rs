@@ -32,7 +32,7 @@ impl TokenIds {
 pub struct ModelConfig {
     /// HF class names (`LlamaForCausalLM`, …).
     pub architectures: Vec<String>,
-    /// `llama`, `qwen2` or `qwen3`.
+    /// `llama`, `mistral`, `qwen2` or `qwen3`.
     pub model_type: String,
     /// Rows of the embedding table.
     pub vocab_size: i64,
@@ -164,6 +164,16 @@ impl ModelConfig {
         self.model_type != "qwen2" && self.attention_bias.unwrap_or(false)
     }
 
+    /// How many positions back (the query's own included) a query attends to, when the model uses a
+    /// sliding window: Mistral's `sliding_window` (`null`: none). Queries attend to keys whose
+    /// position within the segment is greater than their own minus the window, as in transformers.
+    pub fn attention_window(&self) -> Option<i64> {
+        (self.model_type == "mistral")
+            .then(|| self.extra.get("sliding_window").and_then(Value::as_i64))
+            .flatten()
+            .filter(|&w| w > 0)
+    }
+
     /// Whether q and k are RMS-normalised per head before RoPE (Qwen3).
     pub fn qk_norm(&self) -> bool {
         self.model_type == "qwen3"
@@ -247,13 +257,24 @@ impl ModelConfig {
                 return Err(Self::bad(key, format!("must be positive, is {value}")));
             }
         }
-        if !matches!(self.model_type.as_str(), "llama" | "qwen2" | "qwen3") {
+        if !matches!(
+            self.model_type.as_str(),
+            "llama" | "mistral" | "qwen2" | "qwen3"
+        ) {
             return Err(Self::bad(
                 "model_type",
                 format!(
-                    "{:?} is not supported (llama, qwen2, qwen3 are)",
+                    "{:?} is not supported (llama, mistral, qwen2, qwen3 are)",
                     self.model_type
                 ),
+            ));
+        }
+        if self.model_type.starts_with("qwen")
+            && self.extra.get("use_sliding_window") == Some(&Value::Bool(true))
+        {
+            return Err(Self::bad(
+                "use_sliding_window",
+                "Qwen's sliding-window layers are not supported; set it to false".into(),
             ));
         }
         if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {

@@ -1,5 +1,5 @@
-//! dapt-trainer: training on LibTorch (tch). Its job is decoder models of the Llama 3 / Qwen2 / Qwen3
-//! families whose variables carry the HF checkpoint names (so HF model directories load and save without
+//! dapt-trainer: training on LibTorch (tch). Its job is decoder models of the Llama 3 / Mistral / Qwen2 /
+//! Qwen3 families whose variables carry the HF checkpoint names (so HF model directories load and save without
 //! renaming), batches built from packed rows with positions that restart in every segment and a
 //! block-diagonal causal mask (no token attends across documents), LoRA adapters in PEFT's layout,
 //! embedding resizing for extended vocabularies, and a training loop (AdamW with decoupled weight decay,

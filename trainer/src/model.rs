@@ -747,7 +747,20 @@ impl CausalLm {
 
     /// `input_ids`, `positions: [b, t]` int64, `mask: [b, 1, t, t]` bool → logits `[b, t, vocab]`.
     pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Tensor {
-        self.forward_with(input_ids, positions, &Attend::Mask(mask))
+        let mask = self.windowed(mask, positions);
+        self.forward_with(input_ids, positions, &Attend::Mask(&mask))
+    }
+
+    /// `mask` (`[b, 1, t, t]`, queries and keys at `positions: [b, t]`) limited to the model's sliding
+    /// window (a key at most `window − 1` positions before its query); the mask itself otherwise.
+    fn windowed(&self, mask: &Tensor, positions: &Tensor) -> Tensor {
+        match self.config.attention_window() {
+            None => mask.shallow_clone(),
+            Some(window) => {
+                let distance = positions.unsqueeze(2) - positions.unsqueeze(1);
+                mask.logical_and(&distance.lt(window).unsqueeze(1))
+            }
+        }
     }
 
     /// Logits of a batch. With the `cuda` feature, on CUDA, when flash attention is on (see
@@ -759,8 +772,12 @@ impl CausalLm {
 
     /// The final hidden states `[b, t, hidden]` of a batch (before the output head).
     fn hidden_batch(&self, batch: &Batch) -> Tensor {
+        // (A sliding window is applied to the mask; the flash path takes whole segments.)
         #[cfg(feature = "cuda")]
-        if self.flash.get() && batch.input_ids.device().is_cuda() {
+        if self.flash.get()
+            && batch.input_ids.device().is_cuda()
+            && self.config.attention_window().is_none()
+        {
             let cu_seqlens =
                 Tensor::from_slice(&batch.cu_seqlens).to_device(batch.input_ids.device());
             let attend = Attend::Varlen {
@@ -776,10 +793,11 @@ impl CausalLm {
                 self.training.get(),
             );
         }
+        let mask = self.windowed(&batch.mask, &batch.positions);
         self.decode(
             &batch.input_ids,
             &batch.positions,
-            &Attend::Mask(&batch.mask),
+            &Attend::Mask(&mask),
             None,
             self.training.get(),
         )
@@ -953,7 +971,11 @@ impl CausalLm {
         // Query i (at column past + i) sees keys 0..=past + i.
         let query = columns.unsqueeze(1);
         let key = Tensor::arange(past + t, (Kind::Int64, device)).unsqueeze(0);
-        let causal = key.le_tensor(&query);
+        let mut causal = key.le_tensor(&query);
+        if let Some(window) = self.config.attention_window() {
+            // Columns advance with positions in every row (padding only shifts where they start).
+            causal = causal.logical_and(&key.gt_tensor(&(&query - window)));
+        }
         let (positions, mask) = if cache.pads.is_empty() {
             (
                 columns.unsqueeze(0).expand([b, t], false),

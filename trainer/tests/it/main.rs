@@ -112,6 +112,105 @@ fn qwen3_matches_transformers() {
     assert_parity("qwen3");
 }
 
+/// Mistral: Llama's blocks with a sliding window (5 of the fixture's 12 positions, so the logits
+/// from position 5 on depend on it).
+#[test]
+fn mistral_matches_transformers() {
+    assert_parity("mistral");
+}
+
+/// Mistral's window holds in packed rows (two documents in one row give each document's logits
+/// alone) and through the KV cache, one token at a time and in left-padded batches.
+#[test]
+fn mistral_window_holds_in_packed_rows_and_the_kv_cache() {
+    let (_vs, model) = CausalLm::load(&fixture("mistral"), Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(model.config().attention_window(), Some(5));
+    let (rows, expected) = reference(&fixture("mistral"));
+    let (a, b) = (&rows[0].input_ids, &rows[1].input_ids[..9]);
+    let packed = PackedRow {
+        input_ids: a.iter().chain(b).copied().collect(),
+        segment_lengths: vec![a.len() as i32, b.len() as i32],
+        loss_mask: vec![true; a.len() + b.len()],
+        ..Default::default()
+    };
+    let logits = logits_of(&model, &[packed]).get(0);
+    let first = logits.narrow(0, 0, a.len() as i64);
+    let second = logits.narrow(0, a.len() as i64, b.len() as i64);
+    assert!(max_difference(&first, &expected.get(0)) < 1e-4);
+    assert!(max_difference(&second, &expected.get(1).narrow(0, 0, 9)) < 1e-4);
+
+    let ids: Vec<i64> = a.iter().map(|&i| i64::from(i)).collect();
+    let mut cache = dapt_trainer::KvCache::default();
+    let mut pieces = vec![dapt_trainer::tch::no_grad(|| {
+        model.forward_cached(&Tensor::from_slice(&ids[..3]).unsqueeze(0), &mut cache)
+    })];
+    for &id in &ids[3..] {
+        pieces.push(dapt_trainer::tch::no_grad(|| {
+            model.forward_cached(&Tensor::from_slice(&[id]).unsqueeze(0), &mut cache)
+        }));
+    }
+    let incremental = Tensor::cat(&pieces, 1).squeeze_dim(0);
+    let difference = max_difference(&incremental, &expected.get(0));
+    assert!(difference < 1e-4, "cached vs transformers: {difference}");
+
+    // Row 1 left-padded by 3 beside row 0: its logits are its own.
+    let mut padded = vec![0i64; 3];
+    padded.extend(rows[1].input_ids[..9].iter().map(|&i| i64::from(i)));
+    let batch = Tensor::stack(&[Tensor::from_slice(&ids), Tensor::from_slice(&padded)], 0);
+    let mut cache = dapt_trainer::KvCache::left_padded(vec![0, 3]);
+    let logits = dapt_trainer::tch::no_grad(|| model.forward_cached(&batch, &mut cache));
+    let difference = max_difference(
+        &logits.get(1).narrow(0, 3, 9),
+        &expected.get(1).narrow(0, 0, 9),
+    );
+    assert!(
+        difference < 1e-4,
+        "left-padded vs transformers: {difference}"
+    );
+}
+
+/// LoRA on Mistral under PEFT's names: merged and saved, it loads back with its window and gives the
+/// merged logits.
+#[test]
+fn mistral_lora_merges_and_saves_with_its_window() {
+    let _guard = rng_lock();
+    let (vs, mut model) = CausalLm::load(&fixture("mistral"), Device::Cpu, Kind::Float).unwrap();
+    let adapters = nn::VarStore::new(Device::Cpu);
+    dapt_trainer::tch::manual_seed(7);
+    let attached = model
+        .attach_lora(
+            &adapters.root(),
+            &LoraOptions {
+                r: 4,
+                alpha: 8.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(attached, 2 * 7);
+    dapt_trainer::tch::no_grad(|| {
+        for (_, v) in adapters.variables() {
+            let _ = v.shallow_clone().g_add_(&(v.randn_like() * 0.1));
+        }
+    });
+    let (rows, base) = reference(&fixture("mistral"));
+    let adapted = logits_of(&model, &rows);
+    assert!(
+        max_difference(&adapted, &base) > 1e-2,
+        "the adapter changes the logits"
+    );
+    model.merge_lora();
+    let out = tempfile::tempdir().unwrap();
+    model.save(&vs, out.path()).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(written["model_type"], "mistral");
+    assert_eq!(written["sliding_window"], 5);
+    let (_, loaded) = CausalLm::load(out.path(), Device::Cpu, Kind::Float).unwrap();
+    let difference = max_difference(&logits_of(&loaded, &rows), &adapted);
+    assert!(difference < 1e-4, "saved merged vs adapted: {difference}");
+}
+
 /// A saved model carries HF's names and config keys, and loads back to the same logits.
 #[test]
 fn save_keeps_hf_names_config_and_logits() {
