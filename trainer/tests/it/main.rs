@@ -53,6 +53,25 @@ fn single(ids: &[i32]) -> PackedRow {
     }
 }
 
+/// LoRA r = 4 on every linear layer of `model`, its adapters (B included) moved off their start by
+/// seeded noise, as training would move them; the adapters' store and how many layers got one.
+fn attach_moved_lora(model: &mut CausalLm, seed: i64) -> (nn::VarStore, usize) {
+    let adapters = nn::VarStore::new(Device::Cpu);
+    dapt_trainer::tch::manual_seed(seed);
+    let options = LoraOptions {
+        r: 4,
+        alpha: 8.0,
+        ..Default::default()
+    };
+    let attached = model.attach_lora(&adapters.root(), &options).unwrap();
+    dapt_trainer::tch::no_grad(|| {
+        for (_, v) in adapters.variables() {
+            let _ = v.shallow_clone().g_add_(&(v.randn_like() * 0.1));
+        }
+    });
+    (adapters, attached)
+}
+
 /// Logits `[b, t, vocab]` of rows that are one document each.
 fn logits_of(model: &CausalLm, rows: &[PackedRow]) -> Tensor {
     let refs: Vec<&PackedRow> = rows.iter().collect();
@@ -175,24 +194,8 @@ fn mistral_window_holds_in_packed_rows_and_the_kv_cache() {
 fn mistral_lora_merges_and_saves_with_its_window() {
     let _guard = rng_lock();
     let (vs, mut model) = CausalLm::load(&fixture("mistral"), Device::Cpu, Kind::Float).unwrap();
-    let adapters = nn::VarStore::new(Device::Cpu);
-    dapt_trainer::tch::manual_seed(7);
-    let attached = model
-        .attach_lora(
-            &adapters.root(),
-            &LoraOptions {
-                r: 4,
-                alpha: 8.0,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (_adapters, attached) = attach_moved_lora(&mut model, 7);
     assert_eq!(attached, 2 * 7);
-    dapt_trainer::tch::no_grad(|| {
-        for (_, v) in adapters.variables() {
-            let _ = v.shallow_clone().g_add_(&(v.randn_like() * 0.1));
-        }
-    });
     let (rows, base) = reference(&fixture("mistral"));
     let adapted = logits_of(&model, &rows);
     assert!(

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 
 use dapt_core::PackedRow;
-use dapt_trainer::tch::{nn, Device, Kind, Tensor};
+use dapt_trainer::tch::{Device, Kind, Tensor};
 use dapt_trainer::weights::read_safetensors;
 use dapt_trainer::{
-    pair_terms, segment_logps, Batch, CausalLm, LoraOptions, Objective, PreferenceLoss,
-    ReferenceLogps, TrainOptions,
+    pair_terms, segment_logps, Batch, CausalLm, Objective, PreferenceLoss, ReferenceLogps,
+    TrainOptions,
 };
 
 use super::{fixture, rng_lock};
@@ -223,24 +223,7 @@ fn lora_reference_is_the_base_with_adapters_off() {
     vs.variables().values().for_each(|v| {
         let _ = v.set_requires_grad(false);
     });
-    let adapters = nn::VarStore::new(Device::Cpu);
-    dapt_trainer::tch::manual_seed(3);
-    model
-        .attach_lora(
-            &adapters.root(),
-            &LoraOptions {
-                r: 4,
-                alpha: 8.0,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    // Move every adapter away from zero, as training would.
-    dapt_trainer::tch::no_grad(|| {
-        for (_, v) in adapters.variables() {
-            let _ = v.shallow_clone().g_add_(&(v.randn_like() * 0.2));
-        }
-    });
+    let (_adapters, _) = super::attach_moved_lora(&mut model, 3);
     let reference = ReferenceLogps::compute(&model, &rows, 8, Device::Cpu)
         .unwrap()
         .for_rows(&refs, Device::Cpu)
