@@ -1106,90 +1106,90 @@ pub fn run(
         })?;
         packed.push(dir);
     }
-    let sft_dir = out.join("packed").join("sft");
-    if let Some(sft) = &o.sft {
-        let template = model_dir.join("tokenizer_config.json");
+    // Chats and preference pairs, rendered in the model's chat template and packed whole.
+    let template = model_dir.join("tokenizer_config.json");
+    let template_id = if template.is_file() {
+        Some(file_identity(&template)?)
+    } else {
+        None
+    };
+    let chat_template = template.is_file().then(|| template.display().to_string());
+    let mut pack_whole = |step: &str,
+                          what: &str,
+                          query: &str,
+                          dir: &Path,
+                          settings: PackSettings,
+                          mode: PackMode|
+     -> Result<()> {
         let job = PackJob {
             input: PackInput::Inline {
-                query: sft.sql.clone(),
+                query: query.to_string(),
                 sources: sources.clone(),
             },
             tokenizer: tokenizer_path.clone(),
             encoder: EncoderChoice::Auto,
-            settings: pack_settings.clone(),
+            settings,
             seed: o.seed,
-            out: sft_dir.display().to_string(),
-            mode: PackMode::Sft {
-                chat_template: template.is_file().then(|| template.display().to_string()),
+            out: dir.display().to_string(),
+            mode,
+            overwrite: false,
+        };
+        let pack_id = identity(
+            what,
+            &(job.identity(&tokenizer)?, &sources_id, &template_id),
+        )?;
+        steps.run(step, &pack_id, &[dir], || {
+            if let PackOutcome::Sft(stats) | PackOutcome::Preference(stats) =
+                job.run(std::sync::Arc::new(|_, _| {}))?
+            {
+                tracing::info!(
+                    step,
+                    examples = stats.examples,
+                    dropped = stats.dropped,
+                    rows = stats.rows,
+                    "packed whole"
+                );
+            }
+            Ok(())
+        })
+    };
+    let sft_dir = out.join("packed").join("sft");
+    if let Some(sft) = &o.sft {
+        pack_whole(
+            "pack-sft",
+            "the packed chats",
+            &sft.sql,
+            &sft_dir,
+            pack_settings.clone(),
+            PackMode::Sft {
+                chat_template: chat_template.clone(),
                 window: sft.window,
                 overlong: sft.overlong,
             },
-            overwrite: false,
-        };
-        let template_id = if template.is_file() {
-            Some(file_identity(&template)?)
-        } else {
-            None
-        };
-        let pack_id = identity(
-            "the packed chats",
-            &(job.identity(&tokenizer)?, &sources_id, template_id),
         )?;
-        steps.run("pack-sft", &pack_id, &[&sft_dir], || {
-            if let PackOutcome::Sft(stats) = job.run(std::sync::Arc::new(|_, _| {}))? {
-                tracing::info!(examples = stats.examples, rows = stats.rows, "chats packed");
-            }
-            Ok(())
-        })?;
     }
     let align_dir = out.join("packed").join("align");
     let align_heldout_dir = out.join("packed").join("align-heldout");
     if let Some(align) = &o.align {
-        let template = model_dir.join("tokenizer_config.json");
-        let template_id = if template.is_file() {
-            Some(file_identity(&template)?)
-        } else {
-            None
-        };
         let mut parts = vec![("pack-align", &align.sql, &align_dir)];
         if let Some(query) = &align.heldout_sql {
             parts.push(("pack-align-heldout", query, &align_heldout_dir));
         }
         for (step, query, dir) in parts {
-            let job = PackJob {
-                input: PackInput::Inline {
-                    query: query.clone(),
-                    sources: sources.clone(),
-                },
-                tokenizer: tokenizer_path.clone(),
-                encoder: EncoderChoice::Auto,
-                settings: PackSettings {
+            pack_whole(
+                step,
+                "the packed pairs",
+                query,
+                dir,
+                PackSettings {
                     seq_len: align.seq_len.unwrap_or(2 * pack_settings.seq_len),
                     ..pack_settings.clone()
                 },
-                seed: o.seed,
-                out: dir.display().to_string(),
-                mode: PackMode::Preference {
-                    chat_template: template.is_file().then(|| template.display().to_string()),
+                PackMode::Preference {
+                    chat_template: chat_template.clone(),
                     window: align.window,
                 },
-                overwrite: false,
-            };
-            let pack_id = identity(
-                "the packed pairs",
-                &(job.identity(&tokenizer)?, &sources_id, &template_id),
             )?;
-            steps.run(step, &pack_id, &[dir], || {
-                if let PackOutcome::Preference(stats) = job.run(std::sync::Arc::new(|_, _| {}))? {
-                    tracing::info!(
-                        pairs = stats.examples,
-                        dropped = stats.dropped,
-                        rows = stats.rows,
-                        "preference pairs packed"
-                    );
-                }
-                Ok(())
-            })?;
         }
     }
 

@@ -23,8 +23,8 @@ use crate::data::PackedShards;
 use crate::dist::Dist;
 use crate::error::{invalid, json_error};
 use crate::lora::{save_adapter, LoraOptions, TrainableTokens};
-use crate::preference::{preference_eval, PreferenceMetrics, ReferenceLogps};
-use crate::train::{mean_loss, StepMetrics, TrainOptions, TrainSettings, Trainer};
+use crate::preference::{PreferenceMetrics, ReferenceLogps};
+use crate::train::{heldout_loss, StepMetrics, TrainOptions, TrainSettings, Trainer};
 use crate::weights::write_atomically;
 use crate::{CausalLm, Error, ProxyDefaults, ProxyModelOptions, Result};
 
@@ -614,20 +614,9 @@ fn run_stage(
         let Some(rows) = heldout.as_deref() else {
             return Ok((None, None));
         };
-        if objective.is_preference() {
-            let metrics = preference_eval(
-                model,
-                rows,
-                stage.train.batch_size,
-                &stage.train,
-                reference.as_ref(),
-                device,
-            )?;
-            Ok((Some(metrics.loss), Some(metrics)))
-        } else {
-            let (loss, _) = mean_loss(model, rows, stage.train.batch_size, objective, device)?;
-            Ok((Some(loss), None))
-        }
+        let (loss, preference) =
+            heldout_loss(model, rows, &stage.train, reference.as_ref(), device)?;
+        Ok((Some(loss), preference))
     };
     let (heldout_before, heldout_preference_before) = if leader {
         heldout_eval(&model)?

@@ -352,6 +352,25 @@ pub fn mean_loss(
     Ok((sum / tokens.max(1) as f64, tokens))
 }
 
+/// Held-out loss of `rows` under `options`' objective (no gradients): the mean loss per target
+/// token, or for preference objectives the mean loss per pair, with the pairs' reward statistics
+/// (DPO scores against `reference`).
+pub fn heldout_loss(
+    model: &CausalLm,
+    rows: &[PackedRow],
+    options: &TrainOptions,
+    reference: Option<&ReferenceLogps>,
+    device: Device,
+) -> Result<(f64, Option<PreferenceMetrics>)> {
+    if options.objective.is_preference() {
+        let metrics = preference_eval(model, rows, options.batch_size, options, reference, device)?;
+        Ok((metrics.loss, Some(metrics)))
+    } else {
+        let (loss, _) = mean_loss(model, rows, options.batch_size, options.objective, device)?;
+        Ok((loss, None))
+    }
+}
+
 /// Refuses rows whose ids have no embedding in `model` (numbered from `first`), before LibTorch
 /// would index out of range.
 pub fn check_rows<'r>(
@@ -505,7 +524,8 @@ impl<'a> Trainer<'a> {
             tch::manual_seed(sub_seed(self.seed, "train-step", step as u64) as i64);
             let learning_rate = options.learning_rate_at(step);
             let mut batches = Vec::with_capacity(options.grad_accumulation);
-            let mut slices = Vec::with_capacity(options.grad_accumulation);
+            // DPO: the reference's log-probabilities of each micro-batch's segments.
+            let mut references = Vec::with_capacity(options.grad_accumulation);
             for _ in 0..options.grad_accumulation {
                 let rows = (0..options.batch_size)
                     .map(|_| data.next_row())
@@ -523,10 +543,14 @@ impl<'a> Trainer<'a> {
                     source: Box::new(e),
                 })?;
                 // Every rank reads the same rows (one cursor for all) and trains on its slice.
-                let slice: Vec<PackedRow> = rows[rank * share..(rank + 1) * share].to_vec();
-                let refs: Vec<&PackedRow> = slice.iter().collect();
+                let refs: Vec<&PackedRow> = rows[rank * share..(rank + 1) * share].iter().collect();
                 batches.push(Batch::from_rows_with(&refs, device, options.objective));
-                slices.push(slice);
+                references.push(
+                    self.reference
+                        .filter(|_| preference)
+                        .map(|r| r.for_rows(&refs, device))
+                        .transpose()?,
+                );
             }
             let local_tokens: i64 = batches.iter().map(|b| b.target_count).sum();
             // What the loss is averaged over: target tokens, or pairs for preference objectives.
@@ -545,14 +569,10 @@ impl<'a> Trainer<'a> {
             optimizer.zero_grad();
             let mut loss_sum = 0.0;
             let mut pair_sums = PairSums::default();
-            for (batch, slice) in batches.iter().zip(&slices) {
+            for (batch, reference) in batches.iter().zip(&references) {
                 let loss = if preference {
                     let terms = tch::autocast(autocast, || {
                         let (logps, counts) = segment_logps(self.model, batch);
-                        let reference = self
-                            .reference
-                            .map(|r| r.for_rows(&slice.iter().collect::<Vec<_>>(), device))
-                            .transpose()?;
                         pair_terms(options, &logps, &counts, reference.as_ref())
                     })?;
                     pair_sums.add(&terms.sums);
@@ -602,26 +622,7 @@ impl<'a> Trainer<'a> {
                         && every > 0
                         && ((step + 1) % every == 0 || step + 1 == options.steps) =>
                 {
-                    Some(if preference {
-                        preference_eval(
-                            self.model,
-                            rows,
-                            options.batch_size,
-                            options,
-                            self.reference,
-                            device,
-                        )?
-                        .loss
-                    } else {
-                        mean_loss(
-                            self.model,
-                            rows,
-                            options.batch_size,
-                            options.objective,
-                            device,
-                        )?
-                        .0
-                    })
+                    Some(heldout_loss(self.model, rows, options, self.reference, device)?.0)
                 }
                 _ => None,
             };

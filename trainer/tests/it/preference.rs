@@ -214,12 +214,14 @@ fn lora_reference_is_the_base_with_adapters_off() {
     let fixture = load("dpo/dpo_sigmoid.safetensors");
     let rows = dpo_rows(&fixture);
     let refs: Vec<&PackedRow> = rows.iter().collect();
-    let (_base_vs, base) = CausalLm::load(&fixture_dir(), Device::Cpu, Kind::Float).unwrap();
+    let (_base_vs, base) =
+        CausalLm::load(&super::fixture("llama"), Device::Cpu, Kind::Float).unwrap();
     let base_logps = ReferenceLogps::compute(&base, &rows, 8, Device::Cpu)
         .unwrap()
         .for_rows(&refs, Device::Cpu)
         .unwrap();
-    let (vs, mut model) = CausalLm::load(&fixture_dir(), Device::Cpu, Kind::Float).unwrap();
+    let (vs, mut model) =
+        CausalLm::load(&super::fixture("llama"), Device::Cpu, Kind::Float).unwrap();
     vs.variables().values().for_each(|v| {
         let _ = v.set_requires_grad(false);
     });
@@ -247,8 +249,4 @@ fn lora_reference_is_the_base_with_adapters_off() {
         moved > 1e-3,
         "the adapters change the log-probabilities ({moved})"
     );
-}
-
-fn fixture_dir() -> std::path::PathBuf {
-    fixture("llama")
 }
