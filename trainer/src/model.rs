@@ -64,6 +64,38 @@ struct Linear {
     lora: Option<LoraAdapter>,
 }
 
+thread_local! {
+    /// Set while `load`/`load_adapter` build variables that the files overwrite.
+    static LOADING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `init` for a fresh variable, or zeros while loading: a loaded model draws nothing from LibTorch's
+/// process-wide generator, so loading neither costs a random fill of every weight nor moves the draws
+/// of a seeded run (or of another thread's).
+fn drawn(init: Init) -> Init {
+    if LOADING.with(Cell::get) {
+        Init::Const(0.0)
+    } else {
+        init
+    }
+}
+
+/// Marks this thread as loading until dropped.
+struct Loading;
+
+impl Loading {
+    fn start() -> Self {
+        LOADING.with(|l| l.set(true));
+        Loading
+    }
+}
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        LOADING.with(|l| l.set(false));
+    }
+}
+
 impl Linear {
     fn new(path: nn::Path, name: &str, inputs: i64, outputs: i64, bias: bool, std: f64) -> Self {
         let full = format!("{}.{name}", path.components().collect::<Vec<_>>().join("."));
@@ -73,10 +105,10 @@ impl Linear {
             weight: path.var(
                 "weight",
                 &[outputs, inputs],
-                Init::Randn {
+                drawn(Init::Randn {
                     mean: 0.0,
                     stdev: std,
-                },
+                }),
             ),
             bias: bias.then(|| path.var("bias", &[outputs], Init::Const(0.0))),
             lora: None,
@@ -122,7 +154,7 @@ impl Linear {
             },
         };
         self.lora = Some(LoraAdapter {
-            a: (&path / "lora_A").var("weight", &[options.r, inputs], a_init),
+            a: (&path / "lora_A").var("weight", &[options.r, inputs], drawn(a_init)),
             b: (&path / "lora_B").var("weight", &[outputs, options.r], Init::Const(0.0)),
             scale: options.scale(),
             dropout: options.dropout,
@@ -556,10 +588,10 @@ impl CausalLm {
         let embed_tokens = (&model / "embed_tokens").var(
             "weight",
             &[c.vocab_size, c.hidden_size],
-            Init::Randn {
+            drawn(Init::Randn {
                 mean: 0.0,
                 stdev: std,
-            },
+            }),
         );
         let layers = (0..c.num_hidden_layers)
             .map(|i| DecoderLayer::new(&model / "layers" / i, c))
@@ -569,10 +601,10 @@ impl CausalLm {
             (root / "lm_head").var(
                 "weight",
                 &[c.vocab_size, c.hidden_size],
-                Init::Randn {
+                drawn(Init::Randn {
                     mean: 0.0,
                     stdev: std,
-                },
+                }),
             )
         });
         Ok(Self {
@@ -1101,6 +1133,7 @@ impl CausalLm {
     ) -> Result<(nn::VarStore, LoraOptions, usize)> {
         let (options, tokens) = LoraOptions::load_peft_with_tokens(dir)?;
         let adapters = nn::VarStore::new(device);
+        let loading = Loading::start();
         let layers = self.attach_lora(&adapters.root(), &options)?;
         if let Some((first, count)) = tokens {
             if first + count != self.config.vocab_size {
@@ -1115,6 +1148,7 @@ impl CausalLm {
             }
             self.attach_token_rows(&adapters.root(), first)?;
         }
+        drop(loading);
         load_into(
             &adapters.variables(),
             &[dir.join("adapter_model.safetensors")],
@@ -1142,7 +1176,10 @@ impl CausalLm {
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<(nn::VarStore, Self)> {
         let config = ModelConfig::load(&dir.join("config.json"))?;
         let mut vs = nn::VarStore::new(device);
-        let model = Self::new(&vs.root(), &config)?;
+        let model = {
+            let _loading = Loading::start();
+            Self::new(&vs.root(), &config)?
+        };
         if kind != Kind::Float {
             vs.set_kind(kind);
         }

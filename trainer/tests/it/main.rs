@@ -214,6 +214,26 @@ fn mistral_lora_merges_and_saves_with_its_window() {
     assert!(difference < 1e-4, "saved merged vs adapted: {difference}");
 }
 
+/// Loading a model or an adapter draws nothing from LibTorch's process-wide generator: a seeded run
+/// draws the same numbers whether or not a model was loaded after seeding (and a test that loads
+/// beside a seeded one cannot move its draws).
+#[test]
+fn loading_draws_nothing_from_the_global_generator() {
+    let _guard = rng_lock();
+    let draw = || Tensor::randn([8], (Kind::Float, Device::Cpu));
+    dapt_trainer::tch::manual_seed(17);
+    let plain = draw();
+    dapt_trainer::tch::manual_seed(17);
+    let (_vs, mut model) = CausalLm::load(&fixture("qwen3"), Device::Cpu, Kind::Float).unwrap();
+    let _adapter = model.load_adapter(&fixture("lora"), Device::Cpu).unwrap();
+    assert_eq!(max_difference(&draw(), &plain), 0.0);
+    // A fresh model does draw: the check above can fail.
+    dapt_trainer::tch::manual_seed(17);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _fresh = CausalLm::new(&vs.root(), &tiny("llama", false)).unwrap();
+    assert!(max_difference(&draw(), &plain) > 0.0);
+}
+
 /// A saved model carries HF's names and config keys, and loads back to the same logits.
 #[test]
 fn save_keeps_hf_names_config_and_logits() {
