@@ -1,9 +1,20 @@
-//! Model configuration in HF `config.json` terms: the Llama 3, Qwen2 and Qwen3 families. Keys the model
+//! Model configuration in HF `config.json` terms: the Llama 3, Mistral, Qwen2, Qwen3, Gemma 2 and
+//! Gemma 3 (text) families. Keys the model
 //! does not use are kept (`extra`) and written back, so a saved `config.json` is the one that was read.
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::{Error, Result};
+
+/// The `model_type`s dapt builds.
+pub const SUPPORTED_MODEL_TYPES: [&str; 6] = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3_text",
+];
 
 /// A token id or a list of them (Llama 3.1 lists several `eos_token_id`s).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,7 +43,7 @@ impl TokenIds {
 pub struct ModelConfig {
     /// HF class names (`LlamaForCausalLM`, …).
     pub architectures: Vec<String>,
-    /// `llama`, `mistral`, `qwen2` or `qwen3`.
+    /// One of [`SUPPORTED_MODEL_TYPES`].
     pub model_type: String,
     /// Rows of the embedding table.
     pub vocab_size: i64,
@@ -64,8 +75,10 @@ pub struct ModelConfig {
     pub rope_parameters: Option<Value>,
     /// Whether the output head shares the input embedding table.
     pub tie_word_embeddings: bool,
-    /// MLP activation (`silu`).
-    pub hidden_act: String,
+    /// MLP activation (`silu`); Gemma names it `hidden_activation` (see [`ModelConfig::activation`]).
+    /// Written back only when the file had it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_act: Option<String>,
     /// Standard deviation of the random initialisation.
     pub initializer_range: f64,
     /// Biases on the attention projections (Llama: q/k/v/o; Qwen3: q/k/v/o). Qwen2 always has q/k/v biases.
@@ -103,7 +116,7 @@ impl Default for ModelConfig {
             rope_scaling: None,
             rope_parameters: None,
             tie_word_embeddings: false,
-            hidden_act: "silu".into(),
+            hidden_act: Some("silu".into()),
             initializer_range: 0.02,
             attention_bias: Some(false),
             mlp_bias: None,
@@ -164,19 +177,101 @@ impl ModelConfig {
         self.model_type != "qwen2" && self.attention_bias.unwrap_or(false)
     }
 
-    /// How many positions back (the query's own included) a query attends to, when the model uses a
-    /// sliding window: Mistral's `sliding_window` (`null`: none). Queries attend to keys whose
-    /// position within the segment is greater than their own minus the window, as in transformers.
-    pub fn attention_window(&self) -> Option<i64> {
-        (self.model_type == "mistral")
-            .then(|| self.extra.get("sliding_window").and_then(Value::as_i64))
-            .flatten()
-            .filter(|&w| w > 0)
+    /// Whether this is a Gemma 2 or Gemma 3 model: embeddings scaled by √hidden, `(1 + weight)` norms,
+    /// norms after attention and the MLP as well as before, `query_pre_attn_scalar`, soft-capping and
+    /// layers of two kinds (sliding and full).
+    pub fn is_gemma(&self) -> bool {
+        matches!(self.model_type.as_str(), "gemma2" | "gemma3_text")
     }
 
-    /// Whether q and k are RMS-normalised per head before RoPE (Qwen3).
+    /// The sliding window size, when some layer uses one (Mistral's and Gemma's `sliding_window`;
+    /// `null`: none). Queries of those layers attend to keys whose position within the segment is
+    /// greater than their own minus the window, as in transformers.
+    pub fn attention_window(&self) -> Option<i64> {
+        matches!(
+            self.model_type.as_str(),
+            "mistral" | "gemma2" | "gemma3_text"
+        )
+        .then(|| self.extra.get("sliding_window").and_then(Value::as_i64))
+        .flatten()
+        .filter(|&w| w > 0)
+    }
+
+    /// Whether layer `layer` is a sliding-window layer: every Mistral layer; Gemma's `layer_types`
+    /// (`sliding_attention`), or without them Gemma 2's alternation (even layers slide) and Gemma 3's
+    /// `sliding_window_pattern` (every sixth layer is full).
+    pub fn layer_is_sliding(&self, layer: i64) -> bool {
+        if self.attention_window().is_none() {
+            return false;
+        }
+        if let Some(types) = self.extra.get("layer_types").and_then(Value::as_array) {
+            return types.get(layer as usize).and_then(Value::as_str) == Some("sliding_attention");
+        }
+        let pattern = match self.model_type.as_str() {
+            "gemma2" => 2,
+            "gemma3_text" => self
+                .extra
+                .get("sliding_window_pattern")
+                .and_then(Value::as_i64)
+                .unwrap_or(6),
+            _ => return true,
+        };
+        (layer + 1) % pattern.max(1) != 0
+    }
+
+    /// The factor of the input embeddings (Gemma: √hidden).
+    pub fn embedding_scale(&self) -> Option<f64> {
+        self.is_gemma().then(|| (self.hidden_size as f64).sqrt())
+    }
+
+    /// The attention logits' factor: Gemma's `query_pre_attn_scalar^-½` (default 256), otherwise
+    /// `None` (`head_dim^-½`).
+    pub fn attention_scale(&self) -> Option<f64> {
+        self.is_gemma().then(|| {
+            let scalar = self
+                .extra
+                .get("query_pre_attn_scalar")
+                .and_then(Value::as_f64)
+                .unwrap_or(256.0);
+            scalar.powf(-0.5)
+        })
+    }
+
+    /// A Gemma soft-capping value (`tanh(x / cap) · cap`): `null` is none; absent, Gemma 2's defaults.
+    fn softcap(&self, key: &str, gemma2_default: f64) -> Option<f64> {
+        match self.extra.get(key) {
+            Some(value) => value.as_f64(),
+            None => (self.model_type == "gemma2").then_some(gemma2_default),
+        }
+        .filter(|&cap| cap > 0.0)
+    }
+
+    /// Soft-capping of the attention logits (Gemma 2's `attn_logit_softcapping`).
+    pub fn attention_softcap(&self) -> Option<f64> {
+        self.softcap("attn_logit_softcapping", 50.0)
+    }
+
+    /// Soft-capping of the output logits (Gemma 2's `final_logit_softcapping`).
+    pub fn final_softcap(&self) -> Option<f64> {
+        self.softcap("final_logit_softcapping", 30.0)
+    }
+
+    /// The MLP activation: Gemma's `hidden_activation` (default `gelu_pytorch_tanh`; transformers
+    /// ignores `hidden_act` there), elsewhere `hidden_act` (default `silu`).
+    pub fn activation(&self) -> &str {
+        if self.is_gemma() {
+            self.extra
+                .get("hidden_activation")
+                .and_then(Value::as_str)
+                .unwrap_or("gelu_pytorch_tanh")
+        } else {
+            self.hidden_act.as_deref().unwrap_or("silu")
+        }
+    }
+
+    /// Whether q and k are RMS-normalised per head before RoPE (Qwen3, Gemma 3).
     pub fn qk_norm(&self) -> bool {
-        self.model_type == "qwen3"
+        matches!(self.model_type.as_str(), "qwen3" | "gemma3_text")
     }
 
     /// The end-of-sequence ids.
@@ -196,11 +291,54 @@ impl ModelConfig {
 
     /// RoPE base and scaling from either config layout.
     pub fn rope(&self) -> Result<Rope> {
-        let (key, parameters) = match (&self.rope_parameters, &self.rope_scaling) {
-            (Some(p), _) => ("rope_parameters", Some(p)),
-            (None, Some(s)) if !s.is_null() => ("rope_scaling", Some(s)),
-            _ => ("rope_scaling", None),
-        };
+        self.rope_of(false)
+    }
+
+    /// RoPE of the sliding-window layers (`sliding`) or the others: Gemma 3 gives each kind its own
+    /// settings (`rope_parameters.{sliding,full}_attention`, or in the transformers 4 layout
+    /// `rope_local_base_freq` for the sliding layers and `rope_theta`/`rope_scaling` for the full ones,
+    /// with its defaults 10⁴ and 10⁶); every other family has one.
+    pub fn rope_of(&self, sliding: bool) -> Result<Rope> {
+        if self.model_type == "gemma3_text" {
+            let kind = if sliding {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            };
+            let nested = self
+                .rope_parameters
+                .as_ref()
+                .and_then(|p| p.get(kind))
+                .filter(|p| p.is_object());
+            return match nested {
+                Some(p) => self.rope_from(&format!("rope_parameters.{kind}"), Some(p), 10000.0),
+                None if sliding => {
+                    let theta = self
+                        .extra
+                        .get("rope_local_base_freq")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(10000.0);
+                    Ok(Rope {
+                        theta,
+                        scaling: RopeScaling::None,
+                    })
+                }
+                None => {
+                    let scaling = self.rope_scaling.as_ref().filter(|s| !s.is_null());
+                    self.rope_from("rope_scaling", scaling, 1_000_000.0)
+                }
+            };
+        }
+        match (&self.rope_parameters, &self.rope_scaling) {
+            (Some(p), _) => self.rope_from("rope_parameters", Some(p), 10000.0),
+            (None, Some(s)) if !s.is_null() => self.rope_from("rope_scaling", Some(s), 10000.0),
+            _ => self.rope_from("rope_scaling", None, 10000.0),
+        }
+    }
+
+    /// RoPE from the settings object at `key` (`rope_theta` there, else the file's, else
+    /// `default_theta`).
+    fn rope_from(&self, key: &str, parameters: Option<&Value>, default_theta: f64) -> Result<Rope> {
         let number = |name: &str| -> Result<Option<f64>> {
             match parameters.and_then(|p| p.get(name)) {
                 None | Some(Value::Null) => Ok(None),
@@ -209,7 +347,9 @@ impl ModelConfig {
                 }),
             }
         };
-        let theta = number("rope_theta")?.or(self.rope_theta).unwrap_or(10000.0);
+        let theta = number("rope_theta")?
+            .or(self.rope_theta)
+            .unwrap_or(default_theta);
         let kind = parameters
             .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
             .and_then(Value::as_str)
@@ -257,15 +397,18 @@ impl ModelConfig {
                 return Err(Self::bad(key, format!("must be positive, is {value}")));
             }
         }
-        if !matches!(
-            self.model_type.as_str(),
-            "llama" | "mistral" | "qwen2" | "qwen3"
-        ) {
+        if !SUPPORTED_MODEL_TYPES.contains(&self.model_type.as_str()) {
+            let hint = if self.model_type == "gemma3" {
+                " (a multimodal Gemma 3 checkpoint: its text model is gemma3_text)"
+            } else {
+                ""
+            };
             return Err(Self::bad(
                 "model_type",
                 format!(
-                    "{:?} is not supported (llama, mistral, qwen2, qwen3 are)",
-                    self.model_type
+                    "{:?} is not supported{hint} ({} are)",
+                    self.model_type,
+                    SUPPORTED_MODEL_TYPES.join(", ")
                 ),
             ));
         }
@@ -301,10 +444,23 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.hidden_act != "silu" {
+        if !matches!(self.activation(), "silu" | "gelu_pytorch_tanh") {
             return Err(Self::bad(
-                "hidden_act",
-                format!("{:?} is not supported (silu is)", self.hidden_act),
+                if self.is_gemma() {
+                    "hidden_activation"
+                } else {
+                    "hidden_act"
+                },
+                format!(
+                    "{:?} is not supported (silu and gelu_pytorch_tanh are)",
+                    self.activation()
+                ),
+            ));
+        }
+        if self.extra.get("use_bidirectional_attention") == Some(&Value::Bool(true)) {
+            return Err(Self::bad(
+                "use_bidirectional_attention",
+                "bidirectional attention (an embedding model) is not supported".into(),
             ));
         }
         if self.mlp_bias == Some(true) {
@@ -316,7 +472,8 @@ impl ModelConfig {
                 "sliding-window attention is not supported".into(),
             ));
         }
-        self.rope()?;
+        self.rope_of(false)?;
+        self.rope_of(true)?;
         Ok(())
     }
 
@@ -453,6 +610,9 @@ impl ProxyModelOptions {
         let architecture = match self.model_type.as_str() {
             "qwen2" => "Qwen2ForCausalLM",
             "qwen3" => "Qwen3ForCausalLM",
+            "mistral" => "MistralForCausalLM",
+            "gemma2" => "Gemma2ForCausalLM",
+            "gemma3_text" => "Gemma3ForCausalLM",
             _ => "LlamaForCausalLM",
         };
         let config = ModelConfig {
@@ -472,6 +632,7 @@ impl ProxyModelOptions {
             rms_norm_eps: self.rms_norm_eps,
             rope_theta: Some(self.rope_theta),
             tie_word_embeddings: self.tie_word_embeddings,
+            hidden_act: (!self.model_type.starts_with("gemma")).then(|| "silu".into()),
             bos_token_id: self.bos_token_id.map(TokenIds::One),
             eos_token_id: self
                 .eos_token_id
@@ -530,5 +691,60 @@ mod proxy_tests {
             .unwrap_err()
             .to_string()
             .contains("gpt5"));
+    }
+
+    /// A Gemma 3 text config in the transformers 4 layout (as on the Hub): every sixth layer is full,
+    /// the sliding layers turn on `rope_local_base_freq`, the full ones on `rope_theta` with
+    /// `rope_scaling`; Gemma 2's soft-capping defaults apply when its keys are absent.
+    #[test]
+    fn gemma_layouts_resolve() {
+        let gemma3: ModelConfig = serde_json::from_str(
+            r#"{"model_type":"gemma3_text","hidden_size":64,"num_attention_heads":4,"num_key_value_heads":1,
+                "num_hidden_layers":12,"head_dim":16,"rope_theta":1000000.0,"rope_local_base_freq":10000.0,
+                "rope_scaling":{"rope_type":"linear","factor":8.0},"sliding_window":512,"sliding_window_pattern":6,
+                "query_pre_attn_scalar":256,"hidden_activation":"gelu_pytorch_tanh"}"#,
+        )
+        .unwrap();
+        gemma3.validate().unwrap();
+        let sliding: Vec<i64> = (0..12).filter(|&i| !gemma3.layer_is_sliding(i)).collect();
+        assert_eq!(sliding, vec![5, 11], "full layers");
+        assert_eq!(gemma3.rope_of(true).unwrap().theta, 10000.0);
+        assert_eq!(gemma3.rope_of(true).unwrap().scaling, RopeScaling::None);
+        assert_eq!(
+            gemma3.rope_of(false).unwrap(),
+            Rope {
+                theta: 1e6,
+                scaling: RopeScaling::Linear { factor: 8.0 }
+            }
+        );
+        assert_eq!(gemma3.attention_scale(), Some(1.0 / 16.0));
+        assert_eq!(gemma3.embedding_scale(), Some(8.0));
+        assert_eq!(
+            (gemma3.attention_softcap(), gemma3.final_softcap()),
+            (None, None)
+        );
+        let gemma2: ModelConfig = serde_json::from_str(
+            r#"{"model_type":"gemma2","hidden_size":64,"num_attention_heads":4,"num_key_value_heads":1,
+                "num_hidden_layers":4,"head_dim":16,"sliding_window":4096}"#,
+        )
+        .unwrap();
+        gemma2.validate().unwrap();
+        assert_eq!(
+            (gemma2.attention_softcap(), gemma2.final_softcap()),
+            (Some(50.0), Some(30.0))
+        );
+        assert!(gemma2.layer_is_sliding(0) && !gemma2.layer_is_sliding(1));
+        assert_eq!(gemma2.activation(), "gelu_pytorch_tanh");
+        assert!(!gemma2.qk_norm() && gemma3.qk_norm());
+
+        let multimodal = ModelConfig {
+            model_type: "gemma3".into(),
+            ..ModelConfig::default()
+        };
+        let error = multimodal.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("gemma3_text") && error.contains("llama, mistral, qwen2"),
+            "{error}"
+        );
     }
 }

@@ -349,7 +349,7 @@ impl GgufModel {
             rope_scaling: None,
             rope_parameters: None,
             tie_word_embeddings: !self.file.tensors.contains_key("output.weight"),
-            hidden_act: "silu".into(),
+            hidden_act: Some("silu".into()),
             initializer_range: 0.02,
             // Qwen2 always has q/k/v biases; the others say whether they have any.
             attention_bias: (self.architecture != Architecture::Qwen2)

@@ -12,7 +12,7 @@ use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
 use crate::batch::{Batch, IGNORE_INDEX};
-use crate::config::RopeScaling;
+use crate::config::{Rope, RopeScaling};
 use crate::error::io_error;
 use crate::lora::{LoraInit, LoraOptions};
 use crate::weights::{load_into, save_safetensors, weight_files};
@@ -23,13 +23,19 @@ use crate::{Error, ModelConfig, Result};
 struct RmsNorm {
     weight: Tensor,
     eps: f64,
+    /// Gemma's form: the factor is `1 + weight` (the weight starts at zero), applied in float32
+    /// before the cast back.
+    gemma: bool,
 }
 
 impl RmsNorm {
-    fn new(path: nn::Path, size: i64, eps: f64) -> Self {
+    fn new(path: nn::Path, size: i64, c: &ModelConfig) -> Self {
+        let gemma = c.is_gemma();
+        let start = if gemma { 0.0 } else { 1.0 };
         Self {
-            weight: path.var("weight", &[size], Init::Const(1.0)),
-            eps,
+            weight: path.var("weight", &[size], Init::Const(start)),
+            eps: c.rms_norm_eps,
+            gemma,
         }
     }
 
@@ -38,7 +44,12 @@ impl RmsNorm {
         let kind = x.kind();
         let x = x.to_kind(Kind::Float);
         let variance = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        (x * (variance + self.eps).rsqrt()).to_kind(kind) * &self.weight
+        let normed = x * (variance + self.eps).rsqrt();
+        if self.gemma {
+            (normed * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(kind)
+        } else {
+            normed.to_kind(kind) * &self.weight
+        }
     }
 }
 
@@ -193,17 +204,20 @@ struct Attention {
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
+    /// Factor of the attention logits (`None`: `head_dim^-½`).
+    scale: Option<f64>,
+    /// Soft-capping of the attention logits (Gemma 2).
+    softcap: Option<f64>,
+    /// A sliding-window layer (its mask and RoPE are the local ones).
+    sliding: bool,
 }
 
 impl Attention {
-    fn new(path: nn::Path, c: &ModelConfig) -> Self {
+    fn new(path: nn::Path, c: &ModelConfig, layer: i64) -> Self {
         let hd = c.head_dim();
         let std = c.initializer_range;
         let (h, kv, hidden) = (c.num_attention_heads, c.num_key_value_heads, c.hidden_size);
-        let norm = |name: &str| {
-            c.qk_norm()
-                .then(|| RmsNorm::new(&path / name, hd, c.rms_norm_eps))
-        };
+        let norm = |name: &str| c.qk_norm().then(|| RmsNorm::new(&path / name, hd, c));
         Self {
             q_proj: Linear::new(path.clone(), "q_proj", hidden, h * hd, c.qkv_bias(), std),
             k_proj: Linear::new(path.clone(), "k_proj", hidden, kv * hd, c.qkv_bias(), std),
@@ -214,6 +228,9 @@ impl Attention {
             heads: h,
             kv_heads: kv,
             head_dim: hd,
+            scale: c.attention_scale(),
+            softcap: c.attention_softcap(),
+            sliding: c.layer_is_sliding(layer),
         }
     }
 
@@ -270,8 +287,30 @@ impl Attention {
         } else {
             (k.shallow_clone(), v.shallow_clone())
         };
-        let y =
-            Tensor::scaled_dot_product_attention(q, &k, &v, Some(mask), 0.0, false, None, false);
+        let y = match self.softcap {
+            None => Tensor::scaled_dot_product_attention(
+                q,
+                &k,
+                &v,
+                Some(mask),
+                0.0,
+                false,
+                self.scale,
+                false,
+            ),
+            Some(cap) => {
+                // Soft-capped logits, which no fused kernel takes: the attention written out, the
+                // softmax in float32 as transformers' eager attention.
+                let scale = self.scale.unwrap_or((self.head_dim as f64).powf(-0.5));
+                let logits = q.matmul(&k.transpose(-2, -1)) * scale;
+                let logits = (logits / cap).tanh() * cap;
+                logits
+                    .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
+                    .softmax(-1, Kind::Float)
+                    .to_kind(q.kind())
+                    .matmul(&v)
+            }
+        };
         let y = y
             .transpose(1, 2)
             .contiguous()
@@ -290,7 +329,7 @@ impl Attention {
     ) -> Tensor {
         let (q, k, v) = self.project(x, cos, sin, training);
         match attend {
-            Attend::Mask(mask) => self.attend(&q, &k, &v, mask, training),
+            Attend::Mask { .. } => self.attend(&q, &k, &v, attend.mask(self.sliding), training),
             #[cfg(feature = "cuda")]
             Attend::Varlen {
                 cu_seqlens,
@@ -342,8 +381,9 @@ impl Attention {
 
 /// How attention keeps to the segments of packed rows.
 enum Attend<'a> {
-    /// `[b|1, 1, t, s]` bool: true where a query may attend to a key.
-    Mask(&'a Tensor),
+    /// `[b|1, 1, t, s]` bool: true where a query may attend to a key, for the full layers and for the
+    /// sliding-window layers (the same mask where the model has no window).
+    Mask { full: &'a Tensor, local: &'a Tensor },
     /// The flash kernel over the flattened batch (the mask where the kernel cannot run).
     #[cfg(feature = "cuda")]
     Varlen {
@@ -353,12 +393,14 @@ enum Attend<'a> {
     },
 }
 
-/// SwiGLU feed-forward block.
+/// Gated feed-forward block: SwiGLU, or GeGLU with tanh-GELU (Gemma).
 #[derive(Debug)]
 struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+    /// tanh-approximated GELU on the gate instead of SiLU.
+    gelu: bool,
 }
 
 impl Mlp {
@@ -369,33 +411,51 @@ impl Mlp {
             gate_proj: Linear::new(path.clone(), "gate_proj", hidden, inner, false, std),
             up_proj: Linear::new(path.clone(), "up_proj", hidden, inner, false, std),
             down_proj: Linear::new(path, "down_proj", inner, hidden, false, std),
+            gelu: c.activation() == "gelu_pytorch_tanh",
         }
     }
 
     fn forward(&self, x: &Tensor, training: bool) -> Tensor {
-        let gate = self.gate_proj.forward(x, training).silu();
+        let gate = self.gate_proj.forward(x, training);
+        let gate = if self.gelu {
+            gate.gelu("tanh")
+        } else {
+            gate.silu()
+        };
         self.down_proj
             .forward(&(gate * self.up_proj.forward(x, training)), training)
     }
 }
 
 impl Attend<'_> {
-    /// The boolean mask (every way of attending has one to fall back on).
-    fn mask(&self) -> &Tensor {
+    /// The boolean mask of a sliding-window layer or a full one (every way of attending has one to
+    /// fall back on; flash runs only for models without a window).
+    fn mask(&self, sliding: bool) -> &Tensor {
         match self {
-            Attend::Mask(mask) => mask,
+            Attend::Mask { full, local } => {
+                if sliding {
+                    local
+                } else {
+                    full
+                }
+            }
             #[cfg(feature = "cuda")]
             Attend::Varlen { mask, .. } => mask,
         }
     }
 }
 
-/// One transformer block: pre-norm attention and pre-norm SwiGLU, each added to the residual stream.
+/// One transformer block: pre-norm attention and pre-norm MLP, each added to the residual stream.
+/// Gemma normalises each block's output as well: `post_attention_layernorm` follows attention, and
+/// `pre_feedforward_layernorm`/`post_feedforward_layernorm` surround the MLP (elsewhere
+/// `post_attention_layernorm` is the MLP's input norm).
 #[derive(Debug)]
 struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
+    /// Gemma's norms around the MLP.
+    feedforward_norms: Option<(RmsNorm, RmsNorm)>,
     mlp: Mlp,
 }
 
@@ -410,30 +470,34 @@ enum Past<'a> {
 impl DecoderLayer {
     /// The block under `path` (HF names: `input_layernorm`, `self_attn`, `post_attention_layernorm`,
     /// `mlp`).
-    fn new(path: nn::Path, c: &ModelConfig) -> Self {
+    fn new(path: nn::Path, c: &ModelConfig, layer: i64) -> Self {
+        let norm = |name: &str| RmsNorm::new(&path / name, c.hidden_size, c);
         Self {
-            input_layernorm: RmsNorm::new(&path / "input_layernorm", c.hidden_size, c.rms_norm_eps),
-            self_attn: Attention::new(&path / "self_attn", c),
-            post_attention_layernorm: RmsNorm::new(
-                &path / "post_attention_layernorm",
-                c.hidden_size,
-                c.rms_norm_eps,
-            ),
+            input_layernorm: norm("input_layernorm"),
+            self_attn: Attention::new(&path / "self_attn", c, layer),
+            post_attention_layernorm: norm("post_attention_layernorm"),
+            feedforward_norms: c.is_gemma().then(|| {
+                (
+                    norm("pre_feedforward_layernorm"),
+                    norm("post_feedforward_layernorm"),
+                )
+            }),
             mlp: Mlp::new(&path / "mlp", c),
         }
     }
 
-    /// `x: [b, t, hidden]`, `cos`/`sin: [b|1, 1, t, head_dim]` → `[b, t, hidden]`, and with
-    /// [`Past::Cached`] the keys and values of the earlier and new tokens.
+    /// `x: [b, t, hidden]`, `rope`: the (`cos`, `sin`) `[b|1, 1, t, head_dim]` of the full layers and
+    /// of the sliding ones → `[b, t, hidden]`, and with [`Past::Cached`] the keys and values of the
+    /// earlier and new tokens.
     fn forward(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        rope: &Rotary,
         attend: &Attend,
         past: Past,
         training: bool,
     ) -> (Tensor, Option<(Tensor, Tensor)>) {
+        let (cos, sin) = rope.of(self.self_attn.sliding);
         let normed = self.input_layernorm.forward(x);
         let (h, keys) = match past {
             Past::None => (
@@ -446,15 +510,25 @@ impl DecoderLayer {
                     Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2), Tensor::cat(&[pv, &v], 2)),
                     None => (k, v),
                 };
-                let h = self.self_attn.attend(&q, &k, &v, attend.mask(), training);
+                let mask = attend.mask(self.self_attn.sliding);
+                let h = self.self_attn.attend(&q, &k, &v, mask, training);
                 (h, Some((k, v)))
             }
         };
-        let x = x + h;
-        let h = self
-            .mlp
-            .forward(&self.post_attention_layernorm.forward(&x), training);
-        (&x + &h, keys)
+        match &self.feedforward_norms {
+            None => {
+                let x = x + h;
+                let h = self
+                    .mlp
+                    .forward(&self.post_attention_layernorm.forward(&x), training);
+                (&x + &h, keys)
+            }
+            Some((pre, post)) => {
+                let x = x + self.post_attention_layernorm.forward(&h);
+                let h = self.mlp.forward(&pre.forward(&x), training);
+                (&x + post.forward(&h), keys)
+            }
+        }
     }
 }
 
@@ -519,6 +593,8 @@ pub struct CausalLm {
     lm_head: Option<Tensor>,
     /// `[head_dim / 2]` rotary inverse frequencies.
     inv_freq: Tensor,
+    /// Those of the sliding-window layers where they differ (Gemma 3's local base).
+    inv_freq_local: Option<Tensor>,
     /// Trainable rows of the embedding tables (see [`CausalLm::attach_token_rows`]).
     token_rows: Option<TokenRows>,
     /// Whether LoRA adapters and trainable embedding rows take part (see
@@ -546,14 +622,30 @@ struct TokenRows {
 /// whose values are the rows themselves.
 const TOKEN_ROWS_PARTS: [&str; 2] = ["token_adapter", "trainable_tokens_delta"];
 
+/// The rotary angles' cosines and sines `[b|1, 1, t, head_dim]` of the full layers and of the
+/// sliding-window layers (the same where the model gives both kinds one RoPE).
+struct Rotary {
+    full: (Tensor, Tensor),
+    local: Option<(Tensor, Tensor)>,
+}
+
+impl Rotary {
+    fn of(&self, sliding: bool) -> (&Tensor, &Tensor) {
+        let (cos, sin) = match (&self.local, sliding) {
+            (Some(local), true) => local,
+            _ => &self.full,
+        };
+        (cos, sin)
+    }
+}
+
 /// Rotary inverse frequencies as HF computes them (`1 / theta^(2i/d)`), then scaled.
-fn inverse_frequencies(c: &ModelConfig, device: Device) -> Result<Tensor> {
-    let rope = c.rope()?;
+fn inverse_frequencies(c: &ModelConfig, rope: Rope, device: Device) -> Tensor {
     let hd = c.head_dim();
     let exponents =
         Tensor::arange_start_step(0, hd, 2, (Kind::Int64, device)).to_kind(Kind::Float) / hd as f64;
     let inv_freq = Tensor::pow_scalar(rope.theta, &exponents).reciprocal();
-    Ok(match rope.scaling {
+    match rope.scaling {
         RopeScaling::None => inv_freq,
         RopeScaling::Linear { factor } => inv_freq / factor,
         RopeScaling::Llama3 {
@@ -574,7 +666,7 @@ fn inverse_frequencies(c: &ModelConfig, device: Device) -> Result<Tensor> {
                 .logical_and(&wavelen.le(low_freq_wavelen));
             smoothed.where_self(&medium, &scaled)
         }
-    })
+    }
 }
 
 impl CausalLm {
@@ -594,9 +686,14 @@ impl CausalLm {
             }),
         );
         let layers = (0..c.num_hidden_layers)
-            .map(|i| DecoderLayer::new(&model / "layers" / i, c))
+            .map(|i| DecoderLayer::new(&model / "layers" / i, c, i))
             .collect();
-        let norm = RmsNorm::new(&model / "norm", c.hidden_size, c.rms_norm_eps);
+        let norm = RmsNorm::new(&model / "norm", c.hidden_size, c);
+        let device = root.device();
+        let (full, local) = (c.rope_of(false)?, c.rope_of(true)?);
+        let sliding_layers = (0..c.num_hidden_layers).any(|i| c.layer_is_sliding(i));
+        let inv_freq_local =
+            (sliding_layers && local != full).then(|| inverse_frequencies(c, local, device));
         let lm_head = (!c.tie_word_embeddings).then(|| {
             (root / "lm_head").var(
                 "weight",
@@ -613,7 +710,8 @@ impl CausalLm {
             layers,
             norm,
             lm_head,
-            inv_freq: inverse_frequencies(c, root.device())?,
+            inv_freq: inverse_frequencies(c, full, device),
+            inv_freq_local,
             token_rows: None,
             adapters_enabled: Arc::new(AtomicBool::new(true)),
             training: Cell::new(false),
@@ -779,12 +877,17 @@ impl CausalLm {
 
     /// `input_ids`, `positions: [b, t]` int64, `mask: [b, 1, t, t]` bool → logits `[b, t, vocab]`.
     pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Tensor {
-        let mask = self.windowed(mask, positions);
-        self.forward_with(input_ids, positions, &Attend::Mask(&mask))
+        let local = self.windowed(mask, positions);
+        let attend = Attend::Mask {
+            full: mask,
+            local: &local,
+        };
+        self.forward_with(input_ids, positions, &attend)
     }
 
     /// `mask` (`[b, 1, t, t]`, queries and keys at `positions: [b, t]`) limited to the model's sliding
-    /// window (a key at most `window − 1` positions before its query); the mask itself otherwise.
+    /// window (a key at most `window − 1` positions before its query), for the sliding layers; the
+    /// mask itself where the model has no window.
     fn windowed(&self, mask: &Tensor, positions: &Tensor) -> Tensor {
         match self.config.attention_window() {
             None => mask.shallow_clone(),
@@ -825,18 +928,30 @@ impl CausalLm {
                 self.training.get(),
             );
         }
-        let mask = self.windowed(&batch.mask, &batch.positions);
+        let local = self.windowed(&batch.mask, &batch.positions);
         self.decode(
             &batch.input_ids,
             &batch.positions,
-            &Attend::Mask(&mask),
+            &Attend::Mask {
+                full: &batch.mask,
+                local: &local,
+            },
             None,
             self.training.get(),
         )
     }
 
     /// Logits `[…, vocab]` of final hidden states `[…, hidden]`.
+    /// (Gemma 2's soft-capping included.)
     fn head(&self, hidden: &Tensor) -> Tensor {
+        let logits = self.head_products(hidden);
+        match self.config.final_softcap() {
+            None => logits,
+            Some(cap) => (logits / cap).tanh() * cap,
+        }
+    }
+
+    fn head_products(&self, hidden: &Tensor) -> Tensor {
         let table = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         match self.token_rows.as_ref().filter(|_| self.adapters_enabled()) {
             None => hidden.linear::<Tensor>(table, None),
@@ -855,8 +970,22 @@ impl CausalLm {
         }
     }
 
-    /// Input embeddings of `input_ids` (from the trainable rows where they are held apart).
+    /// Input embeddings of `input_ids` (from the trainable rows where they are held apart), times
+    /// Gemma's √hidden rounded to the table's dtype as transformers rounds it.
     fn embed(&self, input_ids: &Tensor) -> Tensor {
+        let x = self.embedding_rows(input_ids);
+        match self.config.embedding_scale() {
+            None => x,
+            Some(scale) => {
+                let scale = Tensor::from(scale as f32)
+                    .to_kind(x.kind())
+                    .to_device(x.device());
+                x * scale
+            }
+        }
+    }
+
+    fn embedding_rows(&self, input_ids: &Tensor) -> Tensor {
         match self.token_rows.as_ref().filter(|_| self.adapters_enabled()) {
             None => Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false),
             Some(rows) => {
@@ -1003,33 +1132,40 @@ impl CausalLm {
         // Query i (at column past + i) sees keys 0..=past + i.
         let query = columns.unsqueeze(1);
         let key = Tensor::arange(past + t, (Kind::Int64, device)).unsqueeze(0);
-        let mut causal = key.le_tensor(&query);
-        if let Some(window) = self.config.attention_window() {
-            // Columns advance with positions in every row (padding only shifts where they start).
-            causal = causal.logical_and(&key.gt_tensor(&(&query - window)));
-        }
-        let (positions, mask) = if cache.pads.is_empty() {
-            (
-                columns.unsqueeze(0).expand([b, t], false),
-                causal.unsqueeze(0).unsqueeze(0),
-            )
-        } else {
-            // Row r: positions count from its first real column; padding keys are masked (a
-            // padding query sees itself, so that no row of the softmax is empty).
-            let pads = Tensor::from_slice(&cache.pads).to_device(device);
-            let positions = (columns.unsqueeze(0) - pads.unsqueeze(1)).clamp_min(0);
-            let real_key = key.ge_tensor(&pads.unsqueeze(1)).unsqueeze(1);
-            let itself = key.eq_tensor(&query).unsqueeze(0);
-            let mask = causal
-                .unsqueeze(0)
-                .logical_and(&real_key.logical_or(&itself))
-                .unsqueeze(1);
-            (positions, mask)
+        let causal = key.le_tensor(&query);
+        // Columns advance with positions in every row (padding only shifts where they start).
+        let local_causal = match self.config.attention_window() {
+            Some(window) => causal.logical_and(&key.gt_tensor(&(&query - window))),
+            None => causal.shallow_clone(),
         };
+        let pads =
+            (!cache.pads.is_empty()).then(|| Tensor::from_slice(&cache.pads).to_device(device));
+        let positions = match &pads {
+            None => columns.unsqueeze(0).expand([b, t], false),
+            // Row r: positions count from its first real column.
+            Some(pads) => (columns.unsqueeze(0) - pads.unsqueeze(1)).clamp_min(0),
+        };
+        let masked = |causal: &Tensor| match &pads {
+            None => causal.unsqueeze(0).unsqueeze(0),
+            Some(pads) => {
+                // Padding keys are masked (a padding query sees itself, so that no row of the
+                // softmax is empty).
+                let real_key = key.ge_tensor(&pads.unsqueeze(1)).unsqueeze(1);
+                let itself = key.eq_tensor(&query).unsqueeze(0);
+                causal
+                    .unsqueeze(0)
+                    .logical_and(&real_key.logical_or(&itself))
+                    .unsqueeze(1)
+            }
+        };
+        let (full, local) = (masked(&causal), masked(&local_causal));
         let hidden = self.decode(
             input_ids,
             &positions,
-            &Attend::Mask(&mask),
+            &Attend::Mask {
+                full: &full,
+                local: &local,
+            },
             Some(cache),
             false,
         );
@@ -1047,17 +1183,23 @@ impl CausalLm {
         mut cache: Option<&mut KvCache>,
         training: bool,
     ) -> Tensor {
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
-        let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
         let mut x = self.embed(input_ids);
         let kind = x.kind();
-        let (cos, sin) = (angles.cos().to_kind(kind), angles.sin().to_kind(kind));
+        let angles = |inv_freq: &Tensor| {
+            let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq;
+            let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+            (angles.cos().to_kind(kind), angles.sin().to_kind(kind))
+        };
+        let rope = Rotary {
+            full: angles(&self.inv_freq),
+            local: self.inv_freq_local.as_ref().map(angles),
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let past = match cache.as_deref() {
                 Some(cache) => Past::Cached(cache.layers.get(i)),
                 None => Past::None,
             };
-            let (y, keys) = layer.forward(&x, &cos, &sin, attend, past, training);
+            let (y, keys) = layer.forward(&x, &rope, attend, past, training);
             x = y;
             if let (Some(cache), Some(keys)) = (cache.as_deref_mut(), keys) {
                 if i < cache.layers.len() {

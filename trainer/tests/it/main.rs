@@ -102,7 +102,7 @@ fn reference(dir: &Path) -> (Vec<PackedRow>, Tensor) {
 fn assert_parity(family: &str) {
     let dir = fixture(family);
     let (_vs, model) = CausalLm::load(&dir, Device::Cpu, Kind::Float).unwrap();
-    assert_eq!(model.config().model_type, family);
+    assert!(model.config().model_type.starts_with(family));
     let (rows, expected) = reference(&dir);
     let difference = max_difference(&logits_of(&model, &rows), &expected);
     assert!(
@@ -138,13 +138,37 @@ fn mistral_matches_transformers() {
     assert_parity("mistral");
 }
 
+/// Gemma 3 (sliding and full layers with their own RoPE, q/k norms, `(1 + w)` norms, GeGLU, scaled
+/// embeddings, `query_pre_attn_scalar`): logits equal transformers' within 1e-4.
+#[test]
+fn gemma3_matches_transformers() {
+    assert_parity("gemma3");
+}
+
+/// Gemma 2 (attention and final soft-capping that bend these logits): logits equal transformers'.
+#[test]
+fn gemma2_matches_transformers() {
+    assert_parity("gemma2");
+}
+
 /// Mistral's window holds in packed rows (two documents in one row give each document's logits
 /// alone) and through the KV cache, one token at a time and in left-padded batches.
 #[test]
 fn mistral_window_holds_in_packed_rows_and_the_kv_cache() {
-    let (_vs, model) = CausalLm::load(&fixture("mistral"), Device::Cpu, Kind::Float).unwrap();
+    assert_window_holds("mistral");
+}
+
+/// Gemma's sliding layers keep their window beside the full layers, in packed rows and the KV cache.
+#[test]
+fn gemma_windows_hold_in_packed_rows_and_the_kv_cache() {
+    assert_window_holds("gemma3");
+    assert_window_holds("gemma2");
+}
+
+fn assert_window_holds(family: &str) {
+    let (_vs, model) = CausalLm::load(&fixture(family), Device::Cpu, Kind::Float).unwrap();
     assert_eq!(model.config().attention_window(), Some(5));
-    let (rows, expected) = reference(&fixture("mistral"));
+    let (rows, expected) = reference(&fixture(family));
     let (a, b) = (&rows[0].input_ids, &rows[1].input_ids[..9]);
     let packed = PackedRow {
         input_ids: a.iter().chain(b).copied().collect(),
@@ -170,7 +194,10 @@ fn mistral_window_holds_in_packed_rows_and_the_kv_cache() {
     }
     let incremental = Tensor::cat(&pieces, 1).squeeze_dim(0);
     let difference = max_difference(&incremental, &expected.get(0));
-    assert!(difference < 1e-4, "cached vs transformers: {difference}");
+    assert!(
+        difference < 1e-4,
+        "{family}: cached vs transformers: {difference}"
+    );
 
     // Row 1 left-padded by 3 beside row 0: its logits are its own.
     let mut padded = vec![0i64; 3];
@@ -184,7 +211,7 @@ fn mistral_window_holds_in_packed_rows_and_the_kv_cache() {
     );
     assert!(
         difference < 1e-4,
-        "left-padded vs transformers: {difference}"
+        "{family}: left-padded vs transformers: {difference}"
     );
 }
 
@@ -192,11 +219,26 @@ fn mistral_window_holds_in_packed_rows_and_the_kv_cache() {
 /// merged logits.
 #[test]
 fn mistral_lora_merges_and_saves_with_its_window() {
+    assert_lora_merges_and_saves("mistral", 2);
+    let (_, model) = CausalLm::load(&fixture("mistral"), Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(model.config().extra["sliding_window"], 5);
+}
+
+/// The same for Gemma 3 and Gemma 2 (their extra norms and settings survive the save).
+#[test]
+fn gemma_lora_merges_and_saves() {
+    assert_lora_merges_and_saves("gemma3", 3);
+    assert_lora_merges_and_saves("gemma2", 3);
+}
+
+/// LoRA on every projection of `family`'s fixture (`layers` decoder layers) under PEFT's names:
+/// merged and saved, the model loads back with its config and gives the merged logits.
+fn assert_lora_merges_and_saves(family: &str, layers: usize) {
     let _guard = rng_lock();
-    let (vs, mut model) = CausalLm::load(&fixture("mistral"), Device::Cpu, Kind::Float).unwrap();
+    let (vs, mut model) = CausalLm::load(&fixture(family), Device::Cpu, Kind::Float).unwrap();
     let (_adapters, attached) = attach_moved_lora(&mut model, 7);
-    assert_eq!(attached, 2 * 7);
-    let (rows, base) = reference(&fixture("mistral"));
+    assert_eq!(attached, layers * 7);
+    let (rows, base) = reference(&fixture(family));
     let adapted = logits_of(&model, &rows);
     assert!(
         max_difference(&adapted, &base) > 1e-2,
@@ -207,11 +249,39 @@ fn mistral_lora_merges_and_saves_with_its_window() {
     model.save(&vs, out.path()).unwrap();
     let written: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("config.json")).unwrap()).unwrap();
-    assert_eq!(written["model_type"], "mistral");
-    assert_eq!(written["sliding_window"], 5);
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture(family).join("config.json")).unwrap())
+            .unwrap();
+    for (key, value) in original.as_object().unwrap() {
+        if key != "dtype" {
+            assert_eq!(&written[key], value, "{family}: config key {key}");
+        }
+    }
     let (_, loaded) = CausalLm::load(out.path(), Device::Cpu, Kind::Float).unwrap();
     let difference = max_difference(&logits_of(&loaded, &rows), &adapted);
-    assert!(difference < 1e-4, "saved merged vs adapted: {difference}");
+    assert!(
+        difference < 1e-4,
+        "{family}: saved merged vs adapted: {difference}"
+    );
+}
+
+/// A PEFT adapter on every projection of the Gemma 3 model loads under its names and gives PEFT's
+/// logits.
+#[test]
+fn peft_adapter_on_gemma3_gives_pefts_logits() {
+    let (_vs, mut model) = CausalLm::load(&fixture("gemma3"), Device::Cpu, Kind::Float).unwrap();
+    let (_adapters, _, attached) = model
+        .load_adapter(&fixture("gemma3-lora"), Device::Cpu)
+        .unwrap();
+    assert_eq!(attached, 3 * 7);
+    let (rows, expected) = reference(&fixture("gemma3-lora"));
+    let difference = max_difference(&logits_of(&model, &rows), &expected);
+    assert!(difference < 1e-4, "dapt+LoRA vs PEFT: {difference}");
+    let (_, base) = reference(&fixture("gemma3"));
+    assert!(
+        max_difference(&expected, &base) > 1e-2,
+        "the adapter matters"
+    );
 }
 
 /// Loading a model or an adapter draws nothing from LibTorch's process-wide generator: a seeded run
@@ -421,6 +491,80 @@ fn training_learns_a_pattern() {
     assert!(first > 3.5, "random init is near ln(61) = 4.1: {first}");
     assert!(last < 0.5, "pattern learned: {first} → {last}");
     assert!(history.iter().all(|m| m.tokens == 8 * 30));
+}
+
+/// LoRA trained by dapt on the Gemma 3 model (every projection, with dropout) lowers the loss, saves in
+/// PEFT's layout and loads back into a fresh copy of the base with the trained logits; merged, the
+/// model gives them too. With `DAPT_PEFT_CHECK_DIR` set, the base, the adapter and the trained
+/// logits are also written there for `generate.py --check DIR/base --adapter DIR/adapter
+/// --reference DIR/reference.safetensors` (PEFT's side; run by hand, PyTorch is not a test dependency).
+#[test]
+fn gemma3_lora_trained_by_dapt_saves_in_peft_layout() {
+    let _rng = rng_lock();
+    dapt_trainer::tch::manual_seed(21);
+    let (_vs, mut model) = CausalLm::load(&fixture("gemma3"), Device::Cpu, Kind::Float).unwrap();
+    let adapters = nn::VarStore::new(Device::Cpu);
+    let lora = LoraOptions {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        ..Default::default()
+    };
+    assert_eq!(model.attach_lora(&adapters.root(), &lora).unwrap(), 3 * 7);
+    let options = TrainSettings::try_from(TrainOptions {
+        steps: 8,
+        batch_size: 4,
+        learning_rate: 1e-2,
+        warmup_steps: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let trainer = Trainer::new(&model, &adapters, &options, 3);
+    let mut data = InMemoryRows::new(pattern_rows(8), 3).unwrap();
+    let history = trainer.run(&mut data, false, |_| {}).unwrap().history;
+    assert!(
+        history.last().unwrap().loss < history[0].loss * 0.8,
+        "{:?}",
+        history.iter().map(|m| m.loss).collect::<Vec<_>>()
+    );
+    model.set_training(false);
+    let (rows, _) = reference(&fixture("gemma3"));
+    let trained = logits_of(&model, &rows);
+
+    let out = tempfile::tempdir().unwrap();
+    let keep = std::env::var_os("DAPT_PEFT_CHECK_DIR").map(PathBuf::from);
+    let dir = keep.clone().unwrap_or_else(|| out.path().to_path_buf());
+    dapt_trainer::save_adapter(&dir.join("adapter"), &adapters, &lora, None, None).unwrap();
+    let (_, mut fresh) = CausalLm::load(&fixture("gemma3"), Device::Cpu, Kind::Float).unwrap();
+    fresh
+        .load_adapter(&dir.join("adapter"), Device::Cpu)
+        .unwrap();
+    let difference = max_difference(&logits_of(&fresh, &rows), &trained);
+    assert!(
+        difference < 1e-5,
+        "reloaded adapter vs trained: {difference}"
+    );
+    fresh.merge_lora();
+    let difference = max_difference(&logits_of(&fresh, &rows), &trained);
+    assert!(difference < 1e-4, "merged vs trained: {difference}");
+    if let Some(dir) = keep {
+        for file in ["config.json", "model.safetensors"] {
+            std::fs::create_dir_all(dir.join("base")).unwrap();
+            std::fs::copy(fixture("gemma3").join(file), dir.join("base").join(file)).unwrap();
+        }
+        let ids = Tensor::stack(
+            &rows
+                .iter()
+                .map(|r| Tensor::from_slice(&r.input_ids).to_kind(Kind::Int64))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        dapt_trainer::tch::Tensor::write_safetensors(
+            &[("input_ids", &ids), ("logits", &trained)],
+            dir.join("reference.safetensors"),
+        )
+        .unwrap();
+    }
 }
 
 /// Writes rows as a packer output directory (`part-NNNNN.parquet` + `_manifest.json`).
