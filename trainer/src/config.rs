@@ -1,5 +1,5 @@
-//! Model configuration in HF `config.json` terms: the Llama 3, Mistral, Qwen2, Qwen3, Gemma 2 and
-//! Gemma 3 (text) families. Keys the model
+//! Model configuration in HF `config.json` terms: the Llama 3, Mistral, Qwen2, Qwen3, Gemma 2,
+//! Gemma 3 (text) and Phi-3 families. Keys the model
 //! does not use are kept (`extra`) and written back, so a saved `config.json` is the one that was read.
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -7,13 +7,14 @@ use serde_json::{Map, Value};
 use crate::{Error, Result};
 
 /// The `model_type`s dapt builds.
-pub const SUPPORTED_MODEL_TYPES: [&str; 6] = [
+pub const SUPPORTED_MODEL_TYPES: [&str; 7] = [
     "llama",
     "mistral",
     "qwen2",
     "qwen3",
     "gemma2",
     "gemma3_text",
+    "phi3",
 ];
 
 /// A token id or a list of them (Llama 3.1 lists several `eos_token_id`s).
@@ -138,6 +139,19 @@ pub enum RopeScaling {
         /// The divisor.
         factor: f64,
     },
+    /// Phi-3's LongRoPE: per-frequency divisors, `short_factor` while the longest position stays
+    /// within the original context and `long_factor` beyond it, and the cosines and sines scaled by
+    /// `attention_factor`.
+    LongRope {
+        /// Divisors within the original context.
+        short_factor: Vec<f64>,
+        /// Divisors beyond it.
+        long_factor: Vec<f64>,
+        /// The context length before scaling.
+        original_max_position_embeddings: f64,
+        /// Factor of the cosines and sines.
+        attention_factor: f64,
+    },
     /// Llama 3's frequency-dependent scaling.
     Llama3 {
         /// Overall context extension factor.
@@ -190,7 +204,7 @@ impl ModelConfig {
     pub fn attention_window(&self) -> Option<i64> {
         matches!(
             self.model_type.as_str(),
-            "mistral" | "gemma2" | "gemma3_text"
+            "mistral" | "gemma2" | "gemma3_text" | "phi3"
         )
         .then(|| self.extra.get("sliding_window").and_then(Value::as_i64))
         .flatten()
@@ -267,6 +281,28 @@ impl ModelConfig {
         } else {
             self.hidden_act.as_deref().unwrap_or("silu")
         }
+    }
+
+    /// Whether q/k/v and gate/up are fused into `qkv_proj` and `gate_up_proj` (Phi-3), as in the
+    /// checkpoint and PEFT's names.
+    pub fn fused_projections(&self) -> bool {
+        self.model_type == "phi3"
+    }
+
+    /// `partial_rotary_factor` (in `rope_parameters`, or beside it in the transformers 4 layout;
+    /// default 1).
+    pub fn partial_rotary_factor(&self) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("partial_rotary_factor"))
+            .or_else(|| self.extra.get("partial_rotary_factor"))
+            .and_then(Value::as_f64)
+            .unwrap_or(1.0)
+    }
+
+    /// Leading dimensions of each head that RoPE rotates (`head_dim · partial_rotary_factor`).
+    pub fn rotary_dim(&self) -> i64 {
+        (self.head_dim() as f64 * self.partial_rotary_factor()) as i64
     }
 
     /// Whether q and k are RMS-normalised per head before RoPE (Qwen3, Gemma 3).
@@ -364,6 +400,54 @@ impl ModelConfig {
         };
         let scaling = match kind {
             "default" => RopeScaling::None,
+            "longrope" | "su" => {
+                let factors = |name: &str| -> Result<Vec<f64>> {
+                    let values = parameters
+                        .and_then(|p| p.get(name))
+                        .and_then(Value::as_array)
+                        .ok_or_else(|| {
+                            Self::bad(
+                                &format!("{key}.{name}"),
+                                "a list of numbers is required by rope_type \"longrope\"".into(),
+                            )
+                        })?;
+                    let numbers: Option<Vec<f64>> = values.iter().map(Value::as_f64).collect();
+                    let numbers = numbers.ok_or_else(|| {
+                        Self::bad(&format!("{key}.{name}"), "holds a non-number".into())
+                    })?;
+                    let wanted = self.rotary_dim() / 2;
+                    if numbers.len() as i64 != wanted {
+                        return Err(Self::bad(
+                            &format!("{key}.{name}"),
+                            format!(
+                                "has {} factors; the rotary dimensions need {wanted}",
+                                numbers.len()
+                            ),
+                        ));
+                    }
+                    Ok(numbers)
+                };
+                let original = number("original_max_position_embeddings")?
+                    .or_else(|| {
+                        self.extra
+                            .get("original_max_position_embeddings")
+                            .and_then(Value::as_f64)
+                    })
+                    .unwrap_or(self.max_position_embeddings as f64);
+                let factor =
+                    number("factor")?.unwrap_or(self.max_position_embeddings as f64 / original);
+                let attention_factor = number("attention_factor")?.unwrap_or(if factor <= 1.0 {
+                    1.0
+                } else {
+                    (1.0 + factor.ln() / original.ln()).sqrt()
+                });
+                RopeScaling::LongRope {
+                    short_factor: factors("short_factor")?,
+                    long_factor: factors("long_factor")?,
+                    original_max_position_embeddings: original,
+                    attention_factor,
+                }
+            }
             "linear" => RopeScaling::Linear {
                 factor: required("factor")?,
             },
@@ -376,7 +460,9 @@ impl ModelConfig {
             other => {
                 return Err(Self::bad(
                     &format!("{key}.rope_type"),
-                    format!("{other:?} is not supported (default, linear and llama3 are)"),
+                    format!(
+                        "{other:?} is not supported (default, linear, llama3 and longrope are)"
+                    ),
                 ))
             }
         };
@@ -426,6 +512,15 @@ impl ModelConfig {
                 format!(
                     "{} is not divisible by num_attention_heads {}",
                     self.hidden_size, self.num_attention_heads
+                ),
+            ));
+        }
+        if self.rotary_dim() <= 0 || self.rotary_dim() % 2 != 0 {
+            return Err(Self::bad(
+                "partial_rotary_factor",
+                format!(
+                    "rotates {} dimensions of each head; RoPE needs a positive even number",
+                    self.rotary_dim()
                 ),
             ));
         }
@@ -613,6 +708,7 @@ impl ProxyModelOptions {
             "mistral" => "MistralForCausalLM",
             "gemma2" => "Gemma2ForCausalLM",
             "gemma3_text" => "Gemma3ForCausalLM",
+            "phi3" => "Phi3ForCausalLM",
             _ => "LlamaForCausalLM",
         };
         let config = ModelConfig {

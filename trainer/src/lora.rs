@@ -23,6 +23,12 @@ pub const ALL_LINEAR: [&str; 7] = [
     "down_proj",
 ];
 
+/// Phi-3's fused projections and the separate ones each replaces.
+pub const FUSED_LINEAR: [(&str, &[&str]); 2] = [
+    ("qkv_proj", &["q_proj", "k_proj", "v_proj"]),
+    ("gate_up_proj", &["gate_proj", "up_proj"]),
+];
+
 /// How `A` starts (`B` starts at zero, so a fresh adapter leaves the model unchanged).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -68,13 +74,17 @@ impl Default for LoraOptions {
     }
 }
 
+/// A bad `[lora]` setting.
+fn bad(key: &str, reason: String) -> Error {
+    Error::Setting {
+        key: format!("lora.{key}"),
+        reason,
+    }
+}
+
 impl LoraOptions {
     /// Checks the options; errors name the key.
     pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, reason: String| Error::Setting {
-            key: format!("lora.{key}"),
-            reason,
-        };
         if self.r <= 0 {
             return Err(bad("r", format!("must be positive, is {}", self.r)));
         }
@@ -88,17 +98,67 @@ impl LoraOptions {
             return Err(bad("target_modules", "names no module".into()));
         }
         for name in &self.target_modules {
-            if name != "all-linear" && !ALL_LINEAR.contains(&name.as_str()) {
+            let fused = FUSED_LINEAR.iter().any(|(f, _)| f == name);
+            if name != "all-linear" && !fused && !ALL_LINEAR.contains(&name.as_str()) {
                 return Err(bad(
                     "target_modules",
                     format!(
-                        "{name:?} is not one of all-linear, {}",
+                        "{name:?} is not one of all-linear, {}, qkv_proj, gate_up_proj",
                         ALL_LINEAR.join(", ")
                     ),
                 ));
             }
         }
         Ok(())
+    }
+
+    /// These options with `target_modules` named as the model names its layers: for a model with
+    /// fused projections (Phi-3), `q_proj`+`k_proj`+`v_proj` become `qkv_proj` and
+    /// `gate_proj`+`up_proj` become `gate_up_proj` (so the default targets every linear layer there
+    /// too, and the saved adapter names what PEFT finds); part of a fused group is refused, as are
+    /// fused names on a model without them.
+    pub fn for_model(&self, fused_projections: bool) -> Result<Self> {
+        let targeted = |name: &str| self.target_modules.iter().any(|t| t == name);
+        let mut names: Vec<String> = Vec::new();
+        for name in &self.target_modules {
+            let group = FUSED_LINEAR
+                .iter()
+                .find(|(fused, parts)| fused == name || parts.contains(&name.as_str()));
+            let Some((fused, parts)) = group else {
+                names.push(name.clone());
+                continue;
+            };
+            if !fused_projections {
+                if name == fused {
+                    return Err(bad(
+                        "target_modules",
+                        format!(
+                            "{name:?} exists only in models with fused projections (Phi-3); this model has {}",
+                            parts.join(", ")
+                        ),
+                    ));
+                }
+                names.push(name.clone());
+                continue;
+            }
+            if name != fused && !parts.iter().all(|p| targeted(p)) {
+                return Err(bad(
+                    "target_modules",
+                    format!(
+                        "this model fuses {} into {fused}: target {fused} (or all of {})",
+                        parts.join(", "),
+                        parts.join(", ")
+                    ),
+                ));
+            }
+            if !names.iter().any(|n| n == fused) {
+                names.push((*fused).to_string());
+            }
+        }
+        Ok(Self {
+            target_modules: names,
+            ..self.clone()
+        })
     }
 
     /// Whether a module (by its last name component) gets an adapter.
@@ -282,4 +342,48 @@ pub fn save_adapter(
     write_atomically(&dir.join("adapter_config.json"), (config + "\n").as_bytes())?;
     let tensors: Vec<(String, tch::Tensor)> = adapters.variables().into_iter().collect();
     save_safetensors(&dir.join("adapter_model.safetensors"), &tensors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(names: &[&str]) -> LoraOptions {
+        LoraOptions {
+            target_modules: names.iter().map(|n| (*n).to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// On a model with fused projections whole groups become the fused names (the default targets
+    /// every linear layer); part of a group, or a fused name elsewhere, is refused by name.
+    #[test]
+    fn targets_follow_the_models_projections() {
+        let fused = LoraOptions::default().for_model(true).unwrap();
+        assert_eq!(
+            fused.target_modules,
+            ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+        );
+        assert_eq!(
+            LoraOptions::default().for_model(false).unwrap(),
+            LoraOptions::default()
+        );
+        let given = targets(&["qkv_proj", "down_proj"]);
+        assert_eq!(given.for_model(true).unwrap(), given);
+        let error = targets(&["q_proj", "v_proj"])
+            .for_model(true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("lora.target_modules") && error.contains("qkv_proj"),
+            "{error}"
+        );
+        let error = targets(&["gate_up_proj"])
+            .for_model(false)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("gate_proj, up_proj"), "{error}");
+        assert!(targets(&["qkv_proj"]).validate().is_ok());
+        assert!(targets(&["qkv"]).validate().is_err());
+    }
 }

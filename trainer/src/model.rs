@@ -195,9 +195,8 @@ fn rotate_half(x: &Tensor) -> Tensor {
 /// Grouped-query self-attention with rotary position embeddings.
 #[derive(Debug)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj`, `v_proj`, or Phi-3's fused `qkv_proj` alone.
+    qkv: Vec<Linear>,
     o_proj: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
@@ -210,6 +209,8 @@ struct Attention {
     softcap: Option<f64>,
     /// A sliding-window layer (its mask and RoPE are the local ones).
     sliding: bool,
+    /// Leading dimensions of each head that RoPE rotates (`partial_rotary_factor`).
+    rotary_dim: i64,
 }
 
 impl Attention {
@@ -218,10 +219,20 @@ impl Attention {
         let std = c.initializer_range;
         let (h, kv, hidden) = (c.num_attention_heads, c.num_key_value_heads, c.hidden_size);
         let norm = |name: &str| c.qk_norm().then(|| RmsNorm::new(&path / name, hd, c));
+        let linear = |name: &str, outputs: i64| {
+            Linear::new(path.clone(), name, hidden, outputs, c.qkv_bias(), std)
+        };
+        let qkv = if c.fused_projections() {
+            vec![linear("qkv_proj", (h + 2 * kv) * hd)]
+        } else {
+            vec![
+                linear("q_proj", h * hd),
+                linear("k_proj", kv * hd),
+                linear("v_proj", kv * hd),
+            ]
+        };
         Self {
-            q_proj: Linear::new(path.clone(), "q_proj", hidden, h * hd, c.qkv_bias(), std),
-            k_proj: Linear::new(path.clone(), "k_proj", hidden, kv * hd, c.qkv_bias(), std),
-            v_proj: Linear::new(path.clone(), "v_proj", hidden, kv * hd, c.qkv_bias(), std),
+            qkv,
             o_proj: Linear::new(path.clone(), "o_proj", h * hd, hidden, c.o_bias(), std),
             q_norm: norm("q_norm"),
             k_norm: norm("k_norm"),
@@ -231,16 +242,26 @@ impl Attention {
             scale: c.attention_scale(),
             softcap: c.attention_softcap(),
             sliding: c.layer_is_sliding(layer),
+            rotary_dim: c.rotary_dim(),
         }
     }
 
-    fn linears(&mut self) -> [&mut Linear; 4] {
-        [
-            &mut self.q_proj,
-            &mut self.k_proj,
-            &mut self.v_proj,
-            &mut self.o_proj,
-        ]
+    fn linears(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.qkv.iter_mut().chain(std::iter::once(&mut self.o_proj))
+    }
+
+    fn linear_refs(&self) -> impl Iterator<Item = &Linear> {
+        self.qkv.iter().chain(std::iter::once(&self.o_proj))
+    }
+
+    /// RoPE on the first `rotary_dim` dimensions of each head of `x: [b, heads, t, head_dim]`.
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        if self.rotary_dim == self.head_dim {
+            return x * cos + rotate_half(x) * sin;
+        }
+        let rotated = x.narrow(-1, 0, self.rotary_dim);
+        let rest = x.narrow(-1, self.rotary_dim, self.head_dim - self.rotary_dim);
+        Tensor::cat(&[&rotated * cos + rotate_half(&rotated) * sin, rest], -1)
     }
 
     /// Queries, keys and values after norms and RoPE: `[b, heads|kv_heads, t, head_dim]`.
@@ -261,16 +282,28 @@ impl Attention {
             };
             y.transpose(1, 2)
         };
-        let q = split(self.q_proj.forward(x, training), self.heads, &self.q_norm);
-        let k = split(
-            self.k_proj.forward(x, training),
-            self.kv_heads,
-            &self.k_norm,
-        );
-        let v = split(self.v_proj.forward(x, training), self.kv_heads, &None);
-        let q = &q * cos + rotate_half(&q) * sin;
-        let k = &k * cos + rotate_half(&k) * sin;
-        (q, k, v)
+        let (q, k, v) = match self.qkv.as_slice() {
+            [fused] => {
+                let y = fused.forward(x, training);
+                let (q_width, kv_width) =
+                    (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+                (
+                    y.narrow(-1, 0, q_width),
+                    y.narrow(-1, q_width, kv_width),
+                    y.narrow(-1, q_width + kv_width, kv_width),
+                )
+            }
+            [q, k, v] => (
+                q.forward(x, training),
+                k.forward(x, training),
+                v.forward(x, training),
+            ),
+            _ => unreachable!("attention has q, k and v projections or a fused one"),
+        };
+        let q = split(q.contiguous(), self.heads, &self.q_norm);
+        let k = split(k.contiguous(), self.kv_heads, &self.k_norm);
+        let v = split(v.contiguous(), self.kv_heads, &None);
+        (self.rotate(&q, cos, sin), self.rotate(&k, cos, sin), v)
     }
 
     /// Attention of `q: [b, heads, t, d]` over `k`, `v: [b, kv_heads, s, d]` where `mask: [b|1, 1, t, s]`
@@ -396,8 +429,8 @@ enum Attend<'a> {
 /// Gated feed-forward block: SwiGLU, or GeGLU with tanh-GELU (Gemma).
 #[derive(Debug)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// `gate_proj`, `up_proj`, or Phi-3's fused `gate_up_proj` alone (gate first).
+    gate_up: Vec<Linear>,
     down_proj: Linear,
     /// tanh-approximated GELU on the gate instead of SiLU.
     gelu: bool,
@@ -407,23 +440,46 @@ impl Mlp {
     fn new(path: nn::Path, c: &ModelConfig) -> Self {
         let std = c.initializer_range;
         let (hidden, inner) = (c.hidden_size, c.intermediate_size);
+        let linear =
+            |name: &str, outputs: i64| Linear::new(path.clone(), name, hidden, outputs, false, std);
+        let gate_up = if c.fused_projections() {
+            vec![linear("gate_up_proj", 2 * inner)]
+        } else {
+            vec![linear("gate_proj", inner), linear("up_proj", inner)]
+        };
         Self {
-            gate_proj: Linear::new(path.clone(), "gate_proj", hidden, inner, false, std),
-            up_proj: Linear::new(path.clone(), "up_proj", hidden, inner, false, std),
+            gate_up,
             down_proj: Linear::new(path, "down_proj", inner, hidden, false, std),
             gelu: c.activation() == "gelu_pytorch_tanh",
         }
     }
 
+    fn linears(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.gate_up
+            .iter_mut()
+            .chain(std::iter::once(&mut self.down_proj))
+    }
+
+    fn linear_refs(&self) -> impl Iterator<Item = &Linear> {
+        self.gate_up.iter().chain(std::iter::once(&self.down_proj))
+    }
+
     fn forward(&self, x: &Tensor, training: bool) -> Tensor {
-        let gate = self.gate_proj.forward(x, training);
+        let (gate, up) = match self.gate_up.as_slice() {
+            [fused] => {
+                let y = fused.forward(x, training);
+                let inner = y.size().last().copied().unwrap_or(0) / 2;
+                (y.narrow(-1, 0, inner), y.narrow(-1, inner, inner))
+            }
+            [gate, up] => (gate.forward(x, training), up.forward(x, training)),
+            _ => unreachable!("the MLP has gate and up projections or a fused one"),
+        };
         let gate = if self.gelu {
             gate.gelu("tanh")
         } else {
             gate.silu()
         };
-        self.down_proj
-            .forward(&(gate * self.up_proj.forward(x, training)), training)
+        self.down_proj.forward(&(gate * up), training)
     }
 }
 
@@ -595,6 +651,10 @@ pub struct CausalLm {
     inv_freq: Tensor,
     /// Those of the sliding-window layers where they differ (Gemma 3's local base).
     inv_freq_local: Option<Tensor>,
+    /// LongRoPE's long-context frequencies (Phi-3).
+    inv_freq_long: Option<LongFrequencies>,
+    /// Factor of the cosines and sines (LongRoPE's `attention_factor`; 1 otherwise).
+    rope_factor: f64,
     /// Trainable rows of the embedding tables (see [`CausalLm::attach_token_rows`]).
     token_rows: Option<TokenRows>,
     /// Whether LoRA adapters and trainable embedding rows take part (see
@@ -622,6 +682,14 @@ struct TokenRows {
 /// whose values are the rows themselves.
 const TOKEN_ROWS_PARTS: [&str; 2] = ["token_adapter", "trainable_tokens_delta"];
 
+/// LongRoPE's frequencies beyond the original context: used for a call whose highest position
+/// reaches past `original` (transformers decides per forward pass the same way).
+#[derive(Debug)]
+struct LongFrequencies {
+    inv_freq: Tensor,
+    original: f64,
+}
+
 /// The rotary angles' cosines and sines `[b|1, 1, t, head_dim]` of the full layers and of the
 /// sliding-window layers (the same where the model gives both kinds one RoPE).
 struct Rotary {
@@ -639,14 +707,31 @@ impl Rotary {
     }
 }
 
-/// Rotary inverse frequencies as HF computes them (`1 / theta^(2i/d)`), then scaled.
-fn inverse_frequencies(c: &ModelConfig, rope: Rope, device: Device) -> Tensor {
-    let hd = c.head_dim();
+/// `theta^(2i/d)` over the rotary dimensions `d`.
+fn wavelength_bases(c: &ModelConfig, theta: f64, device: Device) -> Tensor {
+    let d = c.rotary_dim();
     let exponents =
-        Tensor::arange_start_step(0, hd, 2, (Kind::Int64, device)).to_kind(Kind::Float) / hd as f64;
-    let inv_freq = Tensor::pow_scalar(rope.theta, &exponents).reciprocal();
+        Tensor::arange_start_step(0, d, 2, (Kind::Int64, device)).to_kind(Kind::Float) / d as f64;
+    Tensor::pow_scalar(theta, &exponents)
+}
+
+/// LongRoPE's inverse frequencies `1 / (factor_i · theta^(2i/d))` for `factors`.
+fn longrope_frequencies(c: &ModelConfig, theta: f64, factors: &[f64], device: Device) -> Tensor {
+    let factors = Tensor::from_slice(factors)
+        .to_kind(Kind::Float)
+        .to_device(device);
+    (factors * wavelength_bases(c, theta, device)).reciprocal()
+}
+
+/// Rotary inverse frequencies as HF computes them (`1 / theta^(2i/d)`), then scaled (LongRoPE: the
+/// short factors; see [`LongFrequencies`]).
+fn inverse_frequencies(c: &ModelConfig, rope: Rope, device: Device) -> Tensor {
+    let inv_freq = wavelength_bases(c, rope.theta, device).reciprocal();
     match rope.scaling {
         RopeScaling::None => inv_freq,
+        RopeScaling::LongRope { short_factor, .. } => {
+            longrope_frequencies(c, rope.theta, &short_factor, device)
+        }
         RopeScaling::Linear { factor } => inv_freq / factor,
         RopeScaling::Llama3 {
             factor,
@@ -692,8 +777,23 @@ impl CausalLm {
         let device = root.device();
         let (full, local) = (c.rope_of(false)?, c.rope_of(true)?);
         let sliding_layers = (0..c.num_hidden_layers).any(|i| c.layer_is_sliding(i));
-        let inv_freq_local =
-            (sliding_layers && local != full).then(|| inverse_frequencies(c, local, device));
+        let inv_freq_local = (sliding_layers && local != full)
+            .then(|| inverse_frequencies(c, local.clone(), device));
+        let (inv_freq_long, rope_factor) = match &full.scaling {
+            RopeScaling::LongRope {
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+                ..
+            } => (
+                Some(LongFrequencies {
+                    inv_freq: longrope_frequencies(c, full.theta, long_factor, device),
+                    original: *original_max_position_embeddings,
+                }),
+                *attention_factor,
+            ),
+            _ => (None, 1.0),
+        };
         let lm_head = (!c.tie_word_embeddings).then(|| {
             (root / "lm_head").var(
                 "weight",
@@ -712,6 +812,8 @@ impl CausalLm {
             lm_head,
             inv_freq: inverse_frequencies(c, full, device),
             inv_freq_local,
+            inv_freq_long,
+            rope_factor,
             token_rows: None,
             adapters_enabled: Arc::new(AtomicBool::new(true)),
             training: Cell::new(false),
@@ -749,17 +851,19 @@ impl CausalLm {
         let mut out = Vec::new();
         for layer in &mut self.layers {
             out.extend(layer.self_attn.linears());
-            out.push(&mut layer.mlp.gate_proj);
-            out.push(&mut layer.mlp.up_proj);
-            out.push(&mut layer.mlp.down_proj);
+            out.extend(layer.mlp.linears());
         }
         out
     }
 
     /// Adds LoRA adapters to the targeted linear layers, their variables below `root` (the root of the
     /// adapter VarStore) under PEFT's names. Returns how many layers got one.
+    ///
+    /// Separate projection names on a model with fused ones (Phi-3) are read as the fused names (see
+    /// [`LoraOptions::for_model`]).
     pub fn attach_lora(&mut self, root: &nn::Path, options: &LoraOptions) -> Result<usize> {
         options.validate()?;
+        let options = &options.for_model(self.config.fused_projections())?;
         let mut count = 0;
         let enabled = self.adapters_enabled.clone();
         for linear in self.linears() {
@@ -787,17 +891,10 @@ impl CausalLm {
     /// Whether any adapter is attached.
     pub fn has_lora(&self) -> bool {
         self.layers.iter().any(|l| {
-            [
-                &l.self_attn.q_proj,
-                &l.self_attn.k_proj,
-                &l.self_attn.v_proj,
-                &l.self_attn.o_proj,
-                &l.mlp.gate_proj,
-                &l.mlp.up_proj,
-                &l.mlp.down_proj,
-            ]
-            .iter()
-            .any(|x| x.lora.is_some())
+            l.self_attn
+                .linear_refs()
+                .chain(l.mlp.linear_refs())
+                .any(|x| x.lora.is_some())
         })
     }
 
@@ -907,11 +1004,14 @@ impl CausalLm {
 
     /// The final hidden states `[b, t, hidden]` of a batch (before the output head).
     fn hidden_batch(&self, batch: &Batch) -> Tensor {
-        // (A sliding window is applied to the mask; the flash path takes whole segments.)
+        // (A sliding window is applied to the mask; the flash path takes whole segments with the
+        // default softmax scale and no soft-capping.)
         #[cfg(feature = "cuda")]
         if self.flash.get()
             && batch.input_ids.device().is_cuda()
             && self.config.attention_window().is_none()
+            && self.config.attention_scale().is_none()
+            && self.config.attention_softcap().is_none()
         {
             let cu_seqlens =
                 Tensor::from_slice(&batch.cu_seqlens).to_device(batch.input_ids.device());
@@ -1185,13 +1285,32 @@ impl CausalLm {
     ) -> Tensor {
         let mut x = self.embed(input_ids);
         let kind = x.kind();
+        let factor = self.rope_factor;
         let angles = |inv_freq: &Tensor| {
             let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq;
             let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
-            (angles.cos().to_kind(kind), angles.sin().to_kind(kind))
+            if factor == 1.0 {
+                (angles.cos().to_kind(kind), angles.sin().to_kind(kind))
+            } else {
+                (
+                    (angles.cos() * factor).to_kind(kind),
+                    (angles.sin() * factor).to_kind(kind),
+                )
+            }
+        };
+        let inv_freq = match &self.inv_freq_long {
+            Some(long) if positions.numel() > 0 => {
+                let longest = positions.max().int64_value(&[]) + 1;
+                if longest as f64 > long.original {
+                    &long.inv_freq
+                } else {
+                    &self.inv_freq
+                }
+            }
+            _ => &self.inv_freq,
         };
         let rope = Rotary {
-            full: angles(&self.inv_freq),
+            full: angles(inv_freq),
             local: self.inv_freq_local.as_ref().map(angles),
         };
         for (i, layer) in self.layers.iter().enumerate() {

@@ -685,7 +685,7 @@ fn run_stage(
         save_adapter(
             &stage_dir.join("adapter"),
             &adapters,
-            &stage.lora,
+            &stage.lora.for_model(model.config().fused_projections())?,
             Some(&input_dir.display().to_string()),
             trainable_tokens.as_ref(),
         )?;

@@ -151,23 +151,40 @@ fn gemma2_matches_transformers() {
     assert_parity("gemma2");
 }
 
+/// Phi-3 (fused qkv and gate/up projections, LongRoPE on half of each head, a window): logits equal
+/// transformers'.
+#[test]
+fn phi3_matches_transformers() {
+    assert_parity("phi3");
+}
+
 /// Mistral's window holds in packed rows (two documents in one row give each document's logits
 /// alone) and through the KV cache, one token at a time and in left-padded batches.
 #[test]
 fn mistral_window_holds_in_packed_rows_and_the_kv_cache() {
-    assert_window_holds("mistral");
+    assert_window_holds("mistral", 3);
+}
+
+/// Phi-3's window and LongRoPE hold in packed rows and the KV cache (a prompt of 9 positions is past
+/// the original 8 already, so the cache stays with the long factors as the whole row does).
+#[test]
+fn phi3_window_holds_in_packed_rows_and_the_kv_cache() {
+    assert_window_holds("phi3", 9);
 }
 
 /// Gemma's sliding layers keep their window beside the full layers, in packed rows and the KV cache.
 #[test]
 fn gemma_windows_hold_in_packed_rows_and_the_kv_cache() {
-    assert_window_holds("gemma3");
-    assert_window_holds("gemma2");
+    assert_window_holds("gemma3", 3);
+    assert_window_holds("gemma2", 3);
 }
 
-fn assert_window_holds(family: &str) {
+/// `family`'s logits in a packed row of two documents, one token at a time after a `prompt`, and in
+/// a left-padded batch equal transformers' for each document alone.
+fn assert_window_holds(family: &str, prompt: usize) {
     let (_vs, model) = CausalLm::load(&fixture(family), Device::Cpu, Kind::Float).unwrap();
-    assert_eq!(model.config().attention_window(), Some(5));
+    let window = model.config().attention_window().unwrap();
+    assert!(window < 12, "the window matters over 12 positions");
     let (rows, expected) = reference(&fixture(family));
     let (a, b) = (&rows[0].input_ids, &rows[1].input_ids[..9]);
     let packed = PackedRow {
@@ -185,9 +202,9 @@ fn assert_window_holds(family: &str) {
     let ids: Vec<i64> = a.iter().map(|&i| i64::from(i)).collect();
     let mut cache = dapt_trainer::KvCache::default();
     let mut pieces = vec![dapt_trainer::tch::no_grad(|| {
-        model.forward_cached(&Tensor::from_slice(&ids[..3]).unsqueeze(0), &mut cache)
+        model.forward_cached(&Tensor::from_slice(&ids[..prompt]).unsqueeze(0), &mut cache)
     })];
-    for &id in &ids[3..] {
+    for &id in &ids[prompt..] {
         pieces.push(dapt_trainer::tch::no_grad(|| {
             model.forward_cached(&Tensor::from_slice(&[id]).unsqueeze(0), &mut cache)
         }));
@@ -219,7 +236,7 @@ fn assert_window_holds(family: &str) {
 /// merged logits.
 #[test]
 fn mistral_lora_merges_and_saves_with_its_window() {
-    assert_lora_merges_and_saves("mistral", 2);
+    assert_lora_merges_and_saves("mistral", 2 * 7);
     let (_, model) = CausalLm::load(&fixture("mistral"), Device::Cpu, Kind::Float).unwrap();
     assert_eq!(model.config().extra["sliding_window"], 5);
 }
@@ -227,17 +244,24 @@ fn mistral_lora_merges_and_saves_with_its_window() {
 /// The same for Gemma 3 and Gemma 2 (their extra norms and settings survive the save).
 #[test]
 fn gemma_lora_merges_and_saves() {
-    assert_lora_merges_and_saves("gemma3", 3);
-    assert_lora_merges_and_saves("gemma2", 3);
+    assert_lora_merges_and_saves("gemma3", 3 * 7);
+    assert_lora_merges_and_saves("gemma2", 3 * 7);
 }
 
-/// LoRA on every projection of `family`'s fixture (`layers` decoder layers) under PEFT's names:
+/// The same for Phi-3, whose default targets are its four linear layers per block (the fused ones
+/// among them).
+#[test]
+fn phi3_lora_merges_and_saves() {
+    assert_lora_merges_and_saves("phi3", 2 * 4);
+}
+
+/// LoRA on every projection of `family`'s fixture (`linears` layers in all) under PEFT's names:
 /// merged and saved, the model loads back with its config and gives the merged logits.
-fn assert_lora_merges_and_saves(family: &str, layers: usize) {
+fn assert_lora_merges_and_saves(family: &str, linears: usize) {
     let _guard = rng_lock();
     let (vs, mut model) = CausalLm::load(&fixture(family), Device::Cpu, Kind::Float).unwrap();
     let (_adapters, attached) = attach_moved_lora(&mut model, 7);
-    assert_eq!(attached, layers * 7);
+    assert_eq!(attached, linears);
     let (rows, base) = reference(&fixture(family));
     let adapted = logits_of(&model, &rows);
     assert!(
@@ -265,23 +289,28 @@ fn assert_lora_merges_and_saves(family: &str, layers: usize) {
     );
 }
 
-/// A PEFT adapter on every projection of the Gemma 3 model loads under its names and gives PEFT's
-/// logits.
+/// PEFT adapters on every projection of the Gemma 3 model and on Phi-3's fused projections load
+/// under their names and give PEFT's logits.
 #[test]
-fn peft_adapter_on_gemma3_gives_pefts_logits() {
-    let (_vs, mut model) = CausalLm::load(&fixture("gemma3"), Device::Cpu, Kind::Float).unwrap();
-    let (_adapters, _, attached) = model
-        .load_adapter(&fixture("gemma3-lora"), Device::Cpu)
-        .unwrap();
-    assert_eq!(attached, 3 * 7);
-    let (rows, expected) = reference(&fixture("gemma3-lora"));
-    let difference = max_difference(&logits_of(&model, &rows), &expected);
-    assert!(difference < 1e-4, "dapt+LoRA vs PEFT: {difference}");
-    let (_, base) = reference(&fixture("gemma3"));
-    assert!(
-        max_difference(&expected, &base) > 1e-2,
-        "the adapter matters"
-    );
+fn peft_adapters_on_gemma3_and_phi3_give_pefts_logits() {
+    for (family, linears) in [("gemma3", 3 * 7), ("phi3", 2 * 4)] {
+        let (_vs, mut model) = CausalLm::load(&fixture(family), Device::Cpu, Kind::Float).unwrap();
+        let (_adapters, _, attached) = model
+            .load_adapter(&fixture(&format!("{family}-lora")), Device::Cpu)
+            .unwrap();
+        assert_eq!(attached, linears);
+        let (rows, expected) = reference(&fixture(&format!("{family}-lora")));
+        let difference = max_difference(&logits_of(&model, &rows), &expected);
+        assert!(
+            difference < 1e-4,
+            "{family}: dapt+LoRA vs PEFT: {difference}"
+        );
+        let (_, base) = reference(&fixture(family));
+        assert!(
+            max_difference(&expected, &base) > 1e-2,
+            "the adapter matters"
+        );
+    }
 }
 
 /// Loading a model or an adapter draws nothing from LibTorch's process-wide generator: a seeded run
@@ -493,16 +522,23 @@ fn training_learns_a_pattern() {
     assert!(history.iter().all(|m| m.tokens == 8 * 30));
 }
 
-/// LoRA trained by dapt on the Gemma 3 model (every projection, with dropout) lowers the loss, saves in
-/// PEFT's layout and loads back into a fresh copy of the base with the trained logits; merged, the
-/// model gives them too. With `DAPT_PEFT_CHECK_DIR` set, the base, the adapter and the trained
-/// logits are also written there for `generate.py --check DIR/base --adapter DIR/adapter
-/// --reference DIR/reference.safetensors` (PEFT's side; run by hand, PyTorch is not a test dependency).
+/// LoRA trained by dapt on the Gemma 3 and Phi-3 models (every projection, with dropout) lowers the
+/// loss, saves in PEFT's layout and loads back into a fresh copy of the base with the trained logits;
+/// merged, the model gives them too. With `DAPT_PEFT_CHECK_DIR` set, the base, the adapter and the
+/// trained logits are also written to `DIR/FAMILY/` for `generate.py --check DIR/FAMILY/base --adapter
+/// DIR/FAMILY/adapter --reference DIR/FAMILY/reference.safetensors` (PEFT's side; run by hand, PyTorch
+/// is not a test dependency).
 #[test]
-fn gemma3_lora_trained_by_dapt_saves_in_peft_layout() {
+fn lora_trained_by_dapt_saves_in_peft_layout() {
     let _rng = rng_lock();
+    for (family, linears) in [("gemma3", 3 * 7), ("phi3", 2 * 4)] {
+        lora_trained_by_dapt(family, linears);
+    }
+}
+
+fn lora_trained_by_dapt(family: &str, linears: usize) {
     dapt_trainer::tch::manual_seed(21);
-    let (_vs, mut model) = CausalLm::load(&fixture("gemma3"), Device::Cpu, Kind::Float).unwrap();
+    let (_vs, mut model) = CausalLm::load(&fixture(family), Device::Cpu, Kind::Float).unwrap();
     let adapters = nn::VarStore::new(Device::Cpu);
     let lora = LoraOptions {
         r: 4,
@@ -510,7 +546,7 @@ fn gemma3_lora_trained_by_dapt_saves_in_peft_layout() {
         dropout: 0.1,
         ..Default::default()
     };
-    assert_eq!(model.attach_lora(&adapters.root(), &lora).unwrap(), 3 * 7);
+    assert_eq!(model.attach_lora(&adapters.root(), &lora).unwrap(), linears);
     let options = TrainSettings::try_from(TrainOptions {
         steps: 8,
         batch_size: 4,
@@ -524,18 +560,19 @@ fn gemma3_lora_trained_by_dapt_saves_in_peft_layout() {
     let history = trainer.run(&mut data, false, |_| {}).unwrap().history;
     assert!(
         history.last().unwrap().loss < history[0].loss * 0.8,
-        "{:?}",
+        "{family}: {:?}",
         history.iter().map(|m| m.loss).collect::<Vec<_>>()
     );
     model.set_training(false);
-    let (rows, _) = reference(&fixture("gemma3"));
+    let (rows, _) = reference(&fixture(family));
     let trained = logits_of(&model, &rows);
 
     let out = tempfile::tempdir().unwrap();
-    let keep = std::env::var_os("DAPT_PEFT_CHECK_DIR").map(PathBuf::from);
+    let keep = std::env::var_os("DAPT_PEFT_CHECK_DIR").map(|d| PathBuf::from(d).join(family));
     let dir = keep.clone().unwrap_or_else(|| out.path().to_path_buf());
-    dapt_trainer::save_adapter(&dir.join("adapter"), &adapters, &lora, None, None).unwrap();
-    let (_, mut fresh) = CausalLm::load(&fixture("gemma3"), Device::Cpu, Kind::Float).unwrap();
+    let saved = lora.for_model(model.config().fused_projections()).unwrap();
+    dapt_trainer::save_adapter(&dir.join("adapter"), &adapters, &saved, None, None).unwrap();
+    let (_, mut fresh) = CausalLm::load(&fixture(family), Device::Cpu, Kind::Float).unwrap();
     fresh
         .load_adapter(&dir.join("adapter"), Device::Cpu)
         .unwrap();
@@ -550,7 +587,7 @@ fn gemma3_lora_trained_by_dapt_saves_in_peft_layout() {
     if let Some(dir) = keep {
         for file in ["config.json", "model.safetensors"] {
             std::fs::create_dir_all(dir.join("base")).unwrap();
-            std::fs::copy(fixture("gemma3").join(file), dir.join("base").join(file)).unwrap();
+            std::fs::copy(fixture(family).join(file), dir.join("base").join(file)).unwrap();
         }
         let ids = Tensor::stack(
             &rows
