@@ -3,7 +3,9 @@
 //! crate, which follows ggml's reference dequantisation) under HF checkpoint names, with llama.cpp's
 //! row permutation of the Llama family's Q/K projections undone, and written as one `model.safetensors`
 //! tensor by tensor (memory: the largest tensor, not the model). Architectures: `llama`, `qwen2`,
-//! `qwen3`; any other architecture, tensor or quantisation type is refused by name.
+//! `qwen3`, `gemma2`, `gemma3` (llama.cpp's converter stores Gemma's norm weights plus one; subtracted
+//! again) and `phi3` (LongRoPE factors stored as tensors, read back into the config); any other
+//! architecture, tensor or quantisation type is refused by name.
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -70,7 +72,23 @@ enum Architecture {
     Llama,
     Qwen2,
     Qwen3,
+    Gemma2,
+    Gemma3,
+    Phi3,
 }
+
+/// `general.architecture` values dapt imports.
+const ARCHITECTURES: [Architecture; 6] = [
+    Architecture::Llama,
+    Architecture::Qwen2,
+    Architecture::Qwen3,
+    Architecture::Gemma2,
+    Architecture::Gemma3,
+    Architecture::Phi3,
+];
+
+/// LongRoPE's factors, stored by llama.cpp as tensors (read into the config, not the weights).
+const ROPE_FACTOR_TENSORS: [&str; 2] = ["rope_factors_long.weight", "rope_factors_short.weight"];
 
 impl Architecture {
     fn key(self) -> &'static str {
@@ -78,6 +96,17 @@ impl Architecture {
             Self::Llama => "llama",
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
+            Self::Gemma2 => "gemma2",
+            Self::Gemma3 => "gemma3",
+            Self::Phi3 => "phi3",
+        }
+    }
+
+    /// HF's `model_type`.
+    fn model_type(self) -> &'static str {
+        match self {
+            Self::Gemma3 => "gemma3_text",
+            other => other.key(),
         }
     }
 
@@ -86,7 +115,14 @@ impl Architecture {
             Self::Llama => "LlamaForCausalLM",
             Self::Qwen2 => "Qwen2ForCausalLM",
             Self::Qwen3 => "Qwen3ForCausalLM",
+            Self::Gemma2 => "Gemma2ForCausalLM",
+            Self::Gemma3 => "Gemma3ForCausalLM",
+            Self::Phi3 => "Phi3ForCausalLM",
         }
+    }
+
+    fn is_gemma(self) -> bool {
+        matches!(self, Self::Gemma2 | Self::Gemma3)
     }
 }
 
@@ -98,6 +134,8 @@ enum Reorder {
     Unpermute {
         heads: usize,
     },
+    /// A Gemma norm weight, stored as `1 + weight`.
+    MinusOne,
 }
 
 /// One tensor of the output: where it comes from and what it becomes.
@@ -142,19 +180,24 @@ impl GgufModel {
         let file =
             GgufFile::from_path_mmap(path).map_err(|e| file_error(path, format!("{e:#}")))?;
         let architecture = match file.metadata.get("general.architecture") {
-            Some(MetaValue::String(name)) => match name.as_str() {
-                "llama" => Architecture::Llama,
-                "qwen2" => Architecture::Qwen2,
-                "qwen3" => Architecture::Qwen3,
-                other => {
-                    return Err(file_error(
-                        path,
-                        format!(
-                            "general.architecture {other:?} is not supported (supported: llama, qwen2, qwen3)"
-                        ),
-                    ))
+            Some(MetaValue::String(name)) => {
+                match ARCHITECTURES.iter().find(|a| a.key() == name.as_str()) {
+                    Some(architecture) => *architecture,
+                    None => {
+                        return Err(file_error(
+                            path,
+                            format!(
+                                "general.architecture {name:?} is not supported (supported: {})",
+                                ARCHITECTURES
+                                    .iter()
+                                    .map(|a| a.key())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ))
+                    }
                 }
-            },
+            }
             _ => {
                 return Err(file_error(
                     path,
@@ -311,13 +354,30 @@ impl GgufModel {
         };
         let head_dim = self.optional_u64(&self.arch_key("attention.key_length"))?;
         let default_head_dim = hidden / heads;
-        if self.value(&self.arch_key("rope.scaling.type")).is_some()
-            || self.file.tensors.contains_key("rope_freqs.weight")
+        let scaling = self.optional_string(&self.arch_key("rope.scaling.type"))?;
+        let longrope = self.file.tensors.contains_key(ROPE_FACTOR_TENSORS[0]);
+        let rope_scaling = match scaling.as_deref() {
+            None | Some("none") if !longrope => None,
+            Some("linear") => {
+                let key = self.arch_key("rope.scaling.factor");
+                let factor = self
+                    .optional_f32(&key)?
+                    .ok_or_else(|| self.missing(&key, "missing (required by linear scaling)"))?;
+                Some(json!({"rope_type": "linear", "factor": f32_decimal(factor)}))
+            }
+            None | Some("longrope") if longrope => Some(self.longrope()?),
+            _ => None,
+        };
+        if self.file.tensors.contains_key("rope_freqs.weight")
+            || (scaling.is_some() && scaling.as_deref() != Some("none") && rope_scaling.is_none())
         {
             return Err(file_error(
                 &self.path,
-                "RoPE frequency scaling (rope.scaling.* keys or a rope_freqs tensor, as in Llama 3.1) \
-                 is not supported by the GGUF import yet",
+                format!(
+                    "RoPE frequency scaling {} is not supported by the GGUF import (linear and Phi-3's \
+                     longrope are)",
+                    scaling.as_deref().unwrap_or("by a rope_freqs tensor, as in Llama 3.1")
+                ),
             ));
         }
         let id = |key: &str| -> Result<Option<TokenIds>> {
@@ -325,16 +385,19 @@ impl GgufModel {
         };
         let mut extra = serde_json::Map::new();
         extra.insert("dtype".into(), json!(weights.torch_name()));
+        let layers = self.u64(&self.arch_key("block_count"))?;
+        let head_dim = head_dim.unwrap_or(default_head_dim);
+        self.architecture_settings(&mut extra, layers, hidden / heads, head_dim)?;
         let config = ModelConfig {
             architectures: vec![self.architecture.hf_class().into()],
-            model_type: self.architecture.key().into(),
+            model_type: self.architecture.model_type().into(),
             vocab_size: vocab as i64,
             hidden_size: hidden as i64,
             intermediate_size: self.u64(&self.arch_key("feed_forward_length"))? as i64,
-            num_hidden_layers: self.u64(&self.arch_key("block_count"))? as i64,
+            num_hidden_layers: layers as i64,
             num_attention_heads: heads as i64,
             num_key_value_heads: kv_heads as i64,
-            head_dim: Some(head_dim.unwrap_or(default_head_dim) as i64),
+            head_dim: Some(head_dim as i64),
             max_position_embeddings: self
                 .optional_u64(&self.arch_key("context_length"))?
                 .unwrap_or(2048) as i64,
@@ -346,14 +409,16 @@ impl GgufModel {
                 self.optional_f32(&self.arch_key("rope.freq_base"))?
                     .unwrap_or(10_000.0),
             )),
-            rope_scaling: None,
+            rope_scaling,
             rope_parameters: None,
             tie_word_embeddings: !self.file.tensors.contains_key("output.weight"),
-            hidden_act: Some("silu".into()),
+            hidden_act: (!self.architecture.is_gemma()).then(|| "silu".into()),
             initializer_range: 0.02,
             // Qwen2 always has q/k/v biases; the others say whether they have any.
-            attention_bias: (self.architecture != Architecture::Qwen2)
-                .then(|| self.file.tensors.contains_key("blk.0.attn_q.bias")),
+            attention_bias: (self.architecture != Architecture::Qwen2).then(|| {
+                self.file.tensors.contains_key("blk.0.attn_q.bias")
+                    || self.file.tensors.contains_key("blk.0.attn_qkv.bias")
+            }),
             mlp_bias: Some(false),
             bos_token_id: id("tokenizer.ggml.bos_token_id")?,
             eos_token_id: id("tokenizer.ggml.eos_token_id")?,
@@ -361,6 +426,129 @@ impl GgufModel {
             extra,
         };
         Ok(config)
+    }
+
+    /// The config keys of Gemma and Phi-3 that live in `extra`, as llama.cpp reads the file: Gemma's
+    /// GGUF has no `query_pre_attn_scalar` (llama.cpp takes `head_dim`, or `hidden / heads` for the
+    /// 27B models: 46 layers for Gemma 2, 62 for Gemma 3) and no layer pattern unless written
+    /// (`attention.sliding_window_pattern`; otherwise Gemma 2 alternates, Gemma 3 has every sixth
+    /// layer full); Phi-3's rotary dimensions give `partial_rotary_factor`.
+    fn architecture_settings(
+        &self,
+        extra: &mut serde_json::Map<String, Value>,
+        layers: u64,
+        hidden_per_head: u64,
+        head_dim: u64,
+    ) -> Result<()> {
+        let window = self
+            .optional_u64(&self.arch_key("attention.sliding_window"))?
+            .filter(|&w| w > 0);
+        match self.architecture {
+            Architecture::Gemma2 | Architecture::Gemma3 => {
+                let big = match self.architecture {
+                    Architecture::Gemma2 => layers == 46,
+                    _ => layers == 62,
+                };
+                let scalar = if big { hidden_per_head } else { head_dim };
+                extra.insert("query_pre_attn_scalar".into(), json!(scalar));
+                extra.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+                let default_window = (self.architecture == Architecture::Gemma2).then_some(4096);
+                extra.insert("sliding_window".into(), json!(window.or(default_window)));
+                let pattern_key = self.arch_key("attention.sliding_window_pattern");
+                match self.value(&pattern_key) {
+                    None => {}
+                    Some(MetaValue::Array(items)) => {
+                        let types: Vec<&str> = items
+                            .iter()
+                            .map(|item| match item {
+                                MetaValue::Bool(true) => "sliding_attention",
+                                _ => "full_attention",
+                            })
+                            .collect();
+                        extra.insert("layer_types".into(), json!(types));
+                    }
+                    Some(_) => {
+                        let pattern = self.u64(&pattern_key)?;
+                        let types: Vec<&str> = (0..layers)
+                            .map(|i| {
+                                if pattern > 0 && (i + 1) % pattern != 0 {
+                                    "sliding_attention"
+                                } else {
+                                    "full_attention"
+                                }
+                            })
+                            .collect();
+                        extra.insert("layer_types".into(), json!(types));
+                    }
+                }
+                let softcap = |name: &str| -> Result<Value> {
+                    Ok(match self.optional_f32(&self.arch_key(name))? {
+                        Some(v) if v > 0.0 => json!(f32_decimal(v)),
+                        _ => Value::Null,
+                    })
+                };
+                extra.insert(
+                    "final_logit_softcapping".into(),
+                    softcap("final_logit_softcapping")?,
+                );
+                if self.architecture == Architecture::Gemma2 {
+                    extra.insert(
+                        "attn_logit_softcapping".into(),
+                        softcap("attn_logit_softcapping")?,
+                    );
+                } else {
+                    let local = self
+                        .optional_f32(&self.arch_key("rope.freq_base_swa"))?
+                        .unwrap_or(10_000.0);
+                    extra.insert("rope_local_base_freq".into(), json!(f32_decimal(local)));
+                }
+            }
+            Architecture::Phi3 => {
+                extra.insert("sliding_window".into(), json!(window));
+                if let Some(dims) = self.optional_u64(&self.arch_key("rope.dimension_count"))? {
+                    if dims != head_dim {
+                        extra.insert(
+                            "partial_rotary_factor".into(),
+                            json!(dims as f64 / head_dim as f64),
+                        );
+                    }
+                }
+                if let Some(original) =
+                    self.optional_u64(&self.arch_key("rope.scaling.original_context_length"))?
+                {
+                    extra.insert("original_max_position_embeddings".into(), json!(original));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Phi-3's `rope_scaling` from the factor tensors and `rope.scaling.*` keys.
+    fn longrope(&self) -> Result<Value> {
+        let mut factors = Vec::new();
+        for name in ROPE_FACTOR_TENSORS {
+            let tensor =
+                self.file.tensors.get(name).ok_or_else(|| {
+                    file_error(&self.path, format!("LongRoPE without tensor {name}"))
+                })?;
+            let bytes = self
+                .file
+                .tensor_bytes(tensor)
+                .map_err(|e| file_error(&self.path, format!("{e:#}")))?;
+            let values = rlx_gguf::dequant_typed(tensor.dtype, bytes, tensor.n_elements(), name)
+                .map_err(|e| file_error(&self.path, format!("tensor {name}: {e:#}")))?;
+            factors.push(values.into_iter().map(f32_decimal).collect::<Vec<f64>>());
+        }
+        let mut scaling = json!({
+            "rope_type": "longrope",
+            "long_factor": factors[0],
+            "short_factor": factors[1],
+        });
+        if let Some(factor) = self.optional_f32(&self.arch_key("rope.scaling.attn_factor"))? {
+            scaling["attention_factor"] = json!(f32_decimal(factor));
+        }
+        Ok(scaling)
     }
 
     /// `generation_config.json`: the special token ids.
@@ -387,16 +575,31 @@ impl GgufModel {
             _ => None,
         };
         if let Some(hf) = global {
-            return Some((hf.to_string(), Reorder::None));
+            let reorder = if self.architecture.is_gemma() && name == "output_norm.weight" {
+                Reorder::MinusOne
+            } else {
+                Reorder::None
+            };
+            return Some((hf.to_string(), reorder));
         }
         let rest = name.strip_prefix("blk.")?;
         let (layer, part) = rest.split_once('.')?;
         let layer: usize = layer.parse().ok()?;
         // Q and K carry rotary heads; llama.cpp permuted their rows for the Llama family only.
-        let qwen3 = self.architecture == Architecture::Qwen3;
+        let qk_norm = matches!(
+            self.architecture,
+            Architecture::Qwen3 | Architecture::Gemma3
+        );
+        let gemma = self.architecture.is_gemma();
+        let phi3 = self.architecture == Architecture::Phi3;
         let (hf, rotary_heads) = match part {
             "attn_norm.weight" => ("input_layernorm.weight", None),
+            "ffn_norm.weight" if gemma => ("pre_feedforward_layernorm.weight", None),
             "ffn_norm.weight" => ("post_attention_layernorm.weight", None),
+            "post_attention_norm.weight" if gemma => ("post_attention_layernorm.weight", None),
+            "post_ffw_norm.weight" if gemma => ("post_feedforward_layernorm.weight", None),
+            "attn_qkv.weight" if phi3 => ("self_attn.qkv_proj.weight", None),
+            "ffn_up.weight" if phi3 => ("mlp.gate_up_proj.weight", None),
             "attn_q.weight" => ("self_attn.q_proj.weight", Some(heads)),
             "attn_q.bias" => ("self_attn.q_proj.bias", Some(heads)),
             "attn_k.weight" => ("self_attn.k_proj.weight", Some(kv_heads)),
@@ -405,8 +608,8 @@ impl GgufModel {
             "attn_v.bias" => ("self_attn.v_proj.bias", None),
             "attn_output.weight" => ("self_attn.o_proj.weight", None),
             "attn_output.bias" => ("self_attn.o_proj.bias", None),
-            "attn_q_norm.weight" if qwen3 => ("self_attn.q_norm.weight", None),
-            "attn_k_norm.weight" if qwen3 => ("self_attn.k_norm.weight", None),
+            "attn_q_norm.weight" if qk_norm => ("self_attn.q_norm.weight", None),
+            "attn_k_norm.weight" if qk_norm => ("self_attn.k_norm.weight", None),
             "ffn_gate.weight" => ("mlp.gate_proj.weight", None),
             "ffn_up.weight" => ("mlp.up_proj.weight", None),
             "ffn_down.weight" => ("mlp.down_proj.weight", None),
@@ -414,6 +617,7 @@ impl GgufModel {
         };
         let reorder = match rotary_heads {
             Some(heads) if self.architecture == Architecture::Llama => Reorder::Unpermute { heads },
+            _ if gemma && part.ends_with("norm.weight") => Reorder::MinusOne,
             _ => Reorder::None,
         };
         Some((format!("model.layers.{layer}.{hf}"), reorder))
@@ -430,6 +634,11 @@ impl GgufModel {
         let mut names: Vec<&String> = self.file.tensors.keys().collect();
         names.sort();
         for name in names {
+            if self.architecture == Architecture::Phi3
+                && ROPE_FACTOR_TENSORS.contains(&name.as_str())
+            {
+                continue;
+            }
             let tensor = &self.file.tensors[name];
             let fail = |reason: String| file_error(&self.path, format!("tensor {name}: {reason}"));
             if !SUPPORTED_TYPES.contains(&tensor.dtype) {
@@ -502,6 +711,7 @@ impl GgufModel {
         Ok(match planned.reorder {
             Reorder::None => values,
             Reorder::Unpermute { heads } => unpermute(&values, &planned.shape, heads),
+            Reorder::MinusOne => values.into_iter().map(|v| v - 1.0).collect(),
         })
     }
 

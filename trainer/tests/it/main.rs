@@ -85,10 +85,11 @@ fn max_difference(a: &Tensor, b: &Tensor) -> f64 {
 
 /// `input_ids` rows and HF's logits from a fixture's `reference.safetensors`.
 fn reference(dir: &Path) -> (Vec<PackedRow>, Tensor) {
-    let tensors: BTreeMap<String, Tensor> = read_safetensors(&dir.join("reference.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect();
+    reference_file(&dir.join("reference.safetensors"))
+}
+
+fn reference_file(path: &Path) -> (Vec<PackedRow>, Tensor) {
+    let tensors: BTreeMap<String, Tensor> = read_safetensors(path).unwrap().into_iter().collect();
     let ids = &tensors["input_ids"];
     let rows = (0..ids.size()[0])
         .map(|r| {
@@ -156,6 +157,35 @@ fn gemma2_matches_transformers() {
 #[test]
 fn phi3_matches_transformers() {
     assert_parity("phi3");
+}
+
+/// GGUF files that llama.cpp's own converter wrote from tiny Gemma 3 (linear RoPE scaling, a local
+/// base, every sixth layer full), Gemma 2 (soft-capping) and Phi-3 (LongRoPE as tensors, partial
+/// rotary, fused projections) models import into configs and weights that give transformers' logits
+/// for the HF models they came from (Gemma's stored `1 + weight` norms undone).
+#[test]
+fn gguf_gemma_and_phi3_import_to_transformers_logits() {
+    for family in ["gemma3", "gemma2", "phi3"] {
+        let dir = fixture("gguf");
+        let gguf = dapt_trainer::GgufModel::open(&dir.join(format!("{family}.gguf"))).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let config = gguf.config(dapt_trainer::WeightType::F32).unwrap();
+        config.save(out.path()).unwrap();
+        gguf.write_weights(
+            &out.path().join("model.safetensors"),
+            dapt_trainer::WeightType::F32,
+            |_, _| {},
+        )
+        .unwrap();
+        let (_vs, model) = CausalLm::load(out.path(), Device::Cpu, Kind::Float).unwrap();
+        assert!(model.config().model_type.starts_with(family));
+        let (rows, expected) = reference_file(&dir.join(format!("{family}.reference.safetensors")));
+        let difference = max_difference(&logits_of(&model, &rows), &expected);
+        assert!(
+            difference < 1e-4,
+            "{family}: GGUF import vs transformers: {difference}"
+        );
+    }
 }
 
 /// Mistral's window holds in packed rows (two documents in one row give each document's logits
