@@ -1,7 +1,10 @@
 //! An HF tokenizer rebuilt from the vocabulary a GGUF file carries in its metadata (`tokenizer.ggml.*`):
-//! `tokenizer.json` (byte-level BPE: tokens, merges, control tokens as special added tokens, the
-//! pre-tokenizer llama.cpp applies for `tokenizer.ggml.pre`) and the `tokenizer_config.json` fields
-//! (special tokens, chat template, whether BOS/EOS are added).
+//! `tokenizer.json` and the `tokenizer_config.json` fields (special tokens, chat template, whether
+//! BOS/EOS are added). Byte-level BPE (`gpt2`): tokens, merges, control tokens as special added
+//! tokens, the pre-tokenizer llama.cpp applies for `tokenizer.ggml.pre`. SentencePiece (`llama`: Llama 2,
+//! Mistral v0.1, Phi-3, Gemma): BPE with byte fallback whose merges come from the pieces' scores as
+//! transformers' `SpmConverter` derives them, spaces as `▁` (prefixed unless
+//! `tokenizer.ggml.add_space_prefix` is false).
 //!
 //! The pre-tokenizer follows llama.cpp, the GGUF format's own runtime, which splits text as the model's
 //! training tokenizer did. For `smollm` (SmolLM/SmolLM2, also StarCoder-style vocabularies) that is
@@ -14,6 +17,7 @@ use crate::error::{json_error, tokenizers_error};
 use crate::{Error, Result};
 
 /// GGUF's token types (`tokenizer.ggml.token_type`).
+const UNKNOWN: i32 = 2;
 const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 
@@ -48,6 +52,10 @@ pub struct GgufVocabulary {
     pub token_types: Vec<i32>,
     /// `tokenizer.ggml.merges`: "left right", by rank.
     pub merges: Vec<String>,
+    /// `tokenizer.ggml.scores`, by id (SentencePiece vocabularies: the merge priorities).
+    pub scores: Vec<f32>,
+    /// `tokenizer.ggml.add_space_prefix` (SentencePiece; default true).
+    pub add_space_prefix: Option<bool>,
     /// `tokenizer.ggml.bos_token_id`.
     pub bos_token_id: Option<u32>,
     /// `tokenizer.ggml.eos_token_id`.
@@ -150,16 +158,19 @@ impl GgufVocabulary {
 
     /// `tokenizer.json`: byte-level BPE over the GGUF vocabulary, loadable by HF `tokenizers`.
     pub fn tokenizer_json(&self) -> Result<String> {
-        if self.model != "gpt2" {
-            return Err(invalid(
-                "tokenizer.ggml.model",
-                format!(
-                    "{:?} is not supported: dapt rebuilds byte-level BPE vocabularies (\"gpt2\"); \
-                     SentencePiece (\"llama\") ones are not rebuilt yet",
-                    self.model
-                ),
-            ));
-        }
+        let sentencepiece = match self.model.as_str() {
+            "gpt2" => false,
+            "llama" => true,
+            other => {
+                return Err(invalid(
+                    "tokenizer.ggml.model",
+                    format!(
+                        "{other:?} is not supported: dapt rebuilds byte-level BPE (\"gpt2\") and \
+                         SentencePiece (\"llama\") vocabularies"
+                    ),
+                ))
+            }
+        };
         if self.tokens.is_empty() {
             return Err(invalid("tokenizer.ggml.tokens", "no tokens"));
         }
@@ -182,21 +193,18 @@ impl GgufVocabulary {
                 ));
             }
         }
-        let mut merges = Vec::with_capacity(self.merges.len());
-        for (rank, merge) in self.merges.iter().enumerate() {
-            let Some((left, right)) = merge.split_once(' ') else {
-                return Err(invalid(
-                    "tokenizer.ggml.merges",
-                    format!("merge {rank} ({merge:?}) is not two tokens separated by a space"),
-                ));
-            };
-            merges.push(json!([left, right]));
-        }
+        let merges = if sentencepiece {
+            self.sentencepiece_merges()?
+        } else {
+            self.listed_merges()?
+        };
         let added: Vec<Value> = self
             .token_types
             .iter()
             .enumerate()
-            .filter(|(_, t)| **t == CONTROL || **t == USER_DEFINED)
+            .filter(|(_, t)| {
+                **t == CONTROL || **t == USER_DEFINED || (sentencepiece && **t == UNKNOWN)
+            })
             .map(|(id, t)| {
                 json!({
                     "id": id,
@@ -205,11 +213,15 @@ impl GgufVocabulary {
                     "lstrip": false,
                     "rstrip": false,
                     "normalized": false,
-                    "special": *t == CONTROL,
+                    "special": *t != USER_DEFINED,
                 })
             })
             .collect();
-        let (normalizer, pre_tokenizer) = self.split()?;
+        let (normalizer, pre_tokenizer) = if sentencepiece {
+            (self.sentencepiece_normalizer(), Value::Null)
+        } else {
+            self.split()?
+        };
         let bos = self.token(self.bos_token_id, "tokenizer.ggml.bos_token_id")?;
         let eos = self.token(self.eos_token_id, "tokenizer.ggml.eos_token_id")?;
         let required = |wanted: bool, token: Option<&str>, id: Option<u32>, key: &str| match (
@@ -232,7 +244,11 @@ impl GgufVocabulary {
             "tokenizer.ggml.add_eos_token",
         )?;
         let post_processor = if bos_added.is_none() && eos_added.is_none() {
-            byte_level(true, false, true)
+            if sentencepiece {
+                Value::Null
+            } else {
+                byte_level(true, false, true)
+            }
         } else {
             // BOS/EOS around each sequence, as HF writes it for Llama 3 (`<|begin_of_text|> $A`).
             let template = |part: &str, type_id: u32| -> Vec<Value> {
@@ -274,15 +290,23 @@ impl GgufVocabulary {
             "normalizer": normalizer,
             "pre_tokenizer": pre_tokenizer,
             "post_processor": post_processor,
-            "decoder": byte_level(true, true, true),
+            "decoder": if sentencepiece {
+                self.sentencepiece_decoder()
+            } else {
+                byte_level(true, true, true)
+            },
             "model": {
                 "type": "BPE",
                 "dropout": null,
-                "unk_token": null,
+                "unk_token": if sentencepiece {
+                    json!(self.sentencepiece_unknown()?)
+                } else {
+                    Value::Null
+                },
                 "continuing_subword_prefix": null,
                 "end_of_word_suffix": null,
-                "fuse_unk": false,
-                "byte_fallback": false,
+                "fuse_unk": sentencepiece,
+                "byte_fallback": sentencepiece,
                 "ignore_merges": false,
                 "vocab": vocab,
                 "merges": merges,
@@ -295,6 +319,112 @@ impl GgufVocabulary {
         text.parse::<tokenizers::Tokenizer>()
             .map_err(tokenizers_error("rebuilt from tokenizer.ggml.tokens"))?;
         Ok(text + "\n")
+    }
+
+    /// `tokenizer.ggml.merges` as `[left, right]` pairs.
+    fn listed_merges(&self) -> Result<Vec<Value>> {
+        self.merges
+            .iter()
+            .enumerate()
+            .map(|(rank, merge)| match merge.split_once(' ') {
+                Some((left, right)) => Ok(json!([left, right])),
+                None => Err(invalid(
+                    "tokenizer.ggml.merges",
+                    format!("merge {rank} ({merge:?}) is not two tokens separated by a space"),
+                )),
+            })
+            .collect()
+    }
+
+    /// Whether spaces are prefixed (SentencePiece's `add_dummy_prefix`).
+    fn space_prefix(&self) -> bool {
+        self.add_space_prefix.unwrap_or(true)
+    }
+
+    /// Spaces as `▁`, with one prefixed (transformers' legacy Llama normalizer) unless the file says
+    /// not to (Gemma).
+    fn sentencepiece_normalizer(&self) -> Value {
+        let replace =
+            json!({ "type": "Replace", "pattern": { "String": " " }, "content": "\u{2581}" });
+        if self.space_prefix() {
+            json!({
+                "type": "Sequence",
+                "normalizers": [{ "type": "Prepend", "prepend": "\u{2581}" }, replace],
+            })
+        } else {
+            replace
+        }
+    }
+
+    /// The unknown piece: `tokenizer.ggml.unknown_token_id`, or else the first piece of type unknown
+    /// (llama.cpp's converter writes the id for Llama, not for Gemma).
+    fn sentencepiece_unknown(&self) -> Result<Option<&str>> {
+        match self.unknown_token_id {
+            Some(_) => self.token(self.unknown_token_id, "tokenizer.ggml.unknown_token_id"),
+            None => Ok(self
+                .token_types
+                .iter()
+                .position(|&t| t == UNKNOWN)
+                .map(|id| self.tokens[id].as_str())),
+        }
+    }
+
+    /// `▁` back to spaces, byte tokens back to bytes, and the prefixed space stripped.
+    fn sentencepiece_decoder(&self) -> Value {
+        let mut decoders = vec![
+            json!({ "type": "Replace", "pattern": { "String": "\u{2581}" }, "content": " " }),
+            json!({ "type": "ByteFallback" }),
+            json!({ "type": "Fuse" }),
+        ];
+        if self.space_prefix() {
+            decoders.push(json!({ "type": "Strip", "content": " ", "start": 1, "stop": 0 }));
+        }
+        json!({ "type": "Sequence", "decoders": decoders })
+    }
+
+    /// BPE merges of a SentencePiece vocabulary, as transformers' `SentencePieceExtractor` derives
+    /// them: every split of a piece into two pieces of the vocabulary (ordered by their ids), all of
+    /// them ranked by the whole piece's score, highest first (ties: longer left, then longer right
+    /// part first, then vocabulary order).
+    fn sentencepiece_merges(&self) -> Result<Vec<Value>> {
+        if self.scores.len() != self.tokens.len() {
+            return Err(invalid(
+                "tokenizer.ggml.scores",
+                format!(
+                    "{} scores for {} tokens (SentencePiece merges are ranked by score)",
+                    self.scores.len(),
+                    self.tokens.len()
+                ),
+            ));
+        }
+        let ids: std::collections::HashMap<&str, usize> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(id, t)| (t.as_str(), id))
+            .collect();
+        // (score, left chars, right chars, left id, right id)
+        let mut candidates: Vec<(f32, usize, usize, usize, usize)> = Vec::new();
+        for (piece, score) in self.tokens.iter().zip(&self.scores) {
+            let mut local: Vec<(usize, usize, usize, usize)> = Vec::new();
+            for (left_chars, (split, _)) in piece.char_indices().enumerate().skip(1) {
+                let (left, right) = piece.split_at(split);
+                if let (Some(&l), Some(&r)) = (ids.get(left), ids.get(right)) {
+                    local.push((l, r, left_chars, right.chars().count()));
+                }
+            }
+            local.sort_by_key(|&(l, r, _, _)| (l, r));
+            candidates.extend(
+                local
+                    .into_iter()
+                    .map(|(l, r, lc, rc)| (*score, lc, rc, l, r)),
+            );
+        }
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
+        Ok(candidates
+            .into_iter()
+            .map(|(_, _, _, l, r)| json!([self.tokens[l], self.tokens[r]]))
+            .collect())
     }
 
     /// `tokenizer_config.json`: the special tokens by content, whether BOS/EOS are added, the chat
@@ -424,10 +554,17 @@ mod tests {
             "{err}"
         );
         let mut v = vocabulary("smollm");
+        v.model = "rwkv".into();
+        let err = v.tokenizer_json().unwrap_err().to_string();
+        assert!(
+            err.contains("tokenizer.ggml.model") && err.contains("rwkv"),
+            "{err}"
+        );
+        // SentencePiece merges are ranked by the scores, which must cover every token.
         v.model = "llama".into();
         let err = v.tokenizer_json().unwrap_err().to_string();
         assert!(
-            err.contains("tokenizer.ggml.model") && err.contains("SentencePiece"),
+            err.contains("tokenizer.ggml.scores") && err.contains("0 scores for 11 tokens"),
             "{err}"
         );
         let mut v = vocabulary("smollm");

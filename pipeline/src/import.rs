@@ -57,6 +57,13 @@ pub struct ImportReport {
     pub vocab_size: usize,
 }
 
+/// The `tokenizer.json` rebuilt from the vocabulary of the GGUF file at `path` (what an import writes;
+/// a vocabulary-only file, as llama.cpp ships for its tokenizer tests, is enough).
+pub fn gguf_tokenizer_json(path: &Path) -> Result<String> {
+    let model = GgufModel::open(path)?;
+    Ok(vocabulary(&model, 0)?.tokenizer_json()?)
+}
+
 /// The tokenizer metadata of `model`.
 fn vocabulary(model: &GgufModel, context_length: i64) -> Result<GgufVocabulary> {
     let id = |key: &str| -> Result<Option<u32>> {
@@ -79,6 +86,10 @@ fn vocabulary(model: &GgufModel, context_length: i64) -> Result<GgufVocabulary> 
         merges: model
             .optional_strings("tokenizer.ggml.merges")?
             .unwrap_or_default(),
+        scores: model
+            .optional_f32s("tokenizer.ggml.scores")?
+            .unwrap_or_default(),
+        add_space_prefix: model.optional_bool("tokenizer.ggml.add_space_prefix")?,
         bos_token_id: id("tokenizer.ggml.bos_token_id")?,
         eos_token_id: id("tokenizer.ggml.eos_token_id")?,
         unknown_token_id: id("tokenizer.ggml.unknown_token_id")?,

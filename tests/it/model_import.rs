@@ -312,3 +312,101 @@ fn files_that_are_not_models_are_refused_by_name() -> anyhow::Result<()> {
     assert!(err.contains("absent.gguf"), "{err}");
     Ok(())
 }
+
+/// SentencePiece vocabularies (Llama 2's, Phi-3's) rebuilt from llama.cpp's vocabulary GGUF files give
+/// the ids of llama.cpp's conformance texts, which its `convert_hf_to_gguf_update.py` wrote with
+/// transformers' own tokenizers (`encode(text, add_special_tokens=False)`).
+#[test]
+fn sentencepiece_vocabularies_rebuild_to_transformers_ids() -> anyhow::Result<()> {
+    let dir = test_data().join("tokenizers/conformance");
+    for name in ["llama-spm", "phi-3"] {
+        let json = dapt_pipeline::import::gguf_tokenizer_json(
+            &dir.join(format!("ggml-vocab-{name}.gguf")),
+        )?;
+        let tokenizer: tokenizers::Tokenizer = json.parse().map_err(anyhow::Error::msg)?;
+        let inputs = std::fs::read_to_string(dir.join(format!("ggml-vocab-{name}.gguf.inp")))?;
+        let outputs = std::fs::read_to_string(dir.join(format!("ggml-vocab-{name}.gguf.out")))?;
+        let inputs: Vec<&str> = inputs.split("\n__ggml_vocab_test__\n").collect();
+        let outputs: Vec<&str> = outputs.lines().collect();
+        assert_eq!(inputs.len() - 1, outputs.len(), "{name}: vector count");
+        let mut wrong = Vec::new();
+        for (input, output) in inputs.iter().zip(&outputs) {
+            let expected: Vec<u32> = output
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect();
+            let ids = tokenizer
+                .encode(*input, false)
+                .map_err(anyhow::Error::msg)?
+                .get_ids()
+                .to_vec();
+            if ids != expected {
+                wrong.push(format!("{input:?}: {ids:?} != {expected:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{name}:\n{}", wrong.join("\n"));
+    }
+    Ok(())
+}
+
+/// Gemma 3 and Phi-3 GGUF files that llama.cpp's own converter wrote (tiny models with a
+/// SentencePiece vocabulary, `trainer/tests/fixtures/gguf/`) import through the CLI: the model gives
+/// transformers' logits for the HF model the file came from, and the rebuilt tokenizer gives
+/// SentencePiece's own ids (Phi-3 prefixes a space; Gemma does not, so its texts bring their own).
+#[test]
+fn gemma3_and_phi3_ggufs_import_with_their_sentencepiece_vocabularies() -> anyhow::Result<()> {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("trainer/tests/fixtures/gguf");
+    let expected: Value = read_json(&fixtures.join("sentencepiece.json"))?;
+    let dir = tempfile::tempdir()?;
+    for (family, model_type, prefix) in [("gemma3", "gemma3_text", " "), ("phi3", "phi3", "")] {
+        let out = dir.path().join(family);
+        import(&fixtures.join(format!("{family}.gguf")), &out, &[], false)?;
+        let config = read_json(&out.join("config.json"))?;
+        assert_eq!(config["model_type"], model_type);
+
+        let reference = tensors(&fixtures.join(format!("{family}.reference.safetensors")))?;
+        let (_vs, model) = CausalLm::load(&out, Device::Cpu, Kind::Float)?;
+        let ids = &reference["input_ids"];
+        let rows: Vec<PackedRow> = (0..ids.size()[0])
+            .map(|r| {
+                let row: Vec<i64> = ids.get(r).try_into().unwrap();
+                PackedRow {
+                    input_ids: row.iter().map(|&i| i as i32).collect(),
+                    segment_lengths: vec![row.len() as i32],
+                    loss_mask: vec![true; row.len()],
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let refs: Vec<&PackedRow> = rows.iter().collect();
+        let batch = Batch::from_rows(&refs, Device::Cpu);
+        let logits =
+            tch::no_grad(|| model.forward(&batch.input_ids, &batch.positions, &batch.mask));
+        let difference = (logits - &reference["logits"])
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(difference < 1e-4, "{family}: logits differ by {difference}");
+
+        let tokenizer = tokenizers::Tokenizer::from_file(out.join("tokenizer.json"))
+            .map_err(anyhow::Error::msg)?;
+        for case in expected.as_array().unwrap() {
+            let text = format!("{prefix}{}", case["text"].as_str().unwrap());
+            let ids: Vec<u64> = tokenizer
+                .encode(text.as_str(), false)
+                .map_err(anyhow::Error::msg)?
+                .get_ids()
+                .iter()
+                .map(|&i| u64::from(i))
+                .collect();
+            let wanted: Vec<u64> = case["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert_eq!(ids, wanted, "{family}: {text:?}");
+        }
+    }
+    Ok(())
+}

@@ -177,8 +177,15 @@ fn f32_decimal(value: f32) -> f64 {
 impl GgufModel {
     /// Opens a GGUF file (v2/v3) and checks that dapt can convert its architecture.
     pub fn open(path: &Path) -> Result<Self> {
-        let file =
-            GgufFile::from_path_mmap(path).map_err(|e| file_error(path, format!("{e:#}")))?;
+        // A vocabulary-only file (llama.cpp ships them for its tokenizer tests) ends with its metadata,
+        // before the aligned data offset that mapping insists on: its header is the whole file.
+        let header =
+            GgufFile::header_from_path(path).map_err(|e| file_error(path, format!("{e:#}")))?;
+        let file = if header.tensors.is_empty() {
+            header
+        } else {
+            GgufFile::from_path_mmap(path).map_err(|e| file_error(path, format!("{e:#}")))?
+        };
         let architecture = match file.metadata.get("general.architecture") {
             Some(MetaValue::String(name)) => {
                 match ARCHITECTURES.iter().find(|a| a.key() == name.as_str()) {
@@ -297,6 +304,24 @@ impl GgufModel {
                     item.as_str()
                         .map(str::to_string)
                         .ok_or_else(|| self.missing(key, &format!("item {i} is not a string")))
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some(_) => Err(self.missing(key, "not an array")),
+        }
+    }
+
+    /// An array of floats, if present.
+    pub fn optional_f32s(&self, key: &str) -> Result<Option<Vec<f32>>> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(MetaValue::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    MetaValue::F32(v) => Ok(*v),
+                    MetaValue::F64(v) => Ok(*v as f32),
+                    _ => Err(self.missing(key, &format!("item {i} is not a float"))),
                 })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
