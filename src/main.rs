@@ -37,6 +37,9 @@ enum Command {
     Tokenizer(commands::tokenizer::TokenizerArgs),
     /// Tokenise documents and pack them into fixed-length rows with segment lengths (Parquet).
     Pack(commands::pack::PackArgs),
+    /// Ask an OpenAI-compatible endpoint about every row of a query (synthetic QA, translation,
+    /// rewriting): a Jinja template per row, bounded concurrency, retries, a response cache; Parquet out.
+    Generate(commands::generate::GenerateArgs),
     /// Mixtures: SQL components with token-budget weights, in stages (plan, run).
     Mix(commands::mix::MixArgs),
     /// Train in stages (CPT → CPT → SFT; full-weight or LoRA) on packed Parquet; resumable.
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
         Command::Tokenizer(args) => commands::tokenizer::run(args),
         Command::Pack(args) => commands::pack::run(args),
         Command::Mix(args) => commands::mix::run(args),
+        Command::Generate(args) => commands::generate::run(args),
         #[cfg(feature = "torch")]
         Command::Train(args) => commands::train::run(args),
         #[cfg(feature = "torch")]

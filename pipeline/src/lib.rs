@@ -13,6 +13,7 @@
 pub mod adapt;
 pub mod dedup;
 mod error;
+pub mod generate;
 pub mod identity;
 #[cfg(feature = "torch")]
 pub mod import;

@@ -3,6 +3,7 @@ pub mod classify;
 pub mod dedup;
 #[cfg(feature = "torch")]
 pub mod eval;
+pub mod generate;
 pub mod ingest;
 pub mod mix;
 #[cfg(feature = "torch")]

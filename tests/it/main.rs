@@ -9,6 +9,8 @@ mod configs;
 #[cfg(feature = "torch")]
 mod eval_cli;
 #[cfg(feature = "torch")]
+mod generate_cli;
+#[cfg(feature = "torch")]
 mod generative_cli;
 mod ingest_cli;
 mod mix_cli;

@@ -1,0 +1,423 @@
+//! `dapt generate` against `dapt serve` with the real SmolLM2-135M-Instruct (the test data's GGUF),
+//! directly and through a fault-injecting proxy on 127.0.0.1 (5xx, 429, dropped connections, a hung
+//! answer past the client's timeout): the output is the same, a rerun asks nothing, an interrupted
+//! run resumes where it stopped, and the API key goes only into the requests' headers.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::{json, Value};
+
+use crate::common::{run_ok, test_data};
+
+const KEY: &str = "sk-dapt-test-7f3a9c";
+
+/// What the proxy does with a request (by its number, from 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    Pass,
+    ServerError,
+    TooManyRequests,
+    Drop,
+    Hang,
+}
+
+/// A proxy in front of `upstream` that answers request `n` as `schedule(n)` says.
+struct Proxy {
+    address: String,
+    requests: Arc<AtomicUsize>,
+    headers: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    fn start(upstream: String, schedule: fn(usize) -> Fault) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let address = format!("http://{}", listener.local_addr()?);
+        let requests = Arc::new(AtomicUsize::new(0));
+        let headers = Arc::new(Mutex::new(Vec::new()));
+        let (count, seen) = (requests.clone(), headers.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let (upstream, seen) = (upstream.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_one(stream, &upstream, schedule(n), &seen);
+                });
+            }
+        });
+        Ok(Self {
+            address,
+            requests,
+            headers,
+        })
+    }
+
+    fn count(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Reads one HTTP request (head and body) from `stream`.
+fn read_request(stream: &TcpStream) -> Result<(String, Vec<u8>)> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut head = String::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse()?;
+            }
+        }
+        head.push_str(&line);
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok((head, body))
+}
+
+fn serve_one(
+    mut client: TcpStream,
+    upstream: &str,
+    fault: Fault,
+    seen: &Mutex<Vec<String>>,
+) -> Result<()> {
+    let (head, body) = read_request(&client)?;
+    seen.lock().unwrap().push(head.clone());
+    let reply = |client: &mut TcpStream, status: &str, extra: &str| -> Result<()> {
+        let body = r#"{"error":{"message":"injected"}}"#;
+        write!(
+            client,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        Ok(())
+    };
+    match fault {
+        Fault::ServerError => return reply(&mut client, "503 Service Unavailable", ""),
+        Fault::TooManyRequests => {
+            return reply(&mut client, "429 Too Many Requests", "Retry-After: 0\r\n")
+        }
+        Fault::Drop => return Ok(()),
+        Fault::Hang => {
+            std::thread::sleep(Duration::from_secs(15));
+            return Ok(());
+        }
+        Fault::Pass => {}
+    }
+    let mut server = TcpStream::connect(upstream.trim_start_matches("http://"))?;
+    // The request as it came, but for a fresh connection to the server.
+    let mut lines = head.lines();
+    let request_line = lines.next().context("request line")?;
+    write!(server, "{request_line}\r\n")?;
+    for line in lines.filter(|l| !l.to_ascii_lowercase().starts_with("connection:")) {
+        write!(server, "{line}\r\n")?;
+    }
+    write!(server, "Connection: close\r\n\r\n")?;
+    server.write_all(&body)?;
+    let mut response = Vec::new();
+    server.read_to_end(&mut response)?;
+    client.write_all(&response)?;
+    Ok(())
+}
+
+/// `dapt serve` of `model` on a free port; its base URL.
+fn serve(model: &Path) -> Result<(Child, String)> {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_dapt"))
+        .args([
+            "serve",
+            "--model",
+            model.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--device",
+            "cpu",
+            "--name",
+            "smollm2",
+        ])
+        .env("DAPT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(server.stdout.take().context("stdout")?).lines();
+    let first = lines.next().context("first line")??;
+    let url = first
+        .strip_prefix("listening on ")
+        .and_then(|u| u.strip_suffix("/v1/completions"))
+        .with_context(|| format!("unexpected line {first:?}"))?
+        .to_string();
+    Ok((server, url))
+}
+
+/// `dapt generate` over `rows.jsonl` in `dir`: its stdout and stderr, and whether it succeeded.
+fn generate(
+    dir: &Path,
+    endpoint: &str,
+    out: &str,
+    cache: &str,
+    extra: &[&str],
+) -> Result<(bool, String, String)> {
+    let query = format!(
+        "SELECT id, question FROM '{}'",
+        dir.join("rows.jsonl").display()
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_dapt"))
+        .args([
+            "generate",
+            "-e",
+            &query,
+            "--template",
+            dir.join("ask.jinja").to_str().unwrap(),
+            "--endpoint",
+            &format!("{endpoint}/v1"),
+            "--model",
+            "smollm2",
+            "--out",
+            dir.join(out).to_str().unwrap(),
+            "--cache",
+            dir.join(cache).to_str().unwrap(),
+            "--max-tokens",
+            "16",
+            "--backoff-ms",
+            "20",
+            "--price-prompt",
+            "0.5",
+            "--price-completion",
+            "1.5",
+        ])
+        .args(extra)
+        .env("OPENAI_API_KEY", KEY)
+        .env("DAPT_LOG", "info")
+        .output()?;
+    Ok((
+        output.status.success(),
+        String::from_utf8(output.stdout)?,
+        String::from_utf8(output.stderr)?,
+    ))
+}
+
+/// The rows of an output directory's shards, in order.
+fn rows(dir: &Path) -> Result<Vec<Value>> {
+    let out = run_ok(&[
+        "sql",
+        "-e",
+        &format!("SELECT * FROM '{}/*.parquet' ORDER BY id", dir.display()),
+        "--format",
+        "jsonl",
+    ])?;
+    out.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+}
+
+/// Every file below `dir` as bytes.
+fn files(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(files(&path)?);
+        } else {
+            out.push((path.clone(), std::fs::read(&path)?));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The shards and manifest of an output, by file name.
+fn output_bytes(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    Ok(files(dir)?
+        .into_iter()
+        .map(|(p, b)| (p.file_name().unwrap().to_string_lossy().into_owned(), b))
+        .filter(|(name, _)| !name.starts_with('.'))
+        .collect())
+}
+
+#[test]
+fn generate_survives_faults_reuses_its_cache_resumes_and_keeps_the_key_out() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let model = d.join("smollm2");
+    run_ok(&[
+        "model",
+        "import-gguf",
+        test_data()
+            .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+            .to_str()
+            .unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+    ])?;
+    let questions = [
+        ("q1", "What is the capital of France?"),
+        ("q2", "Name a primary colour."),
+        ("q3", "What is 2 + 2?"),
+        ("q4", "What do bees make?"),
+        ("q5", "Which planet do we live on?"),
+        ("q6", "What is the opposite of hot?"),
+    ];
+    let mut lines = String::new();
+    for (id, question) in questions {
+        lines.push_str(&(json!({"id": id, "question": question}).to_string() + "\n"));
+    }
+    std::fs::write(d.join("rows.jsonl"), lines)?;
+    std::fs::write(d.join("ask.jinja"), "Answer in a few words. {{ question }}")?;
+    let (mut server, url) = serve(&model)?;
+    let result = (|| -> Result<()> {
+        // 1. Straight to the server.
+        let (ok, stdout, stderr) =
+            generate(d, &url, "direct", "cache-direct", &["--timeout-s", "300"])?;
+        ensure!(ok, "{stderr}");
+        ensure!(
+            stdout.contains("generated 6 rows (0 from the cache"),
+            "{stdout}"
+        );
+        ensure!(stdout.contains("6 requests, 0 retried"), "{stdout}");
+        ensure!(stdout.contains("about $"), "{stdout}");
+        let direct = rows(&d.join("direct"))?;
+        ensure!(direct.len() == 6);
+        for (row, (id, question)) in direct.iter().zip(questions) {
+            ensure!(row["id"] == id, "{row}");
+            ensure!(
+                row["prompt"] == format!("Answer in a few words. {question}"),
+                "{row}"
+            );
+            ensure!(
+                row["response"]
+                    .as_str()
+                    .is_some_and(|r| !r.trim().is_empty()),
+                "{row}"
+            );
+            ensure!(
+                matches!(row["finish_reason"].as_str(), Some("stop" | "length")),
+                "{row}"
+            );
+            ensure!(
+                row["prompt_tokens"].as_u64().is_some_and(|t| t > 5),
+                "{row}"
+            );
+            ensure!(
+                row["completion_tokens"]
+                    .as_u64()
+                    .is_some_and(|t| t > 0 && t <= 16),
+                "{row}"
+            );
+        }
+        ensure!(
+            direct[0]["response"].as_str().unwrap().contains("Paris"),
+            "the real model knows: {}",
+            direct[0]
+        );
+
+        // 2. Through faults: a 503, a 429, a dropped connection and an answer that hangs past the
+        // client's time limit before the proxy passes requests on (one request at a time, so that
+        // the time limit only ever meets the hung one). Same output, byte for byte.
+        let proxy = Proxy::start(url.clone(), |n| match n {
+            0 => Fault::ServerError,
+            1 => Fault::TooManyRequests,
+            2 => Fault::Drop,
+            3 => Fault::Hang,
+            _ => Fault::Pass,
+        })?;
+        let (ok, stdout, stderr) = generate(
+            d,
+            &proxy.address,
+            "faulty",
+            "cache-faulty",
+            &["--concurrency", "1", "--timeout-s", "10"],
+        )?;
+        ensure!(ok, "{stderr}");
+        ensure!(stdout.contains("10 requests, 4 retried"), "{stdout}");
+        ensure!(proxy.count() == 10, "{} requests", proxy.count());
+        ensure!(
+            output_bytes(&d.join("faulty"))? == output_bytes(&d.join("direct"))?,
+            "the faults changed the output"
+        );
+        ensure!(
+            stderr.matches("request failed; retrying").count() == 4,
+            "retries are logged: {stderr}"
+        );
+
+        // 3. A rerun into a new output with the same cache asks nothing and writes the same.
+        let before = proxy.count();
+        let (ok, stdout, stderr) = generate(d, &proxy.address, "again", "cache-faulty", &[])?;
+        ensure!(ok, "{stderr}");
+        ensure!(proxy.count() == before, "the rerun made requests");
+        ensure!(stdout.contains("(6 from the cache"), "{stdout}");
+        ensure!(output_bytes(&d.join("again"))? == output_bytes(&d.join("direct"))?);
+
+        // 4. An endpoint that fails for good after three answers: the run stops naming the row
+        // and the error; a rerun asks only for the three rows it lacks.
+        let broken = Proxy::start(url.clone(), |n| {
+            if n < 3 {
+                Fault::Pass
+            } else {
+                Fault::ServerError
+            }
+        })?;
+        let (ok, _, stderr) = generate(
+            d,
+            &broken.address,
+            "resumed",
+            "cache-resumed",
+            &["--concurrency", "1", "--retries", "1"],
+        )?;
+        ensure!(!ok, "the broken endpoint made it fail");
+        ensure!(
+            stderr.contains("row q4")
+                && stderr.contains("503")
+                && stderr.contains("after 2 attempts"),
+            "{stderr}"
+        );
+        let healthy = Proxy::start(url.clone(), |_| Fault::Pass)?;
+        let (ok, stdout, stderr) = generate(
+            d,
+            &healthy.address,
+            "resumed",
+            "cache-resumed",
+            &["--concurrency", "1", "--retries", "1"],
+        )?;
+        ensure!(ok, "{stderr}");
+        ensure!(
+            healthy.count() == 3,
+            "{} requests on resume",
+            healthy.count()
+        );
+        ensure!(stdout.contains("(3 from the cache"), "{stdout}");
+        ensure!(output_bytes(&d.join("resumed"))? == output_bytes(&d.join("direct"))?);
+
+        // 5. The key went out in the Authorization header only.
+        let heads = proxy.headers.lock().unwrap().clone();
+        ensure!(heads
+            .iter()
+            .all(|h| h.contains(&format!("authorization: Bearer {KEY}"))
+                || h.contains(&format!("Authorization: Bearer {KEY}"))));
+        for out in [
+            "direct",
+            "faulty",
+            "again",
+            "resumed",
+            "cache-direct",
+            "cache-faulty",
+        ] {
+            for (path, bytes) in files(&d.join(out))? {
+                ensure!(
+                    !String::from_utf8_lossy(&bytes).contains(KEY),
+                    "the key is in {}",
+                    path.display()
+                );
+            }
+        }
+        ensure!(!stdout.contains(KEY) && !stderr.contains(KEY));
+        Ok(())
+    })();
+    server.kill()?;
+    server.wait()?;
+    result
+}
