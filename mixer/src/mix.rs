@@ -82,6 +82,10 @@ pub struct ComponentOptions {
     /// `qa` or `instruct`: checked by the QA grounding report against earlier stages.
     #[serde(default)]
     pub kind: Option<String>,
+    /// With `kind = "qa"|"instruct"` in a later stage: answers whose grounding in earlier stages'
+    /// text is below this (0–1) are left out (synthetic QA keeps to what Stage 1 taught).
+    #[serde(default)]
+    pub min_grounding: Option<f64>,
 }
 
 /// A validated component.
@@ -99,6 +103,8 @@ pub struct Component {
     pub min_tokens: u64,
     /// A QA/instruct component whose answers are checked against earlier stages' text.
     pub qa: bool,
+    /// Answers grounded less than this are left out (QA/instruct components only).
+    pub min_grounding: Option<f64>,
 }
 
 /// A validated mix.
@@ -239,6 +245,22 @@ impl Mix {
                     ))
                 }
             };
+            if let Some(min) = c.min_grounding {
+                if !qa {
+                    return Err(setting(
+                        path,
+                        &key("min_grounding"),
+                        "applies to kind = \"qa\" or \"instruct\" components",
+                    ));
+                }
+                if !(0.0..=1.0).contains(&min) {
+                    return Err(setting(
+                        path,
+                        &key("min_grounding"),
+                        format!("must be between 0 and 1, is {min}"),
+                    ));
+                }
+            }
             components.push(Component {
                 name: c.name.clone(),
                 weight: c.weight / total_weight,
@@ -246,6 +268,7 @@ impl Mix {
                 max_epochs: c.max_epochs,
                 min_tokens: c.min_tokens,
                 qa,
+                min_grounding: c.min_grounding,
             });
         }
         if (total_weight - 1.0).abs() > 1e-6 {

@@ -167,6 +167,13 @@ pub struct ComponentReport {
     /// QA/instruct components in a later stage: answers checked against earlier stages' text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grounding: Option<Grounding>,
+    /// Documents left out for an answer grounded less than the component's `min_grounding`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_ungrounded: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `mix_report.json`.
@@ -600,6 +607,7 @@ pub async fn run_stage(
     let mut emitted = vec![0u64; streams.len()];
     let mut documents = vec![0u64; streams.len()];
     let mut seen_before = vec![0u64; streams.len()];
+    let mut dropped = vec![0u64; streams.len()];
     let mut groundings: Vec<GroundingBuilder> = (0..streams.len())
         .map(|_| GroundingBuilder::default())
         .collect();
@@ -622,17 +630,22 @@ pub async fn run_stage(
         let Some(i) = next else { break };
         let Some(doc) = heads[i].take() else { break };
         heads[i] = streams[i].next(&session).await?;
+        let component = &plan.components[i].0;
+        if component.qa && check_grounding {
+            let answer = doc.answer.as_deref().unwrap_or(&doc.text);
+            let grounding = state.knowledge.grounding(answer);
+            groundings[i].add(&doc.id, answer, grounding);
+            if component.min_grounding.is_some_and(|min| grounding < min) {
+                dropped[i] += 1;
+                continue;
+            }
+        }
         emitted[i] += doc.tokens;
         documents[i] += 1;
         if state.used_ids.contains(&doc.id) {
             seen_before[i] += 1;
         }
         stage_ids.insert(doc.id.clone());
-        let component = &plan.components[i].0;
-        if component.qa && check_grounding {
-            let answer = doc.answer.as_deref().unwrap_or(&doc.text);
-            groundings[i].add(&doc.id, answer, state.knowledge.grounding(answer));
-        }
         stage_knowledge.add(&doc.text);
         window.push(doc);
         if window.len() == mix.shuffle_window {
@@ -658,6 +671,7 @@ pub async fn run_stage(
             seen_in_earlier_stages: seen_before[i],
             attribution: inventory.attribution.clone(),
             grounding: (component.qa && check_grounding).then(|| grounding.finish(10)),
+            dropped_ungrounded: dropped[i],
         });
         state
             .starts

@@ -421,3 +421,244 @@ fn generate_survives_faults_reuses_its_cache_resumes_and_keeps_the_key_out() -> 
     server.wait()?;
     result
 }
+
+/// Imports SmolLM2 into `dir` and serves it.
+fn served_smollm2(dir: &Path) -> Result<(Child, String)> {
+    let model = dir.join("smollm2");
+    run_ok(&[
+        "model",
+        "import-gguf",
+        test_data()
+            .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+            .to_str()
+            .unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+    ])?;
+    serve(&model)
+}
+
+/// The system message the README gives for the synth-qa recipe.
+const SYNTH_QA_SYSTEM: &str =
+    "You write quiz questions. Always reply with two lines: 'Question: ...' and 'Answer: ...'.";
+
+fn config(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("configs/generate")
+        .join(name)
+}
+
+/// The synth-qa recipe end to end: SmolLM2 writes a question and answer about each Stage-1
+/// document (`configs/generate/synth-qa.jinja`), `synth-qa.sql` parses the responses into
+/// (id, source_id, question, answer, text), and a Stage-2 mix takes them as a `kind = "qa"`
+/// component with `min_grounding`: its report checks every answer against Stage 1's text and leaves
+/// out the ungrounded ones.
+#[test]
+fn synthetic_qa_from_stage_one_goes_into_a_stage_two_mix_with_its_grounding() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let facts = [
+        "The Volga is the longest river in Europe. It flows through central Russia into the Caspian Sea and is about 3,530 kilometres long.",
+        "Python is a programming language created by Guido van Rossum. Its first version was released in 1991.",
+        "Mount Elbrus is the highest mountain in Europe. It is a dormant volcano in the Caucasus, 5,642 metres high.",
+        "Lake Baikal in Siberia is the deepest lake in the world. It holds about a fifth of the fresh water on the surface of the Earth.",
+        "The Trans-Siberian Railway connects Moscow with Vladivostok. It is the longest railway line in the world, over 9,000 kilometres.",
+        "Honey bees make honey from the nectar of flowers. A colony has one queen, thousands of workers and a few hundred drones.",
+        "Water boils at 100 degrees Celsius at sea level. At higher altitudes it boils at a lower temperature because the air pressure is lower.",
+        "The Moon orbits the Earth about once every 27 days. Its gravity causes the tides of the oceans.",
+        "Saint Petersburg was founded by Peter the Great in 1703. It was the capital of Russia for about two hundred years.",
+        "The cheetah is the fastest land animal. It can run at about 110 kilometres per hour over short distances.",
+        "Rust is a programming language focused on memory safety. Its compiler checks the lifetimes of references.",
+        "The Amazon rainforest covers much of the Amazon basin in South America. It is home to millions of species of insects.",
+    ];
+    let mut lines = String::new();
+    for (i, text) in facts.iter().enumerate() {
+        lines.push_str(&(json!({"id": format!("fact{i}"), "text": text}).to_string() + "\n"));
+    }
+    std::fs::write(d.join("stage1.jsonl"), lines)?;
+    let (mut server, url) = served_smollm2(d)?;
+    let generated = run_ok(&[
+        "generate",
+        "-e",
+        &format!(
+            "SELECT id, text FROM '{}'",
+            d.join("stage1.jsonl").display()
+        ),
+        "--template",
+        config("synth-qa.jinja").to_str().unwrap(),
+        "--system",
+        SYNTH_QA_SYSTEM,
+        "--endpoint",
+        &format!("{url}/v1"),
+        "--model",
+        "smollm2",
+        "--max-tokens",
+        "48",
+        "--out",
+        d.join("qa_raw").to_str().unwrap(),
+        "--cache",
+        d.join("cache").to_str().unwrap(),
+    ]);
+    server.kill()?;
+    server.wait()?;
+    let generated = generated?;
+    ensure!(generated.contains("generated 12 rows"), "{generated}");
+
+    // The parsed pairs, as the recipe's SQL gives them.
+    let sources = d.join("sources.toml");
+    std::fs::write(
+        &sources,
+        format!("[sources.qa_raw]\nurl = {:?}\n", d.join("qa_raw").display()),
+    )?;
+    let parsed: Vec<Value> = run_ok(&[
+        "sql",
+        "--config",
+        sources.to_str().unwrap(),
+        "-f",
+        config("synth-qa.sql").to_str().unwrap(),
+        "--format",
+        "jsonl",
+    ])?
+    .lines()
+    .map(serde_json::from_str)
+    .collect::<std::result::Result<_, _>>()?;
+    ensure!(
+        parsed.len() >= 2,
+        "SmolLM2 follows the form for some documents: {parsed:?}"
+    );
+    for pair in &parsed {
+        let source = pair["source_id"].as_str().context("source_id")?;
+        ensure!(pair["id"] == format!("{source}#qa"), "{pair}");
+        ensure!(
+            pair["text"]
+                == format!(
+                    "{}\n{}",
+                    pair["question"].as_str().unwrap(),
+                    pair["answer"].as_str().unwrap()
+                ),
+            "{pair}"
+        );
+        ensure!(
+            !pair["answer"].as_str().unwrap().contains("Question:"),
+            "{pair}"
+        );
+    }
+
+    // Stage 1 teaches the facts; Stage 2 mixes them with the synthetic QA, grounded answers only.
+    let tokenizer = test_data().join("tokenizers/qwen3/tokenizer.json");
+    let head = format!(
+        "seed = 5\ntokenizer = {tokenizer:?}\ntarget_language = \"en\"\n[sources.facts]\nurl = {:?}\n[sources.qa_raw]\nurl = {:?}\n",
+        d.join("stage1.jsonl"),
+        d.join("qa_raw"),
+    );
+    std::fs::write(
+        d.join("stage1.toml"),
+        format!("{head}[[component]]\nname = \"facts\"\nweight = 1.0\nmax_epochs = 1\nsql = \"SELECT id, text FROM facts\"\n"),
+    )?;
+    // Beside the model's pairs, two planted ones make sure both sides of the threshold are seen: an
+    // answer copied from a Stage-1 document and an invented one.
+    let planted = [
+        json!({"id": "planted-grounded#qa", "source_id": "fact3", "question": "Which lake is the deepest?",
+               "answer": facts[3], "text": format!("Which lake is the deepest?\n{}", facts[3])}),
+        json!({"id": "planted-invented#qa", "source_id": "fact0", "question": "Who built the Volga?",
+               "answer": "Quantum penguins carved the Volga out of marmalade on Jupiter.",
+               "text": "Who built the Volga?\nQuantum penguins carved the Volga out of marmalade on Jupiter."}),
+    ];
+    std::fs::write(
+        d.join("planted.jsonl"),
+        planted
+            .iter()
+            .map(|p| p.to_string() + "\n")
+            .collect::<String>(),
+    )?;
+    let recipe = std::fs::read_to_string(config("synth-qa.sql"))?;
+    std::fs::write(
+        d.join("stage2.toml"),
+        format!(
+            "{head}[sources.planted]\nurl = {:?}\n[[component]]\nname = \"facts\"\nweight = 0.5\nsql = \"SELECT id, text FROM facts\"\n\
+             [[component]]\nname = \"qa\"\nweight = 0.5\nkind = \"qa\"\nmax_epochs = 1\nmin_grounding = 0.5\n\
+             sql = \'\'\'{recipe}\nUNION ALL SELECT id, source_id, question, answer, text FROM planted\'\'\'\n",
+            d.join("planted.jsonl")
+        ),
+    )?;
+    std::fs::write(
+        d.join("pipeline.toml"),
+        "seed = 5\n[[stage]]\nname = \"stage1\"\nmix = \"stage1.toml\"\ntokens = 250\n\
+         [[stage]]\nname = \"stage2\"\nmix = \"stage2.toml\"\ntokens = 1000\n",
+    )?;
+    run_ok(&[
+        "mix",
+        "run",
+        d.join("pipeline.toml").to_str().unwrap(),
+        "--out",
+        d.join("mix").to_str().unwrap(),
+    ])?;
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(d.join("mix/stage2/mix_report.json"))?)?;
+    let qa = report["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "qa")
+        .context("the qa component")?;
+    let grounding = &qa["grounding"];
+    let checked = grounding["answers"].as_u64().context("answers checked")?;
+    ensure!(checked == parsed.len() as u64 + 2, "{qa:#}");
+    let dropped = qa["dropped_ungrounded"].as_u64().unwrap_or(0);
+    ensure!(
+        qa["documents"].as_u64() == Some(checked - dropped),
+        "kept + dropped = checked: {qa:#}"
+    );
+    let below: u64 = parsed
+        .iter()
+        .chain(&planted)
+        .filter(|p| {
+            grounding["least_grounded"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["id"] == p["id"] && e["grounding"].as_f64().unwrap() < 0.5)
+        })
+        .count() as u64;
+    ensure!(
+        dropped == below,
+        "dropped {dropped}, below 0.5 {below}: {qa:#}"
+    );
+    let score = |id: &str| {
+        grounding["least_grounded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .and_then(|e| e["grounding"].as_f64())
+    };
+    ensure!(score("planted-invented#qa") == Some(0.0), "{grounding:#}");
+    ensure!(
+        score("planted-grounded#qa").is_none_or(|g| g >= 0.5) && dropped >= 1,
+        "the copied answer is kept, the invented one dropped: {grounding:#}"
+    );
+    // The kept pairs are in the stage's shards, the dropped ones are not.
+    let kept: Vec<Value> = run_ok(&[
+        "sql",
+        "-e",
+        &format!(
+            "SELECT id FROM '{}/*.parquet' WHERE component = 'qa' ORDER BY id",
+            d.join("mix/stage2").display()
+        ),
+        "--format",
+        "jsonl",
+    ])?
+    .lines()
+    .map(serde_json::from_str)
+    .collect::<std::result::Result<_, _>>()?;
+    ensure!(kept.len() as u64 == checked - dropped, "{kept:?}");
+    ensure!(
+        kept.iter().any(|k| k["id"] == "qa/planted-grounded#qa"),
+        "{kept:?}"
+    );
+    ensure!(
+        !kept.iter().any(|k| k["id"] == "qa/planted-invented#qa"),
+        "{kept:?}"
+    );
+    Ok(())
+}
