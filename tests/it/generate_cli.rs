@@ -315,6 +315,27 @@ fn generate_survives_faults_reuses_its_cache_resumes_and_keeps_the_key_out() -> 
             direct[0]
         );
 
+        // The output is an SFT set as it stands (id, prompt, response).
+        let packed = run_ok(&[
+            "pack",
+            "--mode",
+            "sft",
+            "-e",
+            &format!(
+                "SELECT id, prompt, response FROM '{}/*.parquet'",
+                d.join("direct").display()
+            ),
+            "--tokenizer",
+            model.join("tokenizer.json").to_str().unwrap(),
+            "--seq-len",
+            "256",
+            "--eos-token",
+            "<|im_end|>",
+            "--out",
+            d.join("sft").to_str().unwrap(),
+        ])?;
+        ensure!(packed.contains("packed 6 examples"), "{packed}");
+
         // 2. Through faults: a 503, a 429, a dropped connection and an answer that hangs past the
         // client's time limit before the proxy passes requests on (one request at a time, so that
         // the time limit only ever meets the hung one). Same output, byte for byte.
@@ -392,7 +413,82 @@ fn generate_survives_faults_reuses_its_cache_resumes_and_keeps_the_key_out() -> 
         ensure!(stdout.contains("(3 from the cache"), "{stdout}");
         ensure!(output_bytes(&d.join("resumed"))? == output_bytes(&d.join("direct"))?);
 
-        // 5. The key went out in the Authorization header only.
+        // 5. Output and cache on an S3 server (moto on 127.0.0.1): the same output, and a rerun
+        // asks nothing.
+        let s3 = crate::common::S3Server::start()?;
+        let bucket = s3.bucket("generated")?;
+        let on_s3 = |out: &str| -> Result<(bool, String, String)> {
+            let output = Command::new(env!("CARGO_BIN_EXE_dapt"))
+                .args([
+                    "generate",
+                    "-e",
+                    &format!(
+                        "SELECT id, question FROM '{}'",
+                        d.join("rows.jsonl").display()
+                    ),
+                    "--template",
+                    d.join("ask.jinja").to_str().unwrap(),
+                    "--endpoint",
+                    &format!("{}/v1", healthy.address),
+                    "--model",
+                    "smollm2",
+                    "--out",
+                    &format!("{bucket}/{out}"),
+                    "--cache",
+                    &format!("{bucket}/cache"),
+                    "--max-tokens",
+                    "16",
+                ])
+                .envs(s3.env())
+                .env("OPENAI_API_KEY", KEY)
+                .env("DAPT_LOG", "warn")
+                .output()?;
+            Ok((
+                output.status.success(),
+                String::from_utf8(output.stdout)?,
+                String::from_utf8(output.stderr)?,
+            ))
+        };
+        let before = healthy.count();
+        let (ok, stdout, stderr) = on_s3("first")?;
+        ensure!(ok, "{stderr}");
+        ensure!(healthy.count() == before + 6, "{stdout}");
+        let (ok, stdout, stderr) = on_s3("second")?;
+        ensure!(ok, "{stderr}");
+        ensure!(
+            healthy.count() == before + 6,
+            "the rerun asked again: {stdout}"
+        );
+        ensure!(stdout.contains("(6 from the cache"), "{stdout}");
+        std::fs::write(
+            d.join("s3.toml"),
+            format!("[sources.generated]\nurl = \"{bucket}/second/\"\nformat = \"parquet\"\n"),
+        )?;
+        let listed = Command::new(env!("CARGO_BIN_EXE_dapt"))
+            .args([
+                "sql",
+                "--config",
+                d.join("s3.toml").to_str().unwrap(),
+                "-e",
+                "SELECT * FROM generated ORDER BY id",
+                "--format",
+                "jsonl",
+            ])
+            .envs(s3.env())
+            .env("DAPT_LOG", "warn")
+            .output()?;
+        ensure!(
+            listed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+        let from_s3: Vec<Value> = String::from_utf8(listed.stdout)?
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<std::result::Result<_, _>>()?;
+        ensure!(from_s3 == direct, "S3 {from_s3:?} vs local {direct:?}");
+
+        // 6. The key went out in the Authorization header only.
         let heads = proxy.headers.lock().unwrap().clone();
         ensure!(heads
             .iter()

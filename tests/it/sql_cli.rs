@@ -470,3 +470,161 @@ fn json_lines_directories_globs_relative_paths_and_file_tables() -> Result<()> {
     ensure!(whole.lines().nth(1) == Some("30"), "{whole}");
     Ok(())
 }
+
+/// `dapt sql --config SOURCES -f configs/generate/NAME.sql`: the result's rows as JSON.
+fn recipe_rows(dir: &Path, sources: &str, name: &str) -> Result<Vec<serde_json::Value>> {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, sources)?;
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("configs/generate")
+        .join(format!("{name}.sql"));
+    let output = dapt(&[
+        "sql",
+        "--config",
+        config.to_str().unwrap(),
+        "-f",
+        file.to_str().unwrap(),
+        "--format",
+        "jsonl",
+    ]);
+    ensure!(
+        output.status.success(),
+        "{name}.sql: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut rows: Vec<serde_json::Value> = String::from_utf8(output.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    rows.sort_by_key(|r| r["id"].as_str().unwrap_or_default().to_string());
+    Ok(rows)
+}
+
+/// Share of the rows at `url` (a quoted path) that lang_id does not read as Russian.
+fn recipe_share(dir: &Path, url: &str) -> Result<f64> {
+    let config = dir.join("share.toml");
+    std::fs::write(&config, format!("[sources.rows]\nurl = {url}\n"))?;
+    let output = dapt(&[
+        "sql",
+        "--config",
+        config.to_str().unwrap(),
+        "-e",
+        "SELECT avg(CASE WHEN lang_id(text) IS DISTINCT FROM 'ru' THEN 1.0 ELSE 0.0 END) AS share FROM rows",
+        "--format",
+        "jsonl",
+    ]);
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let row: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    row["share"]
+        .as_f64()
+        .ok_or_else(|| anyhow::anyhow!("{row}"))
+}
+
+fn jsonl(path: &Path, rows: &[serde_json::Value]) -> Result<String> {
+    std::fs::write(
+        path,
+        rows.iter()
+            .map(|r| r.to_string() + "\n")
+            .collect::<String>(),
+    )?;
+    Ok(format!("{path:?}"))
+}
+
+/// The guards of the translate and rewrite recipes (`configs/generate/`), over `dapt generate`-shaped
+/// tables: a translation is kept when it finished, reads as Russian and is 0.5–2× the source's length;
+/// rows flagged as not Russian are replaced by a Russian rewrite or dropped, and the share of
+/// non-Russian rows falls from before to after.
+#[test]
+fn translate_and_rewrite_recipes_keep_what_passes_their_guards() -> Result<()> {
+    use serde_json::json;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let english = "Write a short poem about the sea and the wind at night.";
+    let source = jsonl(
+        &d.join("source.jsonl"),
+        &[
+            json!({"id": "a", "text": english}),
+            json!({"id": "b", "text": english}),
+            json!({"id": "c", "text": english}),
+            json!({"id": "d", "text": english}),
+            json!({"id": "e", "text": english}),
+        ],
+    )?;
+    let russian = "Напиши короткое стихотворение о море и ночном ветре.";
+    let answer = |id: &str, response: &str, finish: &str| {
+        json!({"id": id, "prompt": format!("Translate … {english}"), "response": response,
+               "finish_reason": finish, "prompt_tokens": 20, "completion_tokens": 12})
+    };
+    let translated = jsonl(
+        &d.join("translated.jsonl"),
+        &[
+            answer("a", russian, "stop"),
+            answer("b", english, "stop"),
+            answer("c", "Напиши.", "stop"),
+            answer("d", &format!("{russian} {russian} {russian}"), "stop"),
+            answer("e", russian, "length"),
+        ],
+    )?;
+    let kept = recipe_rows(
+        d,
+        &format!("[sources.source]\nurl = {source}\n[sources.translated]\nurl = {translated}\n"),
+        "translate",
+    )?;
+    ensure!(
+        kept == vec![json!({"id": "a", "text": russian, "source_text": english})],
+        "only the finished Russian translation of a plausible length: {kept:?}"
+    );
+
+    let component = jsonl(
+        &d.join("component.jsonl"),
+        &[
+            json!({"id": "r1", "text": "Москва — столица России, крупнейший город страны."}),
+            json!({"id": "r2", "text": "Санкт-Петербург стоит на Неве и был столицей двести лет."}),
+            json!({"id": "x1", "text": "This paragraph slipped into the Russian component in English."}),
+            json!({"id": "x2", "text": "Another English paragraph that the attribution pointed at."}),
+        ],
+    )?;
+    let flagged = recipe_rows(
+        d,
+        &format!("[sources.component]\nurl = {component}\n"),
+        "rewrite-flagged",
+    )?;
+    let ids: Vec<&str> = flagged.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ensure!(ids == ["x1", "x2"], "{flagged:?}");
+    let rewritten = jsonl(
+        &d.join("rewritten.jsonl"),
+        &[
+            json!({"id": "x1", "prompt": "…", "response": "Этот абзац попал в русский компонент на английском языке.",
+                   "finish_reason": "stop"}),
+            json!({"id": "x2", "prompt": "…", "response": "Another English paragraph, unchanged by the model.",
+                   "finish_reason": "stop"}),
+        ],
+    )?;
+    let after = recipe_rows(
+        d,
+        &format!(
+            "[sources.component]\nurl = {component}\n[sources.rewritten]\nurl = {rewritten}\n"
+        ),
+        "rewrite",
+    )?;
+    let ids: Vec<&str> = after.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ensure!(ids == ["r1", "r2", "x1"], "{after:?}");
+    ensure!(
+        after[2]["text"] == "Этот абзац попал в русский компонент на английском языке.",
+        "{after:?}"
+    );
+    ensure!(after[0]["text"] == "Москва — столица России, крупнейший город страны.");
+    // The component's share of rows that are not Russian: 2 of 4 before, none after.
+    let share = |url: &str| -> Result<f64> {
+        let rows = recipe_share(d, url)?;
+        Ok(rows)
+    };
+    let after_url = jsonl(&d.join("after.jsonl"), &after)?;
+    ensure!(share(&component)? == 0.5);
+    ensure!(share(&after_url)? == 0.0);
+    Ok(())
+}
