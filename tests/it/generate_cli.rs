@@ -153,6 +153,8 @@ fn serve(model: &Path) -> Result<(Child, String)> {
         .and_then(|u| u.strip_suffix("/v1/completions"))
         .with_context(|| format!("unexpected line {first:?}"))?
         .to_string();
+    // Keep reading what the server prints (a closed pipe would end it at its next line).
+    std::thread::spawn(move || lines.for_each(drop));
     Ok((server, url))
 }
 
