@@ -549,12 +549,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_length: args.max_length,
         chat_template,
     };
-    println!("listening on http://{address}/v1/completions");
-    if server.chat_template.is_some() {
-        println!("listening on http://{address}/v1/chat/completions");
-    }
+    // A closed stdout (a caller that read the address and went away) must not end the server.
     use std::io::Write;
-    std::io::stdout().flush()?;
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "listening on http://{address}/v1/completions");
+    if server.chat_template.is_some() {
+        let _ = writeln!(stdout, "listening on http://{address}/v1/chat/completions");
+    }
+    let _ = stdout.flush();
     server.run(listener, &|| false)?;
     Ok(())
 }

@@ -16,6 +16,22 @@ pub fn test_data() -> PathBuf {
     dapt_test_data::dir()
 }
 
+/// `dapt model import-gguf` of the test data's SmolLM2-135M-Instruct into `dir/smollm2`; its path.
+pub fn import_smollm2(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let model = dir.join("smollm2");
+    run_ok(&[
+        "model",
+        "import-gguf",
+        test_data()
+            .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+            .to_str()
+            .unwrap_or_default(),
+        "--out",
+        model.to_str().unwrap_or_default(),
+    ])?;
+    Ok(model)
+}
+
 /// The demo data shipped in the repository.
 pub fn demo_data() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/demo/data")

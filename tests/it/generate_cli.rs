@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 
-use crate::common::{run_ok, test_data};
+use crate::common::{import_smollm2, run_ok, test_data};
 
 const KEY: &str = "sk-dapt-test-7f3a9c";
 
@@ -245,17 +245,7 @@ fn output_bytes(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
 fn generate_survives_faults_reuses_its_cache_resumes_and_keeps_the_key_out() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let model = d.join("smollm2");
-    run_ok(&[
-        "model",
-        "import-gguf",
-        test_data()
-            .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-            .to_str()
-            .unwrap(),
-        "--out",
-        model.to_str().unwrap(),
-    ])?;
+    let model = import_smollm2(d)?;
     let questions = [
         ("q1", "What is the capital of France?"),
         ("q2", "Name a primary colour."),
@@ -520,22 +510,6 @@ fn generate_survives_faults_reuses_its_cache_resumes_and_keeps_the_key_out() -> 
     result
 }
 
-/// Imports SmolLM2 into `dir` and serves it.
-fn served_smollm2(dir: &Path) -> Result<(Child, String)> {
-    let model = dir.join("smollm2");
-    run_ok(&[
-        "model",
-        "import-gguf",
-        test_data()
-            .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-            .to_str()
-            .unwrap(),
-        "--out",
-        model.to_str().unwrap(),
-    ])?;
-    serve(&model)
-}
-
 /// The system message the README gives for the synth-qa recipe.
 const SYNTH_QA_SYSTEM: &str =
     "You write quiz questions. Always reply with two lines: 'Question: ...' and 'Answer: ...'.";
@@ -574,7 +548,7 @@ fn synthetic_qa_from_stage_one_goes_into_a_stage_two_mix_with_its_grounding() ->
         lines.push_str(&(json!({"id": format!("fact{i}"), "text": text}).to_string() + "\n"));
     }
     std::fs::write(d.join("stage1.jsonl"), lines)?;
-    let (mut server, url) = served_smollm2(d)?;
+    let (mut server, url) = serve(&import_smollm2(d)?)?;
     let generated = run_ok(&[
         "generate",
         "-e",

@@ -411,17 +411,7 @@ fn a_chat_client_gets_what_dapt_eval_generates_from_the_real_model() -> Result<(
     use std::io::BufRead;
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let model = d.join("smollm2");
-    run_ok(&[
-        "model",
-        "import-gguf",
-        test_data()
-            .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-            .to_str()
-            .unwrap(),
-        "--out",
-        model.to_str().unwrap(),
-    ])?;
+    let model = crate::common::import_smollm2(d)?;
     let question = "What is the capital of France?";
     std::fs::write(
         d.join("basket.jsonl"),

@@ -293,61 +293,51 @@ impl GgufModel {
         }
     }
 
-    /// An array of strings, if present.
-    pub fn optional_strings(&self, key: &str) -> Result<Option<Vec<String>>> {
+    /// An array whose items `item` reads (`Err(what the item is not)` otherwise), if present.
+    fn optional_array<T>(
+        &self,
+        key: &str,
+        item: impl Fn(&MetaValue) -> std::result::Result<T, &'static str>,
+    ) -> Result<Option<Vec<T>>> {
         match self.value(key) {
             None => Ok(None),
             Some(MetaValue::Array(items)) => items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| {
-                    item.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| self.missing(key, &format!("item {i} is not a string")))
+                .map(|(i, value)| {
+                    item(value).map_err(|e| self.missing(key, &format!("item {i} {e}")))
                 })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
             Some(_) => Err(self.missing(key, "not an array")),
         }
+    }
+
+    /// An array of strings, if present.
+    pub fn optional_strings(&self, key: &str) -> Result<Option<Vec<String>>> {
+        self.optional_array(key, |item| {
+            item.as_str().map(str::to_string).ok_or("is not a string")
+        })
     }
 
     /// An array of floats, if present.
     pub fn optional_f32s(&self, key: &str) -> Result<Option<Vec<f32>>> {
-        match self.value(key) {
-            None => Ok(None),
-            Some(MetaValue::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| match item {
-                    MetaValue::F32(v) => Ok(*v),
-                    MetaValue::F64(v) => Ok(*v as f32),
-                    _ => Err(self.missing(key, &format!("item {i} is not a float"))),
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
-            Some(_) => Err(self.missing(key, "not an array")),
-        }
+        self.optional_array(key, |item| match item {
+            MetaValue::F32(v) => Ok(*v),
+            MetaValue::F64(v) => Ok(*v as f32),
+            _ => Err("is not a float"),
+        })
     }
 
     /// An array of integers, if present.
     pub fn optional_i32s(&self, key: &str) -> Result<Option<Vec<i32>>> {
-        match self.value(key) {
-            None => Ok(None),
-            Some(MetaValue::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| match item {
-                    MetaValue::I32(v) => Ok(*v),
-                    MetaValue::U32(v) => i32::try_from(*v)
-                        .map_err(|_| self.missing(key, &format!("item {i} is out of range"))),
-                    MetaValue::U8(v) => Ok(i32::from(*v)),
-                    MetaValue::I8(v) => Ok(i32::from(*v)),
-                    _ => Err(self.missing(key, &format!("item {i} is not an integer"))),
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
-            Some(_) => Err(self.missing(key, "not an array")),
-        }
+        self.optional_array(key, |item| match item {
+            MetaValue::I32(v) => Ok(*v),
+            MetaValue::U32(v) => i32::try_from(*v).map_err(|_| "is out of range"),
+            MetaValue::U8(v) => Ok(i32::from(*v)),
+            MetaValue::I8(v) => Ok(i32::from(*v)),
+            _ => Err("is not an integer"),
+        })
     }
 
     fn arch_key(&self, suffix: &str) -> String {
