@@ -32,6 +32,37 @@ pub fn import_smollm2(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     Ok(model)
 }
 
+/// `dapt serve` of `model` on a free port; its base URL.
+pub fn serve(model: &std::path::Path) -> anyhow::Result<(std::process::Child, String)> {
+    use anyhow::Context;
+    use std::io::BufRead;
+    let mut server = Command::new(env!("CARGO_BIN_EXE_dapt"))
+        .args([
+            "serve",
+            "--model",
+            model.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--device",
+            "cpu",
+            "--name",
+            "smollm2",
+        ])
+        .env("DAPT_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut lines = std::io::BufReader::new(server.stdout.take().context("stdout")?).lines();
+    let first = lines.next().context("first line")??;
+    let url = first
+        .strip_prefix("listening on ")
+        .and_then(|u| u.strip_suffix("/v1/completions"))
+        .with_context(|| format!("unexpected line {first:?}"))?
+        .to_string();
+    // Keep reading what the server prints (a closed pipe would end it at its next line).
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((server, url))
+}
+
 /// The demo data shipped in the repository.
 pub fn demo_data() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/demo/data")

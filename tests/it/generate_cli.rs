@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 
-use crate::common::{import_smollm2, run_ok, test_data};
+use crate::common::{import_smollm2, run_ok, serve, test_data};
 
 const KEY: &str = "sk-dapt-test-7f3a9c";
 
@@ -129,35 +129,6 @@ fn serve_one(
     Ok(())
 }
 
-/// `dapt serve` of `model` on a free port; its base URL.
-fn serve(model: &Path) -> Result<(Child, String)> {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_dapt"))
-        .args([
-            "serve",
-            "--model",
-            model.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--device",
-            "cpu",
-            "--name",
-            "smollm2",
-        ])
-        .env("DAPT_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(server.stdout.take().context("stdout")?).lines();
-    let first = lines.next().context("first line")??;
-    let url = first
-        .strip_prefix("listening on ")
-        .and_then(|u| u.strip_suffix("/v1/completions"))
-        .with_context(|| format!("unexpected line {first:?}"))?
-        .to_string();
-    // Keep reading what the server prints (a closed pipe would end it at its next line).
-    std::thread::spawn(move || lines.for_each(drop));
-    Ok((server, url))
-}
-
 /// `dapt generate` over `rows.jsonl` in `dir`: its stdout and stderr, and whether it succeeded.
 fn generate(
     dir: &Path,
@@ -165,6 +136,25 @@ fn generate(
     out: &str,
     cache: &str,
     extra: &[&str],
+) -> Result<(bool, String, String)> {
+    generate_to(
+        dir,
+        endpoint,
+        dir.join(out).to_str().unwrap(),
+        dir.join(cache).to_str().unwrap(),
+        extra,
+        &[],
+    )
+}
+
+/// As [`generate`] with the output and cache URLs as they are and more environment variables.
+fn generate_to(
+    dir: &Path,
+    endpoint: &str,
+    out: &str,
+    cache: &str,
+    extra: &[&str],
+    envs: &[(&str, String)],
 ) -> Result<(bool, String, String)> {
     let query = format!(
         "SELECT id, question FROM '{}'",
@@ -182,9 +172,9 @@ fn generate(
             "--model",
             "smollm2",
             "--out",
-            dir.join(out).to_str().unwrap(),
+            out,
             "--cache",
-            dir.join(cache).to_str().unwrap(),
+            cache,
             "--max-tokens",
             "16",
             "--backoff-ms",
@@ -195,6 +185,7 @@ fn generate(
             "1.5",
         ])
         .args(extra)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .env("OPENAI_API_KEY", KEY)
         .env("DAPT_LOG", "info")
         .output()?;
@@ -409,37 +400,15 @@ fn generate_survives_faults_reuses_its_cache_resumes_and_keeps_the_key_out() -> 
         // asks nothing.
         let s3 = crate::common::S3Server::start()?;
         let bucket = s3.bucket("generated")?;
-        let on_s3 = |out: &str| -> Result<(bool, String, String)> {
-            let output = Command::new(env!("CARGO_BIN_EXE_dapt"))
-                .args([
-                    "generate",
-                    "-e",
-                    &format!(
-                        "SELECT id, question FROM '{}'",
-                        d.join("rows.jsonl").display()
-                    ),
-                    "--template",
-                    d.join("ask.jinja").to_str().unwrap(),
-                    "--endpoint",
-                    &format!("{}/v1", healthy.address),
-                    "--model",
-                    "smollm2",
-                    "--out",
-                    &format!("{bucket}/{out}"),
-                    "--cache",
-                    &format!("{bucket}/cache"),
-                    "--max-tokens",
-                    "16",
-                ])
-                .envs(s3.env())
-                .env("OPENAI_API_KEY", KEY)
-                .env("DAPT_LOG", "warn")
-                .output()?;
-            Ok((
-                output.status.success(),
-                String::from_utf8(output.stdout)?,
-                String::from_utf8(output.stderr)?,
-            ))
+        let on_s3 = |out: &str| {
+            generate_to(
+                d,
+                &healthy.address,
+                &format!("{bucket}/{out}"),
+                &format!("{bucket}/cache"),
+                &[],
+                &s3.env(),
+            )
         };
         let before = healthy.count();
         let (ok, stdout, stderr) = on_s3("first")?;

@@ -408,7 +408,6 @@ fn a_model_that_learned_the_answers_passes_code_and_math() -> Result<()> {
 /// for the same question as a basket task.
 #[test]
 fn a_chat_client_gets_what_dapt_eval_generates_from_the_real_model() -> Result<()> {
-    use std::io::BufRead;
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let model = crate::common::import_smollm2(d)?;
@@ -451,30 +450,9 @@ fn a_chat_client_gets_what_dapt_eval_generates_from_the_real_model() -> Result<(
         "the real model knows: {generated:?}"
     );
 
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_dapt"))
-        .args([
-            "serve",
-            "--model",
-            model.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--device",
-            "cpu",
-            "--name",
-            "smollm2",
-        ])
-        .env("DAPT_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
+    let (mut server, base) = crate::common::serve(&model)?;
     let result = (|| -> Result<()> {
-        let mut lines = std::io::BufReader::new(server.stdout.take().context("stdout")?).lines();
-        let _completions = lines.next().context("first line")??;
-        let chat = lines.next().context("second line")??;
-        let url = chat
-            .strip_prefix("listening on ")
-            .and_then(|u| u.strip_suffix("/chat/completions"))
-            .with_context(|| format!("unexpected line {chat:?}"))?
-            .to_string();
+        let url = format!("{base}/v1");
         let client = "import json, sys\nfrom openai import OpenAI\n\
             client = OpenAI(base_url=sys.argv[1], api_key='unused', max_retries=0)\n\
             r = client.chat.completions.create(model='smollm2', messages=[{'role': 'user', 'content': sys.argv[2]}], max_tokens=24, temperature=0)\n\
