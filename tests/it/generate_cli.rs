@@ -108,7 +108,7 @@ fn serve_one(
         }
         Fault::Drop => return Ok(()),
         Fault::Hang => {
-            std::thread::sleep(Duration::from_secs(15));
+            std::thread::sleep(Duration::from_secs(35));
             return Ok(());
         }
         Fault::Pass => {}
@@ -334,17 +334,24 @@ fn generate_survives_faults_reuses_its_cache_resumes_and_keeps_the_key_out() -> 
             &proxy.address,
             "faulty",
             "cache-faulty",
-            &["--concurrency", "1", "--timeout-s", "10"],
+            &["--concurrency", "1", "--timeout-s", "30"],
         )?;
         ensure!(ok, "{stderr}");
-        ensure!(stdout.contains("10 requests, 4 retried"), "{stdout}");
-        ensure!(proxy.count() == 10, "{} requests", proxy.count());
         ensure!(
             output_bytes(&d.join("faulty"))? == output_bytes(&d.join("direct"))?,
             "the faults changed the output"
         );
+        // Four faults, four retries at least (a loaded machine may add a slow answer's time-out).
+        let counts = stdout.split_once(" requests, ").and_then(|(head, tail)| {
+            let requests = head.rsplit(' ').next()?.parse::<usize>().ok()?;
+            let retried = tail.split(' ').next()?.parse::<usize>().ok()?;
+            Some((requests, retried))
+        });
+        let (requests, retried) = counts.with_context(|| format!("no counts in {stdout:?}"))?;
+        ensure!(retried >= 4 && requests == 6 + retried, "{stdout}");
+        ensure!(proxy.count() == requests, "{} requests", proxy.count());
         ensure!(
-            stderr.matches("request failed; retrying").count() == 4,
+            stderr.matches("request failed; retrying").count() == retried,
             "retries are logged: {stderr}"
         );
 

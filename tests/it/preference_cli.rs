@@ -274,6 +274,80 @@ fn dpo_after_sft_learns_a_planted_preference() -> Result<()> {
     eprintln!("after SimPO: {}", simpo["heldout_preference_after"]);
     ensure!(!out.join("simpo/reference_logps.json").exists());
 
+    // Data-parallel DPO: two gloo ranks give one process's losses, preference metrics and weights
+    // (the loss is averaged over the pairs of the global batch; each rank computes the reference
+    // log-probabilities of its own rows).
+    let ddp = dir.path().join("ddp.toml");
+    std::fs::write(
+        &ddp,
+        format!(
+            r#"seed = 4
+device = "cpu"
+model = {:?}
+
+[[stage]]
+name = "dpo"
+data = "pairs"
+method = "lora"
+[stage.train]
+steps = 4
+batch_size = 4
+learning_rate = 5e-3
+warmup_steps = 1
+objective = "dpo"
+beta = 0.1
+[stage.lora]
+r = 4
+alpha = 8
+dropout = 0.0
+target_modules = ["all-linear"]
+"#,
+            out.join("sft/model")
+        ),
+    )?;
+    let (one, two) = (dir.path().join("ddp-one"), dir.path().join("ddp-two"));
+    run_ok(&[
+        "train",
+        ddp.to_str().unwrap(),
+        "--out",
+        one.to_str().unwrap(),
+    ])?;
+    run_ok(&[
+        "train",
+        ddp.to_str().unwrap(),
+        "--out",
+        two.to_str().unwrap(),
+        "--nproc",
+        "2",
+    ])?;
+    let log = |dir: &Path| -> Result<Vec<serde_json::Value>> {
+        std::fs::read_to_string(dir.join("dpo/train_log.jsonl"))?
+            .lines()
+            .map(|l| Ok(serde_json::from_str(l)?))
+            .collect()
+    };
+    let (a, b) = (log(&one)?, log(&two)?);
+    ensure!(a.len() == 4 && b.len() == 4);
+    for (x, y) in a.iter().zip(&b) {
+        for (pointer, what) in [
+            ("/loss", "loss"),
+            ("/preference/reward_margin", "reward margin"),
+            ("/preference/chosen_logps", "chosen log-probabilities"),
+        ] {
+            let value =
+                |s: &serde_json::Value| s.pointer(pointer).and_then(serde_json::Value::as_f64);
+            let (x, y) = (value(x).unwrap(), value(y).unwrap());
+            ensure!(
+                (x - y).abs() <= 1e-5,
+                "{what}: {x} (one process) vs {y} (two ranks)"
+            );
+        }
+        ensure!(
+            x["preference"]["pairs"] == y["preference"]["pairs"],
+            "{x} vs {y}"
+        );
+    }
+
     // DPO on SFT rows (single chats, not pairs) is refused, naming the row.
     let bad_out = dir.path().join("bad");
     let bad = config(dir.path(), &vocab, "sft")?;
