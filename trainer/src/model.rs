@@ -1076,11 +1076,15 @@ impl CausalLm {
         let x = self.embedding_rows(input_ids);
         match self.config.embedding_scale() {
             None => x,
+            // A scalar, not a tensor moved to the device on every call.
             Some(scale) => {
-                let scale = Tensor::from(scale as f32)
-                    .to_kind(x.kind())
-                    .to_device(x.device());
-                x * scale
+                let scale = scale as f32;
+                let rounded = match x.kind() {
+                    Kind::BFloat16 => half::bf16::from_f32(scale).to_f32(),
+                    Kind::Half => half::f16::from_f32(scale).to_f32(),
+                    _ => scale,
+                };
+                x * f64::from(rounded)
             }
         }
     }
@@ -1233,11 +1237,6 @@ impl CausalLm {
         let query = columns.unsqueeze(1);
         let key = Tensor::arange(past + t, (Kind::Int64, device)).unsqueeze(0);
         let causal = key.le_tensor(&query);
-        // Columns advance with positions in every row (padding only shifts where they start).
-        let local_causal = match self.config.attention_window() {
-            Some(window) => causal.logical_and(&key.gt_tensor(&(&query - window))),
-            None => causal.shallow_clone(),
-        };
         let pads =
             (!cache.pads.is_empty()).then(|| Tensor::from_slice(&cache.pads).to_device(device));
         let positions = match &pads {
@@ -1258,7 +1257,12 @@ impl CausalLm {
                     .unsqueeze(1)
             }
         };
-        let (full, local) = (masked(&causal), masked(&local_causal));
+        let full = masked(&causal);
+        // Columns advance with positions in every row (padding only shifts where they start).
+        let local = match self.config.attention_window() {
+            Some(window) => masked(&causal.logical_and(&key.gt_tensor(&(&query - window)))),
+            None => full.shallow_clone(),
+        };
         let hidden = self.decode(
             input_ids,
             &positions,
