@@ -3,21 +3,18 @@
 //! `dapt tokenizer extend`.
 //!
 //! Where HF spends its time is not the BPE merges but the pipeline around them: normalised strings
-//! with alignment tables, pre-tokenised pieces with offsets, and an `Encoding` with offsets, words and
-//! type ids for every token. This backend keeps HF's own BPE model (the `tokenizers` crate's
-//! `models::bpe::BPE`, with its merge ranks and its word cache) as the core, so there is no second
-//! BPE implementation whose semantics could drift, and replaces the pipeline:
+//! with alignment tables, pre-tokenised pieces with offsets, a regex engine per piece, and an
+//! `Encoding` with offsets, words and type ids (and an owned string) for every token. This backend
+//! replaces the pipeline:
 //! - added tokens are split off first (leftmost-longest, as HF's added vocabulary does);
 //! - NFC (the only normaliser accepted) is skipped for text that is already NFC;
-//! - the split regex yields pieces, gaps between matches included (HF's `Isolated`); see
-//!   [`Splitter`] for how the usual `\s+(?!\S)` look-ahead runs without a backtracking engine;
-//! - a piece whose bytes spell a token is that token without calling the model, but only for tokens
-//!   that HF's merges turn their own spelling into (checked by the model the first time a piece
-//!   spells the token, remembered per token id; tiktoken-style cores skip that check and differ
-//!   from HF on tokenizers with appended merges);
-//! - every other piece is mapped to the byte-level alphabet and given to HF's BPE model, and its ids
-//!   are remembered (a bounded cache shared by all threads, in front of HF's own word cache, whose
-//!   hits still cost a token with an owned string per id).
+//! - the text is split into pieces, gaps between matches included (HF's `Isolated`): by a
+//!   hand-written scanner for GPT-2's, Llama 3's and Qwen's patterns (`scan.rs`), else by a DFA
+//!   with the usual `\s+(?!\S)` look-ahead emulated (see [`Splitter`]), else by a backtracking engine;
+//! - each piece is looked up in a per-thread cache of pieces already encoded (no locks on the hot
+//!   path); a piece not seen yet goes through the vocabulary's merges in HF's order (`bpe.rs`, on
+//!   bytes and ids; with `ignore_merges` a piece that spells a token is that token), and is
+//!   remembered.
 //!
 //! Accepted: model `BPE` without dropout, unknown token or byte fallback, over the GPT-2 byte-level
 //! alphabet; normaliser none or NFC; pre-tokeniser `ByteLevel` (GPT-2 regex, no prefix space),
@@ -29,26 +26,22 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use regex_automata::{meta, Anchored, Input};
 use serde_json::Value;
-use tokenizers::{Model, ModelWrapper, Tokenizer};
+use tokenizers::{ModelWrapper, Tokenizer};
 
-/// GPT-2's pre-tokenisation regex (ByteLevel with `use_regex`).
-const GPT2_PATTERN: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+use crate::bpe::{Bpe, MergeEntry, Scratch};
+use crate::scan::{Scanner, GPT2_PATTERN};
 
-/// States of [`FastEncoder::spelled`].
-const UNCHECKED: u8 = 0;
-const SPELLS: u8 = 1;
-const SPLIT: u8 = 2;
-
-/// Pieces whose ids the fast encoder remembers (all shards together).
-const PIECE_CACHE_WORDS: usize = 200_000;
-const PIECE_CACHE_SHARDS: usize = 32;
+/// Pieces whose ids one thread remembers for one encoder; past this the thread's cache starts
+/// again (the ids never depend on it).
+const PIECE_CACHE_WORDS: usize = 1 << 17;
+/// Encoders whose caches one thread keeps (the least recently used goes first).
+const PIECE_CACHES_PER_THREAD: usize = 4;
 
 /// The tail that every GPT-2-style split pattern ends with: a run of white space keeps its last
 /// character for the next piece when a non-space follows.
@@ -63,6 +56,8 @@ const LOOKAHEAD_TAIL: &str = r"|\s+(?!\S)|\s+";
 /// the run without its last character (or fails, for one character, leaving it to `\s+`).
 /// Any other pattern runs on `fancy-regex` (a backtracking engine, several times slower).
 enum Splitter {
+    /// A hand-written scanner for a known pattern (GPT-2, Llama 3, Qwen 2/3).
+    Scan(Scanner),
     Dfa {
         all: meta::Regex,
         /// The pattern without its tail, when it had the look-ahead tail.
@@ -73,6 +68,14 @@ enum Splitter {
 
 impl Splitter {
     fn new(pattern: &str) -> Result<Self, String> {
+        match Scanner::for_pattern(pattern)? {
+            Some(scanner) => Ok(Self::Scan(scanner)),
+            None => Self::regex(pattern),
+        }
+    }
+
+    /// The splitter on a regex engine (DFA where the pattern allows, else backtracking).
+    fn regex(pattern: &str) -> Result<Self, String> {
         if let Some(head) = pattern.strip_suffix(LOOKAHEAD_TAIL) {
             if let (Ok(all), Ok(head)) = (
                 meta::Regex::new(&format!(r"{head}|\s+")),
@@ -100,6 +103,7 @@ impl Splitter {
     ) -> Result<(), String> {
         let mut last = 0;
         match self {
+            Self::Scan(scanner) => return scanner.split(text, piece),
             Self::Backtracking(regex) => {
                 for m in regex.find_iter(text) {
                     let m = m.map_err(|e| format!("split regex: {e}"))?;
@@ -172,73 +176,98 @@ impl Splitter {
     }
 }
 
-/// One shard of [`PieceCache`]: ids by piece bytes.
-type PieceShard = Mutex<ahash::AHashMap<Box<[u8]>, Box<[u32]>>>;
-
-/// Ids of pieces that went through the BPE model, shared by all threads (sharded locks).
+/// Ids of the pieces one thread has encoded with one encoder: a lookup without locks or atomics
+/// on the hot path. Ids live in one arena; a piece maps to its range there. Pieces of up to 15
+/// bytes (nearly all) are keyed by one integer (bytes, then the length in the last byte), so a
+/// lookup compares integers instead of calling `memcmp`.
 struct PieceCache {
-    shards: Vec<PieceShard>,
-    hasher: ahash::RandomState,
+    encoder: u64,
+    short: ahash::AHashMap<u128, (u32, u32)>,
+    long: ahash::AHashMap<Box<[u8]>, (u32, u32)>,
+    ids: Vec<u32>,
+    /// The merges' buffers.
+    scratch: Scratch,
+}
+
+/// The integer key of a piece of at most 15 bytes.
+#[inline(always)]
+fn short_key(piece: &[u8]) -> Option<u128> {
+    if piece.len() > 15 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    bytes[..piece.len()].copy_from_slice(piece);
+    bytes[15] = piece.len() as u8;
+    Some(u128::from_le_bytes(bytes))
 }
 
 impl PieceCache {
-    fn new() -> Self {
+    fn new(encoder: u64) -> Self {
         Self {
-            shards: (0..PIECE_CACHE_SHARDS)
-                .map(|_| Mutex::new(ahash::AHashMap::new()))
-                .collect(),
-            hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
+            encoder,
+            short: ahash::AHashMap::with_capacity(4096),
+            long: ahash::AHashMap::new(),
+            ids: Vec::with_capacity(16_384),
+            scratch: Scratch::default(),
         }
     }
 
-    fn shard(&self, piece: &[u8]) -> &PieceShard {
-        let hash = self.hasher.hash_one(piece) as usize;
-        &self.shards[hash % PIECE_CACHE_SHARDS]
-    }
-
     /// Appends the remembered ids of `piece` to `ids`; false when not remembered.
+    #[inline(always)]
     fn extend(&self, piece: &[u8], ids: &mut Vec<u32>) -> bool {
-        let shard = self
-            .shard(piece)
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match shard.get(piece) {
-            Some(found) => {
-                ids.extend_from_slice(found);
+        let found = match short_key(piece) {
+            Some(key) => self.short.get(&key),
+            None => self.long.get(piece),
+        };
+        match found {
+            Some(&(start, end)) => {
+                ids.extend_from_slice(&self.ids[start as usize..end as usize]);
                 true
             }
             None => false,
         }
     }
 
-    fn insert(&self, piece: &[u8], ids: &[u32]) {
-        let mut shard = self
-            .shard(piece)
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if shard.len() < PIECE_CACHE_WORDS / PIECE_CACHE_SHARDS {
-            shard.insert(piece.into(), ids.into());
+    fn insert(&mut self, piece: &[u8], ids: &[u32]) {
+        if self.short.len() + self.long.len() >= PIECE_CACHE_WORDS
+            || self.ids.len() + ids.len() > u32::MAX as usize
+        {
+            self.short.clear();
+            self.long.clear();
+            self.ids.clear();
         }
+        let start = self.ids.len() as u32;
+        self.ids.extend_from_slice(ids);
+        let range = (start, self.ids.len() as u32);
+        match short_key(piece) {
+            Some(key) => self.short.insert(key, range),
+            None => self.long.insert(piece.into(), range),
+        };
     }
 }
 
+thread_local! {
+    /// This thread's piece caches, most recently used last.
+    static PIECE_CACHES: RefCell<Vec<PieceCache>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Numbers the encoders, so that a thread's cache is never used by another encoder.
+static NEXT_ENCODER: AtomicU64 = AtomicU64::new(0);
+
 /// The fast encoder.
 pub struct FastEncoder {
-    /// The tokenizer whose BPE model encodes the pieces (shared with the HF backend).
-    tokenizer: Arc<Tokenizer>,
     /// Token ids by spelling (bytes).
     whole: ahash::AHashMap<Vec<u8>, u32>,
-    /// By token id: whether a piece that spells the token is that token ([`SPELLS`]), is split by
-    /// the merges ([`SPLIT`]), or not yet known.
-    spelled: Vec<AtomicU8>,
+    /// The vocabulary's merges, applied as HF's BPE model applies them.
+    bpe: Bpe,
     split: Splitter,
     /// Every digit (`char::is_numeric`, as HF's `Digits`) is a piece of its own; the regex splits
     /// the text between digits.
     digits_first: bool,
-    cache: PieceCache,
+    /// This encoder's number in the threads' piece caches.
+    number: u64,
     added: Option<(AhoCorasick, Vec<u32>)>,
     nfc: bool,
-    byte_chars: [char; 256],
 }
 
 /// GPT-2's byte-level alphabet: the character that stands for each byte.
@@ -367,6 +396,10 @@ impl FastEncoder {
             continuing_subword_prefix: Value,
             #[serde(default)]
             end_of_word_suffix: Value,
+            #[serde(default)]
+            ignore_merges: bool,
+            #[serde(default)]
+            merges: Vec<MergeEntry>,
         }
         let t: Header = serde_json::from_slice(json).map_err(|e| e.to_string())?;
         let model = &t.model;
@@ -422,14 +455,14 @@ impl FastEncoder {
             Some((matcher, added_ids))
         };
 
-        let ModelWrapper::BPE(model) = tokenizer.get_model() else {
+        let ModelWrapper::BPE(hf_model) = tokenizer.get_model() else {
             return Err("model is not BPE".into());
         };
 
-        // Every token's spelling in bytes; whether HF's merges turn a spelling into its token is
-        // checked the first time a piece spells it.
+        // Every token's spelling in bytes (a word that spells a token is that token with
+        // `ignore_merges`).
         let inverse = byte_level_inverse();
-        let vocab = model.get_vocab();
+        let vocab = hf_model.get_vocab();
         let added_set: std::collections::HashSet<&str> =
             added_tokens.iter().map(String::as_str).collect();
         let mut whole = ahash::AHashMap::with_capacity(vocab.len());
@@ -443,17 +476,20 @@ impl FastEncoder {
                 None => return Err(format!("token {token:?} is not in the byte-level alphabet")),
             }
         }
-        let ids = vocab.values().max().map_or(0, |&m| m as usize + 1);
+        let bpe = Bpe::new(
+            &model.merges,
+            &vocab,
+            &byte_level_alphabet(),
+            model.ignore_merges,
+        )?;
         Ok(Self {
-            tokenizer: tokenizer.clone(),
             whole,
-            spelled: (0..ids).map(|_| AtomicU8::new(UNCHECKED)).collect(),
+            bpe,
             split,
             digits_first,
-            cache: PieceCache::new(),
+            number: NEXT_ENCODER.fetch_add(1, Ordering::Relaxed),
             added,
             nfc,
-            byte_chars: byte_level_alphabet(),
         })
     }
 
@@ -462,22 +498,55 @@ impl FastEncoder {
     /// up (backtracking limit); callers then use HF.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 1);
-        match &self.added {
-            None => self.encode_ordinary(text, &mut ids)?,
-            Some((matcher, added_ids)) => {
-                let mut last = 0;
-                for m in matcher.find_iter(text) {
-                    self.encode_ordinary(&text[last..m.start()], &mut ids)?;
-                    ids.push(added_ids[m.pattern().as_usize()]);
-                    last = m.end();
+        self.with_cache(|cache| {
+            match &self.added {
+                None => self.encode_ordinary(text, cache, &mut ids)?,
+                Some((matcher, added_ids)) => {
+                    let mut last = 0;
+                    for m in matcher.find_iter(text) {
+                        self.encode_ordinary(&text[last..m.start()], cache, &mut ids)?;
+                        ids.push(added_ids[m.pattern().as_usize()]);
+                        last = m.end();
+                    }
+                    self.encode_ordinary(&text[last..], cache, &mut ids)?;
                 }
-                self.encode_ordinary(&text[last..], &mut ids)?;
             }
-        }
+            Ok::<(), String>(())
+        })?;
         Ok(ids)
     }
 
-    fn encode_ordinary(&self, text: &str, ids: &mut Vec<u32>) -> Result<(), String> {
+    /// Runs `f` with this thread's piece cache for this encoder.
+    fn with_cache<T>(&self, f: impl FnOnce(&mut PieceCache) -> T) -> T {
+        PIECE_CACHES.with(|caches| {
+            let Ok(mut caches) = caches.try_borrow_mut() else {
+                // Only a re-entrant call could get here; it encodes without the cache.
+                return f(&mut PieceCache::new(self.number));
+            };
+            match caches.iter().position(|c| c.encoder == self.number) {
+                Some(at) if at + 1 == caches.len() => {}
+                Some(at) => {
+                    let cache = caches.remove(at);
+                    caches.push(cache);
+                }
+                None => {
+                    if caches.len() >= PIECE_CACHES_PER_THREAD {
+                        caches.remove(0);
+                    }
+                    caches.push(PieceCache::new(self.number));
+                }
+            }
+            let cache = caches.last_mut().expect("pushed above");
+            f(cache)
+        })
+    }
+
+    fn encode_ordinary(
+        &self,
+        text: &str,
+        cache: &mut PieceCache,
+        ids: &mut Vec<u32>,
+    ) -> Result<(), String> {
         if text.is_empty() {
             return Ok(());
         }
@@ -490,8 +559,7 @@ impl FastEncoder {
         } else {
             Cow::Borrowed(text)
         };
-        let mut buffer = String::new();
-        let mut encode = |piece: &str| self.encode_piece(piece, &mut buffer, ids);
+        let mut encode = |piece: &str| self.encode_piece(piece, cache, ids);
         if !self.digits_first {
             return self.split.split(&text, encode);
         }
@@ -506,40 +574,22 @@ impl FastEncoder {
         self.split.split(&text[last..], encode)
     }
 
+    /// Appends the ids of one piece: from this thread's cache, else from the merges (then
+    /// remembered).
+    #[inline]
     fn encode_piece(
         &self,
         piece: &str,
-        buffer: &mut String,
+        cache: &mut PieceCache,
         ids: &mut Vec<u32>,
     ) -> Result<(), String> {
-        let spells = self.whole.get(piece.as_bytes()).copied();
-        if let Some(id) = spells {
-            if self.spelled[id as usize].load(Ordering::Relaxed) == SPELLS {
-                ids.push(id);
-                return Ok(());
-            }
-        }
-        if self.cache.extend(piece.as_bytes(), ids) {
+        let piece = piece.as_bytes();
+        if cache.extend(piece, ids) {
             return Ok(());
         }
-        buffer.clear();
-        buffer.extend(piece.bytes().map(|b| self.byte_chars[b as usize]));
-        let ModelWrapper::BPE(model) = self.tokenizer.get_model() else {
-            return Err("model is not BPE".into());
-        };
-        let tokens = model.tokenize(buffer).map_err(|e| e.to_string())?;
         let from = ids.len();
-        ids.extend(tokens.iter().map(|t| t.id));
-        match spells {
-            Some(id) if tokens.len() == 1 && tokens[0].id == id => {
-                self.spelled[id as usize].store(SPELLS, Ordering::Relaxed);
-            }
-            Some(id) => {
-                self.spelled[id as usize].store(SPLIT, Ordering::Relaxed);
-                self.cache.insert(piece.as_bytes(), &ids[from..]);
-            }
-            None => self.cache.insert(piece.as_bytes(), &ids[from..]),
-        }
+        self.bpe.encode(piece, &self.whole, &mut cache.scratch, ids);
+        cache.insert(piece, &ids[from..]);
         Ok(())
     }
 }
@@ -559,19 +609,18 @@ mod tests {
         out
     }
 
-    /// The DFA splitter with the emulated look-ahead cuts every text where the backtracking engine
-    /// does, on strings built to hit white-space runs of every kind before letters, digits,
-    /// punctuation, newlines and the end.
+    /// The DFA splitter with the emulated look-ahead and the hand-written scanners cut every
+    /// text where the backtracking engine does, on strings built to hit white-space runs of every
+    /// kind before letters, digits, punctuation, newlines and the end, contractions in every case
+    /// (`ſ` folds to `s`), and letters, numbers and spaces of every general category.
     #[test]
-    fn emulated_look_ahead_splits_like_the_backtracking_engine() {
-        let patterns = [
-            GPT2_PATTERN,
-            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-        ];
+    fn emulated_look_ahead_and_scanners_split_like_the_backtracking_engine() {
+        use crate::scan::{LLAMA3_PATTERN, QWEN2_PATTERN};
         let alphabet = [
-            " ", "  ", "\t", "\n", "\r\n", "\u{a0}", "\u{3000}", "\u{2009}", "a", "Я", "ё", "1",
-            "42", "٣", ".", "'s", "'LL", "—", "(", "\u{301}", "😀", "x\n",
+            " ", "  ", "\t", "\n", "\r\n", "\r", "\u{a0}", "\u{3000}", "\u{2009}", "\u{85}",
+            "\u{2028}", "\u{b}", "\u{c}", "a", "Я", "ё", "ǅ", "ʰ", "中", "1", "42", "٣", "Ⅻ", "½",
+            ".", "'", "'s", "'S", "'LL", "'Re", "'vE", "'d", "'M", "'ſ", "'t", "'x", "—", "(", "\u{301}",
+            "😀", "x\n", " \n ", "1234",
         ];
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut texts: Vec<String> = Vec::new();
@@ -589,19 +638,34 @@ mod tests {
             }
             texts.push(text);
         }
-        for pattern in patterns {
-            let dfa = Splitter::new(pattern).unwrap();
+        for pattern in [GPT2_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN] {
+            let dfa = Splitter::regex(pattern).unwrap();
             assert!(
                 matches!(dfa, Splitter::Dfa { head: Some(_), .. }),
                 "{pattern}"
             );
+            let scanner = Splitter::new(pattern).unwrap();
+            assert!(matches!(scanner, Splitter::Scan(_)), "{pattern}");
             let backtracking = Splitter::Backtracking(fancy_regex::Regex::new(pattern).unwrap());
             for text in &texts {
-                let got = pieces(&dfa, text);
-                assert_eq!(got, pieces(&backtracking, text), "{pattern}: {text:?}");
-                assert_eq!(got.concat(), *text);
+                let expected = pieces(&backtracking, text);
+                assert_eq!(pieces(&dfa, text), expected, "{pattern}: {text:?}");
+                assert_eq!(pieces(&scanner, text), expected, "{pattern}: {text:?}");
+                assert_eq!(expected.concat(), *text);
             }
         }
+        // The contractions' letters fold to no other character than `ſ`.
+        let folded = meta::Regex::new("(?i)^[stmdrevl]$").unwrap();
+        let others: Vec<char> = (0..0x11_0000u32)
+            .filter_map(char::from_u32)
+            .filter(|c| !c.is_ascii() && folded.is_match(&*c.encode_utf8(&mut [0; 4])))
+            .collect();
+        assert_eq!(others, ['ſ']);
+        // Other patterns run on a regex engine.
+        assert!(matches!(
+            Splitter::new(r"\p{L}+|\s+(?!\S)|\s+").unwrap(),
+            Splitter::Dfa { .. }
+        ));
         // A pattern with a look-around elsewhere runs on the backtracking engine.
         assert!(matches!(
             Splitter::new(r"\p{L}+(?=\d)|\s+").unwrap(),

@@ -6,8 +6,10 @@
 //! `sql` (the `token_count` function), `mixer` (token budgets) and `packer` (tokenise + pack).
 #![warn(missing_docs)]
 
+mod bpe;
 mod error;
 mod fast;
+mod scan;
 mod file;
 
 pub use error::{Error, Result};
