@@ -9,7 +9,7 @@
 //! `datatrove` and `orjson`) runs datatrove too; `DAPT_BENCH_ROUNDS` (default 3) rounds each, best
 //! round compared.
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
 
@@ -112,17 +112,7 @@ const FILES: usize = 8;
 /// Writes every test-corpus document (up to `cap` bytes of text) as `{"id", "text"}` lines, dealt
 /// round-robin into [`FILES`] files under `dir`.
 fn write_corpus(dir: &Path, cap: usize) -> (usize, usize) {
-    let mut files: Vec<PathBuf> = Vec::new();
-    let corpus = dapt_test_data::corpus("");
-    for group in std::fs::read_dir(&corpus).unwrap() {
-        let group = group.unwrap().path();
-        if group.is_dir() {
-            for f in std::fs::read_dir(&group).unwrap() {
-                files.push(f.unwrap().path());
-            }
-        }
-    }
-    files.sort();
+    let files = dapt_test_data::corpus_files();
     let mut outs: Vec<_> = (0..FILES)
         .map(|i| {
             std::io::BufWriter::new(
@@ -161,8 +151,11 @@ fn count_lines(dir: &Path) -> usize {
         let bytes = std::fs::read(&path).unwrap();
         let text = if path.extension().is_some_and(|e| e == "gz") {
             let mut s = String::new();
-            std::io::Read::read_to_string(&mut flate2::read::MultiGzDecoder::new(&bytes[..]), &mut s)
-                .unwrap();
+            std::io::Read::read_to_string(
+                &mut flate2::read::MultiGzDecoder::new(&bytes[..]),
+                &mut s,
+            )
+            .unwrap();
             s
         } else {
             String::from_utf8(bytes).unwrap()

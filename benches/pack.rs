@@ -30,16 +30,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("raw");
     std::fs::create_dir_all(&raw).unwrap();
-    let mut files: Vec<PathBuf> = Vec::new();
-    for group in std::fs::read_dir(test_data().join("corpus")).unwrap() {
-        let group = group.unwrap().path();
-        if group.is_dir() {
-            for file in std::fs::read_dir(&group).unwrap() {
-                files.push(file.unwrap().path());
-            }
-        }
-    }
-    files.sort();
+    let files = dapt_test_data::corpus_files();
     let mut texts = Vec::new();
     let mut taken = 0;
     'files: for file in &files {

@@ -88,10 +88,7 @@ fn main() {
             continue;
         }
         let duck = median(&mut duck_times);
-        assert_eq!(
-            dapt_answer, duck_answer,
-            "{name}: dapt and DuckDB disagree"
-        );
+        assert_eq!(dapt_answer, duck_answer, "{name}: dapt and DuckDB disagree");
         println!(
             "{name:<24} dapt {dapt:>6.2} s | DuckDB {duck:>6.2} s | dapt at {:.2}x DuckDB's speed  [{dapt_answer}] (medians of {rounds})",
             duck / dapt
@@ -127,16 +124,7 @@ fn median(times: &mut [f64]) -> f64 {
 /// Writes every test-corpus document as `(id, text)` rows: one Parquet file with 8192-row groups
 /// and one JSON-lines file.
 fn write_corpus(parquet: &Path, jsonl: &Path) -> (usize, usize) {
-    let mut files = Vec::new();
-    for group in std::fs::read_dir(dapt_test_data::corpus("")).unwrap() {
-        let group = group.unwrap().path();
-        if group.is_dir() {
-            for f in std::fs::read_dir(&group).unwrap() {
-                files.push(f.unwrap().path());
-            }
-        }
-    }
-    files.sort();
+    let files = dapt_test_data::corpus_files();
     let mut ids = Vec::new();
     let mut texts = Vec::new();
     let mut lines = String::new();

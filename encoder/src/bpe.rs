@@ -129,7 +129,10 @@ impl Bpe {
 
     #[inline]
     fn pair(&self, left: u32, right: u32) -> (u32, u32) {
-        self.merges.get(&key(left, right)).copied().unwrap_or(NO_MERGE)
+        self.merges
+            .get(&key(left, right))
+            .copied()
+            .unwrap_or(NO_MERGE)
     }
 
     /// The lowest-rank pair, leftmost on a tie, merged until none is left: a scan of the pairs'
@@ -293,7 +296,12 @@ mod tests {
             let len = 1 + next(120);
             let word: Vec<u8> = (0..len).map(|_| b"abc "[next(4)]).collect();
             let spelled: String = word.iter().map(|&b| chars[b as usize]).collect();
-            let expected: Vec<u32> = hf.tokenize(&spelled).unwrap().iter().map(|t| t.id).collect();
+            let expected: Vec<u32> = hf
+                .tokenize(&spelled)
+                .unwrap()
+                .iter()
+                .map(|t| t.id)
+                .collect();
             let mut got = Vec::new();
             bpe.encode(&word, &whole, &mut scratch, &mut got);
             assert_eq!(got, expected, "{spelled}");
@@ -304,7 +312,13 @@ mod tests {
             assert_eq!(by_heap, expected, "{spelled}");
             shared_spellings += usize::from(expected.len() < word.len());
         }
-        assert!(shared_spellings > 4000, "{shared_spellings} words merged at all");
-        assert!(merges.len() > vocab.len() - 256, "several pairs spell one token");
+        assert!(
+            shared_spellings > 4000,
+            "{shared_spellings} words merged at all"
+        );
+        assert!(
+            merges.len() > vocab.len() - 256,
+            "several pairs spell one token"
+        );
     }
 }

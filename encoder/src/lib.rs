@@ -9,8 +9,8 @@
 mod bpe;
 mod error;
 mod fast;
-mod scan;
 mod file;
+mod scan;
 
 pub use error::{Error, Result};
 pub use fast::{byte_level_alphabet, byte_level_inverse, FastEncoder};

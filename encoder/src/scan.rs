@@ -111,7 +111,9 @@ fn decode(b: &[u8], at: usize) -> (u32, usize) {
 enum Kind {
     Gpt2,
     /// Llama 3 (`max_digits` 3) or Qwen 2/3 (1).
-    Llama3 { max_digits: usize },
+    Llama3 {
+        max_digits: usize,
+    },
 }
 
 /// A hand-written splitter for one of the known patterns.
@@ -315,8 +317,8 @@ mod tests {
     #[test]
     fn classes_are_the_regex_classes_at_every_code_point() {
         let classes = Classes::new().unwrap();
-        let [letter, number, space] = [r"^\p{L}$", r"^\p{N}$", r"^\s$"]
-            .map(|p| regex_automata::meta::Regex::new(p).unwrap());
+        let [letter, number, space] =
+            [r"^\p{L}$", r"^\p{N}$", r"^\s$"].map(|p| regex_automata::meta::Regex::new(p).unwrap());
         for c in (0..0x11_0000u32).filter_map(char::from_u32) {
             let mut buf = [0; 4];
             let s: &str = c.encode_utf8(&mut buf);
@@ -329,9 +331,18 @@ mod tests {
             } else {
                 OTHER
             };
-            assert_eq!(classes.of(u32::from(c)), expected, "{c:?} U+{:04X}", u32::from(c));
+            assert_eq!(
+                classes.of(u32::from(c)),
+                expected,
+                "{c:?} U+{:04X}",
+                u32::from(c)
+            );
             assert_eq!(decode(s.as_bytes(), 0), (u32::from(c), s.len()));
         }
-        assert!(classes.blocks.len() < 200 * 256, "{} blocks", classes.blocks.len() / 256);
+        assert!(
+            classes.blocks.len() < 200 * 256,
+            "{} blocks",
+            classes.blocks.len() / 256
+        );
     }
 }

@@ -72,6 +72,24 @@ pub fn corpus(file: &str) -> PathBuf {
     path(&format!("corpus/{file}"))
 }
 
+/// Every corpus file (one folder per kind of text: `ru/`, `en/`, `code/`, …), sorted.
+pub fn corpus_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let listing = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.expect("a directory entry").path())
+            .collect::<Vec<_>>()
+    };
+    for group in listing(&corpus("")) {
+        if group.is_dir() {
+            files.extend(listing(&group));
+        }
+    }
+    files.sort();
+    files
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
