@@ -29,7 +29,7 @@ pub(crate) struct Bpe {
     ignore_merges: bool,
 }
 
-/// A symbol of the word being merged: its token, its neighbours, and 0 length once merged away.
+/// A symbol of the word being merged: its token, its neighbours, and whether a merge into its left neighbour removed it.
 #[derive(Clone, Copy)]
 struct Symbol {
     id: u32,

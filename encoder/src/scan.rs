@@ -119,8 +119,11 @@ enum Kind {
 /// A hand-written splitter for one of the known patterns.
 pub(crate) struct Scanner {
     kind: Kind,
-    classes: Classes,
+    classes: &'static Classes,
 }
+
+/// The class table, built once per process (≈1 MB of work) and shared by every scanner.
+static CLASSES: std::sync::OnceLock<Result<Classes, String>> = std::sync::OnceLock::new();
 
 impl Scanner {
     /// The scanner for `pattern`, if it is one of the known ones.
@@ -133,7 +136,10 @@ impl Scanner {
         };
         Ok(Some(Self {
             kind,
-            classes: Classes::new()?,
+            classes: CLASSES
+                .get_or_init(Classes::new)
+                .as_ref()
+                .map_err(Clone::clone)?,
         }))
     }
 
@@ -195,20 +201,30 @@ impl Scanner {
         at
     }
 
-    /// The end of `\s+(?!\S)|\s+` at `at` (a white-space character): the whole run of white
-    /// space when the text ends after it or it is one character; else the run without its last
-    /// character, which the look-ahead leaves for the next piece.
+    /// The run of white space from `at`: its end, the start of its last character, and the end
+    /// of its last `\r` or `\n` if it has one.
     #[inline]
-    fn spaces(&self, b: &[u8], at: usize) -> usize {
-        let (mut end, mut last) = (at, at);
+    fn space_run(&self, b: &[u8], at: usize) -> (usize, usize, Option<usize>) {
+        let (mut end, mut last, mut after_newline) = (at, at, None);
         while end < b.len() {
-            let (_, n, cl) = self.class_at(b, end);
+            let (c, n, cl) = self.class_at(b, end);
             if cl != SPACE {
                 break;
             }
             last = end;
             end += n;
+            if c == u32::from(b'\r') || c == u32::from(b'\n') {
+                after_newline = Some(end);
+            }
         }
+        (end, last, after_newline)
+    }
+
+    /// The end of `\s+(?!\S)|\s+` for the run `at..end` whose last character starts at `last`:
+    /// the whole run when the text ends after it or it is one character; else the run without
+    /// its last character, which the look-ahead leaves for the next piece.
+    #[inline]
+    fn spaces(b: &[u8], at: usize, end: usize, last: usize) -> usize {
         if end == b.len() || last == at {
             end
         } else {
@@ -252,7 +268,10 @@ impl Scanner {
             }
         }
         match class {
-            SPACE => self.spaces(b, at),
+            SPACE => {
+                let (end, last, _) = self.space_run(b, at);
+                Self::spaces(b, at, end, last)
+            }
             _ => self.run(b, at + n, class),
         }
     }
@@ -293,19 +312,8 @@ impl Scanner {
             return end;
         }
         // White space: `\s*[\r\n]+` ends after the run's last newline, if it has one.
-        let mut end = at;
-        let mut after_newline = None;
-        while end < b.len() {
-            let (c, n, cl) = self.class_at(b, end);
-            if cl != SPACE {
-                break;
-            }
-            end += n;
-            if c == u32::from(b'\r') || c == u32::from(b'\n') {
-                after_newline = Some(end);
-            }
-        }
-        after_newline.unwrap_or_else(|| self.spaces(b, at))
+        let (end, last, after_newline) = self.space_run(b, at);
+        after_newline.unwrap_or_else(|| Self::spaces(b, at, end, last))
     }
 }
 
