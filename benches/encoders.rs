@@ -92,7 +92,13 @@ fn main() {
             let started = Instant::now();
             hf_tokens = texts
                 .iter()
-                .map(|t| hf.tokenizer().encode_fast(t.as_str(), false).unwrap().len())
+                .map(|t| {
+                    hf.tokenizer()
+                        .unwrap()
+                        .encode_fast(t.as_str(), false)
+                        .unwrap()
+                        .len()
+                })
                 .sum();
             hf_best = hf_best.min(started.elapsed().as_secs_f64());
         }

@@ -20,8 +20,8 @@ fn main() {
         .unwrap_or(2);
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("smollm2");
-    dapt_pipeline::import::import_gguf(
-        &dapt_pipeline::import::ImportSettings {
+    dapt_recipes::import::import_gguf(
+        &dapt_recipes::import::ImportSettings {
             gguf: dapt_test_data::path("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
             out: model_dir.clone(),
             weights: dapt_trainer::WeightType::F32,

@@ -212,8 +212,8 @@ fn smollm2_lora(steps: usize, python: &str) {
     const R: i64 = 8;
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("smollm2");
-    dapt_pipeline::import::import_gguf(
-        &dapt_pipeline::import::ImportSettings {
+    dapt_recipes::import::import_gguf(
+        &dapt_recipes::import::ImportSettings {
             gguf: dapt_test_data::path("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
             out: model_dir.clone(),
             weights: dapt_trainer::WeightType::F32,

@@ -138,7 +138,7 @@ pub fn extend(
         added.clear();
         let mut known: HashSet<String> = vocab.keys().cloned().collect();
         let mut id = next_id;
-        for (a, b) in learn_merges(base.tokenizer(), texts, size, min_frequency)? {
+        for (a, b) in learn_merges(base.tokenizer()?, texts, size, min_frequency)? {
             let merged = format!("{a}{b}");
             if known.contains(&merged) || !known.contains(&a) || !known.contains(&b) {
                 continue;

@@ -43,8 +43,8 @@ impl Compression {
 }
 
 /// Which ids are fallback tokens (see [`Compression::fallback_tokens`]).
-fn fallback_ids(tokenizer: &TokenizerFile) -> Vec<bool> {
-    let t = tokenizer.tokenizer();
+fn fallback_ids(tokenizer: &TokenizerFile) -> Result<Vec<bool>> {
+    let t = tokenizer.tokenizer()?;
     let inverse = dapt_encoder::byte_level_inverse();
     let vocab = t.get_vocab(true);
     let size = vocab.values().copied().max().map_or(0, |m| m as usize + 1);
@@ -59,12 +59,12 @@ fn fallback_ids(tokenizer: &TokenizerFile) -> Vec<bool> {
         };
         fallback[id as usize] = token == "<unk>" || sentencepiece_byte || lone_byte;
     }
-    fallback
+    Ok(fallback)
 }
 
 /// Measures `tokenizer` on `texts` (tokenised in parallel, no special tokens).
 pub fn measure(tokenizer: &TokenizerFile, texts: &[String]) -> Result<Compression> {
-    let fallback = fallback_ids(tokenizer);
+    let fallback = fallback_ids(tokenizer)?;
     let ids: Vec<String> = (0..texts.len()).map(|i| format!("text {i}")).collect();
     let encoded = tokenizer.encode_all(&ids, texts)?;
     let mut c = texts

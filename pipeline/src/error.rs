@@ -29,16 +29,6 @@ pub enum Error {
     #[error(transparent)]
     Encoder(#[from] dapt_encoder::Error),
 
-    /// A training error.
-    #[cfg(feature = "torch")]
-    #[error(transparent)]
-    Trainer(#[from] dapt_trainer::Error),
-
-    /// An evaluation error.
-    #[cfg(feature = "torch")]
-    #[error(transparent)]
-    Eval(#[from] dapt_eval::Error),
-
     /// A local file that cannot be read or written.
     #[error("{}", path.display())]
     Io {
@@ -88,16 +78,6 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    /// An error in the context of a setting or stage.
-    #[error("{what}: {source}")]
-    Invalid {
-        /// What was being read, written or built.
-        what: String,
-        /// The underlying error.
-        #[source]
-        source: Box<Error>,
-    },
-
     /// Data that does not fit what the recipe needs.
     #[error("{what}: {reason}")]
     Data {
@@ -127,30 +107,10 @@ pub(crate) fn io_error(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) 
     move |source| Error::Io { path, source }
 }
 
-/// Writes `value` as pretty JSON (and a final newline) to `path`.
-#[cfg(feature = "torch")]
-pub(crate) fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|source| Error::Json {
-        what: path.display().to_string(),
-        source,
-    })?;
-    std::fs::write(path, text + "\n").map_err(io_error(path))
-}
-
 /// An invalid setting.
 pub(crate) fn setting(key: impl Into<String>, reason: impl Into<String>) -> Error {
     Error::Setting {
         key: key.into(),
         reason: reason.into(),
-    }
-}
-
-/// `error` in the context of `what` (a setting key, a stage).
-#[cfg(feature = "torch")]
-pub(crate) fn invalid<E: Into<Error>>(what: impl std::fmt::Display) -> impl FnOnce(E) -> Error {
-    let what = what.to_string();
-    move |source| Error::Invalid {
-        what,
-        source: Box::new(source.into()),
     }
 }

@@ -1,34 +1,19 @@
-//! dapt-pipeline: the recipes that chain dapt's stages. Its job is orchestration — the demo pipeline
-//! (`dapt run`), sweeps over mixtures (`dapt sweep`), and the single-stage jobs the CLI runs (ingest,
-//! pack, mix, dedup, tokenizer extension, importing a GGUF model, resizing and merging models) — with typed settings whose [`identity`](identity::identity) (a content hash) binds every
-//! output to what produced it, so reruns reuse finished steps. Its input is config files and
-//! settings; its output is the stages' directories, reports and summaries. It is the only crate that
-//! sees every stage; the `dapt` binary only parses arguments and calls it.
-//!
-//! Without the default `torch` feature the crate builds without LibTorch: the data recipes (ingest,
-//! pack, mix) remain.
+//! dapt-pipeline: the data stages as jobs. Its job is orchestration of the single-stage jobs the CLI
+//! runs — ingest, pack, mix, dedup, generate, tokenizer extension — with typed settings whose
+//! [`identity`](identity::identity) (a content hash) binds every output to what produced it, so
+//! reruns reuse finished steps. Its input is config files and settings; its output is the stages'
+//! directories and summaries. It needs no LibTorch; the recipes that train and evaluate models
+//! (`dapt-recipes`) build on it.
 #![warn(missing_docs)]
 
-#[cfg(feature = "torch")]
-pub mod adapt;
 pub mod dedup;
 mod error;
 pub mod generate;
 pub mod identity;
-#[cfg(feature = "torch")]
-pub mod import;
 pub mod ingest;
 pub mod mix;
-#[cfg(feature = "torch")]
-pub mod model;
 pub mod pack;
 pub mod progress;
-#[cfg(feature = "torch")]
-pub mod run;
-#[cfg(feature = "torch")]
-pub mod search;
-#[cfg(feature = "torch")]
-pub mod sweep;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

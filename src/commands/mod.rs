@@ -1,23 +1,13 @@
-//! One module per subcommand, and what several of them share.
+//! One module per data subcommand (the commands of both binaries), and what several of them share.
 pub mod classify;
 pub mod dedup;
-#[cfg(feature = "torch")]
-pub mod eval;
 pub mod generate;
 pub mod ingest;
 pub mod mix;
-#[cfg(feature = "torch")]
-pub mod model;
 pub mod pack;
-#[cfg(feature = "torch")]
-pub mod run;
 pub mod sql;
 pub mod status;
-#[cfg(feature = "torch")]
-pub mod sweep;
 pub mod tokenizer;
-#[cfg(feature = "torch")]
-pub mod train;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,9 +2,19 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// The `dapt` binary as a command. `dapt` hands torch commands to `dapt-torch`; tests name the one
+/// this `cargo test` built (`DAPT_TORCH_BIN`) rather than have `dapt` run cargo to build it.
+pub fn dapt_command() -> Command {
+    #[allow(unused_mut)]
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dapt"));
+    #[cfg(feature = "torch")]
+    command.env("DAPT_TORCH_BIN", env!("CARGO_BIN_EXE_dapt-torch"));
+    command
+}
+
 /// Runs the `dapt` binary with quiet logs.
 pub fn dapt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dapt"))
+    dapt_command()
         .args(args)
         .env("DAPT_LOG", "warn")
         .output()
@@ -36,7 +46,7 @@ pub fn import_smollm2(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
 pub fn serve(model: &std::path::Path) -> anyhow::Result<(std::process::Child, String)> {
     use anyhow::Context;
     use std::io::BufRead;
-    let mut server = Command::new(env!("CARGO_BIN_EXE_dapt"))
+    let mut server = dapt_command()
         .args([
             "serve",
             "--model",

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::common::{run_fails, run_ok, test_data};
 use anyhow::{ensure, Context, Result};
@@ -462,7 +462,7 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
     );
 
     // The completions endpoint gives dapt eval's log-likelihoods.
-    let mut server = Command::new(env!("CARGO_BIN_EXE_dapt"))
+    let mut server = crate::common::dapt_command()
         .args([
             "serve",
             "--model",

@@ -5,7 +5,6 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -160,7 +159,7 @@ fn generate_to(
         "SELECT id, question FROM '{}'",
         dir.join("rows.jsonl").display()
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_dapt"))
+    let output = crate::common::dapt_command()
         .args([
             "generate",
             "-e",
@@ -432,7 +431,7 @@ fn generate_survives_faults_reuses_its_cache_resumes_and_keeps_the_key_out() -> 
             d.join("s3.toml"),
             format!("[sources.generated]\nurl = \"{bucket}/second/\"\nformat = \"parquet\"\n"),
         )?;
-        let listed = Command::new(env!("CARGO_BIN_EXE_dapt"))
+        let listed = crate::common::dapt_command()
             .args([
                 "sql",
                 "--config",

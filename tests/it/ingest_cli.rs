@@ -41,7 +41,7 @@ fn write_inputs(dir: &Path) -> Result<()> {
 }
 
 fn ingest_command(input: &Path, out: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dapt"));
+    let mut command = crate::common::dapt_command();
     command
         .arg("ingest")
         .arg(input)
@@ -137,7 +137,7 @@ fn killed_ingest_reruns_to_identical_output() -> Result<()> {
 
 #[test]
 fn ingest_help_and_bad_flags() {
-    let help = Command::new(env!("CARGO_BIN_EXE_dapt"))
+    let help = crate::common::dapt_command()
         .args(["ingest", "--help"])
         .output()
         .unwrap();
@@ -152,7 +152,7 @@ fn ingest_help_and_bad_flags() {
     ] {
         assert!(text.contains(flag), "{flag} missing from:\n{text}");
     }
-    let bad = Command::new(env!("CARGO_BIN_EXE_dapt"))
+    let bad = crate::common::dapt_command()
         .args(["ingest", "x.jsonl", "--out", "o", "--shard", "3/3"])
         .output()
         .unwrap();
@@ -258,7 +258,7 @@ fn a_second_writer_of_one_s3_output_is_refused_and_a_killed_writers_lease_is_tak
     let server = crate::common::S3Server::start()?;
     let bucket = server.bucket("leases")?;
     let ingest = |input: &Path, out: &str| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_dapt"));
+        let mut command = crate::common::dapt_command();
         command
             .arg("ingest")
             .arg(input)

@@ -37,7 +37,7 @@ fn components(handbook_weight: f64) -> String {
 
 /// `dapt mix run FILE --out OUT`, on `threads` rayon threads if given; fails with its stderr.
 fn mix_run(file: &Path, out: &Path, threads: Option<usize>) -> Result<()> {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dapt"));
+    let mut command = crate::common::dapt_command();
     command.args(["mix", "run"]).arg(file).arg("--out").arg(out);
     if let Some(threads) = threads {
         command.env("RAYON_NUM_THREADS", threads.to_string());
@@ -140,7 +140,7 @@ fn mix_plan_and_run_hit_the_shares_deterministically() -> Result<()> {
 
     // Killed mid-run, then rerun: identical to the uninterrupted output.
     let killed = dir.path().join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dapt"))
+    let mut child = crate::common::dapt_command()
         .args([
             "mix",
             "run",

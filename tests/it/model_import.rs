@@ -320,7 +320,7 @@ fn files_that_are_not_models_are_refused_by_name() -> anyhow::Result<()> {
 fn sentencepiece_vocabularies_rebuild_to_transformers_ids() -> anyhow::Result<()> {
     let dir = test_data().join("tokenizers/conformance");
     for name in ["llama-spm", "phi-3"] {
-        let json = dapt_pipeline::import::gguf_tokenizer_json(
+        let json = dapt_recipes::import::gguf_tokenizer_json(
             &dir.join(format!("ggml-vocab-{name}.gguf")),
         )?;
         let tokenizer: tokenizers::Tokenizer = json.parse().map_err(anyhow::Error::msg)?;

@@ -415,7 +415,7 @@ fn a_killed_pack_reruns_to_identical_output_and_leaves_nothing_behind() -> Resul
     std::fs::create_dir_all(&tmp)?;
     let qwen = test_data().join("tokenizers/qwen3/tokenizer.json");
     let pack = |out: &std::path::Path| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_dapt"));
+        let mut command = crate::common::dapt_command();
         command
             .args(["pack", "--config"])
             .arg(dir.path().join("sources.toml"))

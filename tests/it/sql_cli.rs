@@ -439,7 +439,7 @@ fn json_lines_directories_globs_relative_paths_and_file_tables() -> Result<()> {
         if config {
             args.extend(["--config", "sources.toml"]);
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_dapt"))
+        let out = crate::common::dapt_command()
             .args(&args)
             .env("DAPT_LOG", "warn")
             .current_dir(&cwd)

@@ -182,7 +182,7 @@ objective = "sft"
 }
 
 fn train_command(config: &Path, out: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dapt"));
+    let mut command = crate::common::dapt_command();
     command
         .args(["train"])
         .arg(config)
@@ -525,7 +525,7 @@ fn training_streams_packed_rows_from_s3() -> Result<()> {
         format!("{bucket}/packed/"),
         dir.path().join("packed").display().to_string(),
     ] {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dapt"));
+        let mut command = crate::common::dapt_command();
         command.args([
             "pack",
             "--config",
@@ -564,7 +564,7 @@ fn training_streams_packed_rows_from_s3() -> Result<()> {
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, config(&data))?;
         let out = dir.path().join(format!("run-{name}"));
-        let run = std::process::Command::new(env!("CARGO_BIN_EXE_dapt"))
+        let run = crate::common::dapt_command()
             .args([
                 "train",
                 path.to_str().unwrap(),

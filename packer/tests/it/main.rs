@@ -134,6 +134,7 @@ fn extension_appends_domain_tokens_and_keeps_old_ids() {
     for (i, (text, ids)) in documents.iter().zip(&by_fast).enumerate() {
         let expected = extended
             .tokenizer()
+            .unwrap()
             .encode_fast(text.as_str(), false)
             .unwrap();
         assert_eq!(
@@ -311,7 +312,11 @@ fn assert_same_ids(
         for (c, part) in docs.chunks(chunk).enumerate() {
             scope.spawn(move || {
                 for (i, text) in part.iter().enumerate() {
-                    let expected = hf.tokenizer().encode_fast(text.as_str(), false).unwrap();
+                    let expected = hf
+                        .tokenizer()
+                        .unwrap()
+                        .encode_fast(text.as_str(), false)
+                        .unwrap();
                     assert_eq!(
                         fast.encode(text).unwrap(),
                         expected.get_ids(),
@@ -334,14 +339,32 @@ fn fast_encoder_reproduces_hf_ids() {
     let documents = whole_corpus();
     let bytes: usize = documents.iter().map(String::len).sum();
     assert!(bytes > 80_000_000, "{bytes} bytes");
-    for (name, conformance) in [
-        ("qwen3", "qwen2"),
-        ("llama3_1", "llama-bpe"),
-        ("gpt2", "gpt-2"),
+    for (name, conformance, end) in [
+        ("qwen3", "qwen2", "<|endoftext|>"),
+        ("llama3_1", "llama-bpe", "<|end_of_text|>"),
+        ("gpt2", "gpt-2", "<|endoftext|>"),
     ] {
         let path = test_data().join(format!("tokenizers/{name}/tokenizer.json"));
         let hf = TokenizerFile::load(&path).unwrap();
         let fast = FastEncoder::from_json(hf.json()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Vocabulary look-ups without HF (what `dapt pack` asks: EOS, pad, the size) are HF's.
+        assert_eq!(fast.vocab_size(), hf.vocab_size(), "{name}");
+        for (token, id) in hf.tokenizer().unwrap().get_vocab(true) {
+            assert_eq!(fast.token_to_id(&token), Some(id), "{name}: {token:?}");
+        }
+        assert_eq!(fast.token_to_id("not a token"), None, "{name}");
+        // With the fast backend the HF tokenizer is parsed only when something needs it.
+        let lazy = TokenizerFile::load_with(&path, dapt_packer::EncoderChoice::Auto).unwrap();
+        let eos = lazy.id_of(end).unwrap();
+        assert_eq!(Some(eos), hf.tokenizer().unwrap().token_to_id(end));
+        assert_eq!(lazy.vocab_size(), hf.vocab_size());
+        let ids = lazy.encode("0", &documents[0]).unwrap();
+        assert!(
+            !lazy.hf_parsed(),
+            "{name}: encoding parsed the HF tokenizer"
+        );
+        assert_eq!(lazy.decode(&ids).unwrap(), hf.decode(&ids).unwrap());
+        assert!(lazy.hf_parsed());
         assert_same_ids(name, &hf, &fast, &documents);
         let dir = test_data().join("tokenizers/conformance");
         let inputs =
@@ -436,6 +459,7 @@ fn fast_encoder_reproduces_hf_ids() {
         auto.encode("x", "Привет, мир").unwrap(),
         mistral
             .tokenizer()
+            .unwrap()
             .encode_fast("Привет, мир", false)
             .unwrap()
             .get_ids()

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use dapt_trainer::{run_stages, Dist, Launch, TrainConfig};
 
-use dapt_pipeline::progress;
+use dapt_recipes::progress;
 
 /// Arguments of `dapt train`.
 #[derive(Args)]

@@ -580,7 +580,10 @@ fn sources_identity(sources: &SourcesOptions) -> Result<String> {
         }
         parts.push((name, contents, &source.format, &source.columns));
     }
-    identity("the recipe's sources", &(parts, &sources.storage))
+    Ok(identity(
+        "the recipe's sources",
+        &(parts, &sources.storage),
+    )?)
 }
 
 /// Whether `name` matches `pattern`, where `*` stands for any run of characters.

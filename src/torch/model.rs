@@ -84,7 +84,7 @@ enum InitArg {
 pub fn run(args: ModelArgs) -> anyhow::Result<()> {
     match args.mode {
         Mode::ImportGguf { file, out, dtype } => {
-            let settings = dapt_pipeline::import::ImportSettings {
+            let settings = dapt_recipes::import::ImportSettings {
                 gguf: file,
                 out,
                 weights: match dtype {
@@ -93,7 +93,7 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
                 },
             };
             let bar = dapt_pipeline::progress::bar(0, "import", "tensors");
-            let report = dapt_pipeline::import::import_gguf(&settings, |done, total| {
+            let report = dapt_recipes::import::import_gguf(&settings, |done, total| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
             })?;
@@ -123,7 +123,7 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
             seed,
             out,
         } => {
-            let settings = dapt_pipeline::model::ResizeSettings {
+            let settings = dapt_recipes::model::ResizeSettings {
                 model,
                 tokenizer,
                 new_tokens,
@@ -134,7 +134,7 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
                 },
                 seed,
             };
-            let report = dapt_pipeline::model::resize_into(&settings, &out)?;
+            let report = dapt_recipes::model::resize_into(&settings, &out)?;
             println!(
                 "embeddings: {} → {} rows ({} from sub-token means, {} random{}); model: {}",
                 report.old_rows,
@@ -150,7 +150,7 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
             adapter,
             out,
         } => {
-            let merged = dapt_pipeline::model::merge_lora_into(&model, &adapter, &out)?;
+            let merged = dapt_recipes::model::merge_lora_into(&model, &adapter, &out)?;
             println!(
                 "merged {} adapted layers (r = {}); model: {}",
                 merged.layers,

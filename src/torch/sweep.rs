@@ -1,4 +1,4 @@
-//! `dapt sweep SWEEP.toml`: ablations over mixtures (see `dapt_pipeline::sweep`).
+//! `dapt sweep SWEEP.toml`: ablations over mixtures (see `dapt_recipes::sweep`).
 use std::path::PathBuf;
 
 use clap::Args;
@@ -17,7 +17,7 @@ pub struct SweepArgs {
 }
 
 pub fn run(args: SweepArgs) -> anyhow::Result<()> {
-    let outcome = dapt_pipeline::sweep::run(&args.file, &args.out)?;
+    let outcome = dapt_recipes::sweep::run(&args.file, &args.out)?;
     print!("{}", outcome.document);
     Ok(())
 }

@@ -1,10 +1,10 @@
 //! `dapt run CONFIG`: a recipe — the adaptation of a pretrained model (`recipe = "adapt"`, see
-//! `dapt_pipeline::adapt`) or the demo pipeline (see `dapt_pipeline::run`).
+//! `dapt_recipes::adapt`) or the demo pipeline (see `dapt_recipes::run`).
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use dapt_pipeline::adapt::AdaptSettings;
-use dapt_pipeline::run::RunSettings;
+use dapt_recipes::adapt::AdaptSettings;
+use dapt_recipes::run::RunSettings;
 use dapt_trainer::DeviceChoice;
 
 /// Arguments of `dapt run`.
@@ -33,14 +33,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from("out").join(args.config.file_stem().unwrap_or_default()));
-    if dapt_pipeline::adapt::is_adapt_config(&args.config)? {
+    if dapt_recipes::adapt::is_adapt_config(&args.config)? {
         let settings = AdaptSettings::load(&args.config)?;
         let device = args.device.map(|d| match d {
             DeviceArg::Auto => DeviceChoice::Auto,
             DeviceArg::Cpu => DeviceChoice::Cpu,
             DeviceArg::Cuda => DeviceChoice::Cuda,
         });
-        let report = dapt_pipeline::adapt::run(&settings, &out, device)?;
+        let report = dapt_recipes::adapt::run(&settings, &out, device)?;
         let compared = report
             .checkpoints
             .iter()
@@ -68,7 +68,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("--device is for the adaptation recipe (recipe = \"adapt\"); the demo pipeline picks CUDA when available");
     }
     let settings = RunSettings::load(&args.config)?;
-    let report = dapt_pipeline::run::run(&settings, &args.config, &out)?;
+    let report = dapt_recipes::run::run(&settings, &args.config, &out)?;
     println!(
         "held-out perplexity: before {:.2}, after {:.2} ({} tokens, {} documents); report: {}; base vs adapted: {}",
         report.perplexity_before,
