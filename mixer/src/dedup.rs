@@ -5,9 +5,12 @@
 //! listed, so `LEFT JOIN duplicates USING (id) WHERE kept IS NOT FALSE` keeps one of each.
 //!
 //! Near dedup: MinHash signatures (the SQL `minhash` function's) are spilled to a temporary file;
-//! locality-sensitive hashing over `bands × rows` proposes candidate pairs band by band (only one
-//! band's buckets are in memory at a time); a candidate is a duplicate when the signatures' estimated
-//! Jaccard similarity reaches the threshold; duplicates are joined with union-find.
+//! locality-sensitive hashing over `bands × rows` puts documents in buckets band by band (only one
+//! band's buckets are in memory at a time); in each bucket, taken in key order, a document is linked
+//! to the first earlier one whose estimated Jaccard similarity with it reaches the threshold
+//! ([`link_bucket`]); clusters are the connected components of the links. The rule looks at one
+//! bucket at a time, so `dapt dedup near-signatures|near-links|near-clusters` (an array of processes
+//! over partitions of the buckets) find exactly the same clusters. Keys must be unique.
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -156,7 +159,7 @@ where
 }
 
 /// Near-dedup settings.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NearOptions {
     /// Words per shingle.
@@ -186,7 +189,8 @@ impl Default for NearOptions {
 }
 
 impl NearOptions {
-    fn validate(&self) -> Result<()> {
+    /// Refuses settings that cannot work (no bands or rows, a threshold outside [0, 1]).
+    pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, reason: &str| Error::Setting {
             key: key.into(),
             reason: reason.into(),
@@ -221,6 +225,54 @@ impl Sets {
             self.0[high as usize] = low;
         }
     }
+}
+
+/// The LSH bucket of one band of a signature (`rows` little-endian values): the band's bytes hashed
+/// with the band number as seed.
+pub fn band_bucket(band_bytes: &[u8], band: usize) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(band_bytes, band as u64)
+}
+
+/// The links of one LSH bucket whose `members` are in key order (given by their positions): each
+/// member is linked to the first earlier member that `similar` confirms, if any. Near-duplicate
+/// clusters are the connected components of every bucket's links, so the result depends on the
+/// buckets alone, not on the order they are visited in nor on how they are split among processes.
+pub fn link_bucket(
+    members: usize,
+    mut similar: impl FnMut(usize, usize) -> Result<bool>,
+) -> Result<Vec<(usize, usize)>> {
+    let mut links = Vec::new();
+    for later in 1..members {
+        for earlier in 0..later {
+            if similar(earlier, later)? {
+                links.push((earlier, later));
+                break;
+            }
+        }
+    }
+    Ok(links)
+}
+
+/// The duplicates table of the clusters that `links` (pairs of keys) make: the connected components
+/// with two or more keys, the smallest key of each kept. Memory holds the linked keys once.
+pub fn clusters_of_links(links: &[(String, String)]) -> Vec<Duplicate> {
+    let mut keys: Vec<&str> = links
+        .iter()
+        .flat_map(|(a, b)| [a.as_str(), b.as_str()])
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let number = |key: &str| keys.binary_search(&key).unwrap_or_default() as u32;
+    let mut sets = Sets((0..keys.len() as u32).collect());
+    for (a, b) in links {
+        sets.union(number(a), number(b));
+    }
+    let mut groups: HashMap<u32, Vec<usize>> = HashMap::new();
+    for doc in 0..keys.len() as u32 {
+        groups.entry(sets.find(doc)).or_default().push(doc as usize);
+    }
+    let owned: Vec<String> = keys.iter().map(|k| (*k).to_string()).collect();
+    clusters_to_rows(&owned, groups.into_values().collect())
 }
 
 /// Near duplicates by MinHash + LSH.
@@ -282,6 +334,15 @@ where
     // Visit documents in key order, so that candidates (and so clusters) do not depend on input order.
     let mut order: Vec<u32> = (0..keys.len() as u32).collect();
     order.sort_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]));
+    if let Some(pair) = order
+        .windows(2)
+        .find(|pair| keys[pair[0] as usize] == keys[pair[1] as usize])
+    {
+        return Err(Error::Column {
+            column: key.into(),
+            reason: format!("the key {:?} is not unique", keys[pair[0] as usize]),
+        });
+    }
     let mut sets = Sets((0..keys.len() as u32).collect());
     let mut verified: HashMap<(u32, u32), bool> = HashMap::new();
     let band_bytes = options.rows * 8;
@@ -292,34 +353,26 @@ where
             let offset = doc as usize * signature_bytes + band * band_bytes;
             file.read_exact_at(&mut slice, offset as u64)
                 .map_err(spill_error)?;
-            let bucket = xxhash_rust::xxh3::xxh3_64_with_seed(&slice, band as u64);
-            buckets.entry(bucket).or_default().push(doc);
+            buckets
+                .entry(band_bucket(&slice, band))
+                .or_default()
+                .push(doc);
         }
         for members in buckets.values().filter(|m| m.len() > 1) {
-            // Verify each member against the bucket's other members until it joins one of them.
-            for (i, &a) in members.iter().enumerate() {
-                for &b in &members[..i] {
-                    if sets.find(a) == sets.find(b) {
-                        break;
-                    }
-                    let pair = (a.min(b), a.max(b));
-                    let duplicate = match verified.get(&pair) {
-                        Some(&d) => d,
-                        None => {
-                            let similarity = estimated_jaccard(
-                                &read_signature(a as usize)?,
-                                &read_signature(b as usize)?,
-                            );
-                            let d = similarity >= options.threshold;
-                            verified.insert(pair, d);
-                            d
-                        }
-                    };
-                    if duplicate {
-                        sets.union(a, b);
-                        break;
-                    }
+            let links = link_bucket(members.len(), |earlier, later| {
+                let (a, b) = (members[earlier], members[later]);
+                let pair = (a.min(b), a.max(b));
+                if let Some(&d) = verified.get(&pair) {
+                    return Ok(d);
                 }
+                let similarity =
+                    estimated_jaccard(&read_signature(a as usize)?, &read_signature(b as usize)?);
+                let d = similarity >= options.threshold;
+                verified.insert(pair, d);
+                Ok(d)
+            })?;
+            for (earlier, later) in links {
+                sets.union(members[earlier], members[later]);
             }
         }
     }
@@ -379,6 +432,58 @@ mod tests {
         });
         assert_eq!(rows, expected);
         assert_eq!(normalise("  Привет \t МИР "), "привет мир");
+    }
+
+    #[test]
+    fn a_bucket_links_each_member_to_the_first_similar_earlier_one() {
+        // Members 0..5; 2 is like 0 and 1, 3 like nobody, 4 like 3 only.
+        let similar = |a: usize, b: usize| matches!((a.min(b), a.max(b)), (0, 2) | (1, 2) | (3, 4));
+        let mut asked = Vec::new();
+        let links = link_bucket(5, |earlier, later| {
+            asked.push((earlier, later));
+            Ok(similar(earlier, later))
+        })
+        .unwrap();
+        assert_eq!(links, [(0, 2), (3, 4)]);
+        // 2 stops at its first match; 3 is compared with all before it.
+        assert!(!asked.contains(&(1, 2)) && asked.contains(&(2, 3)));
+        let rows = clusters_of_links(&[
+            ("b".into(), "c".into()),
+            ("d".into(), "c".into()),
+            ("x".into(), "y".into()),
+        ]);
+        let kept: Vec<(&str, &str, bool)> = rows
+            .iter()
+            .map(|r| (r.cluster_id.as_str(), r.id.as_str(), r.kept))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("b", "b", true),
+                ("b", "c", false),
+                ("b", "d", false),
+                ("x", "x", true),
+                ("x", "y", false)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn near_dedup_refuses_a_key_given_twice() {
+        let err = near_duplicates(
+            stream(vec![
+                ("a", "one two three"),
+                ("b", "x y z"),
+                ("a", "four five six"),
+            ]),
+            "id",
+            "text",
+            &NearOptions::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"a\"") && err.contains("not unique"), "{err}");
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 mod adapt;
 mod common;
 mod configs;
+mod dedup_cli;
 #[cfg(feature = "torch")]
 mod eval_cli;
 #[cfg(feature = "torch")]
