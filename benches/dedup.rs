@@ -7,7 +7,8 @@
 //! Run: `cargo bench --bench dedup` (release) or `cargo bench --profile dev --bench dedup`;
 //! `DAPT_BENCH_MB` caps the corpus; `DAPT_BENCH_DATATROVE_PYTHON=/path/to/python` (a Python with
 //! `datatrove` and `orjson`) runs datatrove too; `DAPT_BENCH_ROUNDS` (default 3) rounds each, best
-//! round compared.
+//! round compared. Then the job-array form (`near-signatures|near-links|near-clusters`) with 1 and 2
+//! processes of one thread each: the speed-up per step, and the table equal to one process's.
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -73,6 +74,8 @@ fn main() {
         dapt_best
     );
 
+    sharded(dapt, dir.path(), &input, rounds);
+
     let Ok(python) = std::env::var("DAPT_BENCH_DATATROVE_PYTHON") else {
         println!("datatrove: set DAPT_BENCH_DATATROVE_PYTHON to compare");
         return;
@@ -103,6 +106,114 @@ fn main() {
     println!(
         "dapt / datatrove: {:.1}x (same run, whole processes)",
         datatrove_best / dapt_best
+    );
+}
+
+/// The job-array form (`near-signatures` → `near-links` → `near-clusters`) with 1 and then 2
+/// processes per array step, each process on one thread (`RAYON_NUM_THREADS=1`,
+/// `TOKIO_WORKER_THREADS=1`), so that the speed-up is the processes' alone; every step's best time of
+/// `rounds`, and the table checked equal, byte for byte, to the one-process `dapt dedup near`'s.
+fn sharded(dapt: &str, dir: &Path, input: &Path, rounds: usize) {
+    let query = format!("SELECT id, text FROM '{}/'", input.display());
+    let reference = std::fs::read(dir.join("dapt-0.parquet")).unwrap();
+    let mut best = [[f64::MAX; 3]; 2];
+    for (slot, jobs) in [1usize, 2].into_iter().enumerate() {
+        for round in 0..rounds {
+            let work = dir.join(format!("work-{jobs}-{round}"));
+            let out = dir.join(format!("sharded-{jobs}-{round}.parquet"));
+            let work_text = work.display().to_string();
+            let count = jobs.to_string();
+            let array = |args: Vec<Vec<String>>| -> f64 {
+                let started = Instant::now();
+                let children: Vec<_> = args
+                    .into_iter()
+                    .map(|a| {
+                        Command::new(dapt)
+                            .args(&a)
+                            .env("DAPT_LOG", "warn")
+                            .env("RAYON_NUM_THREADS", "1")
+                            .env("TOKIO_WORKER_THREADS", "1")
+                            .stdout(std::process::Stdio::piped())
+                            .stderr(std::process::Stdio::piped())
+                            .spawn()
+                            .unwrap()
+                    })
+                    .collect();
+                for child in children {
+                    succeeded(&child.wait_with_output().unwrap());
+                }
+                started.elapsed().as_secs_f64()
+            };
+            let strings = |v: &[&str]| v.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+            let signatures = array(
+                (0..jobs)
+                    .map(|i| {
+                        let shard = format!("{i}/{jobs}");
+                        strings(&[
+                            "dedup",
+                            "near-signatures",
+                            "-e",
+                            &query,
+                            "--work",
+                            &work_text,
+                            "--shard",
+                            &shard,
+                            "--partitions",
+                            &count,
+                        ])
+                    })
+                    .collect(),
+            );
+            let links = array(
+                (0..jobs)
+                    .map(|i| {
+                        let partition = format!("{i}/{jobs}");
+                        strings(&[
+                            "dedup",
+                            "near-links",
+                            "--work",
+                            &work_text,
+                            "--partition",
+                            &partition,
+                        ])
+                    })
+                    .collect(),
+            );
+            let out_text = out.display().to_string();
+            let clusters = array(vec![strings(&[
+                "dedup",
+                "near-clusters",
+                "--work",
+                &work_text,
+                "--out",
+                &out_text,
+            ])]);
+            assert!(
+                std::fs::read(&out).unwrap() == reference,
+                "{jobs} jobs: the table differs from one process's"
+            );
+            for (stage, seconds) in [signatures, links, clusters].into_iter().enumerate() {
+                best[slot][stage] = best[slot][stage].min(seconds);
+            }
+        }
+    }
+    for (stage, name) in ["near-signatures", "near-links", "near-clusters"]
+        .iter()
+        .enumerate()
+    {
+        println!(
+            "{name:<16} 1 process {:>6.2} s, 2 processes {:>6.2} s: {:.2}x (one thread each, best of {rounds})",
+            best[0][stage],
+            best[1][stage],
+            best[0][stage] / best[1][stage]
+        );
+    }
+    let total = |slot: usize| best[slot].iter().sum::<f64>();
+    println!(
+        "sharded near dedup     1 process {:.2} s, 2 processes {:.2} s: {:.2}x; tables equal to one `dapt dedup near`",
+        total(0),
+        total(1),
+        total(0) / total(1)
     );
 }
 
