@@ -51,6 +51,21 @@ pub struct FailureRecord {
     pub shards: usize,
 }
 
+impl FailureRecord {
+    /// A failure of this process on this host now, with `error` (and no shards).
+    pub fn now(error: &str) -> Self {
+        Self {
+            error: error.to_string(),
+            host: crate::lease::host_name(),
+            pid: std::process::id(),
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            shards: 0,
+        }
+    }
+}
+
 /// Records that job `index` of `count` failed with `error` (best effort: a store that cannot take
 /// the record is logged, the job's own error stays the one reported).
 pub async fn record_failure(location: &Location, index: usize, count: usize, error: &str) {
@@ -61,12 +76,7 @@ pub async fn record_failure(location: &Location, index: usize, count: usize, err
     };
     let record = FailureRecord {
         shards,
-        error: error.to_string(),
-        host: crate::lease::host_name(),
-        pid: std::process::id(),
-        unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        ..FailureRecord::now(error)
     };
     let name = failure_record_name(index, count);
     let written = match serde_json::to_vec_pretty(&record) {

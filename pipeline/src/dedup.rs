@@ -332,6 +332,45 @@ pub async fn near_signatures(
         record.reused = true;
         return Ok(record);
     }
+    let result = sign_shard(settings, &wanted, &location, shard).await;
+    settle(&location, "signatures", shard.index, shard.count, result).await
+}
+
+/// Records how a job ended: its failure (`_failed/STEP-I-of-N.json`, for `dapt status`), or, after
+/// a success, the removal of an earlier failure's record.
+async fn settle(
+    location: &Location,
+    stage: &str,
+    index: usize,
+    count: usize,
+    result: Result<NearJobRecord>,
+) -> Result<NearJobRecord> {
+    let name = failed_name(stage, index, count);
+    match &result {
+        Ok(_) => location.delete(&name).await?,
+        Err(error) => {
+            let record = dapt_core::status::FailureRecord::now(&dapt_core::status::describe(error));
+            if let Ok(bytes) = json_bytes("the failure record", &record) {
+                if let Err(e) = location.write(&name, bytes).await {
+                    tracing::warn!(error = %e, "cannot write the failure record");
+                }
+            }
+        }
+    }
+    result
+}
+
+fn failed_name(stage: &str, index: usize, count: usize) -> String {
+    format!("_failed/{stage}-{index:05}-of-{count:05}.json")
+}
+
+async fn sign_shard(
+    settings: &DedupSettings,
+    wanted: &NearWork,
+    location: &Location,
+    shard: dapt_ingest::Job,
+) -> Result<NearJobRecord> {
+    let partitions = wanted.partitions;
     let options = &wanted.near;
     let num_perm = options.bands * options.rows;
     let hasher = dapt_sql::functions::minhash::MinHasher::new(options.k, num_perm, options.seed);
@@ -470,6 +509,15 @@ pub async fn near_links(
         record.reused = true;
         return Ok(record);
     }
+    let result = link_partition(&location, &settings, partition).await;
+    settle(&location, "links", partition.index, partition.count, result).await
+}
+
+async fn link_partition(
+    location: &Location,
+    settings: &NearWork,
+    partition: dapt_ingest::Job,
+) -> Result<NearJobRecord> {
     let absent = missing(&location, "signatures", settings.shards).await?;
     if !absent.is_empty() {
         return Err(Error::Data {
@@ -655,7 +703,7 @@ pub async fn near_clusters(
         bytes_per_document = link_bytes as f64 / duplicates.len().max(1) as f64,
         "near clusters"
     );
-    write_duplicates(
+    let result = write_duplicates(
         &settings.query,
         Some(&settings.near),
         out,
@@ -663,4 +711,85 @@ pub async fn near_clusters(
         &duplicates,
     )
     .await
+    .map(|summary| NearJobRecord {
+        stage: "clusters".into(),
+        index: 0,
+        count: 1,
+        items: summary.documents as u64,
+        pairs: summary.clusters as u64,
+        reused: false,
+    });
+    let record = settle(&location, "clusters", 0, 1, result).await?;
+    location
+        .write(
+            &done_name("clusters", 0, 1),
+            json_bytes("the completion record", &record)?,
+        )
+        .await?;
+    Ok(DedupSummary {
+        documents: record.items as usize,
+        clusters: record.pairs as usize,
+    })
+}
+
+/// Where one job of a sharded near dedup stands.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct NearJobStatus {
+    /// `signatures`, `links` or `clusters`.
+    pub step: String,
+    /// The job's index.
+    pub index: usize,
+    /// Jobs of the step.
+    pub count: usize,
+    /// `done`, `failed` (its error below) or `not done` (never started, or still running).
+    pub state: String,
+    /// The error a failed job recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What a finished job recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<NearJobRecord>,
+}
+
+/// Every job of the sharded near dedup whose work directory is `location`, step by step; `None` when
+/// it holds none.
+pub async fn near_status(location: &Location) -> Result<Option<(NearWork, Vec<NearJobStatus>)>> {
+    if location.read_optional(WORK_SETTINGS).await?.is_none() {
+        return Ok(None);
+    }
+    let settings = read_work(location).await?;
+    let mut jobs = Vec::new();
+    for (step, count) in [
+        ("signatures", settings.shards),
+        ("links", settings.partitions),
+        ("clusters", 1),
+    ] {
+        for index in 0..count {
+            let record = read_done(location, step, index, count).await?;
+            let failure = match location
+                .read_optional(&failed_name(step, index, count))
+                .await?
+            {
+                None => None,
+                Some(bytes) => Some(parse_json::<dapt_core::status::FailureRecord>(
+                    &failed_name(step, index, count),
+                    &bytes,
+                )?),
+            };
+            let state = match (&record, &failure) {
+                (Some(_), _) => "done",
+                (None, Some(_)) => "failed",
+                (None, None) => "not done",
+            };
+            jobs.push(NearJobStatus {
+                step: step.into(),
+                index,
+                count,
+                state: state.into(),
+                error: failure.filter(|_| record.is_none()).map(|f| f.error),
+                record,
+            });
+        }
+    }
+    Ok(Some((settings, jobs)))
 }

@@ -8,7 +8,8 @@ use dapt_core::Location;
 /// Arguments of `dapt status`.
 #[derive(Args)]
 pub struct StatusArgs {
-    /// Output directory URL or path (an ingest, pack or mix output; s3://…, gs://…, local).
+    /// Output directory URL or path (an ingest, pack or mix output, or the work directory of a
+    /// sharded near dedup; s3://…, gs://…, local).
     url: String,
     /// Jobs in the array that writes it (jobs that never started leave nothing that says how many
     /// there are; without this the count comes from the job manifests and failure records found).
@@ -28,7 +29,35 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         anyhow::bail!("--jobs must be at least 1");
     }
     let location = Location::parse_with(&args.url, &storage)?;
-    let status = dapt_pipeline::runtime()?.block_on(output_status(&location, args.jobs))?;
+    let runtime = dapt_pipeline::runtime()?;
+    if let Some((work, jobs)) = runtime.block_on(dapt_pipeline::dedup::near_status(&location))? {
+        if args.json {
+            let value = serde_json::json!({"url": location.url(), "kind": "near dedup", "settings": work, "jobs": jobs});
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            return Ok(());
+        }
+        let done = jobs.iter().filter(|j| j.state == "done").count();
+        println!(
+            "{}: near dedup work ({} signature shards, {} partitions), {done} of {} job(s) done",
+            location.url(),
+            work.shards,
+            work.partitions,
+            jobs.len()
+        );
+        for job in &jobs {
+            let detail = match (&job.error, &job.record) {
+                (Some(error), _) => format!("  {error}"),
+                (None, Some(record)) => format!("  {} items, {} pairs", record.items, record.pairs),
+                (None, None) => String::new(),
+            };
+            println!(
+                "  {:<10} {}/{}  {:<8}{detail}",
+                job.step, job.index, job.count, job.state
+            );
+        }
+        return Ok(());
+    }
+    let status = runtime.block_on(output_status(&location, args.jobs))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());

@@ -193,6 +193,37 @@ fn sharded_near_dedup_equals_one_process_for_any_shards_and_partitions() -> Resu
                 message.contains("[1]") && message.contains("--shard I/3"),
                 "{message}"
             );
+            // `dapt status` says so: shard 1 not done, link job 0 failed with that error.
+            let status: serde_json::Value =
+                serde_json::from_str(&ok(run(&[dapt, "status", &work, "--json"], &[])?)?)?;
+            let states: Vec<String> = status["jobs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|j| {
+                    format!(
+                        "{} {} {}",
+                        j["step"].as_str().unwrap_or("?"),
+                        j["index"],
+                        j["state"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            ensure!(
+                states.len() == 3 + 4 + 1
+                    && states[..4]
+                        == [
+                            "signatures 0 done",
+                            "signatures 1 not done",
+                            "signatures 2 done",
+                            "links 0 failed"
+                        ]
+                    && status["jobs"][3]["error"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("[1]"),
+                "{status}"
+            );
             let mut again = vec![
                 dapt,
                 "dedup",
@@ -268,6 +299,12 @@ fn sharded_near_dedup_equals_one_process_for_any_shards_and_partitions() -> Resu
         ensure!(
             read(&out)? == expected,
             "{shards} shards × {partitions} partitions differ from one process"
+        );
+        let status = ok(run(&[dapt, "status", &work], &[])?)?;
+        let jobs = shards + partitions + 1;
+        ensure!(
+            status.contains(&format!("{jobs} of {jobs} job(s) done")) && !status.contains("failed"),
+            "{status}"
         );
     }
     Ok(())
