@@ -518,7 +518,7 @@ async fn link_partition(
     settings: &NearWork,
     partition: dapt_ingest::Job,
 ) -> Result<NearJobRecord> {
-    let absent = missing(&location, "signatures", settings.shards).await?;
+    let absent = missing(location, "signatures", settings.shards).await?;
     if !absent.is_empty() {
         return Err(Error::Data {
             what: location.url(),
