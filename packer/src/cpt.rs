@@ -46,6 +46,10 @@ pub struct PackSettings {
     pub eos_token: String,
     /// Token that pads the last row.
     pub pad_token: String,
+    /// Name stem of the shards (`part` → `part-00000.parquet`); job `i` of an array of `n` writes
+    /// `part-I-of-N-00000.parquet`, so that the jobs' shards sit side by side.
+    #[serde(skip)]
+    pub shard_stem: String,
 }
 
 impl TryFrom<PackOptions> for PackSettings {
@@ -66,6 +70,7 @@ impl TryFrom<PackOptions> for PackSettings {
             return Err(setting("rows_per_shard", "must be positive"));
         }
         Ok(Self {
+            shard_stem: "part".into(),
             seq_len: options.seq_len,
             heldout_fraction: options.heldout_fraction,
             rows_per_shard: options.rows_per_shard,

@@ -34,8 +34,8 @@ fn shard_metadata(
     }
 }
 
-fn shard_name(index: usize) -> String {
-    format!("part-{index:05}.parquet")
+fn shard_name(stem: &str, index: usize) -> String {
+    format!("{stem}-{index:05}.parquet")
 }
 
 fn encode_shard(rows: &[PackedRow], kv: &BTreeMap<String, String>, name: &str) -> Result<Bytes> {
@@ -66,7 +66,7 @@ pub async fn write_packed(
     declared.max_token_id = declared.max_token_id.max(packed::max_token_id(rows));
     let kv = declared.key_values();
     for (index, chunk) in rows.chunks(rows_per_shard).enumerate() {
-        let name = shard_name(index);
+        let name = shard_name("part", index);
         if output.is_published(&name) {
             continue;
         }
@@ -152,6 +152,8 @@ where
         .map(|s| s.name.clone())
         .collect();
     let (seq_len, rows_per_shard) = (settings.seq_len, settings.rows_per_shard);
+    let stem = settings.shard_stem.clone();
+    let writer_stem = stem.clone();
     let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<Vec<PackDocument>>(2);
     let (piece_tx, mut piece_rx) = tokio::sync::mpsc::channel::<ShardPiece>(2);
     let aborted = Arc::new(AtomicBool::new(false));
@@ -173,7 +175,7 @@ where
             let rows: Vec<PackedRow> = pending.drain(..take).collect();
             *in_shard += take;
             let last = *in_shard == rows_per_shard;
-            if !published.contains(&shard_name(*shard)) {
+            if !published.contains(&shard_name(&stem, *shard)) {
                 let piece = ShardPiece {
                     shard: *shard,
                     batch: Some(packed::rows_to_batch(&rows)?),
@@ -243,7 +245,7 @@ where
         while !pending.is_empty() {
             send(&mut pending, &mut cursor)?;
         }
-        if cursor.1 > 0 && !published.contains(&shard_name(cursor.0)) {
+        if cursor.1 > 0 && !published.contains(&shard_name(&stem, cursor.0)) {
             let close = ShardPiece {
                 shard: cursor.0,
                 batch: None,
@@ -292,7 +294,7 @@ where
             {
                 let writer = ShardWriter::create_with(
                     output.location(),
-                    &shard_name(piece.shard),
+                    &shard_name(&writer_stem, piece.shard),
                     packed_schema(),
                     properties.clone(),
                 )?;

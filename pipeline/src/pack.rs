@@ -94,6 +94,10 @@ pub struct PackJob {
     pub overwrite: bool,
     /// CPT or SFT.
     pub mode: PackMode,
+    /// This job of an array (CPT only): the job packs the documents whose id hashes to its index
+    /// (`xxh3(id) % count`) into its own shards and manifest; the last to finish merges the
+    /// manifests. [`dapt_ingest::Job::ALL`] packs everything.
+    pub shard: dapt_ingest::Job,
 }
 
 /// What a pack job did.
@@ -105,6 +109,8 @@ pub enum PackOutcome {
         stats: PackStats,
         /// The encoder that tokenised (`fast` or `hf`).
         encoder: String,
+        /// Whether this job completed the merged manifest of an array (always true for one job).
+        merged: bool,
     },
     /// An SFT packing and what it packed.
     Sft(SftStats),
@@ -185,6 +191,8 @@ impl PackJob {
                 &self.settings,
                 self.seed,
                 &self.mode,
+                // An array's jobs share one identity; how many there are changes the rows.
+                (self.shard.count > 1).then_some(self.shard.count),
             ),
         )
     }
@@ -195,34 +203,80 @@ impl PackJob {
         let hash = self.identity(&tokenizer)?;
         let runtime = crate::runtime()?;
         let (query, sources) = self.sources()?;
+        let job = self.shard;
+        if job.count > 1 && !matches!(self.mode, PackMode::Cpt) {
+            return Err(setting(
+                "--shard",
+                "only CPT packing splits into jobs (SFT and preference examples are packed whole)",
+            ));
+        }
+        if job.count > 1 && self.overwrite {
+            return Err(setting(
+                "--overwrite",
+                "cannot replace an output from one job of an array (the others write into it); \
+                 remove the output directory first, then run the jobs",
+            ));
+        }
         match &self.mode {
             PackMode::Cpt => {
                 let tokenizer = Arc::new(tokenizer);
-                let stats = runtime.block_on(async {
-                    let documents = ordered_documents(&sources, &query, self.seed).await?;
+                let (stats, merged) = runtime.block_on(async {
+                    let location = Location::parse(&self.out)?;
+                    let mut settings = self.settings.clone();
+                    if job.count > 1 {
+                        settings.shard_stem = format!("part-{:05}-of-{:05}", job.index, job.count);
+                    }
                     let mut output = OutputDir::open_with(
-                        Location::parse(&self.out)?,
-                        dapt_core::manifest::MANIFEST_NAME,
+                        location.clone(),
+                        &dapt_core::manifest::manifest_name_of_job(job.index, job.count),
                         "pack",
                         &hash,
                         self.overwrite,
                     )
                     .await?;
-                    let stats = dapt_packer::pack_stream(
-                        &mut output,
-                        tokenizer.clone(),
-                        documents,
-                        &self.settings,
-                        self.seed,
-                        &hash,
-                        progress,
-                    )
-                    .await?;
-                    Ok::<_, Error>(stats)
+                    // From here on this job writes the output: a failure is recorded for
+                    // `dapt status` (and cleared by a later success).
+                    let result = async {
+                        let documents = ordered_documents(&sources, &query, self.seed, job).await?;
+                        let stats = dapt_packer::pack_stream(
+                            &mut output,
+                            tokenizer.clone(),
+                            documents,
+                            &settings,
+                            self.seed,
+                            &hash,
+                            progress,
+                        )
+                        .await?;
+                        let merged = if job.count > 1 {
+                            OutputDir::merge_job_manifests(&location, job.count, "pack", &hash)
+                                .await?
+                                .is_some()
+                        } else {
+                            true
+                        };
+                        Ok::<_, Error>((stats, merged))
+                    }
+                    .await;
+                    match &result {
+                        Ok(_) => {
+                            dapt_core::status::clear_failure(&location, job.index, job.count)
+                                .await?;
+                        }
+                        Err(error) => {
+                            let message = dapt_core::status::describe(error);
+                            dapt_core::status::record_failure(
+                                &location, job.index, job.count, &message,
+                            )
+                            .await;
+                        }
+                    }
+                    result
                 })?;
                 Ok(PackOutcome::Cpt {
                     stats,
                     encoder: tokenizer.encoder_name().to_string(),
+                    merged,
                 })
             }
             PackMode::Sft {
@@ -361,6 +415,7 @@ async fn ordered_documents(
     sources: &SourcesOptions,
     query: &str,
     seed: u64,
+    job: dapt_ingest::Job,
 ) -> Result<
     impl futures::Stream<Item = dapt_packer::Result<Vec<PackDocument>>> + Unpin + Send + 'static,
 > {
@@ -395,6 +450,12 @@ async fn ordered_documents(
         let labels = labels.as_ref().map(arrow::array::AsArray::as_string::<i32>);
         for i in 0..batch.num_rows() {
             if !(ids.is_valid(i) && texts.is_valid(i)) {
+                continue;
+            }
+            if job.count > 1
+                && xxhash_rust::xxh3::xxh3_64(ids.value(i).as_bytes()) % job.count as u64
+                    != job.index as u64
+            {
                 continue;
             }
             sorter.push(&PackDocument {

@@ -1098,6 +1098,7 @@ pub fn run(
             out: dir.display().to_string(),
             mode: PackMode::Cpt,
             overwrite: false,
+            shard: dapt_ingest::Job::ALL,
         };
         let pack_id = identity("the packed stage", &(mix_id, job.identity(&tokenizer)?))?;
         steps.run(&format!("pack-{}", stage.name), &pack_id, &[&dir], || {
@@ -1136,6 +1137,7 @@ pub fn run(
             out: dir.display().to_string(),
             mode,
             overwrite: false,
+            shard: dapt_ingest::Job::ALL,
         };
         let pack_id = identity(
             what,

@@ -52,6 +52,13 @@ pub struct PackArgs {
     /// refusing or reusing it: its manifest goes first, then its shards, so readers never see a mix.
     #[arg(long)]
     overwrite: bool,
+    /// CPT as a job array: pack only job INDEX of COUNT (e.g. 3/8), the documents whose id hashes
+    /// to INDEX, into this job's shards (`part-I-of-N-*.parquet`) and manifest; the last job to finish
+    /// merges the manifests into `_manifest.json`. `env` takes the index from Slurm, a Kubernetes
+    /// Indexed Job, AWS Batch or DAPT_SHARD_INDEX/DAPT_SHARD_COUNT. A rerun of a job redoes only its
+    /// unpublished shards.
+    #[arg(long, value_name = "INDEX/COUNT")]
+    shard: Option<String>,
     /// cpt: documents, EOS-separated, split across rows; sft: chats (a `messages` column of JSON
     /// [{role, content}], or `prompt` and `response` columns), packed whole, loss on assistant turns;
     /// preference: pairs for `objective = "dpo"`/`"simpo"` (`prompt`, `chosen`, `rejected` columns, or
@@ -135,6 +142,10 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
         out: args.out.clone(),
         overwrite: args.overwrite,
         mode,
+        shard: match &args.shard {
+            Some(text) => dapt_ingest::Job::parse(text)?,
+            None => dapt_ingest::Job::ALL,
+        },
     };
     let bar = dapt_pipeline::progress::spinner("    pack {spinner} {msg} {elapsed}");
     let started = std::time::Instant::now();
@@ -151,8 +162,12 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
     let outcome = job.run(progress).context("packing failed")?;
     bar.finish_and_clear();
     match outcome {
-        PackOutcome::Cpt { stats, encoder } => println!(
-            "packed {} documents, {} tokens into {} rows of {} ({:.2}% filled) with the {} encoder in {:.1} s; peak RSS {} MB; wrote {}",
+        PackOutcome::Cpt {
+            stats,
+            encoder,
+            merged,
+        } => println!(
+            "packed {} documents, {} tokens into {} rows of {} ({:.2}% filled) with the {} encoder in {:.1} s; peak RSS {} MB; wrote {}{}",
             stats.documents,
             stats.tokens,
             stats.rows,
@@ -161,7 +176,12 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
             encoder,
             started.elapsed().as_secs_f64(),
             dapt_pipeline::peak_rss_mb().map_or("?".into(), |m| m.to_string()),
-            args.out
+            args.out,
+            match (&args.shard, merged) {
+                (None, _) => String::new(),
+                (Some(_), true) => " (this job's shards; every job done: _manifest.json merged)".into(),
+                (Some(_), false) => " (this job's shards; other jobs not done yet)".into(),
+            }
         ),
         PackOutcome::Sft(stats) => println!(
             "packed {} examples ({} target tokens of {}) into {} rows of {} ({:.2}% filled), {} dropped, {} truncated; wrote {}",

@@ -553,3 +553,186 @@ fn a_pack_output_is_bound_to_its_source_files() -> Result<()> {
     );
     Ok(())
 }
+
+/// `dapt pack --shard` as a job array run by `configs/cluster/local-array.sh`: each job packs the
+/// documents whose id hashes to it into its own shards, the last to finish merges the manifests; the
+/// merged output holds every document once (as one process's does), a job rerun alone gives the same
+/// bytes, `dapt status` reports the jobs, and SFT refuses to split.
+#[test]
+fn pack_as_a_job_array_merges_every_document_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let raw = dir.path().join("raw");
+    std::fs::create_dir_all(&raw)?;
+    for (file, n) in [
+        ("ru/fortunes-ru.jsonl", 300),
+        ("en/debian-reference-en.jsonl", 20),
+    ] {
+        let lines: Vec<String> = std::fs::read_to_string(test_data().join("corpus").join(file))?
+            .lines()
+            .take(n)
+            .map(str::to_string)
+            .collect();
+        std::fs::write(raw.join(file.replace('/', "-")), lines.join("\n") + "\n")?;
+    }
+    let docs = dir.path().join("docs");
+    crate::common::ingest(&raw, &docs)?;
+    let qwen = test_data().join("tokenizers/qwen3/tokenizer.json");
+    let dapt_bin = env!("CARGO_BIN_EXE_dapt");
+    let pack_args = |out: &std::path::Path| -> Vec<String> {
+        [
+            dapt_bin,
+            "pack",
+            "--input",
+            docs.to_str().unwrap(),
+            "--tokenizer",
+            qwen.to_str().unwrap(),
+            "--seq-len",
+            "256",
+            "--rows-per-shard",
+            "16",
+            "--seed",
+            "5",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(str::to_string)
+        .to_vec()
+    };
+    let run = |args: &[String]| -> Result<std::process::Output> {
+        Ok(Command::new(&args[0])
+            .args(&args[1..])
+            .env("DAPT_LOG", "warn")
+            .output()?)
+    };
+    let one = dir.path().join("one");
+    let output = run(&pack_args(&one))?;
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("configs/cluster/local-array.sh")
+        .display()
+        .to_string();
+    let logs = dir.path().join("logs").display().to_string();
+    let array = |out: &std::path::Path, only: &str| -> Result<()> {
+        let mut args: Vec<String> = [script.as_str(), "--logs", &logs, "--only", only, "3", "--"]
+            .map(str::to_string)
+            .to_vec();
+        args.extend(pack_args(out));
+        args.extend(["--shard".to_string(), "env".to_string()]);
+        let output = run(&args)?;
+        ensure!(
+            output.status.success(),
+            "{} {}",
+            String::from_utf8_lossy(&output.stderr),
+            std::fs::read_dir(&logs)?
+                .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        Ok(())
+    };
+    let arr = dir.path().join("array");
+    array(&arr, "0,2")?;
+    ensure!(
+        !arr.join("_manifest.json").exists(),
+        "merged before job 1 ran"
+    );
+    let status =
+        crate::common::run_ok(&["status", arr.to_str().unwrap(), "--jobs", "3", "--json"])?;
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    let states: Vec<&str> = status["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j["state"].as_str())
+        .collect();
+    ensure!(states == ["done", "missing", "done"], "{status}");
+    array(&arr, "1")?;
+    ensure!(
+        arr.join("_manifest.json").exists(),
+        "not merged after the last job"
+    );
+    // The same array again, job by job in another order: the same bytes.
+    let again = dir.path().join("again");
+    array(&again, "2")?;
+    array(&again, "1,0")?;
+    for entry in std::fs::read_dir(&arr)? {
+        let name = entry?.file_name();
+        if name.to_string_lossy().ends_with(".parquet") || name == "_manifest.json" {
+            ensure!(
+                std::fs::read(arr.join(&name))? == std::fs::read(again.join(&name))?,
+                "{name:?} differs between two runs of the array"
+            );
+        }
+    }
+    ensure!(
+        std::fs::read_dir(&arr)?.filter_map(|e| e.ok()).any(|e| e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("part-00002-of-00003-")),
+        "job 2's shards are named for it"
+    );
+
+    // Decoded, the merged output and the one-process output hold the same documents once each.
+    let tokenizer = TokenizerFile::load(&qwen)?;
+    let eos = tokenizer.id_of("<|endoftext|>")? as i32;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let documents = |packed: &std::path::Path| -> Result<BTreeMap<String, usize>> {
+        let rows = runtime.block_on(async {
+            let bytes = std::fs::read(packed.join("_manifest.json"))?;
+            let manifest = serde_json::from_slice::<dapt_core::Manifest>(&bytes)?;
+            let output = OutputDir::open(
+                Location::parse(packed.to_str().unwrap())?,
+                "pack",
+                &manifest.config_hash,
+            )
+            .await?;
+            anyhow::Ok(dapt_packer::read_packed(&output, 256, eos).await?)
+        })?;
+        let mut decoded: BTreeMap<String, usize> = BTreeMap::new();
+        let mut current = Vec::new();
+        for row in &rows {
+            for &id in &row.input_ids[..row.used()] {
+                if id == eos {
+                    *decoded.entry(tokenizer.decode(&current)?).or_default() += 1;
+                    current.clear();
+                } else {
+                    current.push(id as u32);
+                }
+            }
+        }
+        Ok(decoded)
+    };
+    let (from_one, from_array) = (documents(&one)?, documents(&arr)?);
+    let packed_documents = |packed: &std::path::Path| -> Result<u64> {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(packed.join("_manifest.json"))?)?;
+        Ok(manifest["summary"]["documents"].as_u64().unwrap_or(0))
+    };
+    let total = packed_documents(&one)?;
+    ensure!(
+        total > 300
+            && from_one.values().sum::<usize>() as u64 == total
+            && packed_documents(&arr)? == total
+            && from_one == from_array,
+        "one process {} documents, the array {}",
+        from_one.values().sum::<usize>(),
+        from_array.values().sum::<usize>()
+    );
+    let mut sft = pack_args(&dir.path().join("sft"));
+    sft.extend(["--mode", "sft", "--shard", "0/2"].map(str::to_string));
+    let output = run(&sft)?;
+    ensure!(
+        !output.status.success()
+            && String::from_utf8_lossy(&output.stderr).contains("only CPT packing splits"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
