@@ -80,10 +80,11 @@ pub fn normalise(text: &str) -> String {
 }
 
 /// One column's values as owned strings (NULL as `None`).
-type Column = Vec<Option<String>>;
+pub type Column = Vec<Option<String>>;
 
-/// Reads `(key, text)` from each batch; other columns are ignored.
-fn columns(batch: &RecordBatch, key: &str, text: &str) -> Result<(Column, Column)> {
+/// Reads the `key` and `text` columns of a batch as strings (NULL as `None`), naming a column that
+/// is missing (with the ones there are) or that cannot be read as text; other columns are ignored.
+pub fn key_text_columns(batch: &RecordBatch, key: &str, text: &str) -> Result<(Column, Column)> {
     let read = |name: &str| -> Result<Column> {
         let column = batch.column_by_name(name).ok_or_else(|| Error::Column {
             column: name.into(),
@@ -139,7 +140,7 @@ where
     let mut groups: HashMap<u128, Vec<usize>> = HashMap::new();
     while let Some(batch) = input.next().await {
         let batch = batch.map_err(|e| Error::Input { source: e.into() })?;
-        let (ids, texts) = columns(&batch, key, text)?;
+        let (ids, texts) = key_text_columns(&batch, key, text)?;
         let hashes: Vec<Option<u128>> = texts
             .par_iter()
             .map(|t| {
@@ -302,7 +303,7 @@ where
     let mut keys = Vec::new();
     while let Some(batch) = input.next().await {
         let batch = batch.map_err(|e| Error::Input { source: e.into() })?;
-        let (ids, texts) = columns(&batch, key, text)?;
+        let (ids, texts) = key_text_columns(&batch, key, text)?;
         let rows: Vec<(String, String)> = ids
             .into_iter()
             .zip(texts)

@@ -17,8 +17,8 @@ pub mod report;
 pub mod run;
 
 pub use dedup::{
-    band_bucket, clusters_of_links, duplicates_schema, exact_duplicates, link_bucket,
-    near_duplicates, normalise, Duplicate, NearOptions,
+    band_bucket, clusters_of_links, duplicates_schema, exact_duplicates, key_text_columns,
+    link_bucket, near_duplicates, normalise, Duplicate, NearOptions,
 };
 pub use error::{Error, Result};
 pub use mix::{Mix, MixOptions, Pipeline};

@@ -336,8 +336,9 @@ pub async fn near_signatures(
     settle(&location, "signatures", shard.index, shard.count, result).await
 }
 
-/// Records how a job ended: its failure (`_failed/STEP-I-of-N.json`, for `dapt status`), or, after
-/// a success, the removal of an earlier failure's record.
+/// Records how a job ended: its failure (`_failed/STEP-I-of-N.json`, for `dapt status`), or its
+/// completion record (`_done/STEP-I-of-N.json`, written last) and the removal of an earlier
+/// failure's record.
 async fn settle(
     location: &Location,
     stage: &str,
@@ -347,7 +348,15 @@ async fn settle(
 ) -> Result<NearJobRecord> {
     let name = failed_name(stage, index, count);
     match &result {
-        Ok(_) => location.delete(&name).await?,
+        Ok(record) => {
+            location.delete(&name).await?;
+            location
+                .write(
+                    &done_name(stage, index, count),
+                    json_bytes("the completion record", record)?,
+                )
+                .await?;
+        }
         Err(error) => {
             let record = dapt_core::status::FailureRecord::now(&dapt_core::status::describe(error));
             if let Ok(bytes) = json_bytes("the failure record", &record) {
@@ -384,32 +393,7 @@ async fn sign_shard(
             what: format!("running the query {:?}", settings.query.trim()),
             source,
         })?;
-        let read = |name: &str| -> Result<Vec<Option<String>>> {
-            let column = batch.column_by_name(name).ok_or_else(|| {
-                setting(
-                    name,
-                    format!(
-                        "no such column; the query returns {}",
-                        batch
-                            .schema()
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-            })?;
-            let column = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)
-                .map_err(|e| setting(name, format!("cannot be read as text: {e}")))?;
-            let strings = arrow::array::AsArray::as_string::<i32>(&column);
-            Ok((0..arrow::array::Array::len(strings))
-                .map(|i| {
-                    arrow::array::Array::is_valid(strings, i).then(|| strings.value(i).to_string())
-                })
-                .collect())
-        };
-        let (keys, texts) = (read(&settings.key)?, read(&settings.text)?);
+        let (keys, texts) = dapt_mixer::key_text_columns(&batch, &settings.key, &settings.text)?;
         let mine: Vec<(String, String)> = keys
             .into_iter()
             .zip(texts)
@@ -474,12 +458,6 @@ async fn sign_shard(
         pairs: 0,
         reused: false,
     };
-    location
-        .write(
-            &done_name("signatures", shard.index, shard.count),
-            json_bytes("the completion record", &record)?,
-        )
-        .await?;
     Ok(record)
 }
 
@@ -649,12 +627,6 @@ async fn link_partition(
         pairs: links.len() as u64,
         reused: false,
     };
-    location
-        .write(
-            &done_name("links", partition.index, partition.count),
-            json_bytes("the completion record", &record)?,
-        )
-        .await?;
     Ok(record)
 }
 
@@ -720,12 +692,6 @@ pub async fn near_clusters(
         reused: false,
     });
     let record = settle(&location, "clusters", 0, 1, result).await?;
-    location
-        .write(
-            &done_name("clusters", 0, 1),
-            json_bytes("the completion record", &record)?,
-        )
-        .await?;
     Ok(DedupSummary {
         documents: record.items as usize,
         clusters: record.pairs as usize,
