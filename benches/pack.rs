@@ -8,6 +8,7 @@
 //! `DAPT_BENCH_DATATROVE_PYTHON=/path/to/python` (a Python with `datatrove` and `orjson`) also runs
 //! datatrove's tokenizer pipeline (JsonlReader → DocumentTokenizer, 2 tasks on 2 workers) over the
 //! same JSONL files in the same run, the fair comparison on a shared machine whose speed drifts.
+//! Then `dapt pack --shard i/n` with 1 and 2 one-thread processes: the job array's speed-up.
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -162,6 +163,60 @@ fn main() {
             pack_rate / datatrove_rate,
         );
     }
+
+    // The job-array form (`--shard i/n`), 1 and then 2 processes of one thread each: the speed-up
+    // of the processes alone, and the merged output's documents equal to one process's.
+    let mut seconds_of = [0.0f64; 2];
+    let mut documents_of = [0u64; 2];
+    for (slot, jobs) in [1usize, 2].into_iter().enumerate() {
+        let out = dir.path().join(format!("array-{jobs}"));
+        let started = Instant::now();
+        let children: Vec<_> = (0..jobs)
+            .map(|i| {
+                Command::new(dapt)
+                    .args([
+                        "pack",
+                        "--input",
+                        docs.to_str().unwrap(),
+                        "--tokenizer",
+                        tokenizer_path.to_str().unwrap(),
+                        "--seq-len",
+                        "2048",
+                        "--shard",
+                        &format!("{i}/{jobs}"),
+                        "--out",
+                    ])
+                    .arg(&out)
+                    .env("DAPT_LOG", "warn")
+                    .env("RAYON_NUM_THREADS", "1")
+                    .env("TOKIO_WORKER_THREADS", "1")
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            succeeded(&child.wait_with_output().unwrap());
+        }
+        seconds_of[slot] = started.elapsed().as_secs_f64();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("_manifest.json")).unwrap()).unwrap();
+        documents_of[slot] = manifest["summary"]["documents"].as_u64().unwrap_or(0);
+    }
+    assert_eq!(
+        documents_of[0], documents_of[1],
+        "the array packed other documents"
+    );
+    println!(
+        "dapt pack --shard i/n      1 process {:.2} s ({:.2} MB/s), 2 processes {:.2} s ({:.2} MB/s): {:.2}x (one thread each, {} documents either way)",
+        seconds_of[0],
+        bytes as f64 / 1e6 / seconds_of[0],
+        seconds_of[1],
+        bytes as f64 / 1e6 / seconds_of[1],
+        seconds_of[0] / seconds_of[1],
+        documents_of[0]
+    );
 }
 
 /// datatrove's tokenisation pipeline as its docs show it: `python script.py JSONL_DIR TOKENIZER OUT`.

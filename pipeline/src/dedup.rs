@@ -284,8 +284,8 @@ impl Reader<'_> {
 /// Signature job `job` of a sharded near dedup: runs the query, keeps the rows whose key hashes to
 /// this shard (`xxh3(key) % shards`), and writes their MinHash signatures (in key order) and, per
 /// bucket partition, their LSH band records. The first job records `near` in `WORK/_settings.json`;
-/// a job whose completion record exists does nothing. Memory holds this shard's keys, signatures
-/// and band records (≈ signature + 32 bands × (20 bytes + key) per document): more shards, less each.
+/// a job whose completion record exists does nothing. Memory holds this shard's keys (signatures and
+/// band records go through local temporary files, uploaded streamed).
 pub async fn near_signatures(
     settings: &DedupSettings,
     work: &str,
@@ -385,16 +385,26 @@ async fn sign_shard(
     let hasher = dapt_sql::functions::minhash::MinHasher::new(options.k, num_perm, options.seed);
     let session = SqlSession::over_sources(&settings.sources, None).await?;
     let mut stream = session.query(&settings.query).await?;
-    let mut rows: Vec<(String, Vec<u64>)> = Vec::new();
+    // Signatures go to a local spill as they come (memory holds the keys); then, in key order, to
+    // the shard's signature file and its band records to one local file per partition; each file is
+    // uploaded streamed.
+    let spill_error = |path: &std::path::Path| crate::error::io_error(path.to_path_buf());
+    let spill_dir = tempfile::tempdir().map_err(spill_error(&std::env::temp_dir()))?;
+    let spill_path = spill_dir.path().join("signatures.spill");
+    let mut spill = std::io::BufWriter::new(
+        std::fs::File::create(&spill_path).map_err(spill_error(&spill_path))?,
+    );
+    let mut keys: Vec<(String, u32)> = Vec::new();
     use futures::StreamExt;
     use rayon::prelude::*;
+    use std::io::Write;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|source| dapt_sql::Error::DataFusion {
             what: format!("running the query {:?}", settings.query.trim()),
             source,
         })?;
-        let (keys, texts) = dapt_mixer::key_text_columns(&batch, &settings.key, &settings.text)?;
-        let mine: Vec<(String, String)> = keys
+        let (ids, texts) = dapt_mixer::key_text_columns(&batch, &settings.key, &settings.text)?;
+        let mine: Vec<(String, String)> = ids
             .into_iter()
             .zip(texts)
             .filter_map(|(k, t)| Some((k?, t?)))
@@ -402,54 +412,94 @@ async fn sign_shard(
                 xxhash_rust::xxh3::xxh3_64(k.as_bytes()) % shard.count as u64 == shard.index as u64
             })
             .collect();
-        let signed: Vec<(String, Vec<u64>)> = mine
-            .into_par_iter()
-            .map(|(k, t)| {
-                let signature = hasher.signature(&t);
-                (k, signature)
-            })
-            .collect();
-        rows.extend(signed);
+        let signatures: Vec<Vec<u64>> = mine.par_iter().map(|(_, t)| hasher.signature(t)).collect();
+        for ((key, _), signature) in mine.into_iter().zip(signatures) {
+            for value in signature {
+                spill
+                    .write_all(&value.to_le_bytes())
+                    .map_err(spill_error(&spill_path))?;
+            }
+            let ordinal = u32::try_from(keys.len()).map_err(|_| {
+                setting(
+                    "--shard",
+                    "a shard holds at most 2^32 documents; use more shards",
+                )
+            })?;
+            keys.push((key, ordinal));
+        }
     }
-    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    if let Some(pair) = rows.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+    spill.flush().map_err(spill_error(&spill_path))?;
+    drop(spill);
+    keys.sort_unstable();
+    if let Some(pair) = keys.windows(2).find(|pair| pair[0].0 == pair[1].0) {
         return Err(setting(
             &settings.key,
             format!("the key {:?} is not unique", pair[0].0),
         ));
     }
-    let mut signatures = Vec::with_capacity(rows.len() * num_perm * 8);
-    let mut bands: Vec<Vec<u8>> = vec![Vec::new(); partitions];
+    let spilled = std::fs::File::open(&spill_path).map_err(spill_error(&spill_path))?;
+    let signatures_path = spill_dir.path().join("signatures.bin");
+    let mut signatures = std::io::BufWriter::new(
+        std::fs::File::create(&signatures_path).map_err(spill_error(&signatures_path))?,
+    );
+    let band_paths: Vec<std::path::PathBuf> = (0..partitions)
+        .map(|p| spill_dir.path().join(format!("bands-{p}.bin")))
+        .collect();
+    let mut bands = band_paths
+        .iter()
+        .map(|path| {
+            std::fs::File::create(path)
+                .map(std::io::BufWriter::new)
+                .map_err(spill_error(path))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let signature_bytes = num_perm * 8;
     let band_bytes = options.rows * 8;
-    for (row, (key, signature)) in rows.iter().enumerate() {
-        let start = signatures.len();
-        for value in signature {
-            signatures.extend_from_slice(&value.to_le_bytes());
-        }
+    let mut signature = vec![0u8; signature_bytes];
+    let mut record = Vec::new();
+    for (row, (key, ordinal)) in keys.iter().enumerate() {
+        std::os::unix::fs::FileExt::read_exact_at(
+            &spilled,
+            &mut signature,
+            u64::from(*ordinal) * signature_bytes as u64,
+        )
+        .map_err(spill_error(&spill_path))?;
+        signatures
+            .write_all(&signature)
+            .map_err(spill_error(&signatures_path))?;
         for band in 0..options.bands {
-            let slice = &signatures[start + band * band_bytes..start + (band + 1) * band_bytes];
+            let slice = &signature[band * band_bytes..(band + 1) * band_bytes];
             let bucket = dapt_mixer::band_bucket(slice, band);
-            let out = &mut bands[(bucket % partitions as u64) as usize];
-            out.extend_from_slice(&bucket.to_le_bytes());
-            put_u32(out, band as u32);
-            put_u32(out, row as u32);
-            put_key(out, key);
+            let partition = (bucket % partitions as u64) as usize;
+            record.clear();
+            record.extend_from_slice(&bucket.to_le_bytes());
+            put_u32(&mut record, band as u32);
+            put_u32(&mut record, row as u32);
+            put_key(&mut record, key);
+            bands[partition]
+                .write_all(&record)
+                .map_err(spill_error(&band_paths[partition]))?;
         }
     }
-    location
-        .write(
-            &signatures_name(shard.index, shard.count),
-            signatures.into(),
+    signatures.flush().map_err(spill_error(&signatures_path))?;
+    drop(signatures);
+    upload(
+        location,
+        &signatures_name(shard.index, shard.count),
+        &signatures_path,
+    )
+    .await?;
+    for (partition, (mut writer, path)) in bands.into_iter().zip(&band_paths).enumerate() {
+        writer.flush().map_err(spill_error(path))?;
+        drop(writer);
+        upload(
+            location,
+            &bands_name(partition, partitions, shard.index, shard.count),
+            path,
         )
         .await?;
-    for (partition, bytes) in bands.into_iter().enumerate() {
-        location
-            .write(
-                &bands_name(partition, partitions, shard.index, shard.count),
-                bytes.into(),
-            )
-            .await?;
     }
+    let rows = keys;
     let record = NearJobRecord {
         stage: "signatures".into(),
         index: shard.index,
@@ -459,6 +509,28 @@ async fn sign_shard(
         reused: false,
     };
     Ok(record)
+}
+
+/// Uploads the local file `file` as the object `name` below `location`, streamed (object_store's
+/// buffered writer: one put for a small file, a multipart upload for a large one; the object appears
+/// whole or not at all).
+async fn upload(location: &Location, name: &str, file: &std::path::Path) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let path = location.child(name);
+    location.remove_stale_staging(&path)?;
+    let mut writer = object_store::buffered::BufWriter::new(location.store().clone(), path.clone());
+    let mut input = tokio::fs::File::open(file)
+        .await
+        .map_err(crate::error::io_error(file.to_path_buf()))?;
+    let failed = |source: std::io::Error| Error::Io {
+        path: std::path::PathBuf::from(location.url_of(&path)),
+        source,
+    };
+    tokio::io::copy(&mut input, &mut writer)
+        .await
+        .map_err(failed)?;
+    writer.shutdown().await.map_err(failed)?;
+    Ok(())
 }
 
 /// Link job `partition` of a sharded near dedup: reads every shard's band records of this partition,
