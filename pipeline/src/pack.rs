@@ -94,9 +94,10 @@ pub struct PackJob {
     pub overwrite: bool,
     /// CPT or SFT.
     pub mode: PackMode,
-    /// This job of an array (CPT only): the job packs the documents whose id hashes to its index
-    /// (`xxh3(id) % count`) into its own shards and manifest; the last to finish merges the
-    /// manifests. [`dapt_ingest::Job::ALL`] packs everything.
+    /// This job of an array (CPT only): the job packs the documents of the Document shards whose
+    /// name hashes to its index (`--input DIR`), or the query's rows whose id does (`xxh3(id) %
+    /// count`), into its own shards and manifest; the last to finish merges the manifests.
+    /// [`dapt_ingest::Job::ALL`] packs everything.
     pub shard: dapt_ingest::Job,
 }
 
@@ -121,6 +122,11 @@ pub enum PackOutcome {
 /// The query a Document directory is packed with.
 const WHOLE_DIRECTORY: &str = "SELECT * FROM documents";
 
+/// The job of an array of `count` that packs the Document shard `name` (`--input DIR`).
+fn files_job(name: &str, count: usize) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(name.as_bytes()) % count as u64) as usize
+}
+
 impl PackJob {
     /// The query and the sources the documents are read with.
     fn sources(&self) -> Result<(String, SourcesOptions)> {
@@ -134,14 +140,47 @@ impl PackJob {
             }
             PackInput::Documents { url } => {
                 let mut options = SourcesOptions::default();
+                let url = url.trim_end_matches('/');
                 options.sources.insert(
                     "documents".into(),
                     dapt_sql::SourceOptions {
-                        url: format!("{}/", url.trim_end_matches('/')),
+                        url: format!("{url}/"),
                         ..Default::default()
                     },
                 );
-                Ok((WHOLE_DIRECTORY.to_string(), options))
+                if self.shard.count <= 1 {
+                    return Ok((WHOLE_DIRECTORY.to_string(), options));
+                }
+                // A job of an array reads only the directory's shards whose name hashes to it.
+                let location = Location::parse(url)?;
+                let name = dapt_core::manifest::MANIFEST_NAME;
+                let bytes = crate::runtime()?.block_on(location.read(name))?;
+                let manifest: dapt_core::Manifest =
+                    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+                        what: location.url_of(&location.child(name)),
+                        source,
+                    })?;
+                let mut parts = Vec::new();
+                for shard in &manifest.shards {
+                    if files_job(&shard.name, self.shard.count) != self.shard.index {
+                        continue;
+                    }
+                    let table = format!("documents_{}", parts.len());
+                    options.sources.insert(
+                        table.clone(),
+                        dapt_sql::SourceOptions {
+                            url: format!("{url}/{}", shard.name),
+                            ..Default::default()
+                        },
+                    );
+                    parts.push(format!("SELECT * FROM {table}"));
+                }
+                let query = if parts.is_empty() {
+                    format!("{WHOLE_DIRECTORY} WHERE false")
+                } else {
+                    parts.join(" UNION ALL ")
+                };
+                Ok((query, options))
             }
             PackInput::Inline { query, sources } => Ok((query.clone(), sources.clone())),
         }
@@ -237,7 +276,13 @@ impl PackJob {
                     // From here on this job writes the output: a failure is recorded for
                     // `dapt status` (and cleared by a later success).
                     let result = async {
-                        let documents = ordered_documents(&sources, &query, self.seed, job).await?;
+                        // A Document directory is split by its files (above); a query by ids.
+                        let by_id = match self.input {
+                            PackInput::Documents { .. } => dapt_ingest::Job::ALL,
+                            _ => job,
+                        };
+                        let documents =
+                            ordered_documents(&sources, &query, self.seed, by_id).await?;
                         let stats = dapt_packer::pack_stream(
                             &mut output,
                             tokenizer.clone(),
