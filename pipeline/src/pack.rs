@@ -122,6 +122,17 @@ pub enum PackOutcome {
 /// The query a Document directory is packed with.
 const WHOLE_DIRECTORY: &str = "SELECT * FROM documents";
 
+/// The manifest of the Document directory at `url` (`--input DIR`).
+fn input_manifest(url: &str) -> Result<dapt_core::Manifest> {
+    let location = Location::parse(url)?;
+    let name = dapt_core::manifest::MANIFEST_NAME;
+    let bytes = crate::runtime()?.block_on(location.read(name))?;
+    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+        what: location.url_of(&location.child(name)),
+        source,
+    })
+}
+
 /// The job of an array of `count` that packs the Document shard `name` (`--input DIR`).
 fn files_job(name: &str, count: usize) -> usize {
     (xxhash_rust::xxh3::xxh3_64(name.as_bytes()) % count as u64) as usize
@@ -152,14 +163,7 @@ impl PackJob {
                     return Ok((WHOLE_DIRECTORY.to_string(), options));
                 }
                 // A job of an array reads only the directory's shards whose name hashes to it.
-                let location = Location::parse(url)?;
-                let name = dapt_core::manifest::MANIFEST_NAME;
-                let bytes = crate::runtime()?.block_on(location.read(name))?;
-                let manifest: dapt_core::Manifest =
-                    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
-                        what: location.url_of(&location.child(name)),
-                        source,
-                    })?;
+                let manifest = input_manifest(url)?;
                 let mut parts = Vec::new();
                 for shard in &manifest.shards {
                     if files_job(&shard.name, self.shard.count) != self.shard.index {
@@ -206,14 +210,7 @@ impl PackJob {
                 )?)
             }
             PackInput::Documents { url } => {
-                let location = Location::parse(url)?;
-                let name = dapt_core::manifest::MANIFEST_NAME;
-                let bytes = crate::runtime()?.block_on(location.read(name))?;
-                let manifest: dapt_core::Manifest =
-                    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
-                        what: location.url_of(&location.child(name)),
-                        source,
-                    })?;
+                let manifest = input_manifest(url)?;
                 Some(crate::identity::identity(
                     "the input directory",
                     &(&manifest.config_hash, &manifest.shards, manifest.complete),
