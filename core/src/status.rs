@@ -91,6 +91,23 @@ pub async fn record_failure(location: &Location, index: usize, count: usize, err
     }
 }
 
+/// Records how job `index` of `count` ended: its failure record when `result` is an error, or the
+/// removal of an earlier failure's record when it succeeded.
+pub async fn record_outcome<T, E: std::error::Error>(
+    location: &Location,
+    index: usize,
+    count: usize,
+    result: &std::result::Result<T, E>,
+) -> Result<()> {
+    match result {
+        Ok(_) => clear_failure(location, index, count).await,
+        Err(error) => {
+            record_failure(location, index, count, &describe(error)).await;
+            Ok(())
+        }
+    }
+}
+
 /// Removes job `index` of `count`'s failure record after it succeeded.
 pub async fn clear_failure(location: &Location, index: usize, count: usize) -> Result<()> {
     location.delete(&failure_record_name(index, count)).await

@@ -116,9 +116,11 @@ impl Job {
         Ok(Self { index, count })
     }
 
-    fn takes(&self, url: &str) -> bool {
+    /// Whether this job takes the item named `name` (an input URL, a file name, a key): its
+    /// `xxh3` hash modulo `count` is `index`, so the jobs of an array take every item exactly once.
+    pub fn takes(&self, name: &str) -> bool {
         self.count == 1
-            || xxhash_rust::xxh3::xxh3_64(url.as_bytes()) % self.count as u64 == self.index as u64
+            || xxhash_rust::xxh3::xxh3_64(name.as_bytes()) % self.count as u64 == self.index as u64
     }
 }
 
@@ -245,13 +247,7 @@ pub async fn ingest(
     // failure record for `dapt status`, removed by a later success). Refusals before this point
     // (other settings, another writer) leave the output alone.
     let result = write_output(&settings, &out, config_hash, job, output, files, progress).await;
-    match &result {
-        Ok(_) => dapt_core::status::clear_failure(&out, job.index, job.count).await?,
-        Err(error) => {
-            let message = dapt_core::status::describe(error);
-            dapt_core::status::record_failure(&out, job.index, job.count, &message).await;
-        }
-    }
+    dapt_core::status::record_outcome(&out, job.index, job.count, &result).await?;
     result
 }
 

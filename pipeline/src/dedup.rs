@@ -165,7 +165,7 @@ pub struct NearJobRecord {
     pub reused: bool,
 }
 
-async fn open_work(work: &str, storage: &BTreeMap<String, String>) -> Result<Location> {
+fn open_work(work: &str, storage: &BTreeMap<String, String>) -> Result<Location> {
     Ok(Location::parse_with(work.trim_end_matches('/'), storage)?)
 }
 
@@ -214,15 +214,36 @@ async fn read_done(
     }
 }
 
-/// Indices of a stage that have no completion record.
-async fn missing(location: &Location, stage: &str, count: usize) -> Result<Vec<usize>> {
+/// Fails, naming the indices, unless every one of the `count` jobs of `stage` has its completion
+/// record; `jobs` and `flag` say them in the message (`signature jobs … --shard I/N`).
+async fn require_done(
+    location: &Location,
+    stage: &str,
+    count: usize,
+    jobs: &str,
+    flag: &str,
+) -> Result<()> {
     let mut absent = Vec::new();
     for index in 0..count {
         if read_done(location, stage, index, count).await?.is_none() {
             absent.push(index);
         }
     }
-    Ok(absent)
+    if absent.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Data {
+        what: location.url(),
+        reason: format!(
+            "{jobs} jobs {absent:?} of {count} have not finished (rerun them with {flag} I/{count})"
+        ),
+    })
+}
+
+/// An intermediate file of the work directory and its URL (for messages).
+async fn read_intermediate(location: &Location, name: &str) -> Result<(bytes::Bytes, String)> {
+    let bytes = location.read(name).await?;
+    Ok((bytes, location.url_of(&location.child(name))))
 }
 
 fn put_u32(out: &mut Vec<u8>, value: u32) {
@@ -300,7 +321,7 @@ pub async fn near_signatures(
     if partitions == 0 {
         return Err(setting("--partitions", "must be at least 1"));
     }
-    let location = open_work(work, &settings.sources.storage).await?;
+    let location = open_work(work, &settings.sources.storage)?;
     let wanted = NearWork {
         query: settings.query.clone(),
         key: settings.key.clone(),
@@ -408,9 +429,7 @@ async fn sign_shard(
             .into_iter()
             .zip(texts)
             .filter_map(|(k, t)| Some((k?, t?)))
-            .filter(|(k, _)| {
-                xxhash_rust::xxh3::xxh3_64(k.as_bytes()) % shard.count as u64 == shard.index as u64
-            })
+            .filter(|(k, _)| shard.takes(k))
             .collect();
         let signatures: Vec<Vec<u64>> = mine.par_iter().map(|(_, t)| hasher.signature(t)).collect();
         for ((key, _), signature) in mine.into_iter().zip(signatures) {
@@ -542,7 +561,7 @@ pub async fn near_links(
     storage: &BTreeMap<String, String>,
     partition: dapt_ingest::Job,
 ) -> Result<NearJobRecord> {
-    let location = open_work(work, storage).await?;
+    let location = open_work(work, storage)?;
     let settings = read_work(&location).await?;
     if partition.count != settings.partitions {
         return Err(setting(
@@ -568,22 +587,19 @@ async fn link_partition(
     settings: &NearWork,
     partition: dapt_ingest::Job,
 ) -> Result<NearJobRecord> {
-    let absent = missing(location, "signatures", settings.shards).await?;
-    if !absent.is_empty() {
-        return Err(Error::Data {
-            what: location.url(),
-            reason: format!(
-                "signature jobs {absent:?} of {} have not finished (rerun them with --shard I/{})",
-                settings.shards, settings.shards
-            ),
-        });
-    }
+    require_done(
+        location,
+        "signatures",
+        settings.shards,
+        "signature",
+        "--shard",
+    )
+    .await?;
     // (band, bucket, key, shard, row)
     let mut records: Vec<(u32, u64, String, u32, u32)> = Vec::new();
     for shard in 0..settings.shards {
         let name = bands_name(partition.index, partition.count, shard, settings.shards);
-        let bytes = location.read(&name).await?;
-        let what = location.url_of(&location.child(&name));
+        let (bytes, what) = read_intermediate(location, &name).await?;
         let mut reader = Reader {
             bytes: &bytes,
             at: 0,
@@ -710,25 +726,22 @@ pub async fn near_clusters(
     storage: &BTreeMap<String, String>,
     out: &str,
 ) -> Result<DedupSummary> {
-    let location = open_work(work, storage).await?;
+    let location = open_work(work, storage)?;
     let settings = read_work(&location).await?;
-    let absent = missing(&location, "links", settings.partitions).await?;
-    if !absent.is_empty() {
-        return Err(Error::Data {
-            what: location.url(),
-            reason: format!(
-                "link jobs {absent:?} of {} have not finished (rerun them with --partition I/{})",
-                settings.partitions, settings.partitions
-            ),
-        });
-    }
+    require_done(
+        &location,
+        "links",
+        settings.partitions,
+        "link",
+        "--partition",
+    )
+    .await?;
     let mut links: Vec<(String, String)> = Vec::new();
     let mut link_bytes = 0usize;
     for partition in 0..settings.partitions {
-        let name = links_name(partition, settings.partitions);
-        let bytes = location.read(&name).await?;
+        let (bytes, what) =
+            read_intermediate(&location, &links_name(partition, settings.partitions)).await?;
         link_bytes += bytes.len();
-        let what = location.url_of(&location.child(&name));
         let mut reader = Reader {
             bytes: &bytes,
             at: 0,

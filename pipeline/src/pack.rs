@@ -133,11 +133,6 @@ fn input_manifest(url: &str) -> Result<dapt_core::Manifest> {
     })
 }
 
-/// The job of an array of `count` that packs the Document shard `name` (`--input DIR`).
-fn files_job(name: &str, count: usize) -> usize {
-    (xxhash_rust::xxh3::xxh3_64(name.as_bytes()) % count as u64) as usize
-}
-
 impl PackJob {
     /// The query and the sources the documents are read with.
     fn sources(&self) -> Result<(String, SourcesOptions)> {
@@ -166,7 +161,7 @@ impl PackJob {
                 let manifest = input_manifest(url)?;
                 let mut parts = Vec::new();
                 for shard in &manifest.shards {
-                    if files_job(&shard.name, self.shard.count) != self.shard.index {
+                    if !self.shard.takes(&shard.name) {
                         continue;
                     }
                     let table = format!("documents_{}", parts.len());
@@ -300,19 +295,8 @@ impl PackJob {
                         Ok::<_, Error>((stats, merged))
                     }
                     .await;
-                    match &result {
-                        Ok(_) => {
-                            dapt_core::status::clear_failure(&location, job.index, job.count)
-                                .await?;
-                        }
-                        Err(error) => {
-                            let message = dapt_core::status::describe(error);
-                            dapt_core::status::record_failure(
-                                &location, job.index, job.count, &message,
-                            )
-                            .await;
-                        }
-                    }
+                    dapt_core::status::record_outcome(&location, job.index, job.count, &result)
+                        .await?;
                     result
                 })?;
                 Ok(PackOutcome::Cpt {
@@ -494,10 +478,7 @@ async fn ordered_documents(
             if !(ids.is_valid(i) && texts.is_valid(i)) {
                 continue;
             }
-            if job.count > 1
-                && xxhash_rust::xxh3::xxh3_64(ids.value(i).as_bytes()) % job.count as u64
-                    != job.index as u64
-            {
+            if !job.takes(ids.value(i)) {
                 continue;
             }
             sorter.push(&PackDocument {
