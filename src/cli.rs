@@ -34,6 +34,9 @@ pub enum DataCommand {
     Generate(commands::generate::GenerateArgs),
     /// Mixtures: SQL components with token-budget weights, in stages (plan, run).
     Mix(commands::mix::MixArgs),
+    /// Run the processes of an Apache DataFusion Ballista cluster for `--cluster df://HOST:PORT`
+    /// (a scheduler, executors) with dapt's SQL functions and object stores.
+    Cluster(commands::cluster::ClusterArgs),
 }
 
 impl DataCommand {
@@ -49,6 +52,7 @@ impl DataCommand {
             Self::Pack(args) => commands::pack::run(args),
             Self::Mix(args) => commands::mix::run(args),
             Self::Generate(args) => commands::generate::run(args),
+            Self::Cluster(args) => commands::cluster::run(args),
         }
     }
 }

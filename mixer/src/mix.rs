@@ -283,6 +283,7 @@ impl Mix {
             tokenizers: options.tokenizers.clone(),
             encoder: options.encoder,
             classifiers: options.classifiers.clone(),
+            cluster: None,
         };
         for file in sources
             .tokenizers

@@ -24,16 +24,36 @@ pub fn pipeline_identity(pipeline: &Pipeline) -> Result<String> {
     crate::identity::identity("the mix pipeline", &stages)
 }
 
-/// Counts each stage's components (nothing is written).
-pub fn plan_mix(file: &Path) -> Result<Vec<(String, dapt_mixer::run::StagePlan)>> {
-    let pipeline = Pipeline::load(file)?;
+/// A mix or pipeline file whose queries run on the Ballista cluster `cluster` (`df://HOST:PORT`), or
+/// here.
+fn load(file: &Path, cluster: Option<&str>) -> Result<Pipeline> {
+    let mut pipeline = Pipeline::load(file)?;
+    for (_, mix) in &mut pipeline.stages {
+        mix.sources.cluster = cluster.map(str::to_string);
+    }
+    Ok(pipeline)
+}
+
+/// Counts each stage's components (nothing is written); the component queries run on `cluster`
+/// (`df://HOST:PORT`) when given.
+pub fn plan_mix(
+    file: &Path,
+    cluster: Option<&str>,
+) -> Result<Vec<(String, dapt_mixer::run::StagePlan)>> {
+    let pipeline = load(file, cluster)?;
     Ok(crate::runtime()?.block_on(dapt_mixer::plan_pipeline(&pipeline))?)
 }
 
 /// Materialises every stage of a mix or pipeline file into `out`; `overwrite` replaces outputs of
-/// other configurations there instead of refusing them.
-pub fn run_mix(file: &Path, out: &str, overwrite: bool) -> Result<Vec<MixReport>> {
-    let pipeline = Pipeline::load(file)?;
+/// other configurations there instead of refusing them; the component queries run on `cluster`
+/// (`df://HOST:PORT`) when given (the output is the same).
+pub fn run_mix(
+    file: &Path,
+    out: &str,
+    overwrite: bool,
+    cluster: Option<&str>,
+) -> Result<Vec<MixReport>> {
+    let pipeline = load(file, cluster)?;
     let hash = pipeline_identity(&pipeline)?;
     Ok(crate::runtime()?.block_on(dapt_mixer::run_pipeline(
         &pipeline,

@@ -31,6 +31,10 @@ pub enum PackInput {
         query: String,
         /// The sources file its tables come from.
         sources: Option<PathBuf>,
+        /// The `df://HOST:PORT` scheduler of the Ballista cluster that runs the query, or none (not
+        /// part of the identity: the rows are the same wherever it ran).
+        #[serde(skip)]
+        cluster: Option<String>,
     },
     /// A Document Parquet directory (a `dapt ingest` output), packed whole.
     Documents {
@@ -137,11 +141,16 @@ impl PackJob {
     /// The query and the sources the documents are read with.
     fn sources(&self) -> Result<(String, SourcesOptions)> {
         match &self.input {
-            PackInput::Query { query, sources } => {
-                let options = match sources {
+            PackInput::Query {
+                query,
+                sources,
+                cluster,
+            } => {
+                let mut options = match sources {
                     Some(path) => SourcesOptions::load(path)?,
                     None => SourcesOptions::default(),
                 };
+                options.cluster.clone_from(cluster);
                 Ok((query.clone(), options))
             }
             PackInput::Documents { url } => {

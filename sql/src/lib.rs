@@ -11,9 +11,10 @@ mod jsonl_format;
 pub mod rows;
 mod session;
 mod sources;
+pub mod stores;
 
 pub use error::{Error, Result};
 pub use functions::register_functions;
 pub use rows::string_rows;
-pub use session::SqlSession;
+pub use session::{load_models, SqlSession};
 pub use sources::{SourceFormat, SourceOptions, SourcesOptions};

@@ -46,21 +46,66 @@ impl SqlSession {
     }
 
     /// A session over the tables, tokenizers and classifiers of a sources file; with a memory limit,
-    /// see [`SqlSession::with_memory_limit`].
+    /// see [`SqlSession::with_memory_limit`]; on the Ballista cluster of `sources.cluster`, see
+    /// [`SqlSession::remote`] (the limit is then the executors' business).
     pub async fn over_sources(
         sources: &SourcesOptions,
         memory_limit: Option<usize>,
     ) -> Result<Self> {
-        let session = match memory_limit {
-            Some(bytes) => Self::with_memory_limit(bytes)?,
-            None => Self::new(),
+        let session = match (&sources.cluster, memory_limit) {
+            (Some(url), _) => Self::remote(url, &sources.storage).await?,
+            (None, Some(bytes)) => Self::with_memory_limit(bytes)?,
+            (None, None) => Self::new(),
         };
         session.register_sources(sources).await?;
         Ok(session)
     }
 
-    fn config() -> SessionConfig {
+    /// A session whose queries run on the Apache DataFusion Ballista cluster whose scheduler is at `url`
+    /// (`df://HOST:PORT`; `dapt cluster scheduler|executor`). The client plans; the scheduler and
+    /// executors must know dapt's functions and reach the tables' object stores (built from the table
+    /// URLs with these `storage` settings over the environment, as here).
+    pub async fn remote(
+        url: &str,
+        storage: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self> {
+        use ballista::prelude::SessionContextExt;
+        use ballista_core::extension::SessionConfigExt;
+        let refused = |reason: String| Error::Config {
+            path: format!("--cluster {url}"),
+            reason,
+        };
+        let parsed = Url::parse(url).map_err(|e| refused(format!("{e}; give df://HOST:PORT")))?;
+        if parsed.scheme() != "df" || parsed.host_str().is_none() || parsed.port().is_none() {
+            return Err(refused("give the scheduler as df://HOST:PORT".into()));
+        }
+        let runtime = crate::stores::runtime_env(storage).map_err(|source| Error::DataFusion {
+            what: "the object-store runtime".into(),
+            source,
+        })?;
+        let state = datafusion::execution::session_state::SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(Self::config().upgrade_for_ballista())
+            .with_runtime_env(runtime)
+            .build();
+        let context = SessionContext::remote_with_state(url, state)
+            .await
+            .map_err(|source| Error::DataFusion {
+                what: format!("connecting to the scheduler at {url}"),
+                source,
+            })?;
+        Ok(Self::with_context(context))
+    }
+
+    /// The session settings every dapt session starts from (a cluster client and scheduler too).
+    pub fn config() -> SessionConfig {
         SessionConfig::new().with_information_schema(true)
+    }
+
+    /// A session over an existing context (e.g. one whose queries run on a cluster): file paths as
+    /// tables, JSON lines under `.jsonl`/`.ndjson`, and the dapt functions are added to it.
+    pub fn from_context(context: SessionContext) -> Self {
+        Self::with_context(context)
     }
 
     fn with_context(context: SessionContext) -> Self {
@@ -113,34 +158,7 @@ impl SqlSession {
     /// Loads the tokenizers and classifiers a sources file names and makes them available to
     /// `token_count` and `classify`.
     pub fn register_models(&self, sources: &SourcesOptions) -> Result<()> {
-        let mut models = crate::functions::models::Models::default();
-        for (name, path) in &sources.tokenizers {
-            let tokenizer = dapt_encoder::TokenizerFile::load_with(path, sources.encoder).map_err(
-                |source| Error::Tokenizer {
-                    name: name.clone(),
-                    source,
-                },
-            )?;
-            models
-                .tokenizers
-                .insert(name.clone(), std::sync::Arc::new(tokenizer));
-        }
-        for (name, path) in &sources.classifiers {
-            let classifier =
-                crate::functions::classifier::Classifier::load(path).map_err(|reason| {
-                    Error::Config {
-                        path: format!("classifiers.{name}"),
-                        reason,
-                    }
-                })?;
-            models
-                .classifiers
-                .insert(name.clone(), std::sync::Arc::new(classifier));
-        }
-        crate::functions::register_functions_with_models(
-            &self.context,
-            std::sync::Arc::new(models),
-        );
+        crate::functions::register_functions_with_models(&self.context, load_models(sources)?);
         Ok(())
     }
 
@@ -344,6 +362,40 @@ impl SqlSession {
                 source,
             })
     }
+}
+
+/// Loads the tokenizers and classifiers a sources file names (`[tokenizers]`, `[classifiers]`), for
+/// `token_count` and `classify`: what a session registers, and what a cluster executor must load too.
+pub fn load_models(
+    sources: &SourcesOptions,
+) -> Result<std::sync::Arc<crate::functions::models::Models>> {
+    let mut models = crate::functions::models::Models::default();
+
+    for (name, path) in &sources.tokenizers {
+        let tokenizer =
+            dapt_encoder::TokenizerFile::load_with(path, sources.encoder).map_err(|source| {
+                Error::Tokenizer {
+                    name: name.clone(),
+                    source,
+                }
+            })?;
+        models
+            .tokenizers
+            .insert(name.clone(), std::sync::Arc::new(tokenizer));
+    }
+    for (name, path) in &sources.classifiers {
+        let classifier =
+            crate::functions::classifier::Classifier::load(path).map_err(|reason| {
+                Error::Config {
+                    path: format!("classifiers.{name}"),
+                    reason,
+                }
+            })?;
+        models
+            .classifiers
+            .insert(name.clone(), std::sync::Arc::new(classifier));
+    }
+    Ok(std::sync::Arc::new(models))
 }
 
 /// Refuses, from the statement's syntax alone, anything but a query: SELECT/WITH/VALUES, EXPLAIN,

@@ -19,6 +19,10 @@ pub struct SourcesOptions {
     pub encoder: dapt_encoder::EncoderChoice,
     /// Classifiers for `classify(text, 'name')`: name → model file of `dapt classify train`.
     pub classifiers: BTreeMap<String, std::path::PathBuf>,
+    /// Where queries run: `None` here, or the `df://HOST:PORT` scheduler of a Ballista cluster
+    /// (`--cluster`). Not part of any output's identity: a result is the same wherever it ran.
+    #[serde(skip)]
+    pub cluster: Option<String>,
 }
 
 /// One table.

@@ -87,6 +87,10 @@ struct Query {
     /// Column with the text.
     #[arg(long, default_value = "text")]
     text: String,
+    /// Run the query on an Apache DataFusion Ballista cluster: df://HOST:PORT of its scheduler
+    /// (`dapt cluster`); the result is the same.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    cluster: Option<String>,
 }
 
 #[derive(Args)]
@@ -137,8 +141,10 @@ fn sources(config: Option<&PathBuf>) -> anyhow::Result<SourcesOptions> {
 }
 
 fn settings(query: Query, near: Option<NearOptions>, out: String) -> anyhow::Result<DedupSettings> {
+    let mut sources = sources(query.config.as_ref())?;
+    sources.cluster = query.cluster;
     Ok(DedupSettings {
-        sources: sources(query.config.as_ref())?,
+        sources,
         query: query.query,
         key: query.key,
         text: query.text,

@@ -17,6 +17,10 @@ enum Mode {
     Plan {
         /// A mix file (with total_tokens) or a pipeline file ([[stage]] name, mix, tokens).
         file: PathBuf,
+        /// Run the component queries on an Apache DataFusion Ballista cluster: df://HOST:PORT of
+        /// its scheduler (`dapt cluster`); executors need the mix's tokenizer and sources reachable.
+        #[arg(long, value_name = "df://HOST:PORT")]
+        cluster: Option<String>,
     },
     /// Materialise the mix (or every stage of a pipeline, into OUT/<stage>/) as Parquet shards with
     /// a `component` column, `_manifest.json` and `mix_report.json`; deterministic and resumable.
@@ -30,13 +34,17 @@ enum Mode {
         /// instead of refusing it: its manifest goes first, then its shards.
         #[arg(long)]
         overwrite: bool,
+        /// Run the component queries on an Apache DataFusion Ballista cluster: df://HOST:PORT of
+        /// its scheduler (`dapt cluster`); executors need the mix's tokenizer and sources reachable.
+        #[arg(long, value_name = "df://HOST:PORT")]
+        cluster: Option<String>,
     },
 }
 
 pub fn run(args: MixArgs) -> anyhow::Result<()> {
     match args.mode {
-        Mode::Plan { file } => {
-            let plans = dapt_pipeline::mix::plan_mix(&file)?;
+        Mode::Plan { file, cluster } => {
+            let plans = dapt_pipeline::mix::plan_mix(&file, cluster.as_deref())?;
             println!(
                 "{:<10} {:<20} {:>7} {:>10} {:>12} {:>12} {:>8} {:>10}",
                 "stage",
@@ -73,8 +81,9 @@ pub fn run(args: MixArgs) -> anyhow::Result<()> {
             file,
             out,
             overwrite,
+            cluster,
         } => {
-            let reports = dapt_pipeline::mix::run_mix(&file, &out, overwrite)?;
+            let reports = dapt_pipeline::mix::run_mix(&file, &out, overwrite, cluster.as_deref())?;
             for report in &reports {
                 println!(
                     "stage {}: {} documents, {} tokens (target {}); max share error {:.3} points",

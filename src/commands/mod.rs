@@ -1,5 +1,6 @@
 //! One module per data subcommand (the commands of both binaries), and what several of them share.
 pub mod classify;
+pub mod cluster;
 pub mod dedup;
 pub mod generate;
 pub mod ingest;

@@ -24,6 +24,10 @@ pub struct PackArgs {
     /// Sources file (TOML), as for `dapt sql`.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Run the -e query on an Apache DataFusion Ballista cluster: df://HOST:PORT of its scheduler
+    /// (`dapt cluster`); the rows, and so the output, are the same.
+    #[arg(long, value_name = "df://HOST:PORT", requires = "query")]
+    cluster: Option<String>,
     /// The HF tokenizer.json to tokenise with.
     #[arg(long)]
     tokenizer: PathBuf,
@@ -107,6 +111,7 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
         (Some(query), _) => PackInput::Query {
             query: query.clone(),
             sources: args.config.clone(),
+            cluster: args.cluster.clone(),
         },
         (None, Some(url)) => PackInput::Documents { url: url.clone() },
         (None, None) => anyhow::bail!("give -e SQL or --input DIR"),

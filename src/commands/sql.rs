@@ -35,6 +35,11 @@ pub struct SqlArgs {
     /// Output format (default: table on stdout, else from --out's extension).
     #[arg(long, value_enum)]
     format: Option<OutputFormat>,
+    /// Run the query on an Apache DataFusion Ballista cluster (`dapt cluster scheduler|executor`):
+    /// df://HOST:PORT of its scheduler. Tables must be on storage the executors reach (s3://…), and
+    /// the executors need this --config for token_count and classify.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    cluster: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -52,10 +57,11 @@ pub fn run(args: SqlArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read {}", path.display()))?,
         (None, None) => bail!("give the SQL with -e or -f"),
     };
-    let sources = match &args.config {
+    let mut sources = match &args.config {
         Some(path) => SourcesOptions::load(path)?,
         None => SourcesOptions::default(),
     };
+    sources.cluster = args.cluster.clone();
     let format = match (args.format, &args.out) {
         (Some(format), _) => format,
         (None, None) => OutputFormat::Table,

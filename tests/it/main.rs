@@ -4,6 +4,7 @@
 #![cfg_attr(not(feature = "torch"), allow(dead_code, unused_imports))]
 #[cfg(feature = "torch")]
 mod adapt;
+mod cluster_cli;
 mod common;
 mod configs;
 mod dedup_cli;

@@ -46,15 +46,22 @@ pub fn register_functions(context: &SessionContext) {
 /// Registers every dapt function on `context`, with the tokenizers and classifiers that
 /// `token_count` and `classify` can name.
 pub fn register_functions_with_models(context: &SessionContext, models: Arc<models::Models>) {
-    for udf in functions() {
+    for udf in functions_with_models(models) {
         context.register_udf(udf);
     }
-    context.register_udf(ScalarUDF::new_from_impl(
+}
+
+/// Every dapt function, `token_count` and `classify` with these models: the catalogue a cluster's
+/// scheduler and executors register.
+pub fn functions_with_models(models: Arc<models::Models>) -> Vec<ScalarUDF> {
+    let mut all = functions();
+    all.push(ScalarUDF::new_from_impl(
         models::ModelFunction::token_count(Arc::clone(&models)),
     ));
-    context.register_udf(ScalarUDF::new_from_impl(models::ModelFunction::classify(
+    all.push(ScalarUDF::new_from_impl(models::ModelFunction::classify(
         models,
     )));
+    all
 }
 
 /// Every dapt function as a DataFusion UDF.
