@@ -21,7 +21,7 @@ pub use dapt_encoder::{EncoderChoice, FastEncoder, TokenizerFile};
 pub use error::{Error, Result};
 pub use extend::{extend, Extension, NewToken};
 pub use gguf::{GgufVocabulary, SUPPORTED_PRE_TOKENIZERS};
-pub use measure::{measure, Compression};
+pub use measure::{measure, Compression, Measurer};
 pub use order::{DocumentSorter, PACK_ORDER};
 pub use sft::{pack_pairs, pack_sft, ChatTemplate, Message, Overlong, SftStats, Tokenized, CHATML};
 pub use token_cache::{read_token_cache, token_cache_schema, write_token_cache, TokenisedDocument};

@@ -1,11 +1,11 @@
 //! Compression of a tokenizer on a corpus: how a user decides whether to adapt one.
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Result, TokenizerFile};
 
 /// Totals and ratios of one tokenizer over some texts.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Compression {
     /// Documents measured.
     pub documents: u64,
@@ -32,7 +32,19 @@ pub struct Compression {
 }
 
 impl Compression {
-    fn finish(mut self) -> Self {
+    /// Adds another measurement's totals to these (the ratios are recomputed by
+    /// [`Compression::finish`]).
+    pub fn add(&mut self, other: &Compression) {
+        self.documents += other.documents;
+        self.chars += other.chars;
+        self.bytes += other.bytes;
+        self.words += other.words;
+        self.tokens += other.tokens;
+        self.fallback_tokens += other.fallback_tokens;
+    }
+
+    /// The ratios of the totals.
+    pub fn finish(mut self) -> Self {
         let per = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         self.chars_per_token = per(self.chars, self.tokens);
         self.bytes_per_token = per(self.bytes, self.tokens);
@@ -64,33 +76,47 @@ fn fallback_ids(tokenizer: &TokenizerFile) -> Result<Vec<bool>> {
 
 /// Measures `tokenizer` on `texts` (tokenised in parallel, no special tokens).
 pub fn measure(tokenizer: &TokenizerFile, texts: &[String]) -> Result<Compression> {
-    let fallback = fallback_ids(tokenizer)?;
-    let ids: Vec<String> = (0..texts.len()).map(|i| format!("text {i}")).collect();
-    let encoded = tokenizer.encode_all(&ids, texts)?;
-    let mut c = texts
-        .par_iter()
-        .zip(encoded.par_iter())
-        .map(|(text, ids)| Compression {
-            documents: 1,
-            chars: text.chars().count() as u64,
-            bytes: text.len() as u64,
-            words: text.split_whitespace().count() as u64,
-            tokens: ids.len() as u64,
-            fallback_tokens: ids
-                .iter()
-                .filter(|&&id| fallback.get(id as usize).copied().unwrap_or(false))
-                .count() as u64,
-            ..Default::default()
+    Ok(Measurer::new(tokenizer)?.totals(texts)?.finish())
+}
+
+/// Measures one tokenizer batch after batch: totals to add up (see [`Compression::add`]), so that a
+/// corpus streams through in bounded memory and job arrays can sum their parts.
+pub struct Measurer<'a> {
+    tokenizer: &'a TokenizerFile,
+    fallback: Vec<bool>,
+}
+
+impl<'a> Measurer<'a> {
+    /// A measurer of `tokenizer` (finds its fallback tokens once).
+    pub fn new(tokenizer: &'a TokenizerFile) -> Result<Self> {
+        Ok(Self {
+            tokenizer,
+            fallback: fallback_ids(tokenizer)?,
         })
-        .reduce(Compression::default, |mut a, b| {
-            a.documents += b.documents;
-            a.chars += b.chars;
-            a.bytes += b.bytes;
-            a.words += b.words;
-            a.tokens += b.tokens;
-            a.fallback_tokens += b.fallback_tokens;
-            a
-        });
-    c = c.finish();
-    Ok(c)
+    }
+
+    /// The totals over `texts` (ratios not computed).
+    pub fn totals(&self, texts: &[String]) -> Result<Compression> {
+        let ids: Vec<String> = (0..texts.len()).map(|i| format!("text {i}")).collect();
+        let encoded = self.tokenizer.encode_all(&ids, texts)?;
+        Ok(texts
+            .par_iter()
+            .zip(encoded.par_iter())
+            .map(|(text, ids)| Compression {
+                documents: 1,
+                chars: text.chars().count() as u64,
+                bytes: text.len() as u64,
+                words: text.split_whitespace().count() as u64,
+                tokens: ids.len() as u64,
+                fallback_tokens: ids
+                    .iter()
+                    .filter(|&&id| self.fallback.get(id as usize).copied().unwrap_or(false))
+                    .count() as u64,
+                ..Default::default()
+            })
+            .reduce(Compression::default, |mut a, b| {
+                a.add(&b);
+                a
+            }))
+    }
 }

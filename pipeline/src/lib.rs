@@ -11,6 +11,7 @@ mod error;
 pub mod generate;
 pub mod identity;
 pub mod ingest;
+pub mod measure;
 pub mod mix;
 pub mod pack;
 pub mod progress;

@@ -60,7 +60,7 @@ struct Labelled {
 fn load(data: &Labelled) -> anyhow::Result<Vec<(String, bool)>> {
     let mut examples = Vec::new();
     for (query, label) in [(&data.positive, true), (&data.negative, false)] {
-        let rows = super::query_strings(data.config.as_deref(), query, &["text"])?;
+        let rows = super::query_strings(data.config.as_deref(), query, &["text"], None)?;
         examples.extend(rows.into_iter().map(|mut row| (row.remove(0), label)));
     }
     Ok(examples)

@@ -17,22 +17,30 @@ use anyhow::Context;
 
 use dapt_sql::{SourcesOptions, SqlSession};
 
-/// Runs a read-only query over the sources of `config` and returns the string values of `columns`
-/// for every row (rows with a NULL in any of them are left out).
+/// Runs a read-only query over the sources of `config` (on the Ballista cluster `cluster`, if given)
+/// and returns the string values of `columns` for every row (rows with a NULL in any of them are left
+/// out).
 pub fn query_strings(
     config: Option<&Path>,
     query: &str,
     columns: &[&str],
+    cluster: Option<&str>,
 ) -> anyhow::Result<Vec<Vec<String>>> {
-    let sources = match config {
-        Some(path) => SourcesOptions::load(path)?,
-        None => SourcesOptions::default(),
-    };
+    let mut sources = load_sources(config)?;
+    sources.cluster = cluster.map(str::to_string);
     let rows = dapt_pipeline::runtime()?.block_on(async {
         let session = SqlSession::over_sources(&sources, None).await?;
         dapt_sql::string_rows(&session, query, &[columns]).await
     })?;
     Ok(rows.1)
+}
+
+/// The sources file at `config`, or none.
+pub fn load_sources(config: Option<&Path>) -> anyhow::Result<SourcesOptions> {
+    Ok(match config {
+        Some(path) => SourcesOptions::load(path)?,
+        None => SourcesOptions::default(),
+    })
 }
 
 /// `--storage-option KEY=VALUE` flags as object_store options.

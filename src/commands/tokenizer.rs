@@ -1,10 +1,10 @@
 //! `dapt tokenizer train|measure|extend`: tokenizer adaptation on text selected with SQL.
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use dapt_packer::{BpeTrainOptions, TokenizerFile, UnigramTrainOptions};
+use dapt_pipeline::measure::{MeasureOutcome, MeasureSettings};
 
 /// Arguments of `dapt tokenizer`.
 #[derive(Args)]
@@ -21,6 +21,10 @@ struct Texts {
     /// Sources file (TOML), as for `dapt sql`.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Run the query on an Apache DataFusion Ballista cluster: df://HOST:PORT of its scheduler
+    /// (`dapt cluster`); the rows are the same.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    cluster: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -66,6 +70,15 @@ enum Mode {
         /// Encoder: auto (the fast backend where it gives HF's ids exactly, else HF), hf, or fast.
         #[arg(long, default_value = "auto")]
         encoder: dapt_packer::EncoderChoice,
+        /// This job of an array: INDEX/COUNT (e.g. 0/8), or `env` (Slurm, a Kubernetes Indexed Job,
+        /// AWS Batch or DAPT_SHARD_INDEX/DAPT_SHARD_COUNT). The job measures the rows whose text hashes
+        /// to it and publishes its totals under --work; the job that finds every part there prints
+        /// (and writes WORK/measure.json) the whole table.
+        #[arg(long, requires = "work")]
+        shard: Option<String>,
+        /// Work directory (URL) of a job array's parts.
+        #[arg(long)]
+        work: Option<String>,
     },
     /// Append tokens learned on domain text to an existing BPE tokenizer (old ids unchanged).
     Extend {
@@ -89,7 +102,12 @@ enum Mode {
 fn texts(texts: &Texts, extra: Option<&str>) -> anyhow::Result<Vec<Vec<String>>> {
     let mut columns = vec!["text"];
     columns.extend(extra);
-    super::query_strings(texts.config.as_deref(), &texts.query, &columns)
+    super::query_strings(
+        texts.config.as_deref(),
+        &texts.query,
+        &columns,
+        texts.cluster.as_deref(),
+    )
 }
 
 pub fn run(args: TokenizerArgs) -> anyhow::Result<()> {
@@ -143,27 +161,41 @@ pub fn run(args: TokenizerArgs) -> anyhow::Result<()> {
             tokenizers,
             group_by,
             encoder,
+            shard,
+            work,
         } => {
-            let mut loaded = Vec::new();
+            let mut named = Vec::new();
             for spec in &tokenizers {
                 let Some((name, path)) = spec.split_once('=') else {
                     bail!("--tokenizer {spec:?} is not NAME=PATH");
                 };
-                loaded.push((
-                    name.to_string(),
-                    TokenizerFile::load_with(std::path::Path::new(path), encoder)?,
-                ));
+                named.push((name.to_string(), PathBuf::from(path)));
             }
-            let rows = texts(&input, group_by.as_deref())?;
-            let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for mut row in rows {
-                let group = if row.len() > 1 {
-                    row.remove(1)
-                } else {
-                    "all".to_string()
-                };
-                groups.entry(group).or_default().push(row.remove(0));
-            }
+            let mut sources = super::load_sources(input.config.as_deref())?;
+            sources.cluster = input.cluster.clone();
+            let shard = match &shard {
+                Some(text) => dapt_ingest::Job::parse(text)?,
+                None => dapt_ingest::Job::ALL,
+            };
+            let outcome = dapt_pipeline::measure::measure(&MeasureSettings {
+                query: input.query.clone(),
+                sources,
+                group_by: group_by.clone(),
+                tokenizers: named,
+                encoder,
+                shard,
+                work: work.clone(),
+            })?;
+            let table = match outcome {
+                MeasureOutcome::Complete(table) => table,
+                MeasureOutcome::Waiting { missing } => {
+                    println!(
+                        "job {}/{} done; the table comes with the last of jobs {missing:?}",
+                        shard.index, shard.count
+                    );
+                    return Ok(());
+                }
+            };
             println!(
                 "{:<20} {:<16} {:>9} {:>11} {:>11} {:>11} {:>10}",
                 group_by.as_deref().unwrap_or("group"),
@@ -174,9 +206,8 @@ pub fn run(args: TokenizerArgs) -> anyhow::Result<()> {
                 "tok/word",
                 "fallback"
             );
-            for (group, texts) in &groups {
-                for (name, tokenizer) in &loaded {
-                    let c = dapt_packer::measure(tokenizer, texts)?;
+            for (group, sums) in &table {
+                for (name, c) in sums {
                     println!(
                         "{group:<20} {name:<16} {:>9} {:>11.3} {:>11.3} {:>11.3} {:>9.2}%",
                         c.documents,

@@ -116,3 +116,99 @@ fn measure_extend_and_train_from_sql() -> Result<()> {
     );
     Ok(())
 }
+
+/// `dapt tokenizer measure --shard i/n --work URL` as a job array of processes: each job publishes
+/// its totals, the last one prints the whole table, equal to one process's; a work directory of
+/// another measurement is refused.
+#[test]
+fn measure_as_a_job_array_equals_one_process() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let docs = dir.path().join("docs");
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/demo/data");
+    crate::common::ingest(&data, &docs)?;
+    let config = dir.path().join("sources.toml");
+    std::fs::write(
+        &config,
+        format!("[sources.docs]\nurl = \"{}/\"\n", docs.display()),
+    )?;
+    let config = config.to_str().unwrap();
+    let qwen = format!(
+        "qwen3={}",
+        test_data()
+            .join("tokenizers/qwen3/tokenizer.json")
+            .display()
+    );
+    let gpt2 = format!(
+        "gpt2={}",
+        test_data().join("tokenizers/gpt2/tokenizer.json").display()
+    );
+    let query = "SELECT text, source FROM docs";
+    let measure = |extra: &[&str]| -> Result<String> {
+        let mut args = vec![
+            "tokenizer",
+            "measure",
+            "--config",
+            config,
+            "--tokenizer",
+            &qwen,
+            "--tokenizer",
+            &gpt2,
+            "-e",
+            query,
+            "--group-by",
+            "source",
+        ];
+        args.extend(extra);
+        let output = dapt(&args);
+        ensure!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8(output.stdout)?)
+    };
+    let one = measure(&[])?;
+    ensure!(
+        one.lines().count() > 4 && one.contains("qwen3") && one.contains("gpt2"),
+        "{one}"
+    );
+    let work = dir.path().join("work").display().to_string();
+    let first = measure(&["--shard", "2/3", "--work", &work])?;
+    ensure!(
+        first.contains("job 2/3 done") && first.contains("[0, 1]"),
+        "{first}"
+    );
+    let second = measure(&["--shard", "0/3", "--work", &work])?;
+    ensure!(second.contains("[1]"), "{second}");
+    let last = measure(&["--shard", "1/3", "--work", &work])?;
+    ensure!(
+        last == one,
+        "the array's table:\n{last}\none process's:\n{one}"
+    );
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("work/measure.json"))?)?;
+    ensure!(
+        written.as_object().is_some_and(|groups| !groups.is_empty()),
+        "{written}"
+    );
+    // A rerun of a finished job gives the table again; another measurement is refused.
+    ensure!(measure(&["--shard", "0/3", "--work", &work])? == one);
+    let other = dapt(&[
+        "tokenizer",
+        "measure",
+        "--config",
+        config,
+        "--tokenizer",
+        &qwen,
+        "-e",
+        query,
+        "--shard",
+        "0/3",
+        "--work",
+        &work,
+    ]);
+    ensure!(!other.status.success());
+    let message = String::from_utf8_lossy(&other.stderr);
+    ensure!(message.contains("another measurement"), "{message}");
+    Ok(())
+}
