@@ -22,4 +22,6 @@ pub use dedup::{
 };
 pub use error::{Error, Result};
 pub use mix::{Mix, MixOptions, Pipeline};
-pub use run::{plan_pipeline, plan_pipeline_with, run_pipeline, InventoryCache, MixReport};
+pub use run::{
+    plan_pipeline, plan_pipeline_with, run_pipeline, run_pipeline_with, InventoryCache, MixReport,
+};

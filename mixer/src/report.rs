@@ -106,8 +106,8 @@ pub fn looks_like_math(text: &str) -> bool {
     text.len() >= 40 && markers * 1000 >= 5 * text.len()
 }
 
-/// Accumulates an [`Attribution`].
-#[derive(Default)]
+/// Accumulates an [`Attribution`] (whole counts only, so parts add up exactly in any order).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AttributionBuilder {
     target: Option<String>,
     documents: u64,
@@ -144,6 +144,23 @@ impl AttributionBuilder {
             .languages
             .entry(language.unwrap_or("und").to_string())
             .or_default() += 1;
+    }
+
+    /// Adds the counts of another part of the same component.
+    pub fn merge(&mut self, other: &AttributionBuilder) {
+        self.documents += other.documents;
+        self.tokens += other.tokens;
+        for (mine, theirs) in [
+            (&mut self.other, other.other),
+            (&mut self.code, other.code),
+            (&mut self.math, other.math),
+        ] {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+        }
+        for (language, count) in &other.languages {
+            *self.languages.entry(language.clone()).or_default() += count;
+        }
     }
 
     /// The shares and the top ten languages.

@@ -52,6 +52,28 @@ pub struct InventoryCache {
 }
 
 impl InventoryCache {
+    /// The key of a component's inventory: its SQL, the mix's sources (wherever the query runs), the
+    /// tokenizer's bytes and the target language.
+    pub fn key(mix: &Mix, component: &Component, tokenizer: &TokenizerFile) -> String {
+        let mut sources = mix.sources.clone();
+        sources.cluster = None;
+        dapt_core::hash::sha256_hex(
+            format!(
+                "{}\u{0}{:?}\u{0}{}\u{0}{:?}",
+                component.sql,
+                sources,
+                tokenizer.sha256(),
+                mix.target_language
+            )
+            .as_bytes(),
+        )
+    }
+
+    /// Serves `inventory` for `key` (counted elsewhere, e.g. by a job array) instead of counting.
+    pub fn insert(&mut self, key: String, inventory: Arc<Inventory>) {
+        self.inventories.insert(key, inventory);
+    }
+
     async fn get(
         &mut self,
         session: &SqlSession,
@@ -59,16 +81,7 @@ impl InventoryCache {
         component: &Component,
         tokenizer: &TokenizerFile,
     ) -> Result<Arc<Inventory>> {
-        let key = dapt_core::hash::sha256_hex(
-            format!(
-                "{}\u{0}{:?}\u{0}{}\u{0}{:?}",
-                component.sql,
-                mix.sources,
-                tokenizer.sha256(),
-                mix.target_language
-            )
-            .as_bytes(),
-        );
+        let key = Self::key(mix, component, tokenizer);
         if let Some(found) = self.inventories.get(&key) {
             return Ok(found.clone());
         }
@@ -204,7 +217,8 @@ fn input_error(component: &str, e: impl Into<crate::error::BoxError>) -> Error {
     }
 }
 
-async fn session(mix: &Mix) -> Result<SqlSession> {
+/// The SQL session of a mix's component queries (its sources, on its cluster if it names one).
+pub async fn session(mix: &Mix) -> Result<SqlSession> {
     Ok(SqlSession::over_sources(&mix.sources, Some(SQL_MEMORY)).await?)
 }
 
@@ -222,6 +236,54 @@ pub async fn inventory(
     tokenizer: &TokenizerFile,
     target_language: Option<&str>,
 ) -> Result<Inventory> {
+    let part = inventory_part(session, component, tokenizer, target_language, &|_| true).await?;
+    Ok(Inventory::from_parts(vec![part]))
+}
+
+/// One job's share of a component's inventory: the documents whose id `takes` accepts, with the
+/// totals of their attribution (whole counts, so parts add up exactly).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InventoryPart {
+    /// Document ids, in query order.
+    pub ids: Vec<String>,
+    /// Their token counts.
+    pub tokens: Vec<u64>,
+    /// The attribution's counts.
+    pub attribution: AttributionBuilder,
+}
+
+impl Inventory {
+    /// The inventory of a component whose documents the parts split between them (each id in one
+    /// part). The order of ids does not matter: sampling orders them by their hash keys.
+    pub fn from_parts(parts: Vec<InventoryPart>) -> Self {
+        let mut ids = Vec::new();
+        let mut tokens = Vec::new();
+        let mut attribution: Option<AttributionBuilder> = None;
+        for part in parts {
+            ids.extend(part.ids);
+            tokens.extend(part.tokens);
+            match &mut attribution {
+                Some(sum) => sum.merge(&part.attribution),
+                None => attribution = Some(part.attribution),
+            }
+        }
+        Inventory {
+            ids,
+            tokens,
+            attribution: attribution.unwrap_or_default().finish(),
+        }
+    }
+}
+
+/// Counts the documents of a component whose id `takes` accepts (a job's share; see
+/// [`InventoryPart`]).
+pub async fn inventory_part(
+    session: &SqlSession,
+    component: &Component,
+    tokenizer: &TokenizerFile,
+    target_language: Option<&str>,
+    takes: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<InventoryPart> {
     let mut stream = session
         .query(&component.sql)
         .await
@@ -242,7 +304,7 @@ pub async fn inventory(
         };
         let (id, text) = (id.as_string::<i32>(), text.as_string::<i32>());
         let rows: Vec<(String, &str)> = (0..batch.num_rows())
-            .filter(|&i| id.is_valid(i) && text.is_valid(i))
+            .filter(|&i| id.is_valid(i) && text.is_valid(i) && takes(id.value(i)))
             .map(|i| (id.value(i).to_string(), text.value(i)))
             .collect();
         let counted: Vec<(u64, Option<&'static str>, crate::report::DocumentTraits)> = rows
@@ -266,10 +328,10 @@ pub async fn inventory(
             tokens.push(n);
         }
     }
-    Ok(Inventory {
+    Ok(InventoryPart {
         ids,
         tokens,
-        attribution: attribution.finish(),
+        attribution,
     })
 }
 
@@ -866,7 +928,22 @@ pub async fn run_pipeline(
     hash: &str,
     overwrite: bool,
 ) -> Result<Vec<MixReport>> {
-    let mut state = PipelineState::default();
+    run_pipeline_with(pipeline, out, hash, overwrite, InventoryCache::default()).await
+}
+
+/// [`run_pipeline`] with component inventories already counted (e.g. by a job array of `dapt mix
+/// plan --shard`); components not in `inventories` are counted here.
+pub async fn run_pipeline_with(
+    pipeline: &Pipeline,
+    out: &Location,
+    hash: &str,
+    overwrite: bool,
+    inventories: InventoryCache,
+) -> Result<Vec<MixReport>> {
+    let mut state = PipelineState {
+        inventories,
+        ..PipelineState::default()
+    };
     let mut tokenizers = TokenizerCache::default();
     let mut reports = Vec::new();
     let single = pipeline.stages.len() == 1 && pipeline.stages[0].0 == "mix";

@@ -1,10 +1,26 @@
 //! `dapt mix plan|run` as jobs: a mix or pipeline file planned (counted) or materialised into an
 //! output whose identity is every stage's mix settings and the bytes of its tokenizer.
+//!
+//! Counting (tokenising every document of every component) is the expensive part, so it also runs as
+//! a job array ([`count_mix`], `dapt mix plan --shard i/n --work URL`): each job counts the documents
+//! whose id hashes to it and publishes its part of each component's inventory in the work directory:
+//! - `_settings.json`: the pipeline's identity and the number of jobs (other settings are refused);
+//! - `inventory/KEY/I-of-N.json`: a job's part of the component with inventory key `KEY` (ids,
+//!   token counts, attribution counts);
+//! - `_done/plan-I-of-N.json`: written last by each job.
+//!
+//! `dapt mix plan|run --work URL` then plans and materialises from the parts (every job must be
+//! done): the same plan and the same output bytes as counting in one process.
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use dapt_core::Location;
-use dapt_mixer::{MixReport, Pipeline};
+use dapt_mixer::run::{Inventory, InventoryPart, TokenizerCache};
+use dapt_mixer::{InventoryCache, MixReport, Pipeline};
+use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
 use crate::Result;
 
 /// The identity of a pipeline's output: every stage's mix settings and its tokenizer's sha256.
@@ -34,31 +50,254 @@ fn load(file: &Path, cluster: Option<&str>) -> Result<Pipeline> {
     Ok(pipeline)
 }
 
-/// Counts each stage's components (nothing is written); the component queries run on `cluster`
-/// (`df://HOST:PORT`) when given.
+/// Counts each stage's components (nothing is written), or takes the counts of a `count_mix` job
+/// array from `work`; the component queries run on `cluster` (`df://HOST:PORT`) when given.
 pub fn plan_mix(
     file: &Path,
     cluster: Option<&str>,
+    work: Option<&str>,
 ) -> Result<Vec<(String, dapt_mixer::run::StagePlan)>> {
     let pipeline = load(file, cluster)?;
-    Ok(crate::runtime()?.block_on(dapt_mixer::plan_pipeline(&pipeline))?)
+    let runtime = crate::runtime()?;
+    let mut inventories = match work {
+        Some(work) => {
+            let identity = pipeline_identity(&pipeline)?;
+            runtime.block_on(counted_inventories(&pipeline, identity, work))?
+        }
+        None => InventoryCache::default(),
+    };
+    Ok(runtime.block_on(dapt_mixer::plan_pipeline_with(&pipeline, &mut inventories))?)
+}
+
+/// The settings a count array's work directory is bound to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct CountWork {
+    /// [`pipeline_identity`] of the mix or pipeline file.
+    pipeline: String,
+    /// Jobs in the array.
+    jobs: usize,
+}
+
+/// What one count job did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CountRecord {
+    /// The job.
+    pub index: usize,
+    /// Jobs in the array.
+    pub count: usize,
+    /// Components counted (shared components once).
+    pub components: usize,
+    /// Documents of this job's share.
+    pub documents: u64,
+    /// Their tokens.
+    pub tokens: u64,
+    /// The job was already done: nothing was counted again.
+    #[serde(skip)]
+    pub reused: bool,
+}
+
+fn done_name(index: usize, count: usize) -> String {
+    format!("_done/plan-{index:05}-of-{count:05}.json")
+}
+
+fn part_name(key: &str, index: usize, count: usize) -> String {
+    format!("inventory/{key}/{index:05}-of-{count:05}.json")
+}
+
+fn json_error(what: String) -> impl FnOnce(serde_json::Error) -> Error {
+    move |source| Error::Json { what, source }
+}
+
+/// Binds `work` to this pipeline and job count, or refuses it if another's parts are there.
+async fn bind_count_work(work: &Location, settings: &CountWork) -> Result<()> {
+    let name = "_settings.json";
+    match work.read_optional(name).await? {
+        Some(bytes) => {
+            let found: CountWork = serde_json::from_slice(&bytes)
+                .map_err(json_error(work.url_of(&work.child(name))))?;
+            if &found != settings {
+                return Err(Error::Data {
+                    what: work.url(),
+                    reason: format!(
+                        "holds the counts of another mix configuration or job count ({} jobs of {}; this is {} jobs of {}); use another --work",
+                        found.jobs, found.pipeline, settings.jobs, settings.pipeline
+                    ),
+                });
+            }
+        }
+        None => {
+            let bytes = serde_json::to_vec_pretty(settings)
+                .map_err(json_error("the count settings".into()))?;
+            work.write(name, bytes.into()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One job of the count array: counts the documents whose id hashes to `job` in every component of
+/// every stage (a component shared by stages once) and publishes the parts under `work`. A job that
+/// is already done is not counted again.
+pub fn count_mix(
+    file: &Path,
+    cluster: Option<&str>,
+    job: dapt_ingest::Job,
+    work: &str,
+) -> Result<CountRecord> {
+    let pipeline = load(file, cluster)?;
+    let settings = CountWork {
+        pipeline: pipeline_identity(&pipeline)?,
+        jobs: job.count,
+    };
+    let work = Location::parse(work)?;
+    crate::runtime()?.block_on(async {
+        bind_count_work(&work, &settings).await?;
+        let done = done_name(job.index, job.count);
+        if let Some(bytes) = work.read_optional(&done).await? {
+            let mut record: CountRecord = serde_json::from_slice(&bytes)
+                .map_err(json_error(work.url_of(&work.child(&done))))?;
+            record.reused = true;
+            return Ok(record);
+        }
+        let mut tokenizers = TokenizerCache::default();
+        let mut counted = HashSet::new();
+        let mut record = CountRecord {
+            index: job.index,
+            count: job.count,
+            components: 0,
+            documents: 0,
+            tokens: 0,
+            reused: false,
+        };
+        for (_, mix) in &pipeline.stages {
+            let tokenizer = tokenizers.get(mix)?;
+            let session = dapt_mixer::run::session(mix).await?;
+            for component in &mix.components {
+                let key = InventoryCache::key(mix, component, &tokenizer);
+                if !counted.insert(key.clone()) {
+                    continue;
+                }
+                let part = dapt_mixer::run::inventory_part(
+                    &session,
+                    component,
+                    &tokenizer,
+                    mix.target_language.as_deref(),
+                    &|id| job.takes(id),
+                )
+                .await?;
+                record.components += 1;
+                record.documents += part.ids.len() as u64;
+                record.tokens += part.tokens.iter().sum::<u64>();
+                tracing::info!(
+                    "component {}: {} documents of job {}/{}",
+                    component.name,
+                    part.ids.len(),
+                    job.index,
+                    job.count
+                );
+                let bytes = serde_json::to_vec(&part).map_err(json_error(format!(
+                    "the counts of component {}",
+                    component.name
+                )))?;
+                work.write(&part_name(&key, job.index, job.count), bytes.into())
+                    .await?;
+            }
+        }
+        let bytes = serde_json::to_vec_pretty(&record).map_err(json_error(done.clone()))?;
+        work.write(&done, bytes.into()).await?;
+        Ok(record)
+    })
+}
+
+/// Every component inventory of `pipeline` (whose [`pipeline_identity`] is `identity`) from a
+/// finished count array in `work`.
+async fn counted_inventories(
+    pipeline: &Pipeline,
+    identity: String,
+    work: &str,
+) -> Result<InventoryCache> {
+    let work = Location::parse(work)?;
+    let name = "_settings.json";
+    let Some(bytes) = work.read_optional(name).await? else {
+        return Err(Error::Data {
+            what: work.url(),
+            reason: "holds no counts: run `dapt mix plan FILE --shard i/n --work URL` first".into(),
+        });
+    };
+    let found: CountWork =
+        serde_json::from_slice(&bytes).map_err(json_error(work.url_of(&work.child(name))))?;
+    let settings = CountWork {
+        pipeline: identity,
+        jobs: found.jobs,
+    };
+    bind_count_work(&work, &settings).await?;
+    let mut missing = Vec::new();
+    for index in 0..found.jobs {
+        if work
+            .read_optional(&done_name(index, found.jobs))
+            .await?
+            .is_none()
+        {
+            missing.push(index);
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::Data {
+            what: work.url(),
+            reason: format!(
+                "count jobs {missing:?} of {} are not done; run them (--shard I/{})",
+                found.jobs, found.jobs
+            ),
+        });
+    }
+    let mut cache = InventoryCache::default();
+    let mut tokenizers = TokenizerCache::default();
+    let mut loaded = HashSet::new();
+    for (_, mix) in &pipeline.stages {
+        let tokenizer = tokenizers.get(mix)?;
+        for component in &mix.components {
+            let key = InventoryCache::key(mix, component, &tokenizer);
+            if !loaded.insert(key.clone()) {
+                continue;
+            }
+            let mut parts = Vec::new();
+            for index in 0..found.jobs {
+                let part = part_name(&key, index, found.jobs);
+                let bytes = work.read(&part).await?;
+                let part: InventoryPart = serde_json::from_slice(&bytes)
+                    .map_err(json_error(work.url_of(&work.child(&part))))?;
+                parts.push(part);
+            }
+            cache.insert(key, Arc::new(Inventory::from_parts(parts)));
+        }
+    }
+    Ok(cache)
 }
 
 /// Materialises every stage of a mix or pipeline file into `out`; `overwrite` replaces outputs of
 /// other configurations there instead of refusing them; the component queries run on `cluster`
 /// (`df://HOST:PORT`) when given (the output is the same).
+///
+/// With `work`, the inventories come from a finished count array there ([`count_mix`]) instead of
+/// being counted here; the output is the same.
 pub fn run_mix(
     file: &Path,
     out: &str,
     overwrite: bool,
     cluster: Option<&str>,
+    work: Option<&str>,
 ) -> Result<Vec<MixReport>> {
     let pipeline = load(file, cluster)?;
     let hash = pipeline_identity(&pipeline)?;
-    Ok(crate::runtime()?.block_on(dapt_mixer::run_pipeline(
+    let runtime = crate::runtime()?;
+    let inventories = match work {
+        Some(work) => runtime.block_on(counted_inventories(&pipeline, hash.clone(), work))?,
+        None => InventoryCache::default(),
+    };
+    Ok(runtime.block_on(dapt_mixer::run_pipeline_with(
         &pipeline,
         &Location::parse(out)?,
         &hash,
         overwrite,
+        inventories,
     ))?)
 }

@@ -17,6 +17,16 @@ enum Mode {
     Plan {
         /// A mix file (with total_tokens) or a pipeline file ([[stage]] name, mix, tokens).
         file: PathBuf,
+        /// This job of a counting array: INDEX/COUNT or `env` (Slurm, a Kubernetes Indexed Job, AWS
+        /// Batch, DAPT_SHARD_INDEX/DAPT_SHARD_COUNT). The job tokenises the documents whose id hashes
+        /// to it in every component and publishes the counts under --work; `mix plan|run --work`
+        /// then use them instead of counting.
+        #[arg(long, requires = "work")]
+        shard: Option<String>,
+        /// Work directory (URL) of a counting array: with --shard this job's counts go there;
+        /// without, the plan comes from the finished array's counts.
+        #[arg(long)]
+        work: Option<String>,
         /// Run the component queries on an Apache DataFusion Ballista cluster: df://HOST:PORT of
         /// its scheduler (`dapt cluster`); executors need the mix's tokenizer and sources reachable.
         #[arg(long, value_name = "df://HOST:PORT")]
@@ -34,6 +44,10 @@ enum Mode {
         /// instead of refusing it: its manifest goes first, then its shards.
         #[arg(long)]
         overwrite: bool,
+        /// Work directory (URL) of a finished counting array (`mix plan --shard i/n --work URL`):
+        /// its counts are used instead of tokenising every document here; the output is the same.
+        #[arg(long)]
+        work: Option<String>,
         /// Run the component queries on an Apache DataFusion Ballista cluster: df://HOST:PORT of
         /// its scheduler (`dapt cluster`); executors need the mix's tokenizer and sources reachable.
         #[arg(long, value_name = "df://HOST:PORT")]
@@ -43,8 +57,31 @@ enum Mode {
 
 pub fn run(args: MixArgs) -> anyhow::Result<()> {
     match args.mode {
-        Mode::Plan { file, cluster } => {
-            let plans = dapt_pipeline::mix::plan_mix(&file, cluster.as_deref())?;
+        Mode::Plan {
+            file,
+            shard: Some(shard),
+            work: Some(work),
+            cluster,
+        } => {
+            let job = dapt_ingest::Job::parse(&shard)?;
+            let record = dapt_pipeline::mix::count_mix(&file, cluster.as_deref(), job, &work)?;
+            println!(
+                "count {}/{} {}: {} components, {} documents, {} tokens; work: {work}",
+                record.index,
+                record.count,
+                if record.reused { "up to date" } else { "done" },
+                record.components,
+                record.documents,
+                record.tokens
+            );
+        }
+        Mode::Plan {
+            file,
+            work,
+            cluster,
+            ..
+        } => {
+            let plans = dapt_pipeline::mix::plan_mix(&file, cluster.as_deref(), work.as_deref())?;
             println!(
                 "{:<10} {:<20} {:>7} {:>10} {:>12} {:>12} {:>8} {:>10}",
                 "stage",
@@ -81,9 +118,16 @@ pub fn run(args: MixArgs) -> anyhow::Result<()> {
             file,
             out,
             overwrite,
+            work,
             cluster,
         } => {
-            let reports = dapt_pipeline::mix::run_mix(&file, &out, overwrite, cluster.as_deref())?;
+            let reports = dapt_pipeline::mix::run_mix(
+                &file,
+                &out,
+                overwrite,
+                cluster.as_deref(),
+                work.as_deref(),
+            )?;
             for report in &reports {
                 println!(
                     "stage {}: {} documents, {} tokens (target {}); max share error {:.3} points",

@@ -300,3 +300,88 @@ fn stages_continue_components_and_check_qa_grounding() -> Result<()> {
     );
     Ok(())
 }
+
+/// Counting as a job array (`dapt mix plan --shard i/n --work W`), then `mix plan|run --work W`: the
+/// same plan and the same output bytes as one process, for a two-stage pipeline whose stages share
+/// components; unfinished jobs named, a finished job not redone, other settings refused, and the
+/// counts really taken from the work directory.
+#[test]
+fn counting_as_a_job_array_gives_the_same_mix() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pipeline = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("configs/mixes/demo-pipeline.toml");
+    let file = pipeline.to_str().unwrap_or_default();
+    let ok = |args: &[&str]| -> Result<String> {
+        let output = dapt(args);
+        ensure!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8(output.stdout)?)
+    };
+    let fails = |args: &[&str]| -> Result<String> {
+        let output = dapt(args);
+        ensure!(!output.status.success(), "{args:?} succeeded");
+        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let one = dir.path().join("one");
+    ok(&[
+        "mix",
+        "run",
+        file,
+        "--out",
+        one.to_str().unwrap_or_default(),
+    ])?;
+    let plan = ok(&["mix", "plan", file])?;
+
+    let work = dir.path().join("work");
+    let work = work.to_str().unwrap_or_default();
+    let first = ok(&["mix", "plan", file, "--shard", "2/3", "--work", work])?;
+    ensure!(first.contains("count 2/3 done"), "{first}");
+    ok(&["mix", "plan", file, "--shard", "0/3", "--work", work])?;
+    let early = fails(&["mix", "plan", file, "--work", work])?;
+    ensure!(
+        early.contains("count jobs [1] of 3 are not done"),
+        "{early}"
+    );
+    let other = fails(&["mix", "plan", file, "--shard", "0/2", "--work", work])?;
+    ensure!(
+        other.contains("another mix configuration or job count"),
+        "{other}"
+    );
+    ok(&["mix", "plan", file, "--shard", "1/3", "--work", work])?;
+    let again = ok(&["mix", "plan", file, "--shard", "0/3", "--work", work])?;
+    ensure!(again.contains("count 0/3 up to date"), "{again}");
+
+    ensure!(
+        ok(&["mix", "plan", file, "--work", work])? == plan,
+        "the plans differ"
+    );
+    let array = dir.path().join("array");
+    ok(&[
+        "mix",
+        "run",
+        file,
+        "--work",
+        work,
+        "--out",
+        array.to_str().unwrap_or_default(),
+    ])?;
+    for stage in ["stage1", "stage2"] {
+        same_files(&one.join(stage), &array.join(stage))?;
+    }
+
+    // The counts come from the work directory: one changed count changes the plan.
+    let inventory = std::path::Path::new(work).join("inventory");
+    let key = std::fs::read_dir(&inventory)?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no inventory in {}", inventory.display()))??
+        .path();
+    let part = key.join("00000-of-00003.json");
+    let mut counts: serde_json::Value = serde_json::from_slice(&std::fs::read(&part)?)?;
+    counts["tokens"][0] = serde_json::json!(counts["tokens"][0].as_u64().unwrap_or(0) + 100_000);
+    std::fs::write(&part, serde_json::to_vec(&counts)?)?;
+    ensure!(ok(&["mix", "plan", file, "--work", work])? != plan);
+    Ok(())
+}
