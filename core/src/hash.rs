@@ -80,3 +80,9 @@ mod tests {
         );
     }
 }
+
+/// The job of an array of `count` that takes `value` (a file name, key or id): `xxh3(value) %
+/// count`. Every `--shard i/n` split, and SQL's `shard_of(value, n)`, use it.
+pub fn shard_of(value: &str, count: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(value.as_bytes()) % count.max(1)
+}

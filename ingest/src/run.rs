@@ -119,8 +119,23 @@ impl Job {
     /// Whether this job takes the item named `name` (an input URL, a file name, a key): its
     /// `xxh3` hash modulo `count` is `index`, so the jobs of an array take every item exactly once.
     pub fn takes(&self, name: &str) -> bool {
-        self.count == 1
-            || xxhash_rust::xxh3::xxh3_64(name.as_bytes()) % self.count as u64 == self.index as u64
+        self.count == 1 || dapt_core::hash::shard_of(name, self.count as u64) == self.index as u64
+    }
+
+    /// `query` restricted to the rows this job takes by `column` (the same split as
+    /// [`Job::takes`], through SQL's `shard_of`), so that DataFusion filters before the query's
+    /// costlier expressions where it can push the filter down; the query itself for one job.
+    pub fn restrict(&self, query: &str, column: &str) -> String {
+        let query = query.trim().trim_end_matches(';');
+        if self.count == 1 {
+            return query.to_string();
+        }
+        format!(
+            "SELECT * FROM ({query}) AS dapt_job WHERE shard_of(CAST(\"{}\" AS VARCHAR), {}) = {}",
+            column.replace('"', "\"\""),
+            self.count,
+            self.index
+        )
     }
 }
 
@@ -373,6 +388,16 @@ async fn ingest_file(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_restricted_query_names_the_split_and_one_job_keeps_the_query() {
+        let job = Job { index: 1, count: 3 };
+        assert_eq!(
+            job.restrict("SELECT id, text FROM docs; ", "id"),
+            "SELECT * FROM (SELECT id, text FROM docs) AS dapt_job WHERE shard_of(CAST(\"id\" AS VARCHAR), 3) = 1"
+        );
+        assert_eq!(Job::ALL.restrict(" SELECT 1;", "id"), "SELECT 1");
+    }
     use super::*;
 
     #[test]

@@ -405,7 +405,9 @@ async fn sign_shard(
     let num_perm = options.bands * options.rows;
     let hasher = dapt_sql::functions::minhash::MinHasher::new(options.k, num_perm, options.seed);
     let session = SqlSession::over_sources(&settings.sources, None).await?;
-    let mut stream = session.query(&settings.query).await?;
+    let mut stream = session
+        .query(&shard.restrict(&settings.query, &settings.key))
+        .await?;
     // Signatures go to a local spill as they come (memory holds the keys); then, in key order, to
     // the shard's signature file and its band records to one local file per partition; each file is
     // uploaded streamed.

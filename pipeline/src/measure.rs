@@ -77,7 +77,9 @@ async fn totals(
         .map(|(_, tokenizer)| Measurer::new(tokenizer))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let session = SqlSession::over_sources(&settings.sources, None).await?;
-    let mut stream = session.query(&settings.query).await?;
+    let mut stream = session
+        .query(&settings.shard.restrict(&settings.query, "text"))
+        .await?;
     let mut table = MeasureTable::new();
     let column =
         |batch: &arrow::array::RecordBatch, name: &str| -> Result<arrow::array::ArrayRef> {

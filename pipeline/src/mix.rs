@@ -176,9 +176,12 @@ pub fn count_mix(
                 if !counted.insert(key.clone()) {
                     continue;
                 }
+                // The job's rows only, filtered in SQL before the text is read where it can be.
+                let mut restricted = component.clone();
+                restricted.sql = job.restrict(&component.sql, "id");
                 let part = dapt_mixer::run::inventory_part(
                     &session,
-                    component,
+                    &restricted,
                     &tokenizer,
                     mix.target_language.as_deref(),
                     &|id| job.takes(id),

@@ -456,7 +456,7 @@ async fn ordered_documents(
 > {
     let session = SqlSession::over_sources(sources, None).await?;
     let query = query.trim().trim_end_matches(';');
-    let mut stream = session.query(query).await?;
+    let mut stream = session.query(&job.restrict(query, "id")).await?;
     let schema = stream.schema();
     for column in ["id", "text"] {
         if schema.field_with_name(column).is_err() {

@@ -730,6 +730,38 @@ fn pack_as_a_job_array_merges_every_document_once() -> Result<()> {
         from_one.values().sum::<usize>(),
         from_array.values().sum::<usize>()
     );
+    // Split by id from a query (each job's query filtered by `shard_of(id, n)` in SQL): the same
+    // documents once each.
+    let sources = dir.path().join("sources.toml");
+    std::fs::write(
+        &sources,
+        format!("[sources.docs]\nurl = \"{}/\"\n", docs.display()),
+    )?;
+    let by_query = dir.path().join("by-query");
+    for job in ["1/2", "0/2"] {
+        let mut args = pack_args(&by_query);
+        let input = args.iter().position(|a| a == "--input").unwrap_or(2);
+        args.splice(
+            input..input + 2,
+            [
+                "--config".to_string(),
+                sources.display().to_string(),
+                "-e".to_string(),
+                "SELECT id, text FROM docs".to_string(),
+            ],
+        );
+        args.extend(["--shard".to_string(), job.to_string()]);
+        let output = run(&args)?;
+        ensure!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    ensure!(
+        packed_documents(&by_query)? == total && documents(&by_query)? == from_one,
+        "the query-split array packed other documents"
+    );
     let mut sft = pack_args(&dir.path().join("sft"));
     sft.extend(["--mode", "sft", "--shard", "0/2"].map(str::to_string));
     let output = run(&sft)?;

@@ -4,6 +4,7 @@
 //! | function | returns |
 //! |---|---|
 //! | `xxhash64(text[, seed])` | `uint64` xxHash64 of the UTF-8 bytes |
+//! | `shard_of(text, n)` | `uint64` the job of an array of `n` that takes this value (`xxh3(text) % n`, as `--shard i/n` splits) |
 //! | `order_key(id, seed, 'stage', pass)` | `uint64` the document-order key of [`dapt_core::order::document_key`] (seed as the two's-complement `int64` of the `u64`) |
 //! | `lang_id(text)` | `utf8` ISO 639-1 code (639-3 where there is none), NULL when undecided |
 //! | `lang_score(text, 'ru')` | `float64` confidence in [0, 1] that the text is in that language (a constant or a column of codes) |
@@ -69,6 +70,7 @@ pub fn functions() -> Vec<ScalarUDF> {
     use Kind::*;
     [
         Xxhash64,
+        ShardOf,
         OrderKey,
         LangId,
         LangScore,
@@ -87,6 +89,7 @@ pub fn functions() -> Vec<ScalarUDF> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Kind {
     Xxhash64,
+    ShardOf,
     OrderKey,
     LangId,
     LangScore,
@@ -128,6 +131,7 @@ impl TextFunction {
         use DataType::{Int64, Utf8};
         let (name, extra): (&'static str, Vec<&[DataType]>) = match kind {
             Kind::Xxhash64 => ("xxhash64", vec![&[], &[Int64]]),
+            Kind::ShardOf => ("shard_of", vec![&[Int64]]),
             Kind::OrderKey => ("order_key", vec![&[Int64, Utf8, Int64]]),
             Kind::LangId => ("lang_id", vec![&[]]),
             Kind::LangScore => ("lang_score", vec![&[Utf8]]),
@@ -214,7 +218,7 @@ impl ScalarUDFImpl for TextFunction {
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
         Ok(match self.kind {
-            Kind::Xxhash64 | Kind::OrderKey => DataType::UInt64,
+            Kind::Xxhash64 | Kind::ShardOf | Kind::OrderKey => DataType::UInt64,
             Kind::LangId => DataType::Utf8,
             Kind::LangScore | Kind::ScriptRatio => DataType::Float64,
             Kind::TextStats => DataType::Struct(stats::fields()),
@@ -241,6 +245,21 @@ impl ScalarUDFImpl for TextFunction {
                             texts
                                 .get(i)
                                 .map(|t| xxhash_rust::xxh64::xxh64(t.as_bytes(), seed))
+                        })
+                        .collect::<UInt64Array>(),
+                )
+            }
+            Kind::ShardOf => {
+                let count = constant_int(name, &args.args, 1)?.unwrap_or(0);
+                if count < 1 {
+                    return exec_err!("shard_of: the job count must be at least 1, got {count}");
+                }
+                Arc::new(
+                    (0..rows)
+                        .map(|i| {
+                            texts
+                                .get(i)
+                                .map(|t| dapt_core::hash::shard_of(t, count as u64))
                         })
                         .collect::<UInt64Array>(),
                 )

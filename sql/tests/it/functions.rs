@@ -253,6 +253,12 @@ async fn functions_read_utf8view_from_parquet_and_reject_bad_constants() {
         batch.column(1).as_primitive::<UInt64Type>().value(0),
         xxhash_rust::xxh64::xxh64(text.as_bytes(), 0)
     );
+    // `shard_of` is the job-array split (`dapt_core::hash::shard_of`, as `--shard i/n` takes).
+    let batch = one(&session, "SELECT shard_of(text, 7) AS s FROM t").await;
+    assert_eq!(
+        batch.column(0).as_primitive::<UInt64Type>().value(0),
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes()) % 7
+    );
     for (sql, needle) in [
         (
             "SELECT script_ratio(text, 'Klingon') FROM t",
@@ -260,6 +266,7 @@ async fn functions_read_utf8view_from_parquet_and_reject_bad_constants() {
         ),
         ("SELECT lang_score(text, 'xx') FROM t", "unknown language"),
         ("SELECT minhash(text, 0, 64, 1) FROM t", "positive"),
+        ("SELECT shard_of(text, 0) FROM t", "at least 1"),
         ("SELECT gopher_quality(text, 'tlh') FROM t", "no stop words"),
     ] {
         let err = session.query_collect(sql).await.unwrap_err().to_string();
