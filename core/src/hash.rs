@@ -47,6 +47,12 @@ pub fn sha256_reader(mut reader: impl std::io::Read) -> std::io::Result<String> 
         .collect())
 }
 
+/// The job of an array of `count` that takes `value` (a file name, key or id): `xxh3(value) %
+/// count`. Every `--shard i/n` split, and SQL's `shard_of(value, n)`, use it.
+pub fn shard_of(value: &str, count: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(value.as_bytes()) % count.max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,10 +85,4 @@ mod tests {
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
     }
-}
-
-/// The job of an array of `count` that takes `value` (a file name, key or id): `xxh3(value) %
-/// count`. Every `--shard i/n` split, and SQL's `shard_of(value, n)`, use it.
-pub fn shard_of(value: &str, count: u64) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(value.as_bytes()) % count.max(1)
 }
