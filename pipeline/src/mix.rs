@@ -4,10 +4,11 @@
 //! Counting (tokenising every document of every component) is the expensive part, so it also runs as
 //! a job array ([`count_mix`], `dapt mix plan --shard i/n --work URL`): each job counts the documents
 //! whose id hashes to it and publishes its part of each component's inventory in the work directory:
-//! - `_settings.json`: the pipeline's identity and the number of jobs (other settings are refused);
+//! - `_mix_count.json`: the pipeline's identity and the number of jobs (other settings are refused);
 //! - `inventory/KEY/I-of-N.json`: a job's part of the component with inventory key `KEY` (ids,
 //!   token counts, attribution counts);
-//! - `_done/plan-I-of-N.json`: written last by each job.
+//! - `_done/plan-I-of-N.json`: written last by each job (`_failed/plan-I-of-N.json` with the error
+//!   when it fails, removed by its next success); `dapt status WORK` lists the jobs ([`count_status`]).
 //!
 //! `dapt mix plan|run --work URL` then plans and materialises from the parts (every job must be
 //! done): the same plan and the same output bytes as counting in one process.
@@ -96,6 +97,71 @@ pub struct CountRecord {
     pub reused: bool,
 }
 
+/// The settings file of a count array's work directory.
+const COUNT_SETTINGS: &str = "_mix_count.json";
+
+fn failed_name(index: usize, count: usize) -> String {
+    format!("_failed/plan-{index:05}-of-{count:05}.json")
+}
+
+/// Where one job of a count array stands.
+#[derive(Clone, Debug, Serialize)]
+pub struct CountJobStatus {
+    /// The job.
+    pub index: usize,
+    /// Jobs in the array.
+    pub count: usize,
+    /// `done`, `failed` or `not done`.
+    pub state: String,
+    /// The error a failed job recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What a finished job counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<CountRecord>,
+}
+
+/// Every job of the count array whose work directory is `location`: `None` when it holds none.
+pub async fn count_status(location: &Location) -> Result<Option<(String, Vec<CountJobStatus>)>> {
+    let Some(bytes) = location.read_optional(COUNT_SETTINGS).await? else {
+        return Ok(None);
+    };
+    let settings: CountWork = serde_json::from_slice(&bytes)
+        .map_err(json_error(location.url_of(&location.child(COUNT_SETTINGS))))?;
+    let mut jobs = Vec::new();
+    for index in 0..settings.jobs {
+        let done = done_name(index, settings.jobs);
+        let record = match location.read_optional(&done).await? {
+            Some(bytes) => Some(
+                serde_json::from_slice::<CountRecord>(&bytes)
+                    .map_err(json_error(location.url_of(&location.child(&done))))?,
+            ),
+            None => None,
+        };
+        let failed = failed_name(index, settings.jobs);
+        let failure = match location.read_optional(&failed).await? {
+            Some(bytes) => Some(
+                serde_json::from_slice::<dapt_core::status::FailureRecord>(&bytes)
+                    .map_err(json_error(location.url_of(&location.child(&failed))))?,
+            ),
+            None => None,
+        };
+        let state = match (&record, &failure) {
+            (Some(_), _) => "done",
+            (None, Some(_)) => "failed",
+            (None, None) => "not done",
+        };
+        jobs.push(CountJobStatus {
+            index,
+            count: settings.jobs,
+            state: state.into(),
+            error: failure.filter(|_| record.is_none()).map(|f| f.error),
+            record,
+        });
+    }
+    Ok(Some((settings.pipeline, jobs)))
+}
+
 fn done_name(index: usize, count: usize) -> String {
     format!("_done/plan-{index:05}-of-{count:05}.json")
 }
@@ -110,7 +176,7 @@ fn json_error(what: String) -> impl FnOnce(serde_json::Error) -> Error {
 
 /// Binds `work` to this pipeline and job count, or refuses it if another's parts are there.
 async fn bind_count_work(work: &Location, settings: &CountWork) -> Result<()> {
-    let name = "_settings.json";
+    let name = COUNT_SETTINGS;
     match work.read_optional(name).await? {
         Some(bytes) => {
             let found: CountWork = serde_json::from_slice(&bytes)
@@ -158,6 +224,35 @@ pub fn count_mix(
             record.reused = true;
             return Ok(record);
         }
+        let result = count_parts(&pipeline, job, &work).await;
+        let failed = failed_name(job.index, job.count);
+        match &result {
+            Ok(record) => {
+                work.delete(&failed).await?;
+                let bytes = serde_json::to_vec_pretty(record).map_err(json_error(done.clone()))?;
+                work.write(&done, bytes.into()).await?;
+            }
+            Err(error) => {
+                let record =
+                    dapt_core::status::FailureRecord::now(&dapt_core::status::describe(error));
+                if let Ok(bytes) = serde_json::to_vec_pretty(&record) {
+                    if let Err(e) = work.write(&failed, bytes.into()).await {
+                        tracing::warn!(error = %e, "cannot write the failure record");
+                    }
+                }
+            }
+        }
+        result
+    })
+}
+
+/// Counts this job's share of every component and publishes the parts (not the completion record).
+async fn count_parts(
+    pipeline: &Pipeline,
+    job: dapt_ingest::Job,
+    work: &Location,
+) -> Result<CountRecord> {
+    {
         let mut tokenizers = TokenizerCache::default();
         let mut counted = HashSet::new();
         let mut record = CountRecord {
@@ -205,10 +300,8 @@ pub fn count_mix(
                     .await?;
             }
         }
-        let bytes = serde_json::to_vec_pretty(&record).map_err(json_error(done.clone()))?;
-        work.write(&done, bytes.into()).await?;
         Ok(record)
-    })
+    }
 }
 
 /// Every component inventory of `pipeline` (whose [`pipeline_identity`] is `identity`) from a
@@ -219,7 +312,7 @@ async fn counted_inventories(
     work: &str,
 ) -> Result<InventoryCache> {
     let work = Location::parse(work)?;
-    let name = "_settings.json";
+    let name = COUNT_SETTINGS;
     let Some(bytes) = work.read_optional(name).await? else {
         return Err(Error::Data {
             what: work.url(),

@@ -9,7 +9,7 @@ use dapt_core::Location;
 #[derive(Args)]
 pub struct StatusArgs {
     /// Output directory URL or path (an ingest, pack or mix output, or the work directory of a
-    /// sharded near dedup; s3://…, gs://…, local).
+    /// sharded near dedup or of a mix counting array; s3://…, gs://…, local).
     url: String,
     /// Jobs in the array that writes it (jobs that never started leave nothing that says how many
     /// there are; without this the count comes from the job manifests and failure records found).
@@ -53,6 +53,35 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             println!(
                 "  {:<10} {}/{}  {:<8}{detail}",
                 job.step, job.index, job.count, job.state
+            );
+        }
+        return Ok(());
+    }
+    if let Some((pipeline, jobs)) = runtime.block_on(dapt_pipeline::mix::count_status(&location))? {
+        if args.json {
+            let value = serde_json::json!({"url": location.url(), "kind": "mix counts", "pipeline": pipeline, "jobs": jobs});
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            return Ok(());
+        }
+        let done = jobs.iter().filter(|j| j.state == "done").count();
+        println!(
+            "{}: mix count work (configuration {}), {done} of {} job(s) done",
+            location.url(),
+            &pipeline[..pipeline.len().min(12)],
+            jobs.len()
+        );
+        for job in &jobs {
+            let detail = match (&job.error, &job.record) {
+                (Some(error), _) => format!("  {error}"),
+                (None, Some(record)) => format!(
+                    "  {} components, {} documents, {} tokens",
+                    record.components, record.documents, record.tokens
+                ),
+                (None, None) => String::new(),
+            };
+            println!(
+                "  count {}/{}  {:<8}{detail}",
+                job.index, job.count, job.state
             );
         }
         return Ok(());

@@ -345,6 +345,13 @@ fn counting_as_a_job_array_gives_the_same_mix() -> Result<()> {
         early.contains("count jobs [1] of 3 are not done"),
         "{early}"
     );
+    let status = ok(&["status", work])?;
+    ensure!(
+        status.contains("2 of 3 job(s) done")
+            && status.contains("count 1/3  not done")
+            && status.contains("count 2/3  done"),
+        "{status}"
+    );
     let other = fails(&["mix", "plan", file, "--shard", "0/2", "--work", work])?;
     ensure!(
         other.contains("another mix configuration or job count"),
@@ -371,6 +378,35 @@ fn counting_as_a_job_array_gives_the_same_mix() -> Result<()> {
     for stage in ["stage1", "stage2"] {
         same_files(&one.join(stage), &array.join(stage))?;
     }
+
+    // A job that fails records its error, which `dapt status` shows.
+    let demo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/demo");
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        String::from("total_tokens = 100000\n")
+            + &std::fs::read_to_string(demo.join("../mixes/demo-stage1.toml"))?
+                .replace("../demo/", &format!("{}/", demo.display()))
+                .replace("FROM en WHERE path LIKE", "FROM nowhere WHERE path LIKE"),
+    )?;
+    let broken_work = dir.path().join("broken-work");
+    let broken_work = broken_work.to_str().unwrap_or_default();
+    let broken = broken.to_str().unwrap_or_default();
+    let failure = fails(&[
+        "mix",
+        "plan",
+        broken,
+        "--shard",
+        "0/1",
+        "--work",
+        broken_work,
+    ])?;
+    ensure!(failure.contains("nowhere"), "{failure}");
+    let status = ok(&["status", broken_work])?;
+    ensure!(
+        status.contains("count 0/1  failed") && status.contains("nowhere"),
+        "{status}"
+    );
 
     // The counts come from the work directory: one changed count changes the plan.
     let inventory = std::path::Path::new(work).join("inventory");
