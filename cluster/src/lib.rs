@@ -29,7 +29,7 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::SessionConfig;
 
-/// Errors of the cluster processes and client.
+/// Errors of the cluster processes.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Ballista refused a setting or failed to serve.
@@ -53,14 +53,6 @@ pub enum Error {
     /// The sources file's models or tables could not be loaded.
     #[error(transparent)]
     Sql(#[from] dapt_sql::Error),
-    /// A bad setting.
-    #[error("{what}: {reason}")]
-    Config {
-        /// The setting.
-        what: String,
-        /// Why it is refused.
-        reason: String,
-    },
 }
 
 /// Results of this crate.
@@ -71,7 +63,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct SchedulerOptions {
     /// Address to bind, e.g. `0.0.0.0:50050`.
     pub bind: SocketAddr,
-    /// Host name executors and clients reach this scheduler by (default: the bound address).
+    /// Host name executors and clients reach this scheduler by (default: the bound address, or
+    /// `localhost` when that is 0.0.0.0).
     pub external_host: Option<String>,
     /// An executor silent for this long is dead: its tasks run elsewhere.
     pub executor_timeout_s: u64,
@@ -134,12 +127,13 @@ pub async fn run_scheduler(options: SchedulerOptions) -> Result<()> {
     // The scheduler plans; it needs the functions' signatures, not the models behind them.
     let functions = dapt_functions(&SourcesOptions::default())?;
     let mut config = SchedulerConfig::default()
-        .with_hostname(
-            options
-                .external_host
-                .clone()
-                .unwrap_or_else(|| options.bind.ip().to_string()),
-        )
+        .with_hostname(options.external_host.clone().unwrap_or_else(|| {
+            if options.bind.ip().is_unspecified() {
+                "localhost".to_string()
+            } else {
+                options.bind.ip().to_string()
+            }
+        }))
         .with_port(options.bind.port())
         .with_override_config_producer(Arc::new(|| SqlSession::config().upgrade_for_ballista()))
         .with_override_session_builder(Arc::new(move |config: SessionConfig| {

@@ -108,14 +108,14 @@ async fn totals(
             if !text.is_valid(row) || !settings.shard.takes(text.value(row)) {
                 continue;
             }
+            // Rows without a group are left out, as rows without text are.
             let name = match &group {
                 Some(group) => {
                     let group = group.as_string::<i32>();
-                    if group.is_valid(row) {
-                        group.value(row).to_string()
-                    } else {
-                        "NULL".to_string()
+                    if !group.is_valid(row) {
+                        continue;
                     }
+                    group.value(row).to_string()
                 }
                 None => "all".to_string(),
             };

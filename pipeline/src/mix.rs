@@ -252,56 +252,54 @@ async fn count_parts(
     job: dapt_ingest::Job,
     work: &Location,
 ) -> Result<CountRecord> {
-    {
-        let mut tokenizers = TokenizerCache::default();
-        let mut counted = HashSet::new();
-        let mut record = CountRecord {
-            index: job.index,
-            count: job.count,
-            components: 0,
-            documents: 0,
-            tokens: 0,
-            reused: false,
-        };
-        for (_, mix) in &pipeline.stages {
-            let tokenizer = tokenizers.get(mix)?;
-            let session = dapt_mixer::run::session(mix).await?;
-            for component in &mix.components {
-                let key = InventoryCache::key(mix, component, &tokenizer);
-                if !counted.insert(key.clone()) {
-                    continue;
-                }
-                // The job's rows only, filtered in SQL before the text is read where it can be.
-                let mut restricted = component.clone();
-                restricted.sql = job.restrict(&component.sql, "id");
-                let part = dapt_mixer::run::inventory_part(
-                    &session,
-                    &restricted,
-                    &tokenizer,
-                    mix.target_language.as_deref(),
-                    &|id| job.takes(id),
-                )
-                .await?;
-                record.components += 1;
-                record.documents += part.ids.len() as u64;
-                record.tokens += part.tokens.iter().sum::<u64>();
-                tracing::info!(
-                    "component {}: {} documents of job {}/{}",
-                    component.name,
-                    part.ids.len(),
-                    job.index,
-                    job.count
-                );
-                let bytes = serde_json::to_vec(&part).map_err(json_error(format!(
-                    "the counts of component {}",
-                    component.name
-                )))?;
-                work.write(&part_name(&key, job.index, job.count), bytes.into())
-                    .await?;
+    let mut tokenizers = TokenizerCache::default();
+    let mut counted = HashSet::new();
+    let mut record = CountRecord {
+        index: job.index,
+        count: job.count,
+        components: 0,
+        documents: 0,
+        tokens: 0,
+        reused: false,
+    };
+    for (_, mix) in &pipeline.stages {
+        let tokenizer = tokenizers.get(mix)?;
+        let session = dapt_mixer::run::session(mix).await?;
+        for component in &mix.components {
+            let key = InventoryCache::key(mix, component, &tokenizer);
+            if !counted.insert(key.clone()) {
+                continue;
             }
+            // The job's rows only, filtered in SQL before the text is read where it can be.
+            let mut restricted = component.clone();
+            restricted.sql = job.restrict(&component.sql, "id");
+            let part = dapt_mixer::run::inventory_part(
+                &session,
+                &restricted,
+                &tokenizer,
+                mix.target_language.as_deref(),
+                &|id| job.takes(id),
+            )
+            .await?;
+            record.components += 1;
+            record.documents += part.ids.len() as u64;
+            record.tokens += part.tokens.iter().sum::<u64>();
+            tracing::info!(
+                "component {}: {} documents of job {}/{}",
+                component.name,
+                part.ids.len(),
+                job.index,
+                job.count
+            );
+            let bytes = serde_json::to_vec(&part).map_err(json_error(format!(
+                "the counts of component {}",
+                component.name
+            )))?;
+            work.write(&part_name(&key, job.index, job.count), bytes.into())
+                .await?;
         }
-        Ok(record)
     }
+    Ok(record)
 }
 
 /// Every component inventory of `pipeline` (whose [`pipeline_identity`] is `identity`) from a

@@ -102,12 +102,6 @@ impl SqlSession {
         SessionConfig::new().with_information_schema(true)
     }
 
-    /// A session over an existing context (e.g. one whose queries run on a cluster): file paths as
-    /// tables, JSON lines under `.jsonl`/`.ndjson`, and the dapt functions are added to it.
-    pub fn from_context(context: SessionContext) -> Self {
-        Self::with_context(context)
-    }
-
     fn with_context(context: SessionContext) -> Self {
         // File paths and URLs work as tables: `SELECT … FROM 'data/part-0.parquet'`.
         let context = context.enable_url_table();
@@ -370,7 +364,6 @@ pub fn load_models(
     sources: &SourcesOptions,
 ) -> Result<std::sync::Arc<crate::functions::models::Models>> {
     let mut models = crate::functions::models::Models::default();
-
     for (name, path) in &sources.tokenizers {
         let tokenizer =
             dapt_encoder::TokenizerFile::load_with(path, sources.encoder).map_err(|source| {

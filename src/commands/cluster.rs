@@ -28,7 +28,8 @@ struct SchedulerArgs {
     /// Address to listen on (clients connect with `--cluster df://HOST:PORT`).
     #[arg(long, default_value = "0.0.0.0:50050")]
     bind: std::net::SocketAddr,
-    /// Host name executors and clients reach this scheduler by (default: the bound address).
+    /// Host name executors and clients reach this scheduler by (default: the bound address, or
+    /// localhost when that is 0.0.0.0).
     #[arg(long)]
     external_host: Option<String>,
     /// Seconds without a heartbeat after which an executor counts as lost and its tasks run elsewhere.
