@@ -7,6 +7,7 @@ use dapt_mixer::{Duplicate, NearOptions};
 use dapt_sql::{SourcesOptions, SqlSession};
 
 use crate::error::{setting, Error, Result};
+use crate::work::{job_status, read_done, settle};
 
 /// What [`dedup`] compares and where the table goes.
 #[derive(Clone, Debug)]
@@ -130,10 +131,6 @@ pub struct NearWork {
 
 const WORK_SETTINGS: &str = "_settings.json";
 
-fn done_name(stage: &str, index: usize, count: usize) -> String {
-    format!("_done/{stage}-{index:05}-of-{count:05}.json")
-}
-
 fn signatures_name(shard: usize, shards: usize) -> String {
     format!("signatures/{shard:05}-of-{shards:05}.bin")
 }
@@ -200,20 +197,6 @@ async fn read_work(location: &Location) -> Result<NearWork> {
     parse_json(&location.url_of(&location.child(WORK_SETTINGS)), &bytes)
 }
 
-/// The completion record of a job, if it finished.
-async fn read_done(
-    location: &Location,
-    stage: &str,
-    index: usize,
-    count: usize,
-) -> Result<Option<NearJobRecord>> {
-    let name = done_name(stage, index, count);
-    match location.read_optional(&name).await? {
-        None => Ok(None),
-        Some(bytes) => parse_json(&location.url_of(&location.child(&name)), &bytes).map(Some),
-    }
-}
-
 /// Fails, naming the indices, unless every one of the `count` jobs of `stage` has its completion
 /// record; `jobs` and `flag` say them in the message (`signature jobs … --shard I/N`).
 async fn require_done(
@@ -225,7 +208,10 @@ async fn require_done(
 ) -> Result<()> {
     let mut absent = Vec::new();
     for index in 0..count {
-        if read_done(location, stage, index, count).await?.is_none() {
+        if read_done::<NearJobRecord>(location, stage, index, count)
+            .await?
+            .is_none()
+        {
             absent.push(index);
         }
     }
@@ -349,49 +335,14 @@ pub async fn near_signatures(
             }
         }
     }
-    if let Some(mut record) = read_done(&location, "signatures", shard.index, shard.count).await? {
+    if let Some(mut record) =
+        read_done::<NearJobRecord>(&location, "signatures", shard.index, shard.count).await?
+    {
         record.reused = true;
         return Ok(record);
     }
     let result = sign_shard(settings, &wanted, &location, shard).await;
     settle(&location, "signatures", shard.index, shard.count, result).await
-}
-
-/// Records how a job ended: its failure (`_failed/STEP-I-of-N.json`, for `dapt status`), or its
-/// completion record (`_done/STEP-I-of-N.json`, written last) and the removal of an earlier
-/// failure's record.
-async fn settle(
-    location: &Location,
-    stage: &str,
-    index: usize,
-    count: usize,
-    result: Result<NearJobRecord>,
-) -> Result<NearJobRecord> {
-    let name = failed_name(stage, index, count);
-    match &result {
-        Ok(record) => {
-            location.delete(&name).await?;
-            location
-                .write(
-                    &done_name(stage, index, count),
-                    json_bytes("the completion record", record)?,
-                )
-                .await?;
-        }
-        Err(error) => {
-            let record = dapt_core::status::FailureRecord::now(&dapt_core::status::describe(error));
-            if let Ok(bytes) = json_bytes("the failure record", &record) {
-                if let Err(e) = location.write(&name, bytes).await {
-                    tracing::warn!(error = %e, "cannot write the failure record");
-                }
-            }
-        }
-    }
-    result
-}
-
-fn failed_name(stage: &str, index: usize, count: usize) -> String {
-    format!("_failed/{stage}-{index:05}-of-{count:05}.json")
 }
 
 async fn sign_shard(
@@ -575,7 +526,7 @@ pub async fn near_links(
         ));
     }
     if let Some(mut record) =
-        read_done(&location, "links", partition.index, partition.count).await?
+        read_done::<NearJobRecord>(&location, "links", partition.index, partition.count).await?
     {
         record.reused = true;
         return Ok(record);
@@ -786,23 +737,7 @@ pub async fn near_clusters(
 }
 
 /// Where one job of a sharded near dedup stands.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct NearJobStatus {
-    /// `signatures`, `links` or `clusters`.
-    pub step: String,
-    /// The job's index.
-    pub index: usize,
-    /// Jobs of the step.
-    pub count: usize,
-    /// `done`, `failed` (its error below) or `not done` (never started, or still running).
-    pub state: String,
-    /// The error a failed job recorded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// What a finished job recorded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub record: Option<NearJobRecord>,
-}
+pub type NearJobStatus = crate::work::JobStatus<NearJobRecord>;
 
 /// Every job of the sharded near dedup whose work directory is `location`, step by step; `None` when
 /// it holds none.
@@ -818,30 +753,7 @@ pub async fn near_status(location: &Location) -> Result<Option<(NearWork, Vec<Ne
         ("clusters", 1),
     ] {
         for index in 0..count {
-            let record = read_done(location, step, index, count).await?;
-            let failure = match location
-                .read_optional(&failed_name(step, index, count))
-                .await?
-            {
-                None => None,
-                Some(bytes) => Some(parse_json::<dapt_core::status::FailureRecord>(
-                    &failed_name(step, index, count),
-                    &bytes,
-                )?),
-            };
-            let state = match (&record, &failure) {
-                (Some(_), _) => "done",
-                (None, Some(_)) => "failed",
-                (None, None) => "not done",
-            };
-            jobs.push(NearJobStatus {
-                step: step.into(),
-                index,
-                count,
-                state: state.into(),
-                error: failure.filter(|_| record.is_none()).map(|f| f.error),
-                record,
-            });
+            jobs.push(job_status(location, step, index, count).await?);
         }
     }
     Ok(Some((settings, jobs)))

@@ -16,6 +16,7 @@ pub mod mix;
 pub mod pack;
 pub mod progress;
 pub mod tokenizer;
+pub mod work;
 
 pub use error::{Error, Result};
 

@@ -100,26 +100,8 @@ pub struct CountRecord {
 /// The settings file of a count array's work directory.
 const COUNT_SETTINGS: &str = "_mix_count.json";
 
-fn failed_name(index: usize, count: usize) -> String {
-    format!("_failed/plan-{index:05}-of-{count:05}.json")
-}
-
-/// Where one job of a count array stands.
-#[derive(Clone, Debug, Serialize)]
-pub struct CountJobStatus {
-    /// The job.
-    pub index: usize,
-    /// Jobs in the array.
-    pub count: usize,
-    /// `done`, `failed` or `not done`.
-    pub state: String,
-    /// The error a failed job recorded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// What a finished job counted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub record: Option<CountRecord>,
-}
+/// Where one job of a count array stands (step `plan`).
+pub type CountJobStatus = crate::work::JobStatus<CountRecord>;
 
 /// Every job of the count array whose work directory is `location`: `None` when it holds none.
 pub async fn count_status(location: &Location) -> Result<Option<(String, Vec<CountJobStatus>)>> {
@@ -130,41 +112,13 @@ pub async fn count_status(location: &Location) -> Result<Option<(String, Vec<Cou
         .map_err(json_error(location.url_of(&location.child(COUNT_SETTINGS))))?;
     let mut jobs = Vec::new();
     for index in 0..settings.jobs {
-        let done = done_name(index, settings.jobs);
-        let record = match location.read_optional(&done).await? {
-            Some(bytes) => Some(
-                serde_json::from_slice::<CountRecord>(&bytes)
-                    .map_err(json_error(location.url_of(&location.child(&done))))?,
-            ),
-            None => None,
-        };
-        let failed = failed_name(index, settings.jobs);
-        let failure = match location.read_optional(&failed).await? {
-            Some(bytes) => Some(
-                serde_json::from_slice::<dapt_core::status::FailureRecord>(&bytes)
-                    .map_err(json_error(location.url_of(&location.child(&failed))))?,
-            ),
-            None => None,
-        };
-        let state = match (&record, &failure) {
-            (Some(_), _) => "done",
-            (None, Some(_)) => "failed",
-            (None, None) => "not done",
-        };
-        jobs.push(CountJobStatus {
-            index,
-            count: settings.jobs,
-            state: state.into(),
-            error: failure.filter(|_| record.is_none()).map(|f| f.error),
-            record,
-        });
+        jobs.push(crate::work::job_status(location, STEP, index, settings.jobs).await?);
     }
     Ok(Some((settings.pipeline, jobs)))
 }
 
-fn done_name(index: usize, count: usize) -> String {
-    format!("_done/plan-{index:05}-of-{count:05}.json")
-}
+/// The step name of count jobs in their records (`_done/plan-I-of-N.json`).
+const STEP: &str = "plan";
 
 fn part_name(key: &str, index: usize, count: usize) -> String {
     format!("inventory/{key}/{index:05}-of-{count:05}.json")
@@ -217,32 +171,14 @@ pub fn count_mix(
     let work = Location::parse(work)?;
     crate::runtime()?.block_on(async {
         bind_count_work(&work, &settings).await?;
-        let done = done_name(job.index, job.count);
-        if let Some(bytes) = work.read_optional(&done).await? {
-            let mut record: CountRecord = serde_json::from_slice(&bytes)
-                .map_err(json_error(work.url_of(&work.child(&done))))?;
+        if let Some(mut record) =
+            crate::work::read_done::<CountRecord>(&work, STEP, job.index, job.count).await?
+        {
             record.reused = true;
             return Ok(record);
         }
         let result = count_parts(&pipeline, job, &work).await;
-        let failed = failed_name(job.index, job.count);
-        match &result {
-            Ok(record) => {
-                work.delete(&failed).await?;
-                let bytes = serde_json::to_vec_pretty(record).map_err(json_error(done.clone()))?;
-                work.write(&done, bytes.into()).await?;
-            }
-            Err(error) => {
-                let record =
-                    dapt_core::status::FailureRecord::now(&dapt_core::status::describe(error));
-                if let Ok(bytes) = serde_json::to_vec_pretty(&record) {
-                    if let Err(e) = work.write(&failed, bytes.into()).await {
-                        tracing::warn!(error = %e, "cannot write the failure record");
-                    }
-                }
-            }
-        }
-        result
+        crate::work::settle(&work, STEP, job.index, job.count, result).await
     })
 }
 
@@ -327,7 +263,7 @@ async fn counted_inventories(
     let mut missing = Vec::new();
     for index in 0..found.jobs {
         if work
-            .read_optional(&done_name(index, found.jobs))
+            .read_optional(&crate::work::done_name(STEP, index, found.jobs))
             .await?
             .is_none()
         {
