@@ -202,15 +202,7 @@ fn queries_with_dapt_functions_on_a_ballista_cluster_equal_local_results() -> Re
     ])?)?;
     // The raw files too, through the same S3 client as everything else.
     let runtime = tokio::runtime::Runtime::new()?;
-    let storage: std::collections::BTreeMap<String, String> = env
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_lowercase().replace("aws_endpoint_url", "aws_endpoint"),
-                v.clone(),
-            )
-        })
-        .collect();
+    let storage = server.storage();
     let location = dapt_core::Location::parse_with(&jsonl, &storage)?;
     for entry in std::fs::read_dir(&raw)? {
         let path = entry?.path();

@@ -94,16 +94,7 @@ fn sharded_near_dedup_equals_one_process_for_any_shards_and_partitions() -> Resu
 
     let runtime = tokio::runtime::Runtime::new()?;
     // The test's own S3 client, for the same server.
-    let storage: std::collections::BTreeMap<String, String> = server
-        .env()
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k.to_lowercase().replace("aws_endpoint_url", "aws_endpoint"),
-                v,
-            )
-        })
-        .collect();
+    let storage = server.storage();
     let location = |url: &str| dapt_core::Location::parse_with(url, &storage);
     let read = |url: &str| -> Result<Vec<u8>> {
         let (parent, name) = url.rsplit_once('/').unwrap_or_default();

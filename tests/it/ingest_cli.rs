@@ -423,16 +423,7 @@ fn an_array_of_local_processes_against_s3_equals_one_process_and_reports_each_jo
     let server = crate::common::S3Server::start()?;
     let bucket = server.bucket("array")?;
     let dapt = env!("CARGO_BIN_EXE_dapt");
-    let storage: BTreeMap<String, String> = server
-        .env()
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k.to_lowercase().replace("aws_endpoint_url", "aws_endpoint"),
-                v,
-            )
-        })
-        .collect();
+    let storage = server.storage();
     let runtime = tokio::runtime::Runtime::new()?;
     // The inputs in the bucket, so that their URLs (and so the jobs' files) are the same every run.
     let inputs = dapt_core::Location::parse_with(&format!("{bucket}/in/"), &storage)?;

@@ -83,6 +83,20 @@ impl S3Server {
             ("AWS_ALLOW_HTTP", "true".into()),
         ]
     }
+
+    /// The same settings as object_store options (a test's own `Location::parse_with`).
+    #[allow(dead_code)]
+    pub fn storage(&self) -> std::collections::BTreeMap<String, String> {
+        self.env()
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_lowercase().replace("aws_endpoint_url", "aws_endpoint"),
+                    v,
+                )
+            })
+            .collect()
+    }
 }
 
 impl Drop for S3Server {
