@@ -12,6 +12,7 @@
 
 mod dedup;
 mod error;
+pub mod layout;
 pub mod mix;
 pub mod report;
 pub mod run;

@@ -240,6 +240,18 @@ impl Knowledge {
         self.ngrams.extend(other.ngrams);
     }
 
+    /// Its n-gram hashes, sorted (a job array's part of a stage's knowledge).
+    pub fn hashes(&self) -> Vec<u64> {
+        let mut hashes: Vec<u64> = self.ngrams.iter().copied().collect();
+        hashes.sort_unstable();
+        hashes
+    }
+
+    /// Adds n-gram hashes (another job's [`Knowledge::hashes`]).
+    pub fn extend_hashes(&mut self, hashes: impl IntoIterator<Item = u64>) {
+        self.ngrams.extend(hashes);
+    }
+
     /// True when no text was added.
     pub fn is_empty(&self) -> bool {
         self.ngrams.is_empty()
@@ -279,6 +291,9 @@ pub struct Grounding {
     pub least_grounded: Vec<UngroundedExample>,
 }
 
+/// Characters of an answer a [`Grounding`] example shows.
+pub const SNIPPET_CHARS: usize = 200;
+
 /// Accumulates a [`Grounding`].
 #[derive(Default)]
 pub struct GroundingBuilder {
@@ -288,7 +303,7 @@ pub struct GroundingBuilder {
 impl GroundingBuilder {
     /// Records one answer's grounding.
     pub fn add(&mut self, id: &str, answer: &str, grounding: f64) {
-        let snippet: String = answer.chars().take(200).collect();
+        let snippet: String = answer.chars().take(SNIPPET_CHARS).collect();
         self.scores.push((grounding, id.to_string(), snippet));
     }
 

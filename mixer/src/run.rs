@@ -419,7 +419,11 @@ fn plan_component(
 }
 
 /// For each epoch the plan touches: the documents it takes (see [`sample`]).
-fn selection(plan: &ComponentPlan, inventory: &Inventory, seed: u64) -> Vec<(u64, Vec<usize>)> {
+pub(crate) fn selection(
+    plan: &ComponentPlan,
+    inventory: &Inventory,
+    seed: u64,
+) -> Vec<(u64, Vec<usize>)> {
     sample(
         seed,
         &plan.name,
@@ -486,14 +490,14 @@ pub async fn plan_stage(
 }
 
 /// A document on its way to the output.
-struct OutDocument {
-    id: String,
-    text: String,
-    source: Option<String>,
-    answer: Option<String>,
-    component: usize,
-    epoch: u64,
-    tokens: u64,
+pub(crate) struct OutDocument {
+    pub(crate) id: String,
+    pub(crate) text: String,
+    pub(crate) source: Option<String>,
+    pub(crate) answer: Option<String>,
+    pub(crate) component: usize,
+    pub(crate) epoch: u64,
+    pub(crate) tokens: u64,
 }
 
 /// Streams one component's selected documents, epoch by epoch, in each epoch's order.
@@ -602,7 +606,95 @@ pub struct PipelineState {
     pub knowledge: Knowledge,
 }
 
-fn shard_name(index: usize) -> String {
+/// The component whose stream goes next in a stage's output: of those with documents left
+/// (`alive`), the one furthest behind its target (`emitted / target` tokens; ties: the first).
+pub(crate) fn next_component(
+    alive: impl Fn(usize) -> bool,
+    emitted: &[u64],
+    targets: &[u64],
+) -> Option<usize> {
+    (0..emitted.len()).filter(|&i| alive(i)).min_by(|&a, &b| {
+        let progress = |i: usize| emitted[i] as f64 / targets[i] as f64;
+        progress(a).total_cmp(&progress(b)).then(a.cmp(&b))
+    })
+}
+
+/// What a stage's output holds per component: tokens and documents written, documents whose id
+/// an earlier stage used, answers left out as ungrounded.
+pub(crate) struct StageCounts {
+    pub(crate) tokens: Vec<u64>,
+    pub(crate) documents: Vec<u64>,
+    pub(crate) seen_before: Vec<u64>,
+    pub(crate) dropped: Vec<u64>,
+}
+
+/// A stage's `mix_report.json` from what its output holds; `groundings` per component (`Some` for
+/// QA components of a stage after one with text).
+pub(crate) fn stage_report(
+    stage: &str,
+    mix: &Mix,
+    plan: &StagePlan,
+    counts: &StageCounts,
+    groundings: Vec<Option<Grounding>>,
+) -> MixReport {
+    let produced: u64 = counts.tokens.iter().sum();
+    let mut components = Vec::new();
+    let mut max_error: f64 = 0.0;
+    for (i, ((component, inventory, p), grounding)) in
+        plan.components.iter().zip(groundings).enumerate()
+    {
+        let achieved_share = counts.tokens[i] as f64 / produced.max(1) as f64;
+        max_error = max_error.max((achieved_share - component.weight).abs() * 100.0);
+        components.push(ComponentReport {
+            plan: p.clone(),
+            documents: counts.documents[i],
+            tokens: counts.tokens[i],
+            target_share: component.weight,
+            achieved_share,
+            seen_in_earlier_stages: counts.seen_before[i],
+            attribution: inventory.attribution.clone(),
+            grounding: if component.qa { grounding } else { None },
+            dropped_ungrounded: counts.dropped[i],
+        });
+    }
+    MixReport {
+        stage: stage.to_string(),
+        mix: mix.path.clone(),
+        seed: mix.seed,
+        total_tokens: mix.total_tokens.unwrap_or(0),
+        documents: counts.documents.iter().sum(),
+        tokens: produced,
+        max_share_error_points: max_error,
+        components,
+    }
+}
+
+/// The bytes of `mix_report.json`.
+pub fn report_json(report: &MixReport) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(report).map_err(|source| Error::Json {
+        what: "mix_report.json".into(),
+        source,
+    })
+}
+
+/// The key-value metadata of a stage's shards.
+pub fn shard_metadata(mix: &Mix, stage: &str, config_hash: &str) -> BTreeMap<String, String> {
+    let mut metadata = BTreeMap::new();
+    metadata.insert("dapt.mix".to_string(), mix.path.clone());
+    metadata.insert("dapt.stage".to_string(), stage.to_string());
+    metadata.insert(
+        dapt_core::schema::metadata::SEED.to_string(),
+        mix.seed.to_string(),
+    );
+    metadata.insert(
+        dapt_core::schema::metadata::CONFIG_HASH.to_string(),
+        config_hash.to_string(),
+    );
+    metadata
+}
+
+/// The name of a mix output's shard `index`.
+pub fn shard_name(index: usize) -> String {
     format!("part-{index:05}.parquet")
 }
 
@@ -626,7 +718,6 @@ pub async fn run_stage(
         &mut state.inventories,
     )
     .await?;
-    let total = mix.total_tokens.unwrap_or(0);
     let mut streams = Vec::new();
     let mut targets = Vec::new();
     for (index, (component, inventory, plan)) in plan.components.iter().enumerate() {
@@ -678,18 +769,7 @@ pub async fn run_stage(
     let mut stage_knowledge = Knowledge::default();
     let mut window: Vec<OutDocument> = Vec::with_capacity(mix.shuffle_window);
     let mut writer = MixWriter::new(output, mix, stage)?;
-    loop {
-        // The component furthest behind its share goes next.
-        let next = heads
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.is_some())
-            .min_by(|a, b| {
-                let progress = |i: usize| emitted[i] as f64 / targets[i] as f64;
-                progress(a.0).total_cmp(&progress(b.0)).then(a.0.cmp(&b.0))
-            })
-            .map(|(i, _)| i);
-        let Some(i) = next else { break };
+    while let Some(i) = next_component(|i| heads[i].is_some(), &emitted, &targets) {
         let Some(doc) = heads[i].take() else { break };
         heads[i] = streams[i].next(&session).await?;
         let component = &plan.components[i].0;
@@ -716,44 +796,23 @@ pub async fn run_stage(
     }
     writer.write_window(&mut window, &plan, mix.seed).await?;
 
-    let produced: u64 = emitted.iter().sum();
-    let mut components = Vec::new();
-    let mut max_error: f64 = 0.0;
-    for (i, ((component, inventory, plan), grounding)) in
-        plan.components.iter().zip(groundings).enumerate()
-    {
-        let achieved_share = emitted[i] as f64 / produced.max(1) as f64;
-        max_error = max_error.max((achieved_share - component.weight).abs() * 100.0);
-        components.push(ComponentReport {
-            plan: plan.clone(),
-            documents: documents[i],
-            tokens: emitted[i],
-            target_share: component.weight,
-            achieved_share,
-            seen_in_earlier_stages: seen_before[i],
-            attribution: inventory.attribution.clone(),
-            grounding: (component.qa && check_grounding).then(|| grounding.finish(10)),
-            dropped_ungrounded: dropped[i],
-        });
+    for (component, _, p) in &plan.components {
         state
             .starts
-            .insert((component.name.clone(), component.sql.clone()), plan.end);
+            .insert((component.name.clone(), component.sql.clone()), p.end);
     }
-    let report = MixReport {
-        stage: stage.to_string(),
-        mix: mix.path.clone(),
-        seed: mix.seed,
-        total_tokens: total,
-        documents: documents.iter().sum(),
-        tokens: produced,
-        max_share_error_points: max_error,
-        components,
+    let counts = StageCounts {
+        tokens: emitted,
+        documents,
+        seen_before,
+        dropped,
     };
-    let json = serde_json::to_vec_pretty(&report).map_err(|source| Error::Json {
-        what: "mix_report.json".into(),
-        source,
-    })?;
-    writer.finish(json).await?;
+    let groundings = groundings
+        .into_iter()
+        .map(|g| check_grounding.then(|| g.finish(10)))
+        .collect();
+    let report = stage_report(stage, mix, &plan, &counts, groundings);
+    writer.finish(report_json(&report)?).await?;
     state.used_ids.extend(stage_ids);
     state.knowledge.extend(stage_knowledge);
     Ok(report)
@@ -771,17 +830,7 @@ struct MixWriter<'a> {
 
 impl<'a> MixWriter<'a> {
     fn new(output: &'a mut OutputDir, mix: &Mix, stage: &str) -> Result<Self> {
-        let mut metadata = BTreeMap::new();
-        metadata.insert("dapt.mix".to_string(), mix.path.clone());
-        metadata.insert("dapt.stage".to_string(), stage.to_string());
-        metadata.insert(
-            dapt_core::schema::metadata::SEED.to_string(),
-            mix.seed.to_string(),
-        );
-        metadata.insert(
-            dapt_core::schema::metadata::CONFIG_HASH.to_string(),
-            output.manifest().config_hash.clone(),
-        );
+        let metadata = shard_metadata(mix, stage, &output.manifest().config_hash);
         Ok(Self {
             output,
             metadata,
@@ -854,7 +903,7 @@ impl<'a> MixWriter<'a> {
     }
 }
 
-fn batch(docs: &[OutDocument], plan: &StagePlan) -> Result<RecordBatch> {
+pub(crate) fn batch(docs: &[OutDocument], plan: &StagePlan) -> Result<RecordBatch> {
     let name = |d: &OutDocument| plan.components[d.component].0.name.clone();
     let ids: StringArray = docs
         .iter()

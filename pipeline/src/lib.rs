@@ -13,6 +13,7 @@ pub mod identity;
 pub mod ingest;
 pub mod measure;
 pub mod mix;
+pub mod mix_array;
 pub mod pack;
 pub mod progress;
 pub mod tokenizer;

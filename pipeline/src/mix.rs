@@ -43,7 +43,7 @@ pub fn pipeline_identity(pipeline: &Pipeline) -> Result<String> {
 
 /// A mix or pipeline file whose queries run on the Ballista cluster `cluster` (`df://HOST:PORT`), or
 /// here.
-fn load(file: &Path, cluster: Option<&str>) -> Result<Pipeline> {
+pub(crate) fn load(file: &Path, cluster: Option<&str>) -> Result<Pipeline> {
     let mut pipeline = Pipeline::load(file)?;
     for (_, mix) in &mut pipeline.stages {
         mix.sources.cluster = cluster.map(str::to_string);
@@ -124,7 +124,7 @@ fn part_name(key: &str, index: usize, count: usize) -> String {
     format!("inventory/{key}/{index:05}-of-{count:05}.json")
 }
 
-fn json_error(what: String) -> impl FnOnce(serde_json::Error) -> Error {
+pub(crate) fn json_error(what: String) -> impl FnOnce(serde_json::Error) -> Error {
     move |source| Error::Json { what, source }
 }
 
@@ -240,7 +240,7 @@ async fn count_parts(
 
 /// Every component inventory of `pipeline` (whose [`pipeline_identity`] is `identity`) from a
 /// finished count array in `work`.
-async fn counted_inventories(
+pub(crate) async fn counted_inventories(
     pipeline: &Pipeline,
     identity: String,
     work: &str,

@@ -1,4 +1,4 @@
-//! `dapt mix plan|run`: mixtures defined as SQL components with token-budget weights, in stages.
+//! `dapt mix plan|run|route`: mixtures defined as SQL components with token-budget weights, in stages.
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -48,8 +48,36 @@ enum Mode {
         /// its counts are used instead of tokenising every document here; the output is the same.
         #[arg(long)]
         work: Option<String>,
+        /// This job of a write array: INDEX/COUNT or `env` (as `mix plan --shard`). After the
+        /// route array (`mix route --shard` with the same COUNT) the job writes shards INDEX,
+        /// INDEX + COUNT, … of every stage from the documents routed to it; the job that finds
+        /// every other one done writes each stage's `_manifest.json` and `mix_report.json`. The
+        /// output equals one process's byte for byte.
+        #[arg(long, requires = "work", conflicts_with_all = ["overwrite", "cluster"])]
+        shard: Option<String>,
         /// Run the component queries on an Apache DataFusion Ballista cluster: df://HOST:PORT of
         /// its scheduler (`dapt cluster`); executors need the mix's tokenizer and sources reachable.
+        #[arg(long, value_name = "df://HOST:PORT")]
+        cluster: Option<String>,
+    },
+    /// One job of a route array, between counting (`mix plan --shard`) and writing (`mix run
+    /// --shard`): runs every component query restricted to the ids that hash to this job and sends
+    /// each document the plan takes to the job that writes its shard (runs sorted by output
+    /// position under --work), with the n-grams of each stage for the grounding of later ones.
+    /// A job already done is not run again. Refused for a stage that leaves out ungrounded answers
+    /// (`min_grounding` after the first stage): that depends on text, not counts.
+    Route {
+        /// The mix or pipeline file the counting array counted.
+        file: PathBuf,
+        /// INDEX/COUNT or `env` (Slurm, a Kubernetes Indexed Job, AWS Batch,
+        /// DAPT_SHARD_INDEX/DAPT_SHARD_COUNT); the write array must use the same COUNT.
+        #[arg(long)]
+        shard: String,
+        /// Work directory (URL) of a finished counting array.
+        #[arg(long)]
+        work: String,
+        /// Run the component queries on an Apache DataFusion Ballista cluster: df://HOST:PORT of
+        /// its scheduler (`dapt cluster`).
         #[arg(long, value_name = "df://HOST:PORT")]
         cluster: Option<String>,
     },
@@ -114,12 +142,55 @@ pub fn run(args: MixArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        Mode::Route {
+            file,
+            shard,
+            work,
+            cluster,
+        } => {
+            let job = dapt_ingest::Job::parse(&shard)?;
+            let record =
+                dapt_pipeline::mix_array::route_mix(&file, cluster.as_deref(), job, &work)?;
+            println!(
+                "route {}/{} {}: {} documents, {} bytes of text, {} runs; work: {work}",
+                record.index,
+                record.count,
+                if record.reused { "up to date" } else { "done" },
+                record.documents,
+                record.bytes,
+                record.runs.len()
+            );
+        }
+        Mode::Run {
+            file,
+            out,
+            work: Some(work),
+            shard: Some(shard),
+            ..
+        } => {
+            let job = dapt_ingest::Job::parse(&shard)?;
+            let record = dapt_pipeline::mix_array::write_mix(&file, &out, job, &work)?;
+            println!(
+                "write {}/{} {}: {} shards, {} documents{}; out: {out}",
+                record.index,
+                record.count,
+                if record.reused { "up to date" } else { "done" },
+                record.shards,
+                record.documents,
+                if record.merged.is_empty() {
+                    String::new()
+                } else {
+                    format!("; completed {}", record.merged.join(", "))
+                }
+            );
+        }
         Mode::Run {
             file,
             out,
             overwrite,
             work,
             cluster,
+            ..
         } => {
             let reports = dapt_pipeline::mix::run_mix(
                 &file,

@@ -9,7 +9,7 @@ use dapt_core::Location;
 #[derive(Args)]
 pub struct StatusArgs {
     /// Output directory URL or path (an ingest, pack or mix output, or the work directory of a
-    /// sharded near dedup or of a mix counting array; s3://…, gs://…, local).
+    /// sharded near dedup or of a mix counting array, with its route and write jobs; s3://…, gs://…, local).
     url: String,
     /// Jobs in the array that writes it (jobs that never started leave nothing that says how many
     /// there are; without this the count comes from the job manifests and failure records found).
@@ -58,8 +58,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some((pipeline, jobs)) = runtime.block_on(dapt_pipeline::mix::count_status(&location))? {
+        let array = runtime.block_on(dapt_pipeline::mix_array::array_status(&location))?;
         if args.json {
-            let value = serde_json::json!({"url": location.url(), "kind": "mix counts", "pipeline": pipeline, "jobs": jobs});
+            let value = serde_json::json!({"url": location.url(), "kind": "mix counts", "pipeline": pipeline, "jobs": jobs, "materialise": array});
             println!("{}", serde_json::to_string_pretty(&value)?);
             return Ok(());
         }
@@ -82,6 +83,32 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             println!(
                 "  count {}/{}  {:<8}{detail}",
                 job.index, job.count, job.state
+            );
+        }
+        for job in array.iter().flatten() {
+            let number = |key: &str| {
+                job.record
+                    .as_ref()
+                    .and_then(|r| r[key].as_u64())
+                    .unwrap_or(0)
+            };
+            let detail = match (&job.error, &job.record) {
+                (Some(error), _) => format!("  {error}"),
+                (None, Some(_)) if job.step == "route" => format!(
+                    "  {} documents, {} bytes of text",
+                    number("documents"),
+                    number("bytes")
+                ),
+                (None, Some(_)) => format!(
+                    "  {} shards, {} documents",
+                    number("shards"),
+                    number("documents")
+                ),
+                (None, None) => String::new(),
+            };
+            println!(
+                "  {} {}/{}  {:<8}{detail}",
+                job.step, job.index, job.count, job.state
             );
         }
         return Ok(());

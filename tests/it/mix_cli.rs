@@ -421,3 +421,190 @@ fn counting_as_a_job_array_gives_the_same_mix() -> Result<()> {
     ensure!(ok(&["mix", "plan", file, "--work", work])? != plan);
     Ok(())
 }
+
+/// The demo's two-stage pipeline (its stage 2 has a QA component, checked against stage 1's text)
+/// in `dir`, with shards of 700 documents and shuffle windows of 450, so that windows straddle
+/// shards and stage 1 has seven shards.
+fn small_shard_demo(dir: &Path) -> Result<std::path::PathBuf> {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let demo = root.join("demo").canonicalize()?;
+    for name in ["demo-pipeline", "demo-stage1", "demo-stage2"] {
+        let text = std::fs::read_to_string(root.join(format!("mixes/{name}.toml")))?
+            .replace("../demo/", &format!("{}/", demo.display()))
+            .replace(
+                "documents_per_shard = 5000",
+                "documents_per_shard = 700\nshuffle_window = 450",
+            );
+        std::fs::write(dir.join(format!("{name}.toml")), text)?;
+    }
+    Ok(dir.join("demo-pipeline.toml"))
+}
+
+#[test]
+fn materialising_as_job_arrays_on_s3_gives_the_same_bytes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pipeline = small_shard_demo(dir.path())?;
+    let file = pipeline.to_str().unwrap_or_default();
+    let one = dir.path().join("one");
+    mix_run(&pipeline, &one, None)?;
+
+    let server = crate::common::S3Server::start()?;
+    let bucket = server.bucket("mix")?;
+    let (work, out) = (format!("{bucket}/work"), format!("{bucket}/out"));
+    let run = |args: &[&str]| -> Result<std::process::Output> {
+        Ok(crate::common::dapt_command()
+            .args(args)
+            .envs(server.env())
+            .output()?)
+    };
+    let ok = |args: &[&str]| -> Result<String> {
+        let output = run(args)?;
+        ensure!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8(output.stdout)?)
+    };
+    let fails = |args: &[&str]| -> Result<String> {
+        let output = run(args)?;
+        ensure!(!output.status.success(), "{args:?} succeeded");
+        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let write = |i: usize| -> Result<String> {
+        ok(&[
+            "mix",
+            "run",
+            file,
+            "--out",
+            &out,
+            "--work",
+            &work,
+            "--shard",
+            &format!("{i}/3"),
+        ])
+    };
+    let route = |i: usize| -> Result<String> {
+        ok(&[
+            "mix",
+            "route",
+            file,
+            "--work",
+            &work,
+            "--shard",
+            &format!("{i}/3"),
+        ])
+    };
+
+    let early = fails(&["mix", "route", file, "--work", &work, "--shard", "0/3"])?;
+    ensure!(early.contains("holds no counts"), "{early}");
+    for i in [1, 0, 2] {
+        ok(&[
+            "mix",
+            "plan",
+            file,
+            "--shard",
+            &format!("{i}/3"),
+            "--work",
+            &work,
+        ])?;
+    }
+    let early = fails(&[
+        "mix", "run", file, "--out", &out, "--work", &work, "--shard", "0/3",
+    ])?;
+    ensure!(
+        early.contains("route jobs [0, 1, 2] of 3 are not done"),
+        "{early}"
+    );
+    for i in [2, 0] {
+        ensure!(route(i)?.contains(&format!("route {i}/3 done")));
+    }
+    let early = fails(&[
+        "mix", "run", file, "--out", &out, "--work", &work, "--shard", "2/3",
+    ])?;
+    ensure!(
+        early.contains("route jobs [1] of 3 are not done"),
+        "{early}"
+    );
+    route(1)?;
+    ensure!(route(0)?.contains("route 0/3 up to date"));
+
+    let printed = write(2)?;
+    ensure!(
+        printed.contains("write 2/3 done: 2 shards") && !printed.contains("completed"),
+        "{printed}"
+    );
+    write(0)?;
+    let status = ok(&["status", &work])?;
+    ensure!(
+        status.contains("route 1/3  done")
+            && status.contains("write 0/3  done")
+            && status.contains("write 1/3  not done"),
+        "{status}"
+    );
+    let printed = write(1)?;
+    ensure!(printed.contains("completed stage1, stage2"), "{printed}");
+    ensure!(write(1)?.contains("write 1/3 up to date"));
+
+    // Every file of the one-process output, byte for byte, in the bucket.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let storage = server.storage();
+    let same_as_one = || -> Result<()> {
+        for stage in ["stage1", "stage2"] {
+            let location = dapt_core::Location::parse_with(&format!("{out}/{stage}/"), &storage)?;
+            let mut names: Vec<_> = std::fs::read_dir(one.join(stage))?
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<std::io::Result<_>>()?;
+            // Not the local writer's lock file.
+            names.retain(|n| !n.starts_with('.'));
+            names.sort();
+            ensure!(names.len() > 3, "{names:?}");
+            for name in names {
+                let array = runtime.block_on(location.read(&name))?;
+                ensure!(
+                    std::fs::read(one.join(stage).join(&name))? == array.as_ref(),
+                    "{stage}/{name} differs"
+                );
+            }
+        }
+        Ok(())
+    };
+    same_as_one()?;
+    let report = report(&one.join("stage2"))?;
+    ensure!(
+        report["components"][3]["grounding"]["answers"].as_u64() > Some(0),
+        "{report}"
+    );
+
+    // A lost shard of job 1: its rerun writes it (and the stage's manifest) again.
+    let stage2 = dapt_core::Location::parse_with(&format!("{out}/stage2/"), &storage)?;
+    let work_location = dapt_core::Location::parse_with(&work, &storage)?;
+    runtime.block_on(async {
+        for name in [
+            "part-00001.parquet",
+            "_manifest.json",
+            "_manifest-00001-of-00003.json",
+        ] {
+            stage2.delete(name).await?;
+        }
+        work_location
+            .delete("_done/write-00001-of-00003.json")
+            .await
+    })?;
+    ensure!(write(1)?.contains("completed stage1, stage2"));
+    same_as_one()?;
+
+    // A stage that leaves out ungrounded answers depends on text: refused, naming the setting.
+    let stage2_file = dir.path().join("demo-stage2.toml");
+    let text = std::fs::read_to_string(&stage2_file)?;
+    std::fs::write(
+        &stage2_file,
+        text.replace("kind = \"qa\"", "kind = \"qa\"\nmin_grounding = 0.2"),
+    )?;
+    let refused = fails(&["mix", "route", file, "--work", &work, "--shard", "0/3"])?;
+    ensure!(
+        refused.contains("qa.min_grounding") && refused.contains("one process"),
+        "{refused}"
+    );
+    Ok(())
+}
