@@ -1,8 +1,9 @@
 //! Map stages as job arrays, 1 and 2 processes, each pinned to a core of its own (`taskset`, where
 //! there is one): the counting of `dapt mix plan` (`--shard i/n --work W`, then the plan from the
-//! parts) and `dapt tokenizer measure` (`--shard i/n --work W`), over the test corpus (ru, en, code,
-//! math) with the Qwen3 tokenizer. Prints each one's seconds, the speed-up, and checks that the array's
-//! plan and table equal one process's.
+//! parts), `dapt tokenizer measure` (`--shard i/n --work W`) and the whole `dapt mix run` (count,
+//! route and write arrays against one process), over the test corpus (ru, en, code, math) with the
+//! Qwen3 tokenizer. Prints each one's seconds, the speed-up, and checks that the array's plan,
+//! table and output files equal one process's.
 //!
 //! Run: `cargo bench --profile dev --bench arrays`; `DAPT_BENCH_ROUNDS` (default 3), best round.
 use std::process::{Command, Stdio};
@@ -41,7 +42,7 @@ fn main() {
     std::fs::write(
         &mix,
         format!(
-            "seed = 1\ntotal_tokens = 1000000\ntokenizer = {tokenizer:?}\ntarget_language = \"ru\"\n{sources}{components}"
+            "seed = 1\ntotal_tokens = 1000000\ntokenizer = {tokenizer:?}\ntarget_language = \"ru\"\ndocuments_per_shard = 500\n{sources}{components}"
         ),
     )
     .unwrap();
@@ -135,6 +136,86 @@ fn main() {
             }
         );
     }
+    mix_run(dir.path(), &mix, taskset, rounds);
+}
+
+/// The whole `dapt mix run`: one process against the count, route and write arrays of 2 jobs; the
+/// outputs must be equal file by file.
+fn mix_run(dir: &std::path::Path, mix: &str, taskset: bool, rounds: usize) {
+    let mut best = [f64::MAX; 2];
+    let mut steps = [f64::MAX; 3];
+    for round in 0..rounds {
+        let one = dir.join(format!("run-one-{round}"));
+        let one_url = one.display().to_string();
+        let started = Instant::now();
+        run(pinned(taskset, 0).args(["mix", "run", mix, "--out", &one_url]));
+        best[0] = best[0].min(started.elapsed().as_secs_f64());
+
+        let work = dir.join(format!("run-work-{round}")).display().to_string();
+        let array = dir.join(format!("run-array-{round}"));
+        let array_url = array.display().to_string();
+        let started = Instant::now();
+        let mut step_times = [0.0; 3];
+        for (step, args) in [
+            vec!["mix", "plan", mix, "--work", &work],
+            vec!["mix", "route", mix, "--work", &work],
+            vec!["mix", "run", mix, "--work", &work, "--out", &array_url],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let step_started = Instant::now();
+            let children: Vec<_> = (0..2)
+                .map(|i| {
+                    pinned(taskset, i)
+                        .args(&args)
+                        .args(["--shard", &format!("{i}/2")])
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            for child in children {
+                let output = child.wait_with_output().unwrap();
+                assert!(
+                    output.status.success(),
+                    "{args:?}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            step_times[step] = step_started.elapsed().as_secs_f64();
+        }
+        let total = started.elapsed().as_secs_f64();
+        if total < best[1] {
+            best[1] = total;
+            steps = step_times;
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&one)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        assert!(names.len() > 3, "{names:?}");
+        for name in names {
+            assert!(
+                std::fs::read(one.join(&name)).unwrap()
+                    == std::fs::read(array.join(&name)).unwrap(),
+                "mix run: {name} differs between one process and the arrays"
+            );
+        }
+    }
+    println!(
+        "{:<22} 1 process {:.2} s, 2 processes {:.2} s: {:.2}x (count {:.2} s, route {:.2} s, write {:.2} s; best of {rounds}; same files)",
+        "mix run (3 arrays)",
+        best[0],
+        best[1],
+        best[0] / best[1],
+        steps[0],
+        steps[1],
+        steps[2],
+    );
 }
 
 /// `dapt`, on core `core` where `taskset` exists, with one thread of each pool.

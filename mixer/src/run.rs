@@ -54,16 +54,13 @@ pub struct InventoryCache {
 impl InventoryCache {
     /// The key of a component's inventory: its SQL, the mix's sources (wherever the query runs), the
     /// tokenizer's bytes and the target language.
-    pub fn key(mix: &Mix, component: &Component, tokenizer: &TokenizerFile) -> String {
+    pub fn key(mix: &Mix, component: &Component, tokenizer_sha256: &str) -> String {
         let mut sources = mix.sources.clone();
         sources.cluster = None;
         dapt_core::hash::sha256_hex(
             format!(
                 "{}\u{0}{:?}\u{0}{}\u{0}{:?}",
-                component.sql,
-                sources,
-                tokenizer.sha256(),
-                mix.target_language
+                component.sql, sources, tokenizer_sha256, mix.target_language
             )
             .as_bytes(),
         )
@@ -79,17 +76,19 @@ impl InventoryCache {
         session: &SqlSession,
         mix: &Mix,
         component: &Component,
-        tokenizer: &TokenizerFile,
+        tokenizers: &mut TokenizerCache,
     ) -> Result<Arc<Inventory>> {
-        let key = Self::key(mix, component, tokenizer);
+        let key = Self::key(mix, component, &tokenizers.sha256(mix)?);
         if let Some(found) = self.inventories.get(&key) {
             return Ok(found.clone());
         }
+        // Only counting needs the tokenizer itself.
+        let tokenizer = tokenizers.get(mix)?;
         let counted = Arc::new(
             inventory(
                 session,
                 component,
-                tokenizer,
+                &tokenizer,
                 mix.target_language.as_deref(),
             )
             .await?,
@@ -100,20 +99,55 @@ impl InventoryCache {
     }
 }
 
-/// Tokenizers loaded in this run, by path and encoder.
+/// Tokenizers loaded in this run, by path and encoder, and the sha256 of tokenizer files (which
+/// inventory keys need without the tokenizer: parsing a large vocabulary takes a good part of a
+/// second).
 #[derive(Default)]
-pub struct TokenizerCache(HashMap<(std::path::PathBuf, String), Arc<TokenizerFile>>);
+pub struct TokenizerCache {
+    loaded: HashMap<(std::path::PathBuf, String), Arc<TokenizerFile>>,
+    hashes: HashMap<std::path::PathBuf, String>,
+}
 
 impl TokenizerCache {
+    /// A cache that serves `tokenizer` for `mix` (one the caller loaded already).
+    pub fn with(mix: &Mix, tokenizer: Arc<TokenizerFile>) -> Self {
+        let mut cache = Self::default();
+        cache
+            .hashes
+            .insert(mix.tokenizer.clone(), tokenizer.sha256().to_string());
+        cache.loaded.insert(
+            (mix.tokenizer.clone(), format!("{:?}", mix.encoder)),
+            tokenizer,
+        );
+        cache
+    }
+
     /// The mix's tokenizer, loaded once per run.
     pub fn get(&mut self, mix: &Mix) -> Result<Arc<TokenizerFile>> {
         let key = (mix.tokenizer.clone(), format!("{:?}", mix.encoder));
-        if let Some(found) = self.0.get(&key) {
+        if let Some(found) = self.loaded.get(&key) {
             return Ok(found.clone());
         }
         let loaded = Arc::new(TokenizerFile::load_with(&mix.tokenizer, mix.encoder)?);
-        self.0.insert(key, loaded.clone());
+        self.hashes
+            .insert(mix.tokenizer.clone(), loaded.sha256().to_string());
+        self.loaded.insert(key, loaded.clone());
         Ok(loaded)
+    }
+
+    /// sha256 of the mix's `tokenizer.json` bytes (what [`TokenizerFile::sha256`] gives), read
+    /// once per run without parsing it.
+    pub fn sha256(&mut self, mix: &Mix) -> Result<String> {
+        if let Some(found) = self.hashes.get(&mix.tokenizer) {
+            return Ok(found.clone());
+        }
+        let bytes = std::fs::read(&mix.tokenizer).map_err(|source| Error::Io {
+            path: mix.tokenizer.clone(),
+            source,
+        })?;
+        let sha = dapt_core::hash::sha256_hex(&bytes);
+        self.hashes.insert(mix.tokenizer.clone(), sha.clone());
+        Ok(sha)
     }
 }
 
@@ -445,14 +479,14 @@ pub struct StagePlan {
 pub async fn plan_stage(
     session: &SqlSession,
     mix: &Mix,
-    tokenizer: &TokenizerFile,
+    tokenizers: &mut TokenizerCache,
     starts: &HashMap<(String, String), u64>,
     cache: &mut InventoryCache,
 ) -> Result<StagePlan> {
     let total = mix.total_tokens.unwrap_or(0);
     let mut components = Vec::new();
     for component in &mix.components {
-        let inventory = cache.get(session, mix, component, tokenizer).await?;
+        let inventory = cache.get(session, mix, component, tokenizers).await?;
         let available = inventory.total_tokens();
         if available == 0 {
             return Err(Error::Setting {
@@ -705,7 +739,7 @@ pub fn shard_name(index: usize) -> String {
 pub async fn run_stage(
     stage: &str,
     mix: &Mix,
-    tokenizer: &TokenizerFile,
+    tokenizers: &mut TokenizerCache,
     output: &mut OutputDir,
     state: &mut PipelineState,
 ) -> Result<MixReport> {
@@ -713,7 +747,7 @@ pub async fn run_stage(
     let plan = plan_stage(
         &session,
         mix,
-        tokenizer,
+        tokenizers,
         &state.starts,
         &mut state.inventories,
     )
@@ -954,12 +988,20 @@ pub async fn plan_pipeline_with(
     pipeline: &Pipeline,
     inventories: &mut InventoryCache,
 ) -> Result<Vec<(String, StagePlan)>> {
+    plan_pipeline_cached(pipeline, inventories, &mut TokenizerCache::default()).await
+}
+
+/// [`plan_pipeline_with`] with the tokenizers of this run (loaded only where a component is
+/// counted here).
+pub async fn plan_pipeline_cached(
+    pipeline: &Pipeline,
+    inventories: &mut InventoryCache,
+    tokenizers: &mut TokenizerCache,
+) -> Result<Vec<(String, StagePlan)>> {
     let mut starts: HashMap<(String, String), u64> = HashMap::new();
     let mut out = Vec::new();
-    let mut tokenizers = TokenizerCache::default();
     for (name, mix) in &pipeline.stages {
-        let tokenizer = tokenizers.get(mix)?;
-        let plan = plan_stage(&session(mix).await?, mix, &tokenizer, &starts, inventories).await?;
+        let plan = plan_stage(&session(mix).await?, mix, tokenizers, &starts, inventories).await?;
         for (component, _, p) in &plan.components {
             starts.insert((component.name.clone(), component.sql.clone()), p.end);
         }
@@ -1002,7 +1044,6 @@ pub async fn run_pipeline_with(
         } else {
             Location::parse(&format!("{}/{name}/", out.url().trim_end_matches('/')))?
         };
-        let tokenizer = tokenizers.get(mix)?;
         let mut output = OutputDir::open_with(
             location,
             dapt_core::manifest::MANIFEST_NAME,
@@ -1013,7 +1054,7 @@ pub async fn run_pipeline_with(
         .await?;
         // A complete stage is still replayed (deterministically, without writing) so that the
         // cross-stage state of later stages is the same as in an uninterrupted run.
-        let report = run_stage(name, mix, &tokenizer, &mut output, &mut state).await?;
+        let report = run_stage(name, mix, &mut tokenizers, &mut output, &mut state).await?;
         reports.push(report);
     }
     Ok(reports)

@@ -60,14 +60,24 @@ pub fn plan_mix(
 ) -> Result<Vec<(String, dapt_mixer::run::StagePlan)>> {
     let pipeline = load(file, cluster)?;
     let runtime = crate::runtime()?;
+    let mut tokenizers = TokenizerCache::default();
     let mut inventories = match work {
         Some(work) => {
             let identity = pipeline_identity(&pipeline)?;
-            runtime.block_on(counted_inventories(&pipeline, identity, work))?
+            runtime.block_on(counted_inventories(
+                &pipeline,
+                identity,
+                work,
+                &mut tokenizers,
+            ))?
         }
         None => InventoryCache::default(),
     };
-    Ok(runtime.block_on(dapt_mixer::plan_pipeline_with(&pipeline, &mut inventories))?)
+    Ok(runtime.block_on(dapt_mixer::run::plan_pipeline_cached(
+        &pipeline,
+        &mut inventories,
+        &mut tokenizers,
+    ))?)
 }
 
 /// The settings a count array's work directory is bound to.
@@ -202,7 +212,7 @@ async fn count_parts(
         let tokenizer = tokenizers.get(mix)?;
         let session = dapt_mixer::run::session(mix).await?;
         for component in &mix.components {
-            let key = InventoryCache::key(mix, component, &tokenizer);
+            let key = InventoryCache::key(mix, component, tokenizer.sha256());
             if !counted.insert(key.clone()) {
                 continue;
             }
@@ -244,6 +254,7 @@ pub(crate) async fn counted_inventories(
     pipeline: &Pipeline,
     identity: String,
     work: &str,
+    tokenizers: &mut TokenizerCache,
 ) -> Result<InventoryCache> {
     let work = Location::parse(work)?;
     let name = COUNT_SETTINGS;
@@ -280,12 +291,11 @@ pub(crate) async fn counted_inventories(
         });
     }
     let mut cache = InventoryCache::default();
-    let mut tokenizers = TokenizerCache::default();
     let mut loaded = HashSet::new();
     for (_, mix) in &pipeline.stages {
-        let tokenizer = tokenizers.get(mix)?;
+        let sha256 = tokenizers.sha256(mix)?;
         for component in &mix.components {
-            let key = InventoryCache::key(mix, component, &tokenizer);
+            let key = InventoryCache::key(mix, component, &sha256);
             if !loaded.insert(key.clone()) {
                 continue;
             }
@@ -320,7 +330,12 @@ pub fn run_mix(
     let hash = pipeline_identity(&pipeline)?;
     let runtime = crate::runtime()?;
     let inventories = match work {
-        Some(work) => runtime.block_on(counted_inventories(&pipeline, hash.clone(), work))?,
+        Some(work) => runtime.block_on(counted_inventories(
+            &pipeline,
+            hash.clone(),
+            work,
+            &mut TokenizerCache::default(),
+        ))?,
         None => InventoryCache::default(),
     };
     Ok(runtime.block_on(dapt_mixer::run_pipeline_with(

@@ -121,25 +121,31 @@ struct Planned {
 }
 
 async fn planned(pipeline: Pipeline, identity: String, work: &str) -> Result<Planned> {
-    let mut inventories = counted_inventories(&pipeline, identity.clone(), work).await?;
-    let plans: Vec<StagePlan> = dapt_mixer::plan_pipeline_with(&pipeline, &mut inventories)
-        .await?
-        .into_iter()
-        .map(|(_, plan)| plan)
-        .collect();
+    let started = std::time::Instant::now();
+    let mut tokenizers = TokenizerCache::default();
+    let mut inventories =
+        counted_inventories(&pipeline, identity.clone(), work, &mut tokenizers).await?;
+    tracing::debug!("counts read in {:.2} s", started.elapsed().as_secs_f64());
+    let plans: Vec<StagePlan> =
+        dapt_mixer::run::plan_pipeline_cached(&pipeline, &mut inventories, &mut tokenizers)
+            .await?
+            .into_iter()
+            .map(|(_, plan)| plan)
+            .collect();
+    tracing::debug!("planned in {:.2} s", started.elapsed().as_secs_f64());
     let layouts = plans
         .iter()
         .zip(&pipeline.stages)
         .map(|(plan, (_, mix))| stage_layout(plan, mix))
         .collect();
-    let mut tokenizers = TokenizerCache::default();
+    tracing::debug!("laid out in {:.2} s", started.elapsed().as_secs_f64());
     let mut keys = Vec::new();
     for (_, mix) in &pipeline.stages {
-        let tokenizer = tokenizers.get(mix)?;
+        let sha256 = tokenizers.sha256(mix)?;
         keys.push(
             mix.components
                 .iter()
-                .map(|c| InventoryCache::key(mix, c, &tokenizer))
+                .map(|c| InventoryCache::key(mix, c, &sha256))
                 .collect(),
         );
     }

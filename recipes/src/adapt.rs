@@ -997,7 +997,10 @@ pub fn run(
             None,
         )
     };
-    let tokenizer = TokenizerFile::load_with(&tokenizer_path, EncoderChoice::Auto)?;
+    let tokenizer = std::sync::Arc::new(TokenizerFile::load_with(
+        &tokenizer_path,
+        EncoderChoice::Auto,
+    )?);
 
     // 4. Mix every CPT stage, then pack each.
     let mix_dir = out.join("mix");
@@ -1034,6 +1037,11 @@ pub fn run(
     let mut mix_ids = Vec::new();
     let mut mix_reports: Vec<MixReport> = Vec::new();
     let mut state = dapt_mixer::run::PipelineState::default();
+    // Every stage's mix has this tokenizer (same path and encoder).
+    let mut tokenizers = match pipeline.stages.first() {
+        Some((_, mix)) => dapt_mixer::run::TokenizerCache::with(mix, tokenizer.clone()),
+        None => dapt_mixer::run::TokenizerCache::default(),
+    };
     for (k, (name, mix)) in pipeline.stages.iter().enumerate() {
         let id = identity(
             "the mix",
@@ -1060,7 +1068,8 @@ pub fn run(
             let location = dapt_core::Location::parse(&dir.display().to_string())?;
             let mut output = dapt_core::OutputDir::open(location, "mix", &id).await?;
             Ok::<_, Error>(
-                dapt_mixer::run::run_stage(name, mix, &tokenizer, &mut output, &mut state).await?,
+                dapt_mixer::run::run_stage(name, mix, &mut tokenizers, &mut output, &mut state)
+                    .await?,
             )
         })?;
         for component in &report.components {
