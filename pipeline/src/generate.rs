@@ -105,6 +105,9 @@ pub struct GenerateJob {
     pub overwrite: bool,
     /// USD per million prompt and completion tokens, for the cost estimate.
     pub prices: Option<(f64, f64)>,
+    /// The Ballista cluster (`df://HOST:PORT`) that runs the query, or none (here); not part of
+    /// the output's identity: the rows are the same.
+    pub cluster: Option<String>,
 }
 
 /// What a run did.
@@ -320,10 +323,11 @@ impl GenerateJob {
         let template = std::fs::read_to_string(&self.template)
             .map_err(crate::error::io_error(&self.template))?;
         let hash = self.identity(&template)?;
-        let sources = match &self.sources {
+        let mut sources = match &self.sources {
             Some(path) => SourcesOptions::load(path)?,
             None => SourcesOptions::default(),
         };
+        sources.cluster = self.cluster.clone();
         let runtime = crate::runtime()?;
         runtime.block_on(self.run_async(&sources, &template, &hash, policy, progress))
     }

@@ -63,6 +63,52 @@ pub enum MeasureOutcome {
     },
 }
 
+/// What one job of a measure array recorded when it finished.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MeasureRecord {
+    /// The job.
+    pub index: usize,
+    /// Jobs in the array.
+    pub count: usize,
+    /// Groups among its rows.
+    pub groups: usize,
+}
+
+/// The step name of measure jobs in their records.
+const STEP: &str = "measure";
+
+/// Where the jobs of the measure array whose work directory is `location` stand (done, failed with
+/// its error, not done): `None` when it holds no measure job's part or record. The job count comes
+/// from the names found.
+pub async fn measure_status(
+    location: &Location,
+) -> Result<Option<Vec<crate::work::JobStatus<MeasureRecord>>>> {
+    let mut count: Option<usize> = None;
+    for object in location.list_objects().await? {
+        let path = object.location.as_ref();
+        let Some(name) = path
+            .rsplit_once("measure/")
+            .map(|(_, n)| n)
+            .or_else(|| path.rsplit_once("/measure-").map(|(_, n)| n))
+        else {
+            continue;
+        };
+        if let Some((_, n)) = name.trim_end_matches(".json").split_once("-of-") {
+            if let Ok(n) = n.parse::<usize>() {
+                count = Some(count.map_or(n, |c| c.max(n)));
+            }
+        }
+    }
+    let Some(count) = count else {
+        return Ok(None);
+    };
+    let mut jobs = Vec::new();
+    for index in 0..count {
+        jobs.push(crate::work::job_status(location, STEP, index, count).await?);
+    }
+    Ok(Some(jobs))
+}
+
 fn part_name(index: usize, count: usize) -> String {
     format!("measure/{index:05}-of-{count:05}.json")
 }
@@ -180,8 +226,8 @@ pub fn measure(settings: &MeasureSettings) -> Result<MeasureOutcome> {
         &(&settings.query, &settings.group_by, &hashed, shard.count),
     )?;
     let runtime = crate::runtime()?;
-    let table = runtime.block_on(totals(settings, &tokenizers))?;
     let Some(work) = work else {
+        let table = runtime.block_on(totals(settings, &tokenizers))?;
         return Ok(MeasureOutcome::Complete(finished(table)));
     };
     runtime.block_on(async {
@@ -209,18 +255,31 @@ pub fn measure(settings: &MeasureSettings) -> Result<MeasureOutcome> {
                 }
             }
         }
-        let part = MeasurePart {
-            identity: identity.clone(),
-            index: shard.index,
-            count: shard.count,
-            groups: table,
-        };
-        let bytes = serde_json::to_vec_pretty(&part).map_err(|source| Error::Json {
-            what: "a measure part".into(),
-            source,
-        })?;
-        work.write(&part_name(shard.index, shard.count), bytes.into())
-            .await?;
+        // From here on the job's end is recorded (`_done/` or `_failed/measure-I-of-N.json`)
+        // for `dapt status`.
+        let result = async {
+            let table = totals(settings, &tokenizers).await?;
+            let record = MeasureRecord {
+                index: shard.index,
+                count: shard.count,
+                groups: table.len(),
+            };
+            let part = MeasurePart {
+                identity: identity.clone(),
+                index: shard.index,
+                count: shard.count,
+                groups: table,
+            };
+            let bytes = serde_json::to_vec_pretty(&part).map_err(|source| Error::Json {
+                what: "a measure part".into(),
+                source,
+            })?;
+            work.write(&part_name(shard.index, shard.count), bytes.into())
+                .await?;
+            Ok(record)
+        }
+        .await;
+        crate::work::settle(&work, STEP, shard.index, shard.count, result).await?;
         let mut sum = MeasureTable::new();
         let mut missing = Vec::new();
         for index in 0..shard.count {

@@ -5,8 +5,8 @@
 //! a job array ([`count_mix`], `dapt mix plan --shard i/n --work URL`): each job counts the documents
 //! whose id hashes to it and publishes its part of each component's inventory in the work directory:
 //! - `_mix_count.json`: the pipeline's identity and the number of jobs (other settings are refused);
-//! - `inventory/KEY/I-of-N.json`: a job's part of the component with inventory key `KEY` (ids,
-//!   token counts, attribution counts);
+//! - `inventory/KEY/I-of-N.parquet`: a job's part of the component with inventory key `KEY` (ids
+//!   and token counts as columns, the attribution's counts as JSON in the file's metadata);
 //! - `_done/plan-I-of-N.json`: written last by each job (`_failed/plan-I-of-N.json` with the error
 //!   when it fails, removed by its next success); `dapt status WORK` lists the jobs ([`count_status`]).
 //!
@@ -131,7 +131,79 @@ pub async fn count_status(location: &Location) -> Result<Option<(String, Vec<Cou
 const STEP: &str = "plan";
 
 fn part_name(key: &str, index: usize, count: usize) -> String {
-    format!("inventory/{key}/{index:05}-of-{count:05}.json")
+    format!("inventory/{key}/{index:05}-of-{count:05}.parquet")
+}
+
+/// Key of the attribution counts (JSON) in a part's Parquet metadata.
+const ATTRIBUTION_KEY: &str = "dapt.attribution";
+
+fn part_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("tokens", DataType::UInt64, false),
+    ]))
+}
+
+/// A count job's part as Parquet: ids and token counts as columns (zstd), the attribution's counts
+/// as JSON in the file's metadata.
+fn encode_part(part: &InventoryPart, what: &str) -> Result<bytes::Bytes> {
+    use arrow::array::{ArrayRef, StringArray, UInt64Array};
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(
+            part.ids
+                .iter()
+                .map(|id| Some(id.as_str()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(part.tokens.iter().copied().collect::<UInt64Array>()),
+    ];
+    let batch = arrow::array::RecordBatch::try_new(part_schema(), columns).map_err(|source| {
+        dapt_core::Error::Arrow {
+            what: what.to_string(),
+            source,
+        }
+    })?;
+    let attribution =
+        serde_json::to_string(&part.attribution).map_err(json_error(what.to_string()))?;
+    let metadata = std::collections::BTreeMap::from([(ATTRIBUTION_KEY.to_string(), attribution)]);
+    Ok(dapt_core::parquet_io::encode(
+        part_schema(),
+        &[batch],
+        &metadata,
+        what,
+    )?)
+}
+
+/// A part written by [`encode_part`].
+fn decode_part(bytes: bytes::Bytes, what: &str) -> Result<InventoryPart> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::UInt64Type;
+    let (batches, metadata) = dapt_core::parquet_io::decode(bytes, what)?;
+    let bad = |reason: &str| Error::Data {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    };
+    let attribution = metadata
+        .get(ATTRIBUTION_KEY)
+        .ok_or_else(|| bad("has no attribution counts: not a count part of this version"))?;
+    let mut part = InventoryPart {
+        attribution: serde_json::from_str(attribution).map_err(json_error(what.to_string()))?,
+        ..InventoryPart::default()
+    };
+    for batch in batches {
+        if batch.schema() != part_schema() {
+            return Err(bad(
+                "is not a count part of this version (columns id, tokens)",
+            ));
+        }
+        let ids = batch.column(0).as_string::<i32>();
+        part.ids
+            .extend(ids.iter().map(|id| id.unwrap_or_default().to_string()));
+        part.tokens
+            .extend(batch.column(1).as_primitive::<UInt64Type>().values().iter());
+    }
+    Ok(part)
 }
 
 pub(crate) fn json_error(what: String) -> impl FnOnce(serde_json::Error) -> Error {
@@ -237,12 +309,9 @@ async fn count_parts(
                 job.index,
                 job.count
             );
-            let bytes = serde_json::to_vec(&part).map_err(json_error(format!(
-                "the counts of component {}",
-                component.name
-            )))?;
-            work.write(&part_name(&key, job.index, job.count), bytes.into())
-                .await?;
+            let name = part_name(&key, job.index, job.count);
+            let bytes = encode_part(&part, &work.url_of(&work.child(&name)))?;
+            work.write(&name, bytes).await?;
         }
     }
     Ok(record)
@@ -303,9 +372,7 @@ pub(crate) async fn counted_inventories(
             for index in 0..found.jobs {
                 let part = part_name(&key, index, found.jobs);
                 let bytes = work.read(&part).await?;
-                let part: InventoryPart = serde_json::from_slice(&bytes)
-                    .map_err(json_error(work.url_of(&work.child(&part))))?;
-                parts.push(part);
+                parts.push(decode_part(bytes, &work.url_of(&work.child(&part)))?);
             }
             cache.insert(key, Arc::new(Inventory::from_parts(parts)));
         }

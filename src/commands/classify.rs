@@ -55,14 +55,28 @@ struct Labelled {
     /// Sources file (TOML), as for `dapt sql`.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Run the queries on an Apache DataFusion Ballista cluster: df://HOST:PORT of its scheduler
+    /// (`dapt cluster`); the model is the same (examples are ordered by their text, not by the
+    /// order the rows arrive in).
+    #[arg(long, value_name = "df://HOST:PORT")]
+    cluster: Option<String>,
 }
 
+/// The labelled examples, sorted by text and label: the training order (a seeded shuffle of this)
+/// and so the model do not depend on the order the query's rows arrive in, which varies with
+/// partitions, threads and cluster executors.
 fn load(data: &Labelled) -> anyhow::Result<Vec<(String, bool)>> {
     let mut examples = Vec::new();
     for (query, label) in [(&data.positive, true), (&data.negative, false)] {
-        let rows = super::query_strings(data.config.as_deref(), query, &["text"], None)?;
+        let rows = super::query_strings(
+            data.config.as_deref(),
+            query,
+            &["text"],
+            data.cluster.as_deref(),
+        )?;
         examples.extend(rows.into_iter().map(|mut row| (row.remove(0), label)));
     }
+    examples.sort_unstable();
     Ok(examples)
 }
 

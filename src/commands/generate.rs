@@ -16,6 +16,10 @@ pub struct GenerateArgs {
     /// Sources file (TOML) the query reads, as for `dapt sql`.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Run the query on an Apache DataFusion Ballista cluster: df://HOST:PORT of its scheduler
+    /// (`dapt cluster`); the rows, and so the output, are the same.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    cluster: Option<String>,
     /// Jinja template (minijinja) rendering a row into the user message; the row's columns are its
     /// variables (a column the template names but the row lacks is an error).
     #[arg(long)]
@@ -114,6 +118,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         rows_per_shard: args.rows_per_shard,
         overwrite: args.overwrite,
         prices: args.price_prompt.zip(args.price_completion),
+        cluster: args.cluster.clone(),
     };
     if !(args.timeout_s > 0.0 && args.timeout_s.is_finite()) {
         anyhow::bail!("--timeout-s must be positive");

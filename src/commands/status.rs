@@ -9,7 +9,7 @@ use dapt_core::Location;
 #[derive(Args)]
 pub struct StatusArgs {
     /// Output directory URL or path (an ingest, pack or mix output, or the work directory of a
-    /// sharded near dedup or of a mix counting array, with its route and write jobs; s3://…, gs://…, local).
+    /// sharded near dedup, of a mix array (count, route and write jobs) or of a `tokenizer measure` array; s3://…, gs://…, local).
     url: String,
     /// Jobs in the array that writes it (jobs that never started leave nothing that says how many
     /// there are; without this the count comes from the job manifests and failure records found).
@@ -109,6 +109,31 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             println!(
                 "  {} {}/{}  {:<8}{detail}",
                 job.step, job.index, job.count, job.state
+            );
+        }
+        return Ok(());
+    }
+    if let Some(jobs) = runtime.block_on(dapt_pipeline::measure::measure_status(&location))? {
+        if args.json {
+            let value = serde_json::json!({"url": location.url(), "kind": "tokenizer measure", "jobs": jobs});
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            return Ok(());
+        }
+        let done = jobs.iter().filter(|j| j.state == "done").count();
+        println!(
+            "{}: tokenizer measure work, {done} of {} job(s) done",
+            location.url(),
+            jobs.len()
+        );
+        for job in &jobs {
+            let detail = match (&job.error, &job.record) {
+                (Some(error), _) => format!("  {error}"),
+                (None, Some(record)) => format!("  {} groups", record.groups),
+                (None, None) => String::new(),
+            };
+            println!(
+                "  measure {}/{}  {:<8}{detail}",
+                job.index, job.count, job.state
             );
         }
         return Ok(());

@@ -138,6 +138,51 @@ impl Cluster {
 }
 
 /// Waits for a child with a deadline; kills it (and fails) if it runs past it.
+/// An OpenAI-compatible chat server on 127.0.0.1 whose answer is a hash of the request body, so
+/// that equal requests get equal answers; its base URL.
+fn echo_server() -> Result<String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut reader = BufReader::new(stream.try_clone()?);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("content-length") {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body)?;
+                let answer = serde_json::json!({
+                    "choices": [{
+                        "index": 0,
+                        "message": {"role": "assistant", "content": format!("echo {:016x}", xxhash_rust::xxh3::xxh3_64(&body))},
+                        "finish_reason": "stop"
+                    }],
+                    "usage": {"prompt_tokens": body.len() / 4, "completion_tokens": 3}
+                })
+                .to_string();
+                let mut stream = stream;
+                write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                )
+            });
+        }
+    });
+    Ok(url)
+}
+
 fn wait_with_deadline(mut child: Child, seconds: u64) -> Result<Output> {
     let started = Instant::now();
     loop {
@@ -320,6 +365,10 @@ fn queries_with_dapt_functions_on_a_ballista_cluster_equal_local_results() -> Re
         ),
     )?;
     let mix_arg = mix.display().to_string();
+    let template = dir.path().join("ask.jinja");
+    std::fs::write(&template, "Who said this? {{ text }}")?;
+    let template = template.display().to_string();
+    let endpoint = format!("{}/v1", echo_server()?);
     let mut plans = Vec::new();
     let tokenizer = demo_data().join("../tokenizer.json").display().to_string();
     for (name, cluster_args) in [
@@ -333,7 +382,9 @@ fn queries_with_dapt_functions_on_a_ballista_cluster_equal_local_results() -> Re
                 .to_string()
         };
         let (dups, mix_out, packed) = (out("dups/duplicates.parquet"), out("mix"), out("packed"));
-        let commands: [Vec<&str>; 4] = [
+        let (classifier, generated, cache) =
+            (out("classifier.bin"), out("generated"), out("responses"));
+        let commands: [Vec<&str>; 6] = [
             vec![
                 "dedup",
                 "exact",
@@ -359,6 +410,35 @@ fn queries_with_dapt_functions_on_a_ballista_cluster_equal_local_results() -> Re
                 &packed,
             ],
             vec!["mix", "plan", &mix_arg],
+            vec![
+                "classify",
+                "train",
+                "--config",
+                &config_arg,
+                "--positive",
+                "SELECT text FROM docs WHERE script_ratio(text, 'Cyrillic') > 0.5",
+                "--negative",
+                "SELECT text FROM docs WHERE script_ratio(text, 'Cyrillic') < 0.1",
+                "--out",
+                &classifier,
+            ],
+            vec![
+                "generate",
+                "--config",
+                &config_arg,
+                "-e",
+                "SELECT id, text FROM docs WHERE xxhash64(id) % 100 = 3",
+                "--template",
+                &template,
+                "--endpoint",
+                &endpoint,
+                "--model",
+                "echo",
+                "--out",
+                &generated,
+                "--cache",
+                &cache,
+            ],
         ];
         for mut args in commands {
             args.extend(cluster_args.iter().copied());
@@ -409,7 +489,12 @@ fn queries_with_dapt_functions_on_a_ballista_cluster_equal_local_results() -> Re
         files.sort();
         Ok(files)
     };
-    for output in ["mix", "packed"] {
+    ensure!(
+        std::fs::read(dir.path().join("local-classifier.bin"))?
+            == std::fs::read(dir.path().join("cluster-classifier.bin"))?,
+        "the classifiers differ"
+    );
+    for output in ["mix", "packed", "generated"] {
         let local = files(&format!("local-{output}"))?;
         ensure!(
             local.len() > 1 && local == files(&format!("cluster-{output}"))?,

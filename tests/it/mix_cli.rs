@@ -414,10 +414,32 @@ fn counting_as_a_job_array_gives_the_same_mix() -> Result<()> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("no inventory in {}", inventory.display()))??
         .path();
-    let part = key.join("00000-of-00003.json");
-    let mut counts: serde_json::Value = serde_json::from_slice(&std::fs::read(&part)?)?;
-    counts["tokens"][0] = serde_json::json!(counts["tokens"][0].as_u64().unwrap_or(0) + 100_000);
-    std::fs::write(&part, serde_json::to_vec(&counts)?)?;
+    let part = key.join("00000-of-00003.parquet");
+    let (batches, metadata) =
+        dapt_core::parquet_io::decode(std::fs::read(&part)?.into(), "the part")?;
+    ensure!(
+        metadata.contains_key("dapt.attribution")
+            && batches.iter().map(|b| b.num_rows()).sum::<usize>() > 10,
+        "{metadata:?}"
+    );
+    let batch = &batches[0];
+    let tokens =
+        arrow::array::AsArray::as_primitive::<arrow::datatypes::UInt64Type>(batch.column(1));
+    let mut changed: Vec<u64> = tokens.values().to_vec();
+    changed[0] += 100_000;
+    let batch = arrow::array::RecordBatch::try_new(
+        batch.schema(),
+        vec![
+            batch.column(0).clone(),
+            std::sync::Arc::new(arrow::array::UInt64Array::from(changed)),
+        ],
+    )?;
+    let mut parts = vec![batch];
+    parts.extend(batches[1..].iter().cloned());
+    std::fs::write(
+        &part,
+        dapt_core::parquet_io::encode(parts[0].schema(), &parts, &metadata, "the part")?,
+    )?;
     ensure!(ok(&["mix", "plan", file, "--work", work])? != plan);
     Ok(())
 }

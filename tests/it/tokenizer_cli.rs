@@ -180,6 +180,22 @@ fn measure_as_a_job_array_equals_one_process() -> Result<()> {
     );
     let second = measure(&["--shard", "0/3", "--work", &work])?;
     ensure!(second.contains("[1]"), "{second}");
+    let status = |work: &str| -> Result<String> {
+        let output = dapt(&["status", work]);
+        ensure!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8(output.stdout)?)
+    };
+    let listed = status(&work)?;
+    ensure!(
+        listed.contains("2 of 3 job(s) done")
+            && listed.contains("measure 1/3  not done")
+            && listed.contains("measure 2/3  done"),
+        "{listed}"
+    );
     let last = measure(&["--shard", "1/3", "--work", &work])?;
     ensure!(
         last == one,
@@ -210,5 +226,28 @@ fn measure_as_a_job_array_equals_one_process() -> Result<()> {
     ensure!(!other.status.success());
     let message = String::from_utf8_lossy(&other.stderr);
     ensure!(message.contains("another measurement"), "{message}");
+
+    // A job that fails records its error, which `dapt status` shows.
+    let broken = dir.path().join("broken").display().to_string();
+    let failed = dapt(&[
+        "tokenizer",
+        "measure",
+        "--config",
+        config,
+        "--tokenizer",
+        &qwen,
+        "-e",
+        "SELECT text, source FROM nowhere",
+        "--shard",
+        "1/2",
+        "--work",
+        &broken,
+    ]);
+    ensure!(!failed.status.success());
+    let listed = status(&broken)?;
+    ensure!(
+        listed.contains("measure 1/2  failed") && listed.contains("nowhere"),
+        "{listed}"
+    );
     Ok(())
 }
