@@ -335,14 +335,16 @@ pub async fn near_signatures(
             }
         }
     }
-    if let Some(mut record) =
-        read_done::<NearJobRecord>(&location, "signatures", shard.index, shard.count).await?
-    {
-        record.reused = true;
-        return Ok(record);
-    }
-    let result = sign_shard(settings, &wanted, &location, shard).await;
-    settle(&location, "signatures", shard.index, shard.count, result).await
+    let (mut record, reused) = crate::work::once(
+        &location,
+        "signatures",
+        shard.index,
+        shard.count,
+        sign_shard(settings, &wanted, &location, shard),
+    )
+    .await?;
+    record.reused = reused;
+    Ok(record)
 }
 
 async fn sign_shard(
@@ -525,14 +527,16 @@ pub async fn near_links(
             ),
         ));
     }
-    if let Some(mut record) =
-        read_done::<NearJobRecord>(&location, "links", partition.index, partition.count).await?
-    {
-        record.reused = true;
-        return Ok(record);
-    }
-    let result = link_partition(&location, &settings, partition).await;
-    settle(&location, "links", partition.index, partition.count, result).await
+    let (mut record, reused) = crate::work::once(
+        &location,
+        "links",
+        partition.index,
+        partition.count,
+        link_partition(&location, &settings, partition),
+    )
+    .await?;
+    record.reused = reused;
+    Ok(record)
 }
 
 async fn link_partition(

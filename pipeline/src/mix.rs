@@ -253,14 +253,16 @@ pub fn count_mix(
     let work = Location::parse(work)?;
     crate::runtime()?.block_on(async {
         bind_count_work(&work, &settings).await?;
-        if let Some(mut record) =
-            crate::work::read_done::<CountRecord>(&work, STEP, job.index, job.count).await?
-        {
-            record.reused = true;
-            return Ok(record);
-        }
-        let result = count_parts(&pipeline, job, &work).await;
-        crate::work::settle(&work, STEP, job.index, job.count, result).await
+        let (mut record, reused) = crate::work::once(
+            &work,
+            STEP,
+            job.index,
+            job.count,
+            count_parts(&pipeline, job, &work),
+        )
+        .await?;
+        record.reused = reused;
+        Ok(record)
     })
 }
 

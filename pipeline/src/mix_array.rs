@@ -190,20 +190,18 @@ pub fn route_mix(
     check_layout_applies(&pipeline)?;
     let identity = pipeline_identity(&pipeline)?;
     let location = Location::parse(work)?;
-    crate::runtime()?.block_on(async {
-        if let Some(mut record) =
-            crate::work::read_done::<RouteRecord>(&location, ROUTE, job.index, job.count).await?
-        {
-            record.reused = true;
-            return Ok(record);
-        }
-        let result = async {
+    let (mut record, reused) = crate::runtime()?.block_on(crate::work::once(
+        &location,
+        ROUTE,
+        job.index,
+        job.count,
+        async {
             let planned = planned(pipeline, identity, work).await?;
             route_parts(&planned, job, &location).await
-        }
-        .await;
-        crate::work::settle(&location, ROUTE, job.index, job.count, result).await
-    })
+        },
+    ))?;
+    record.reused = reused;
+    Ok(record)
 }
 
 /// Where one routed copy of a document goes.
@@ -647,21 +645,19 @@ pub fn write_mix(file: &Path, out: &str, job: dapt_ingest::Job, work: &str) -> R
     let identity = pipeline_identity(&pipeline)?;
     let location = Location::parse(work)?;
     let out = Location::parse(out)?;
-    crate::runtime()?.block_on(async {
-        if let Some(mut record) =
-            crate::work::read_done::<WriteRecord>(&location, WRITE, job.index, job.count).await?
-        {
-            record.reused = true;
-            return Ok(record);
-        }
-        let result = async {
+    let (mut record, reused) = crate::runtime()?.block_on(crate::work::once(
+        &location,
+        WRITE,
+        job.index,
+        job.count,
+        async {
             let routes = route_records(&location, job.count).await?;
             let planned = planned(pipeline, identity, work).await?;
             write_parts(&planned, &routes, job, &location, &out).await
-        }
-        .await;
-        crate::work::settle(&location, WRITE, job.index, job.count, result).await
-    })
+        },
+    ))?;
+    record.reused = reused;
+    Ok(record)
 }
 
 /// The n-grams of stages `0..stage` from every route job's parts.

@@ -71,6 +71,27 @@ pub(crate) async fn settle<R: Serialize>(
     result
 }
 
+/// Runs job `index` of `count` of `step` unless its completion record is there: the record and
+/// whether it was already done; otherwise `job`'s result, settled (see [`settle`]). `job` is not
+/// started for a finished job.
+pub(crate) async fn once<R, F>(
+    location: &Location,
+    step: &str,
+    index: usize,
+    count: usize,
+    job: F,
+) -> Result<(R, bool)>
+where
+    R: Serialize + DeserializeOwned,
+    F: std::future::Future<Output = Result<R>>,
+{
+    if let Some(record) = read_done::<R>(location, step, index, count).await? {
+        return Ok((record, true));
+    }
+    let record = settle(location, step, index, count, job.await).await?;
+    Ok((record, false))
+}
+
 /// Where one job of an array stands.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct JobStatus<R> {

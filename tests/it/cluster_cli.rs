@@ -137,7 +137,6 @@ impl Cluster {
     }
 }
 
-/// Waits for a child with a deadline; kills it (and fails) if it runs past it.
 /// An OpenAI-compatible chat server on 127.0.0.1 whose answer is a hash of the request body, so
 /// that equal requests get equal answers; its base URL.
 fn echo_server() -> Result<String> {
@@ -183,6 +182,7 @@ fn echo_server() -> Result<String> {
     Ok(url)
 }
 
+/// Waits for a child with a deadline; kills it (and fails) if it runs past it.
 fn wait_with_deadline(mut child: Child, seconds: u64) -> Result<Output> {
     let started = Instant::now();
     loop {

@@ -51,6 +51,22 @@ fn mix_run(file: &Path, out: &Path, threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// The stdout of a `dapt` run with `args` that must have succeeded (else its stderr is the error).
+fn succeeded(args: &[&str], output: std::process::Output) -> Result<String> {
+    ensure!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// The stderr of a `dapt` run with `args` that must have failed.
+fn failed(args: &[&str], output: std::process::Output) -> Result<String> {
+    ensure!(!output.status.success(), "{args:?} succeeded");
+    Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
 fn report(dir: &Path) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&std::fs::read(
         dir.join("mix_report.json"),
@@ -311,20 +327,8 @@ fn counting_as_a_job_array_gives_the_same_mix() -> Result<()> {
     let pipeline = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("configs/mixes/demo-pipeline.toml");
     let file = pipeline.to_str().unwrap_or_default();
-    let ok = |args: &[&str]| -> Result<String> {
-        let output = dapt(args);
-        ensure!(
-            output.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(String::from_utf8(output.stdout)?)
-    };
-    let fails = |args: &[&str]| -> Result<String> {
-        let output = dapt(args);
-        ensure!(!output.status.success(), "{args:?} succeeded");
-        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
-    };
+    let ok = |args: &[&str]| succeeded(args, dapt(args));
+    let fails = |args: &[&str]| failed(args, dapt(args));
     let one = dir.path().join("one");
     ok(&[
         "mix",
@@ -479,20 +483,8 @@ fn materialising_as_job_arrays_on_s3_gives_the_same_bytes() -> Result<()> {
             .envs(server.env())
             .output()?)
     };
-    let ok = |args: &[&str]| -> Result<String> {
-        let output = run(args)?;
-        ensure!(
-            output.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(String::from_utf8(output.stdout)?)
-    };
-    let fails = |args: &[&str]| -> Result<String> {
-        let output = run(args)?;
-        ensure!(!output.status.success(), "{args:?} succeeded");
-        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
-    };
+    let ok = |args: &[&str]| succeeded(args, run(args)?);
+    let fails = |args: &[&str]| failed(args, run(args)?);
     let write = |i: usize| -> Result<String> {
         ok(&[
             "mix",

@@ -209,40 +209,31 @@ fn measure_as_a_job_array_equals_one_process() -> Result<()> {
     );
     // A rerun of a finished job gives the table again; another measurement is refused.
     ensure!(measure(&["--shard", "0/3", "--work", &work])? == one);
-    let other = dapt(&[
-        "tokenizer",
-        "measure",
-        "--config",
-        config,
-        "--tokenizer",
-        &qwen,
-        "-e",
-        query,
-        "--shard",
-        "0/3",
-        "--work",
-        &work,
-    ]);
+    // Qwen3 alone over `query`, as job `shard` with work directory `work`.
+    let measure_qwen = |query: &str, shard: &str, work: &str| {
+        dapt(&[
+            "tokenizer",
+            "measure",
+            "--config",
+            config,
+            "--tokenizer",
+            &qwen,
+            "-e",
+            query,
+            "--shard",
+            shard,
+            "--work",
+            work,
+        ])
+    };
+    let other = measure_qwen(query, "0/3", &work);
     ensure!(!other.status.success());
     let message = String::from_utf8_lossy(&other.stderr);
     ensure!(message.contains("another measurement"), "{message}");
 
     // A job that fails records its error, which `dapt status` shows.
     let broken = dir.path().join("broken").display().to_string();
-    let failed = dapt(&[
-        "tokenizer",
-        "measure",
-        "--config",
-        config,
-        "--tokenizer",
-        &qwen,
-        "-e",
-        "SELECT text, source FROM nowhere",
-        "--shard",
-        "1/2",
-        "--work",
-        &broken,
-    ]);
+    let failed = measure_qwen("SELECT text, source FROM nowhere", "1/2", &broken);
     ensure!(!failed.status.success());
     let listed = status(&broken)?;
     ensure!(
