@@ -140,27 +140,13 @@ impl Cluster {
 /// An OpenAI-compatible chat server on 127.0.0.1 whose answer is a hash of the request body, so
 /// that equal requests get equal answers; its base URL.
 fn echo_server() -> Result<String> {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let url = format!("http://{}", listener.local_addr()?);
     std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || -> std::io::Result<()> {
-                let mut reader = BufReader::new(stream.try_clone()?);
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line)? == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some((name, value)) = line.split_once(':') {
-                        if name.eq_ignore_ascii_case("content-length") {
-                            length = value.trim().parse().unwrap_or(0);
-                        }
-                    }
-                }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body)?;
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || -> Result<()> {
+                let (_, body) = crate::common::read_request(&stream)?;
                 let answer = serde_json::json!({
                     "choices": [{
                         "index": 0,
@@ -170,12 +156,12 @@ fn echo_server() -> Result<String> {
                     "usage": {"prompt_tokens": body.len() / 4, "completion_tokens": 3}
                 })
                 .to_string();
-                let mut stream = stream;
                 write!(
                     stream,
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
                     answer.len()
-                )
+                )?;
+                Ok(())
             });
         }
     });

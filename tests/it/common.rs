@@ -115,3 +115,26 @@ pub fn run_fails(args: &[&str]) -> anyhow::Result<String> {
 #[path = "../support/s3.rs"]
 mod s3;
 pub use s3::S3Server;
+
+/// Reads one HTTP request (head and body) from `stream`.
+pub fn read_request(stream: &std::net::TcpStream) -> anyhow::Result<(String, Vec<u8>)> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut head = String::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse()?;
+            }
+        }
+        head.push_str(&line);
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok((head, body))
+}

@@ -2,7 +2,7 @@
 //! directly and through a fault-injecting proxy on 127.0.0.1 (5xx, 429, dropped connections, a hung
 //! answer past the client's timeout): the output is the same, a rerun asks nothing, an interrupted
 //! run resumes where it stopped, and the API key goes only into the requests' headers.
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 
-use crate::common::{import_smollm2, run_ok, serve, test_data};
+use crate::common::{import_smollm2, read_request, run_ok, serve, test_data};
 
 const KEY: &str = "sk-dapt-test-7f3a9c";
 
@@ -59,28 +59,6 @@ impl Proxy {
     fn count(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
-}
-
-/// Reads one HTTP request (head and body) from `stream`.
-fn read_request(stream: &TcpStream) -> Result<(String, Vec<u8>)> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut head = String::new();
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse()?;
-            }
-        }
-        head.push_str(&line);
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    Ok((head, body))
 }
 
 fn serve_one(
