@@ -359,6 +359,9 @@ pub struct AdaptSettings {
     pub config: PathBuf,
     /// Its directory: relative paths resolve against it.
     pub base_dir: PathBuf,
+    /// The Ballista cluster (`df://HOST:PORT`) the recipe's queries run on, or none (here); not
+    /// part of any step's identity: the rows are the same.
+    pub cluster: Option<String>,
 }
 
 /// Whether a config file names this recipe (`recipe = "adapt"`).
@@ -391,6 +394,7 @@ impl AdaptSettings {
             options,
             config: path.to_path_buf(),
             base_dir,
+            cluster: None,
         };
         settings.validate().map_err(|e| match e {
             Error::Setting { key, reason } => Error::Setting {
@@ -532,6 +536,7 @@ impl AdaptSettings {
     fn sources(&self) -> SourcesOptions {
         let mut sources = SourcesOptions {
             storage: self.options.storage.clone(),
+            cluster: self.cluster.clone(),
             ..Default::default()
         };
         for (name, source) in &self.options.sources {

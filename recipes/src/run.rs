@@ -124,6 +124,10 @@ pub struct RunSettings {
     model: ProxyModelOptions,
     train: TrainSettings,
     eval: EvalOptions,
+    /// The Ballista cluster (`df://HOST:PORT`) the selection query runs on, or none (here); not
+    /// part of any identity: the rows are the same.
+    #[serde(skip)]
+    pub cluster: Option<String>,
 }
 
 impl RunSettings {
@@ -182,6 +186,7 @@ impl RunSettings {
             model: options.model,
             train,
             eval: options.eval,
+            cluster: None,
         })
     }
 }
@@ -237,7 +242,13 @@ pub fn run(settings: &RunSettings, config: &Path, out: &Path) -> Result<RunRepor
 
     // 2. SQL.
     let select_hash = identity("the query", &(&ingest_hash, &settings.query))?;
-    let (ids, texts) = runtime.block_on(select(&settings.query, &documents, &out, &select_hash))?;
+    let (ids, texts) = runtime.block_on(select(
+        &settings.query,
+        &documents,
+        &out,
+        &select_hash,
+        settings.cluster.as_deref(),
+    ))?;
     tracing::info!(documents = ids.len(), "SQL selected documents");
 
     // The held-out split is a function of (seed, document id); packing orders documents the same way.
@@ -472,25 +483,62 @@ fn save_with_tokenizer(
     std::fs::write(&path, tokenizer.json()).map_err(io_error(&path))
 }
 
-/// Runs the query over the ingested documents; materialises its result in `OUT/selected/` (reused by
+/// `batch` with string views as plain strings: a local session reads Parquet strings as views, a
+/// Ballista cluster returns plain ones, and the selection's bytes must not depend on where it ran.
+fn plain_strings(batch: &RecordBatch) -> Result<RecordBatch> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let arrow_error = |source| Error::Data {
+        what: "the query result".into(),
+        reason: format!("{source}"),
+    };
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(&fields)
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(arrow_error)?;
+    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns).map_err(arrow_error)
+}
+
+/// Runs the query over the ingested documents (on the Ballista cluster `cluster` if given);
+/// materialises its result in `OUT/selected/` (reused by
 /// a rerun with the same inputs and query); returns ids and texts.
 async fn select(
     query: &str,
     documents: &Location,
     out: &Path,
     hash: &str,
+    cluster: Option<&str>,
 ) -> Result<(Vec<String>, Vec<String>)> {
     let mut output = OutputDir::open(location(&out.join("selected"))?, "select", hash).await?;
     let name = "part-00000.parquet";
     if !output.is_published(name) {
-        let session = dapt_sql::SqlSession::new();
+        let session = match cluster {
+            Some(url) => dapt_sql::SqlSession::remote(url, &BTreeMap::new()).await?,
+            None => dapt_sql::SqlSession::new(),
+        };
         session.register_parquet("documents", documents).await?;
         // Row order of a query depends on partition timing; the stage's output must not.
         let ordered = format!(
             "SELECT * FROM ({}) AS selection ORDER BY id, text",
             query.trim().trim_end_matches(';')
         );
-        let batches = session.query_collect(&ordered).await?;
+        let batches = session
+            .query_collect(&ordered)
+            .await?
+            .iter()
+            .map(plain_strings)
+            .collect::<Result<Vec<_>>>()?;
         let Some(first) = batches.first() else {
             return Err(setting(
                 "sql.query",

@@ -19,6 +19,12 @@ pub struct RunArgs {
     /// Where the adaptation recipe trains and evaluates (overrides the config's `device`).
     #[arg(long, value_enum)]
     device: Option<DeviceArg>,
+    /// Run the recipe's SQL (measurement, extension text, mixes, SFT and evaluation queries; the
+    /// demo's selection) on an Apache DataFusion Ballista cluster: df://HOST:PORT of its scheduler
+    /// (`dapt cluster`); executors need the sources and tokenizers reachable. The outputs are the
+    /// same.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    cluster: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -34,7 +40,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .out
         .unwrap_or_else(|| PathBuf::from("out").join(args.config.file_stem().unwrap_or_default()));
     if dapt_recipes::adapt::is_adapt_config(&args.config)? {
-        let settings = AdaptSettings::load(&args.config)?;
+        let mut settings = AdaptSettings::load(&args.config)?;
+        settings.cluster = args.cluster.clone();
         let device = args.device.map(|d| match d {
             DeviceArg::Auto => DeviceChoice::Auto,
             DeviceArg::Cpu => DeviceChoice::Cpu,
@@ -67,7 +74,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.device.is_some() {
         anyhow::bail!("--device is for the adaptation recipe (recipe = \"adapt\"); the demo pipeline picks CUDA when available");
     }
-    let settings = RunSettings::load(&args.config)?;
+    let mut settings = RunSettings::load(&args.config)?;
+    settings.cluster = args.cluster.clone();
     let report = dapt_recipes::run::run(&settings, &args.config, &out)?;
     println!(
         "held-out perplexity: before {:.2}, after {:.2} ({} tokens, {} documents); report: {}; base vs adapted: {}",

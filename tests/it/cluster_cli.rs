@@ -502,6 +502,68 @@ fn queries_with_dapt_functions_on_a_ballista_cluster_equal_local_results() -> Re
     let message = String::from_utf8_lossy(&unknown.stderr);
     ensure!(message.contains("nope"), "{message}");
 
+    // `dapt run` (the demo pipeline) with its selection query on the cluster: the same files
+    // (all but the training log's speeds and the report's own paths).
+    #[cfg(feature = "torch")]
+    {
+        let demo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml");
+        for (name, extra) in [
+            ("demo-local", vec![]),
+            ("demo-cluster", vec!["--cluster", cluster.url.as_str()]),
+        ] {
+            let out = dir.path().join(name);
+            let before: usize = (0..2).map(|i| cluster.tasks(i)).sum();
+            let output = crate::common::dapt_command()
+                .args(["run", demo.to_str().unwrap_or_default(), "--out"])
+                .arg(&out)
+                .args(extra)
+                .env("DAPT_LOG", "warn")
+                .output()?;
+            ok(output).with_context(|| cluster.logs())?;
+            let after: usize = (0..2).map(|i| cluster.tasks(i)).sum();
+            ensure!(
+                (after > before) == (name == "demo-cluster"),
+                "{name}: {before} → {after} tasks on the cluster"
+            );
+        }
+        let (local, remote) = (
+            dir.path().join("demo-local"),
+            dir.path().join("demo-cluster"),
+        );
+        let mut compared = 0;
+        let mut pending = vec![local.clone()];
+        while let Some(directory) = pending.pop() {
+            for entry in std::fs::read_dir(&directory)? {
+                let path = entry?.path();
+                let name = path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                if path.is_dir() {
+                    pending.push(path);
+                } else if !name.starts_with('.')
+                    && name != "report.json"
+                    && name != "train_log.jsonl"
+                {
+                    let relative = path.strip_prefix(&local)?;
+                    ensure!(
+                        std::fs::read(&path)? == std::fs::read(remote.join(relative))?,
+                        "demo: {} differs",
+                        relative.display()
+                    );
+                    compared += 1;
+                }
+            }
+        }
+        ensure!(
+            compared > 10
+                && local.join("selected/part-00000.parquet").exists()
+                && local.join("model/model.safetensors").exists(),
+            "demo: {compared} files compared"
+        );
+    }
+
     // One executor killed while a long query runs: a result equal to the local one, or a clear
     // error, within a bound.
     let slow = "SELECT source, sum(token_count(repeat(text, 40), 'qwen3')) AS tokens \
