@@ -227,12 +227,16 @@ pub fn load(file: &Path) -> Result<SweepOptions> {
     })
 }
 
-/// Runs the sweep of `file` into `out`.
-pub fn run(file: &Path, out: &Path) -> Result<SweepOutcome> {
+/// Runs the sweep of `file` into `out`; the component queries run on the Ballista cluster
+/// `cluster` (`df://HOST:PORT`) when given (the results are the same).
+pub fn run(file: &Path, out: &Path, cluster: Option<&str>) -> Result<SweepOutcome> {
     let options = load(file)?;
     let key = |k: String| format!("{}: {k}", file.display());
     let base_dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let mix = Mix::load(&resolve(&base_dir, &options.mix))?;
+    let mut mix = Mix::load(&resolve(&base_dir, &options.mix))?;
+    // Not part of the components' identities (below): where a query runs changes no row.
+    let sources_identity = format!("{:?}", mix.sources);
+    mix.sources.cluster = cluster.map(str::to_string);
     let names: Vec<String> = mix.components.iter().map(|c| c.name.clone()).collect();
     let variants: Vec<VariantOptions> = match (&options.search, options.variants.is_empty()) {
         (_, false) => options.variants.clone(),
@@ -281,11 +285,7 @@ pub fn run(file: &Path, out: &Path) -> Result<SweepOutcome> {
     for component in &mix.components {
         let hash = identity(
             "a sweep component",
-            &(
-                &component.sql,
-                tokenizer.sha256(),
-                format!("{:?}", mix.sources),
-            ),
+            &(&component.sql, tokenizer.sha256(), &sources_identity),
         )?;
         let dir = out.join("components").join(&component.name);
         let (documents, tokenised) = runtime.block_on(tokenised_component(

@@ -14,10 +14,14 @@ pub struct SweepArgs {
     /// Output directory (components/, variants/, sweep_results.json, sweep.md, plots/).
     #[arg(long)]
     out: PathBuf,
+    /// Run the component queries on an Apache DataFusion Ballista cluster: df://HOST:PORT of its
+    /// scheduler (`dapt cluster`); the results are the same.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    cluster: Option<String>,
 }
 
 pub fn run(args: SweepArgs) -> anyhow::Result<()> {
-    let outcome = dapt_recipes::sweep::run(&args.file, &args.out)?;
+    let outcome = dapt_recipes::sweep::run(&args.file, &args.out, args.cluster.as_deref())?;
     print!("{}", outcome.document);
     Ok(())
 }

@@ -562,6 +562,67 @@ fn queries_with_dapt_functions_on_a_ballista_cluster_equal_local_results() -> Re
                 && local.join("model/model.safetensors").exists(),
             "demo: {compared} files compared"
         );
+
+        // `dapt sweep` (one variant of the demo sweep, 4 steps) with its component queries on the
+        // cluster: the same tokenised components, packed variant, trained model and metrics.
+        let configs = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut sweep = std::fs::read_to_string(configs.join("sweep.toml"))?
+            .replace("mix = \"", &format!("mix = \"{}/", configs.display()))
+            .replace("= \"demo/", &format!("= \"{}/demo/", configs.display()))
+            .replace("steps = 60", "steps = 4")
+            .replace("warmup_steps = 6", "warmup_steps = 1");
+        let (first, rest) = sweep
+            .split_once("[[variant]]\nname = \"balanced\"")
+            .context("the demo sweep's variants")?;
+        let model = rest.find("[model]").context("the demo sweep's [model]")?;
+        sweep = format!("{first}{}", &rest[model..]);
+        let sweep_file = dir.path().join("sweep.toml");
+        std::fs::write(&sweep_file, sweep)?;
+        for (name, extra) in [
+            ("sweep-local", vec![]),
+            ("sweep-cluster", vec!["--cluster", cluster.url.as_str()]),
+        ] {
+            let before: usize = (0..2).map(|i| cluster.tasks(i)).sum();
+            let output = crate::common::dapt_command()
+                .arg("sweep")
+                .arg(&sweep_file)
+                .arg("--out")
+                .arg(dir.path().join(name))
+                .args(extra)
+                .env("DAPT_LOG", "warn")
+                .output()?;
+            ok(output).with_context(|| cluster.logs())?;
+            let after: usize = (0..2).map(|i| cluster.tasks(i)).sum();
+            ensure!(
+                (after > before) == (name == "sweep-cluster"),
+                "{name}: {before} → {after} tasks on the cluster"
+            );
+        }
+        let (local, remote) = (
+            dir.path().join("sweep-local"),
+            dir.path().join("sweep-cluster"),
+        );
+        for relative in [
+            "components/ru_2001/part-00000.parquet",
+            "components/en_art/_manifest.json",
+            "variants/ru-heavy/packed/part-00000.parquet",
+            "variants/ru-heavy/run/train/model/model.safetensors",
+        ] {
+            ensure!(
+                std::fs::read(local.join(relative))? == std::fs::read(remote.join(relative))?,
+                "sweep: {relative} differs"
+            );
+        }
+        let metrics = |root: &std::path::Path| -> Result<serde_json::Value> {
+            let results: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(root.join("sweep_results.json"))?)?;
+            Ok(results["variants"][0]["metrics"].clone())
+        };
+        let (a, b) = (metrics(&local)?, metrics(&remote)?);
+        ensure!(
+            a == b && a["bpb/ru"].as_f64() > Some(0.0),
+            "sweep metrics {a} vs {b}"
+        );
     }
 
     // One executor killed while a long query runs: a result equal to the local one, or a clear
