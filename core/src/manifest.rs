@@ -411,8 +411,9 @@ impl OutputDir {
     }
 
     /// When every one of `count` job manifests in this directory is complete, writes their union as
-    /// `_manifest.json` (shards, skipped records, and `summary` summed over numeric fields) and returns
-    /// it. Any job may call this when it finishes: the merged bytes are the same whoever writes them.
+    /// `_manifest.json` (shards, skipped records, `summary` summed over numeric fields, and a packed
+    /// output's metadata, see [`PackedMetadata::merge`](crate::packed::PackedMetadata::merge)) and
+    /// returns it. Any job may call this when it finishes: the merged bytes are the same whoever writes them.
     pub async fn merge_job_manifests(
         location: &Location,
         count: usize,
@@ -442,6 +443,18 @@ impl OutputDir {
                 (&mut merged.summary, job.summary)
             {
                 for (key, value) in part {
+                    // A packed output's metadata: the same for every job but the highest token id.
+                    if key == crate::packed::PackedMetadata::SUMMARY_KEY {
+                        let url =
+                            location.url_of(&location.child(&job_manifest_name(index, count)));
+                        let packed = crate::packed::PackedMetadata::merge(
+                            total.get(&key).cloned(),
+                            value,
+                            &url,
+                        )?;
+                        total.insert(key, packed);
+                        continue;
+                    }
                     if let Some(n) = value.as_u64() {
                         let sum = total
                             .get(&key)

@@ -297,6 +297,40 @@ impl PackedMetadata {
         serde_json::Value::Object(object)
     }
 
+    /// The metadata of an output whose jobs recorded `merged` (so far) and `next` (summary
+    /// entries): the highest token id of either; every other field must agree (`url` names the job
+    /// manifest that does not).
+    pub fn merge(
+        merged: Option<serde_json::Value>,
+        next: serde_json::Value,
+        url: &str,
+    ) -> Result<serde_json::Value> {
+        let parse = |value: serde_json::Value| -> Result<Self> {
+            serde_json::from_value(value).map_err(|e| Error::Packed {
+                url: url.to_string(),
+                reason: format!(
+                    "the manifest's `{}` entry is malformed: {e}",
+                    Self::SUMMARY_KEY
+                ),
+            })
+        };
+        let next = parse(next)?;
+        let Some(merged) = merged else {
+            return Ok(serde_json::to_value(&next).unwrap_or(serde_json::Value::Null));
+        };
+        let mut merged = parse(merged)?;
+        let highest = merged.max_token_id.max(next.max_token_id);
+        merged.max_token_id = next.max_token_id;
+        if merged != next {
+            return Err(Error::Packed {
+                url: url.to_string(),
+                reason: "its packed metadata (tokenizer, seq_len, pad id, seed or settings) differs from the other jobs'".into(),
+            });
+        }
+        merged.max_token_id = highest;
+        Ok(serde_json::to_value(&merged).unwrap_or(serde_json::Value::Null))
+    }
+
     /// The metadata recorded in the manifest of the packed output at `url`.
     pub fn from_manifest(manifest: &crate::Manifest, url: &str) -> Result<Self> {
         let value = manifest.summary.get(Self::SUMMARY_KEY).ok_or_else(|| Error::Packed {
@@ -428,6 +462,24 @@ mod metadata_tests {
             config_hash: "h".into(),
             max_token_id: max,
         }
+    }
+
+    #[test]
+    fn job_metadata_merges_to_the_highest_token_id_and_refuses_other_settings() {
+        let value = |m: PackedMetadata| serde_json::to_value(m).unwrap();
+        let first = PackedMetadata::merge(None, value(metadata(7)), "a").unwrap();
+        let merged = PackedMetadata::merge(Some(first), value(metadata(99)), "b").unwrap();
+        let merged = PackedMetadata::merge(Some(merged), value(metadata(40)), "c").unwrap();
+        assert_eq!(
+            serde_json::from_value::<PackedMetadata>(merged.clone()).unwrap(),
+            metadata(99)
+        );
+        let other = PackedMetadata {
+            seq_len: 16,
+            ..metadata(3)
+        };
+        let error = PackedMetadata::merge(Some(merged), value(other), "job-2").unwrap_err();
+        assert!(error.to_string().contains("job-2"), "{error}");
     }
 
     #[test]

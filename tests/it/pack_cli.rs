@@ -682,6 +682,23 @@ fn pack_as_a_job_array_merges_every_document_once() -> Result<()> {
         merged.shards.iter().map(|s| &s.name).collect::<Vec<_>>()
     );
 
+    // The merged manifest carries the packed metadata the trainer reads (it once lacked it): the
+    // jobs' own, with the highest token id of any of them.
+    let packed = dapt_core::PackedMetadata::from_manifest(&merged, "the merged manifest")?;
+    let mut highest = 0;
+    for i in 0..3 {
+        let job: dapt_core::Manifest = serde_json::from_slice(&std::fs::read(
+            arr.join(format!("_manifest-{i:05}-of-00003.json")),
+        )?)?;
+        let own = dapt_core::PackedMetadata::from_manifest(&job, "a job manifest")?;
+        ensure!(own.config_hash == packed.config_hash && own.seq_len == packed.seq_len);
+        highest = highest.max(own.max_token_id);
+    }
+    ensure!(
+        packed.max_token_id == highest && highest > 1000,
+        "merged {packed:?}, highest of the jobs {highest}"
+    );
+
     // Decoded, the merged output and the one-process output hold the same documents once each.
     let tokenizer = TokenizerFile::load(&qwen)?;
     let eos = tokenizer.id_of("<|endoftext|>")? as i32;
