@@ -62,11 +62,40 @@ pub async fn write_packed(
     config_hash: &str,
     summary: serde_json::Value,
 ) -> Result<()> {
+    write_packed_as(
+        output,
+        rows,
+        "part",
+        rows_per_shard,
+        seq_len,
+        pad_id,
+        tokenizer_sha256,
+        seed,
+        config_hash,
+        summary,
+    )
+    .await
+}
+
+/// [`write_packed`] with shards named `{stem}-00000.parquet`, … (a job of an array names its own).
+#[allow(clippy::too_many_arguments)]
+pub async fn write_packed_as(
+    output: &mut OutputDir,
+    rows: &[PackedRow],
+    stem: &str,
+    rows_per_shard: usize,
+    seq_len: usize,
+    pad_id: u32,
+    tokenizer_sha256: &str,
+    seed: u64,
+    config_hash: &str,
+    summary: serde_json::Value,
+) -> Result<()> {
     let mut declared = shard_metadata(seq_len, pad_id, tokenizer_sha256, seed, config_hash);
     declared.max_token_id = declared.max_token_id.max(packed::max_token_id(rows));
     let kv = declared.key_values();
     for (index, chunk) in rows.chunks(rows_per_shard).enumerate() {
-        let name = shard_name("part", index);
+        let name = shard_name(stem, index);
         if output.is_published(&name) {
             continue;
         }

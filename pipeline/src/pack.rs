@@ -244,12 +244,12 @@ impl PackJob {
         let runtime = crate::runtime()?;
         let (query, sources) = self.sources()?;
         let job = self.shard;
-        if job.count > 1 && !matches!(self.mode, PackMode::Cpt) {
-            return Err(setting(
-                "--shard",
-                "only CPT packing splits into jobs (SFT and preference examples are packed whole)",
-            ));
-        }
+        // SFT and preference examples: a job of an array packs the examples whose id hashes to it
+        // (a Document directory is split by its files, in `sources`).
+        let examples_query = match self.input {
+            PackInput::Documents { .. } => query.clone(),
+            _ => job.restrict(&query, "id"),
+        };
         if job.count > 1 && self.overwrite {
             return Err(setting(
                 "--overwrite",
@@ -322,8 +322,10 @@ impl PackJob {
                 let stats =
                     self.pack_whole(&tokenizer, &hash, "pack-sft", |tokenizer, pad_id| {
                         let template = self.chat_template(chat_template.as_deref())?;
-                        let examples =
-                            ordered(runtime.block_on(chats(&sources, &query))?, self.seed);
+                        let examples = ordered(
+                            runtime.block_on(chats(&sources, &examples_query))?,
+                            self.seed,
+                        );
                         use rayon::prelude::*;
                         let tokenized: Vec<(Vec<u32>, Vec<bool>)> = examples
                             .par_iter()
@@ -354,7 +356,10 @@ impl PackJob {
                 let stats =
                     self.pack_whole(&tokenizer, &hash, "pack-preference", |tokenizer, pad_id| {
                         let template = self.chat_template(chat_template.as_deref())?;
-                        let pairs = ordered(runtime.block_on(pairs(&sources, &query))?, self.seed);
+                        let pairs = ordered(
+                            runtime.block_on(pairs(&sources, &examples_query))?,
+                            self.seed,
+                        );
                         use rayon::prelude::*;
                         let tokenized = pairs
                             .par_iter()
@@ -393,36 +398,63 @@ impl PackJob {
         pack: impl FnOnce(&TokenizerFile, u32) -> Result<(Vec<dapt_core::PackedRow>, SftStats)>,
     ) -> Result<SftStats> {
         let runtime = crate::runtime()?;
+        let job = self.shard;
+        let location = Location::parse(&self.out)?;
         let mut output = runtime.block_on(OutputDir::open_with(
-            Location::parse(&self.out)?,
-            dapt_core::manifest::MANIFEST_NAME,
+            location.clone(),
+            &dapt_core::manifest::manifest_name_of_job(job.index, job.count),
             writer,
             hash,
             self.overwrite,
         ))?;
+        // A job of an array merges the job manifests once every job is done (the last to finish
+        // writes `_manifest.json`; a rerun of a finished job merges again, to the same bytes).
+        let merge = |runtime: &tokio::runtime::Runtime| -> Result<()> {
+            if job.count > 1 {
+                runtime.block_on(OutputDir::merge_job_manifests(
+                    &location, job.count, writer, hash,
+                ))?;
+            }
+            Ok(())
+        };
         if output.manifest().complete {
             let stats = serde_json::from_value(output.manifest().summary.clone())
                 .map_err(|e| setting("--out", format!("{}: {e}", self.out)))?;
+            merge(&runtime)?;
             return Ok(stats);
         }
-        let pad_id = tokenizer.id_of(&self.settings.pad_token)?;
-        let (rows, stats) = pack(tokenizer, pad_id)?;
-        let summary = serde_json::to_value(&stats).map_err(|source| Error::Json {
-            what: "the packing statistics".into(),
-            source,
-        })?;
-        runtime.block_on(dapt_packer::write_packed(
-            &mut output,
-            &rows,
-            self.settings.rows_per_shard,
-            self.settings.seq_len,
-            pad_id,
-            tokenizer.sha256(),
-            self.seed,
-            hash,
-            summary,
+        let result = (|| {
+            let pad_id = tokenizer.id_of(&self.settings.pad_token)?;
+            let (rows, stats) = pack(tokenizer, pad_id)?;
+            let summary = serde_json::to_value(&stats).map_err(|source| Error::Json {
+                what: "the packing statistics".into(),
+                source,
+            })?;
+            let stem = if job.count > 1 {
+                format!("part-{:05}-of-{:05}", job.index, job.count)
+            } else {
+                "part".to_string()
+            };
+            runtime.block_on(dapt_packer::write_packed_as(
+                &mut output,
+                &rows,
+                &stem,
+                self.settings.rows_per_shard,
+                self.settings.seq_len,
+                pad_id,
+                tokenizer.sha256(),
+                self.seed,
+                hash,
+                summary,
+            ))?;
+            merge(&runtime)?;
+            Ok(stats)
+        })();
+        // Recorded for `dapt status` (and cleared by a later success).
+        runtime.block_on(dapt_core::status::record_outcome(
+            &location, job.index, job.count, &result,
         ))?;
-        Ok(stats)
+        result
     }
 
     fn chat_template(&self, chat_template: Option<&str>) -> Result<ChatTemplate> {

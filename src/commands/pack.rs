@@ -56,9 +56,10 @@ pub struct PackArgs {
     /// refusing or reusing it: its manifest goes first, then its shards, so readers never see a mix.
     #[arg(long)]
     overwrite: bool,
-    /// CPT as a job array: pack only job INDEX of COUNT (e.g. 3/8), the documents whose id hashes
-    /// to INDEX, into this job's shards (`part-I-of-N-*.parquet`) and manifest; the last job to finish
-    /// merges the manifests into `_manifest.json`. `env` takes the index from Slurm, a Kubernetes
+    /// As a job array: pack only job INDEX of COUNT (e.g. 3/8) — the documents (CPT), examples
+    /// (SFT) or pairs (preference) whose id hashes to INDEX, or with --input the Document files
+    /// whose name does — into this job's shards (`part-I-of-N-*.parquet`) and manifest; the last job
+    /// to finish merges the manifests into `_manifest.json`. `env` takes the index from Slurm, a Kubernetes
     /// Indexed Job, AWS Batch or DAPT_SHARD_INDEX/DAPT_SHARD_COUNT. A rerun of a job redoes only its
     /// unpublished shards.
     #[arg(long, value_name = "INDEX/COUNT")]
@@ -189,14 +190,16 @@ pub fn run(args: PackArgs) -> anyhow::Result<()> {
             }
         ),
         PackOutcome::Sft(stats) => println!(
-            "packed {} examples ({} target tokens of {}) into {} rows of {} ({:.2}% filled), {} dropped, {} truncated; wrote {}",
+            "packed {} examples ({} target tokens of {}) into {} rows of {} ({:.2}% filled), {} dropped, {} truncated; wrote {}{}",
             stats.examples, stats.target_tokens, stats.tokens, stats.rows, args.seq_len,
-            100.0 * stats.fill, stats.dropped, stats.truncated, args.out
+            100.0 * stats.fill, stats.dropped, stats.truncated, args.out,
+            if args.shard.is_some() { " (this job's examples and shards)" } else { "" }
         ),
         PackOutcome::Preference(stats) => println!(
-            "packed {} pairs ({} response tokens of {}) into {} rows of {} ({:.2}% filled), {} dropped as longer than a row; wrote {}",
+            "packed {} pairs ({} response tokens of {}) into {} rows of {} ({:.2}% filled), {} dropped as longer than a row; wrote {}{}",
             stats.examples, stats.target_tokens, stats.tokens, stats.rows, args.seq_len,
-            100.0 * stats.fill, stats.dropped, args.out
+            100.0 * stats.fill, stats.dropped, args.out,
+            if args.shard.is_some() { " (this job's pairs and shards)" } else { "" }
         ),
     }
     Ok(())
