@@ -506,30 +506,33 @@ fn queries_with_dapt_functions_on_a_ballista_cluster_equal_local_results() -> Re
     // (all but the training log's speeds and the report's own paths).
     #[cfg(feature = "torch")]
     {
-        let demo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml");
-        for (name, extra) in [
-            ("demo-local", vec![]),
-            ("demo-cluster", vec!["--cluster", cluster.url.as_str()]),
-        ] {
-            let out = dir.path().join(name);
-            let before: usize = (0..2).map(|i| cluster.tasks(i)).sum();
-            let output = crate::common::dapt_command()
-                .args(["run", demo.to_str().unwrap_or_default(), "--out"])
-                .arg(&out)
-                .args(extra)
-                .env("DAPT_LOG", "warn")
-                .output()?;
-            ok(output).with_context(|| cluster.logs())?;
-            let after: usize = (0..2).map(|i| cluster.tasks(i)).sum();
-            ensure!(
-                (after > before) == (name == "demo-cluster"),
-                "{name}: {before} → {after} tasks on the cluster"
-            );
-        }
-        let (local, remote) = (
-            dir.path().join("demo-local"),
-            dir.path().join("demo-cluster"),
-        );
+        // `dapt COMMAND FILE --out DIR/NAME-local`, then the same with `--cluster` into
+        // `NAME-cluster`; tasks ran on the cluster for the second only. The two output directories.
+        let local_and_cluster =
+            |command: &str, file: &Path, name: &str| -> Result<(PathBuf, PathBuf)> {
+                let outs = (
+                    dir.path().join(format!("{name}-local")),
+                    dir.path().join(format!("{name}-cluster")),
+                );
+                for (out, remote) in [(&outs.0, false), (&outs.1, true)] {
+                    let before: usize = (0..2).map(|i| cluster.tasks(i)).sum();
+                    let mut command_line = crate::common::dapt_command();
+                    command_line.arg(command).arg(file).arg("--out").arg(out);
+                    if remote {
+                        command_line.args(["--cluster", cluster.url.as_str()]);
+                    }
+                    ok(command_line.env("DAPT_LOG", "warn").output()?)
+                        .with_context(|| cluster.logs())?;
+                    let after: usize = (0..2).map(|i| cluster.tasks(i)).sum();
+                    ensure!(
+                        (after > before) == remote,
+                        "{command} {name}: {before} → {after} tasks on the cluster"
+                    );
+                }
+                Ok(outs)
+            };
+        let configs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let (local, remote) = local_and_cluster("run", &configs.join("demo.toml"), "demo")?;
         let mut compared = 0;
         let mut pending = vec![local.clone()];
         while let Some(directory) = pending.pop() {
@@ -565,7 +568,6 @@ fn queries_with_dapt_functions_on_a_ballista_cluster_equal_local_results() -> Re
 
         // `dapt sweep` (one variant of the demo sweep, 4 steps) with its component queries on the
         // cluster: the same tokenised components, packed variant, trained model and metrics.
-        let configs = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs");
         let mut sweep = std::fs::read_to_string(configs.join("sweep.toml"))?
             .replace("mix = \"", &format!("mix = \"{}/", configs.display()))
             .replace("= \"demo/", &format!("= \"{}/demo/", configs.display()))
@@ -578,30 +580,7 @@ fn queries_with_dapt_functions_on_a_ballista_cluster_equal_local_results() -> Re
         sweep = format!("{first}{}", &rest[model..]);
         let sweep_file = dir.path().join("sweep.toml");
         std::fs::write(&sweep_file, sweep)?;
-        for (name, extra) in [
-            ("sweep-local", vec![]),
-            ("sweep-cluster", vec!["--cluster", cluster.url.as_str()]),
-        ] {
-            let before: usize = (0..2).map(|i| cluster.tasks(i)).sum();
-            let output = crate::common::dapt_command()
-                .arg("sweep")
-                .arg(&sweep_file)
-                .arg("--out")
-                .arg(dir.path().join(name))
-                .args(extra)
-                .env("DAPT_LOG", "warn")
-                .output()?;
-            ok(output).with_context(|| cluster.logs())?;
-            let after: usize = (0..2).map(|i| cluster.tasks(i)).sum();
-            ensure!(
-                (after > before) == (name == "sweep-cluster"),
-                "{name}: {before} → {after} tasks on the cluster"
-            );
-        }
-        let (local, remote) = (
-            dir.path().join("sweep-local"),
-            dir.path().join("sweep-cluster"),
-        );
+        let (local, remote) = local_and_cluster("sweep", &sweep_file, "sweep")?;
         for relative in [
             "components/ru_2001/part-00000.parquet",
             "components/en_art/_manifest.json",

@@ -197,6 +197,43 @@ fn sft_packing_from_sql() -> Result<()> {
         ),
     )?;
     let qwen = test_data().join("tokenizers/qwen3/tokenizer.json");
+    // `dapt pack --mode sft` of `query` into `out`, with more arguments.
+    let sft_args = |query: &'static str, out: &std::path::Path, extra: &[&'static str]| {
+        let mut args: Vec<String> = [
+            "pack",
+            "--mode",
+            "sft",
+            "--config",
+            config.to_str().unwrap_or_default(),
+            "-e",
+            query,
+            "--tokenizer",
+            qwen.to_str().unwrap_or_default(),
+            "--seq-len",
+            "256",
+            "--out",
+            out.to_str().unwrap_or_default(),
+        ]
+        .map(str::to_string)
+        .to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    // The packed rows of a finished SFT output.
+    let rows_of = |out: &std::path::Path, hash: &str| -> Result<Vec<dapt_core::PackedRow>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let output = OutputDir::open(
+                Location::parse(out.to_str().unwrap_or_default())?,
+                "pack-sft",
+                hash,
+            )
+            .await?;
+            anyhow::Ok(dapt_packer::read_packed(&output, 256, 151_643).await?)
+        })
+    };
     for (query, template, out) in [
         ("SELECT id, prompt, response FROM pairs", None, "sft-qwen"),
         (
@@ -206,24 +243,11 @@ fn sft_packing_from_sql() -> Result<()> {
         ),
     ] {
         let out = dir.path().join(out);
-        let mut args = vec![
-            "pack",
-            "--mode",
-            "sft",
-            "--config",
-            config.to_str().unwrap(),
-            "-e",
-            query,
-            "--tokenizer",
-            qwen.to_str().unwrap(),
-            "--seq-len",
-            "256",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        if let Some(t) = template {
-            args.extend(["--chat-template", t]);
-        }
+        let owned = match template {
+            Some(t) => sft_args(query, &out, &["--chat-template", t]),
+            None => sft_args(query, &out, &[]),
+        };
+        let args: Vec<&str> = owned.iter().map(String::as_str).collect();
         let run = dapt(&args);
         ensure!(
             run.status.success(),
@@ -235,18 +259,7 @@ fn sft_packing_from_sql() -> Result<()> {
         let manifest: dapt_core::Manifest =
             serde_json::from_slice(&std::fs::read(out.join("_manifest.json"))?)?;
         ensure!(manifest.complete && manifest.summary["examples"] == 400);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let rows = runtime.block_on(async {
-            let output = OutputDir::open(
-                Location::parse(out.to_str().unwrap())?,
-                "pack-sft",
-                &manifest.config_hash,
-            )
-            .await?;
-            anyhow::Ok(dapt_packer::read_packed(&output, 256, 151_643).await?)
-        })?;
+        let rows = rows_of(&out, &manifest.config_hash)?;
         let targets: usize = rows
             .iter()
             .map(|r| r.loss_mask.iter().filter(|m| **m).count())
@@ -282,23 +295,12 @@ fn sft_packing_from_sql() -> Result<()> {
     let array = dir.path().join("sft-array");
     let mut totals = (0u64, 0u64);
     for job in ["1/2", "0/2"] {
-        let run = dapt(&[
-            "pack",
-            "--mode",
-            "sft",
-            "--config",
-            config.to_str().unwrap(),
-            "-e",
+        let owned = sft_args(
             "SELECT id, prompt, response FROM pairs",
-            "--tokenizer",
-            qwen.to_str().unwrap(),
-            "--seq-len",
-            "256",
-            "--out",
-            array.to_str().unwrap(),
-            "--shard",
-            job,
-        ]);
+            &array,
+            &["--shard", job],
+        );
+        let run = dapt(&owned.iter().map(String::as_str).collect::<Vec<_>>());
         ensure!(
             run.status.success(),
             "{}",
@@ -342,18 +344,7 @@ fn sft_packing_from_sql() -> Result<()> {
         packed.seq_len == 256 && packed.max_token_id > 1000,
         "{packed:?}"
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let rows = runtime.block_on(async {
-        let output = OutputDir::open(
-            Location::parse(array.to_str().unwrap())?,
-            "pack-sft",
-            &merged.config_hash,
-        )
-        .await?;
-        anyhow::Ok(dapt_packer::read_packed(&output, 256, 151_643).await?)
-    })?;
+    let rows = rows_of(&array, &merged.config_hash)?;
     let targets: u64 = rows
         .iter()
         .map(|r| r.loss_mask.iter().filter(|m| **m).count() as u64)
