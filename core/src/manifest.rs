@@ -94,7 +94,7 @@ pub fn manifest_name_of_job(index: usize, count: usize) -> String {
 
 /// `(index, count)` of a name `{prefix}-IIIII-of-NNNNN.json`, as [`job_manifest_name`] (prefix
 /// `_manifest`) and the failure records of `status` (prefix `_failed`) make them.
-pub(crate) fn job_numbers(name: &str, prefix: &str) -> Option<(usize, usize)> {
+pub fn job_numbers(name: &str, prefix: &str) -> Option<(usize, usize)> {
     let (index, count) = name
         .strip_prefix(prefix)?
         .strip_prefix('-')?

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::mix::Pipeline;
 use crate::report::{Grounding, GroundingBuilder};
 use crate::run::{
-    batch, next_component, selection, shuffle_key, stage_report, MixReport, OutDocument,
+    batch, next_component, shuffle_key, stage_report, stage_selection, MixReport, OutDocument,
     StageCounts, StagePlan,
 };
 use crate::{Error, Mix, Result};
@@ -105,25 +105,14 @@ pub fn check_layout_applies(pipeline: &Pipeline) -> Result<()> {
 
 /// The layout of a stage from its plan (see the module docs).
 pub fn stage_layout(plan: &StagePlan, mix: &Mix) -> StageLayout {
-    let sequences: Vec<Vec<(u64, usize)>> = plan
-        .components
-        .iter()
-        .map(|(_, inventory, p)| {
-            selection(p, inventory, mix.seed)
+    let (selections, targets) = stage_selection(plan, mix.seed);
+    let sequences: Vec<Vec<(u64, usize)>> = selections
+        .into_iter()
+        .map(|selected| {
+            selected
                 .into_iter()
                 .flat_map(|(epoch, docs)| docs.into_iter().map(move |d| (epoch, d)))
                 .collect()
-        })
-        .collect();
-    let targets: Vec<u64> = sequences
-        .iter()
-        .zip(&plan.components)
-        .map(|(sequence, (_, inventory, _))| {
-            sequence
-                .iter()
-                .map(|&(_, d)| inventory.tokens[d])
-                .sum::<u64>()
-                .max(1)
         })
         .collect();
     let mut cursors = vec![0usize; sequences.len()];

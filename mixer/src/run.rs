@@ -453,11 +453,7 @@ fn plan_component(
 }
 
 /// For each epoch the plan touches: the documents it takes (see [`sample`]).
-pub(crate) fn selection(
-    plan: &ComponentPlan,
-    inventory: &Inventory,
-    seed: u64,
-) -> Vec<(u64, Vec<usize>)> {
+fn selection(plan: &ComponentPlan, inventory: &Inventory, seed: u64) -> Vec<(u64, Vec<usize>)> {
     sample(
         seed,
         &plan.name,
@@ -586,44 +582,70 @@ impl ComponentStream {
                 None => self.current = None,
                 Some(batch) => {
                     let batch = batch.map_err(|e| input_error(&self.name, e))?;
-                    let column = |n: &str| strings(&batch, n, &self.name);
-                    let (Some(ids), Some(texts)) = (column("id")?, column("text")?) else {
-                        return Err(input_error(&self.name, "the query lost id or text"));
-                    };
-                    let (sources, answers) = (column("source")?, column("answer")?);
-                    let ids = ids.as_string::<i32>();
-                    let texts = texts.as_string::<i32>();
-                    let sources = sources
-                        .as_ref()
-                        .map(arrow::array::AsArray::as_string::<i32>);
-                    let answers = answers
-                        .as_ref()
-                        .map(arrow::array::AsArray::as_string::<i32>);
-                    for i in 0..batch.num_rows() {
-                        if !ids.is_valid(i)
-                            || !texts.is_valid(i)
-                            || !selected.contains(ids.value(i))
-                        {
-                            continue;
-                        }
-                        let id = ids.value(i).to_string();
-                        let optional = |a: Option<&StringArray>| {
-                            a.filter(|a| a.is_valid(i)).map(|a| a.value(i).to_string())
-                        };
+                    for doc in query_documents(&batch, &self.name, |id| selected.contains(id))? {
                         self.buffer.push_back(OutDocument {
-                            tokens: self.tokens.get(&id).copied().unwrap_or(0),
-                            text: texts.value(i).to_string(),
-                            source: optional(sources),
-                            answer: optional(answers),
+                            tokens: self.tokens.get(&doc.id).copied().unwrap_or(0),
+                            text: doc.text,
+                            source: doc.source,
+                            answer: doc.answer,
                             component: self.index,
                             epoch: *epoch,
-                            id,
+                            id: doc.id,
                         });
                     }
                 }
             }
         }
     }
+}
+
+/// A row of a component query: `id`, `text`, and `source` and `answer` where the query has them.
+pub struct QueryDocument {
+    /// The row's id.
+    pub id: String,
+    /// Its text.
+    pub text: String,
+    /// Its source, if any.
+    pub source: Option<String>,
+    /// Its answer (QA components), if any.
+    pub answer: Option<String>,
+}
+
+/// The rows of a batch of component `component`'s query whose id `keep` accepts (rows without an
+/// id or text are skipped); only those rows' strings are copied.
+pub fn query_documents(
+    batch: &RecordBatch,
+    component: &str,
+    mut keep: impl FnMut(&str) -> bool,
+) -> Result<Vec<QueryDocument>> {
+    let column = |n: &str| strings(batch, n, component);
+    let (Some(ids), Some(texts)) = (column("id")?, column("text")?) else {
+        return Err(input_error(component, "the query lost id or text"));
+    };
+    let (sources, answers) = (column("source")?, column("answer")?);
+    let ids = ids.as_string::<i32>();
+    let texts = texts.as_string::<i32>();
+    let sources = sources
+        .as_ref()
+        .map(arrow::array::AsArray::as_string::<i32>);
+    let answers = answers
+        .as_ref()
+        .map(arrow::array::AsArray::as_string::<i32>);
+    let mut documents = Vec::new();
+    for i in 0..batch.num_rows() {
+        if !ids.is_valid(i) || !texts.is_valid(i) || !keep(ids.value(i)) {
+            continue;
+        }
+        let optional =
+            |a: Option<&StringArray>| a.filter(|a| a.is_valid(i)).map(|a| a.value(i).to_string());
+        documents.push(QueryDocument {
+            id: ids.value(i).to_string(),
+            text: texts.value(i).to_string(),
+            source: optional(sources),
+            answer: optional(answers),
+        });
+    }
+    Ok(documents)
 }
 
 /// Cross-stage state of a pipeline run: where each component stopped, which ids were used, and the
@@ -638,6 +660,25 @@ pub struct PipelineState {
     pub used_ids: HashSet<String>,
     /// N-grams of earlier stages' text.
     pub knowledge: Knowledge,
+}
+
+/// What a plan takes of one component: per epoch touched, the documents taken, in order.
+pub(crate) type Selection = Vec<(u64, Vec<usize>)>;
+
+/// Each component's selection (see [`selection`]) and its target in the merge: the tokens selected
+/// (at least 1).
+pub(crate) fn stage_selection(plan: &StagePlan, seed: u64) -> (Vec<Selection>, Vec<u64>) {
+    plan.components
+        .iter()
+        .map(|(_, inventory, p)| {
+            let selected = selection(p, inventory, seed);
+            let target: u64 = selected
+                .iter()
+                .flat_map(|(_, docs)| docs.iter().map(|&i| inventory.tokens[i]))
+                .sum();
+            (selected, target.max(1))
+        })
+        .unzip()
 }
 
 /// The component whose stream goes next in a stage's output: of those with documents left
@@ -753,20 +794,16 @@ pub async fn run_stage(
     )
     .await?;
     let mut streams = Vec::new();
-    let mut targets = Vec::new();
-    for (index, (component, inventory, plan)) in plan.components.iter().enumerate() {
-        let selected = selection(plan, inventory, mix.seed);
+    let (selections, targets) = stage_selection(&plan, mix.seed);
+    for (index, ((component, inventory, _), selected)) in
+        plan.components.iter().zip(selections).enumerate()
+    {
         let tokens: HashMap<String, u64> = inventory
             .ids
             .iter()
             .cloned()
             .zip(inventory.tokens.iter().copied())
             .collect();
-        let target: u64 = selected
-            .iter()
-            .flat_map(|(_, docs)| docs.iter().map(|&i| inventory.tokens[i]))
-            .sum();
-        targets.push(target.max(1));
         streams.push(ComponentStream {
             index,
             name: component.name.clone(),

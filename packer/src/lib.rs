@@ -27,6 +27,5 @@ pub use sft::{pack_pairs, pack_sft, ChatTemplate, Message, Overlong, SftStats, T
 pub use token_cache::{read_token_cache, token_cache_schema, write_token_cache, TokenisedDocument};
 pub use tokenizer::{train_bpe, train_unigram, BpeTrainOptions, UnigramTrainOptions};
 pub use write::{
-    pack_documents, pack_stream, read_packed, write_packed, write_packed_as, PackDocument,
-    PackProgress,
+    pack_documents, pack_stream, read_packed, write_packed, PackDocument, PackProgress,
 };

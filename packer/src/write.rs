@@ -48,38 +48,11 @@ fn encode_shard(rows: &[PackedRow], kv: &BTreeMap<String, String>, name: &str) -
     )?)
 }
 
-/// Writes rows as shards `part-00000.parquet`, … of at most `rows_per_shard` rows into `output`,
-/// skipping shards an earlier run published, and records `summary` in the manifest.
+/// Writes rows as shards `{stem}-00000.parquet`, … (`part`, or a job of an array's own stem) of at
+/// most `rows_per_shard` rows into `output`, skipping shards an earlier run published, and records
+/// `summary` in the manifest.
 #[allow(clippy::too_many_arguments)]
 pub async fn write_packed(
-    output: &mut OutputDir,
-    rows: &[PackedRow],
-    rows_per_shard: usize,
-    seq_len: usize,
-    pad_id: u32,
-    tokenizer_sha256: &str,
-    seed: u64,
-    config_hash: &str,
-    summary: serde_json::Value,
-) -> Result<()> {
-    write_packed_as(
-        output,
-        rows,
-        "part",
-        rows_per_shard,
-        seq_len,
-        pad_id,
-        tokenizer_sha256,
-        seed,
-        config_hash,
-        summary,
-    )
-    .await
-}
-
-/// [`write_packed`] with shards named `{stem}-00000.parquet`, … (a job of an array names its own).
-#[allow(clippy::too_many_arguments)]
-pub async fn write_packed_as(
     output: &mut OutputDir,
     rows: &[PackedRow],
     stem: &str,

@@ -78,28 +78,12 @@ pub struct MeasureRecord {
 const STEP: &str = "measure";
 
 /// Where the jobs of the measure array whose work directory is `location` stand (done, failed with
-/// its error, not done): `None` when it holds no measure job's part or record. The job count comes
-/// from the names found.
+/// its error, not done): `None` when it holds no measure job's record. The job count comes from
+/// the records' names.
 pub async fn measure_status(
     location: &Location,
 ) -> Result<Option<Vec<crate::work::JobStatus<MeasureRecord>>>> {
-    let mut count: Option<usize> = None;
-    for object in location.list_objects().await? {
-        let path = object.location.as_ref();
-        let Some(name) = path
-            .rsplit_once("measure/")
-            .map(|(_, n)| n)
-            .or_else(|| path.rsplit_once("/measure-").map(|(_, n)| n))
-        else {
-            continue;
-        };
-        if let Some((_, n)) = name.trim_end_matches(".json").split_once("-of-") {
-            if let Ok(n) = n.parse::<usize>() {
-                count = Some(count.map_or(n, |c| c.max(n)));
-            }
-        }
-    }
-    let Some(count) = count else {
+    let Some(count) = crate::work::recorded_count(location, STEP).await? else {
         return Ok(None);
     };
     let mut jobs = Vec::new();

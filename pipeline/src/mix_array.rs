@@ -324,23 +324,6 @@ fn encode_run(docs: &[RoutedDocument], url: &str) -> Result<bytes::Bytes> {
     Ok(writer.into_inner().map_err(parquet_error)?.into())
 }
 
-/// A string column of a query's batch as UTF-8 (`None` where the query has no such column).
-fn strings(batch: &RecordBatch, name: &str, what: &str) -> Result<Option<StringArray>> {
-    batch
-        .column_by_name(name)
-        .map(|c| {
-            arrow::compute::cast(c, &DataType::Utf8)
-                .map(|a| a.as_string::<i32>().clone())
-                .map_err(|source| {
-                    Error::Core(dapt_core::Error::Arrow {
-                        what: format!("column {name} of {what}"),
-                        source,
-                    })
-                })
-        })
-        .transpose()
-}
-
 /// Routes this job's share of every stage's documents and publishes runs and n-grams (not the
 /// completion record).
 async fn route_parts(
@@ -416,41 +399,23 @@ async fn route_parts(
                     what: what.clone(),
                     reason: e.to_string(),
                 })?;
-                let (Some(ids), Some(texts)) = (
-                    strings(&batch, "id", &what)?,
-                    strings(&batch, "text", &what)?,
-                ) else {
-                    return Err(Error::Data {
-                        what,
-                        reason: "the query must return id and text".into(),
-                    });
-                };
-                let sources = strings(&batch, "source", &what)?;
-                let answers = strings(&batch, "answer", &what)?;
-                for row in 0..batch.num_rows() {
-                    if !ids.is_valid(row) || !texts.is_valid(row) {
-                        continue;
-                    }
-                    let Some(copies) = wants.remove(ids.value(row)) else {
+                let documents = dapt_mixer::run::query_documents(&batch, &component.name, |id| {
+                    wants.contains_key(id)
+                })?;
+                for doc in documents {
+                    let Some(copies) = wants.remove(doc.id.as_str()) else {
                         continue;
                     };
-                    let text = texts.value(row);
-                    let optional = |a: &Option<StringArray>| {
-                        a.as_ref()
-                            .filter(|a| a.is_valid(row))
-                            .map(|a| a.value(row).to_string())
-                    };
-                    let (source, answer) = (optional(&sources), optional(&answers));
                     let mut stages_seen = Vec::new();
                     for want in copies {
                         if !stages_seen.contains(&want.stage) {
-                            knowledge[want.stage].add(text);
+                            knowledge[want.stage].add(&doc.text);
                             stages_seen.push(want.stage);
                         }
                         let layout = &planned.layouts[want.stage];
                         let to = layout.shard_of(want.position) % job.count;
                         record.documents += 1;
-                        record.bytes += text.len() as u64;
+                        record.bytes += doc.text.len() as u64;
                         buffers.push(
                             want.stage,
                             to,
@@ -460,10 +425,10 @@ async fn route_parts(
                                 component: want.component,
                                 epoch: want.epoch,
                                 tokens: want.tokens,
-                                id: ids.value(row).to_string(),
-                                text: text.to_string(),
-                                source: source.clone(),
-                                answer: answer.clone(),
+                                id: doc.id.clone(),
+                                text: doc.text.clone(),
+                                source: doc.source.clone(),
+                                answer: doc.answer.clone(),
                             },
                         );
                     }
@@ -660,27 +625,29 @@ pub fn write_mix(file: &Path, out: &str, job: dapt_ingest::Job, work: &str) -> R
     Ok(record)
 }
 
-/// The n-grams of stages `0..stage` from every route job's parts.
-async fn earlier_knowledge(work: &Location, stage: usize, count: usize) -> Result<Knowledge> {
-    let mut knowledge = Knowledge::default();
-    for earlier in 0..stage {
-        for index in 0..count {
-            let name = knowledge_name(earlier, index, count);
-            let bytes = work.read(&name).await?;
-            if bytes.len() % 8 != 0 {
-                return Err(Error::Data {
-                    what: work.url_of(&work.child(&name)),
-                    reason: "is not a list of 64-bit hashes".into(),
-                });
-            }
-            knowledge.extend_hashes(
-                bytes
-                    .chunks_exact(8)
-                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default())),
-            );
+/// Adds the n-grams of stage `stage` from every route job's part.
+async fn add_stage_knowledge(
+    knowledge: &mut Knowledge,
+    work: &Location,
+    stage: usize,
+    count: usize,
+) -> Result<()> {
+    for index in 0..count {
+        let name = knowledge_name(stage, index, count);
+        let bytes = work.read(&name).await?;
+        if bytes.len() % 8 != 0 {
+            return Err(Error::Data {
+                what: work.url_of(&work.child(&name)),
+                reason: "is not a list of 64-bit hashes".into(),
+            });
         }
+        knowledge.extend_hashes(
+            bytes
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default())),
+        );
     }
-    Ok(knowledge)
+    Ok(())
 }
 
 /// Writes this job's shards of every stage, and completes each stage whose jobs are all done.
@@ -702,6 +669,9 @@ async fn write_parts(
     let stages = &planned.pipeline.stages;
     let single = stages.len() == 1 && stages[0].0 == "mix";
     let mut used_ids: HashSet<String> = HashSet::new();
+    // The n-grams of stages `0..known_stages`.
+    let mut knowledge = Knowledge::default();
+    let mut known_stages = 0;
     for (stage, ((name, mix), (plan, layout))) in stages
         .iter()
         .zip(planned.plans.iter().zip(&planned.layouts))
@@ -720,13 +690,16 @@ async fn write_parts(
                 });
             }
         }
-        // QA answers are checked against the text of earlier stages, where there is some.
-        let knowledge = if stage > 0 && mix.components.iter().any(|c| c.qa) {
-            earlier_knowledge(work, stage, job.count).await?
-        } else {
-            Knowledge::default()
-        };
-        let checks_grounding = !knowledge.is_empty();
+        // QA answers are checked against the text of earlier stages, where there is some (read
+        // once per stage, when a stage first needs it).
+        let has_qa = mix.components.iter().any(|c| c.qa);
+        if has_qa {
+            while known_stages < stage {
+                add_stage_knowledge(&mut knowledge, work, known_stages, job.count).await?;
+                known_stages += 1;
+            }
+        }
+        let checks_grounding = has_qa && !knowledge.is_empty();
         let mut output = OutputDir::open_with(
             location.clone(),
             &job_manifest_name(job.index, job.count),
@@ -896,23 +869,11 @@ async fn complete_stage(
 }
 
 /// Where the route and write jobs of the array in work directory `location` stand: `None` when
-/// no route job has run there. The job count comes from the records found.
+/// no route job has run there. The job count comes from the route jobs' records.
 pub async fn array_status(
     location: &Location,
 ) -> Result<Option<Vec<crate::work::JobStatus<serde_json::Value>>>> {
-    let mut count = None;
-    for object in location.list_objects().await? {
-        let name = object.location.filename().unwrap_or_default().to_string();
-        let Some(rest) = name.strip_prefix("route-") else {
-            continue;
-        };
-        if let Some((_, n)) = rest.trim_end_matches(".json").split_once("-of-") {
-            if let Ok(n) = n.parse::<usize>() {
-                count = Some(count.map_or(n, |c: usize| c.max(n)));
-            }
-        }
-    }
-    let Some(count) = count else {
+    let Some(count) = crate::work::recorded_count(location, ROUTE).await? else {
         return Ok(None);
     };
     let mut jobs = Vec::new();

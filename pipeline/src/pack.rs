@@ -435,7 +435,7 @@ impl PackJob {
             } else {
                 "part".to_string()
             };
-            runtime.block_on(dapt_packer::write_packed_as(
+            runtime.block_on(dapt_packer::write_packed(
                 &mut output,
                 &rows,
                 &stem,

@@ -92,6 +92,22 @@ where
     Ok((record, false))
 }
 
+/// The job count of the array of `step` in `location`, from the names of its completion and failure
+/// records (the largest count named; `None` when there are none). Lists only the record folders.
+pub(crate) async fn recorded_count(location: &Location, step: &str) -> Result<Option<usize>> {
+    let mut count: Option<usize> = None;
+    for folder in ["_done", "_failed"] {
+        let records = location.with_prefix(location.child(folder));
+        for object in records.list_objects().await? {
+            let name = object.location.filename().unwrap_or_default();
+            if let Some((_, n)) = dapt_core::manifest::job_numbers(name, step) {
+                count = Some(count.map_or(n, |c| c.max(n)));
+            }
+        }
+    }
+    Ok(count)
+}
+
 /// Where one job of an array stands.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct JobStatus<R> {

@@ -564,6 +564,7 @@ async fn assemble_variant(
     dapt_packer::write_packed(
         &mut output,
         &rows,
+        "part",
         4096,
         options.seq_len,
         pad,
