@@ -3,8 +3,9 @@
 //! at hand — the same step in PyTorch-Python (HF transformers' Qwen3 + `torch.optim.AdamW`). Then the
 //! real model: SmolLM2-135M-Instruct (the test data's GGUF, imported by `dapt model import-gguf`) with
 //! LoRA r = 8 on every linear layer, 4×256 tokens per step, in dapt and in HF transformers + PEFT
-//! (`DAPT_BENCH_MODEL=0` skips it). Prints target tokens/s for both (the median over steps, after one
-//! warm-up step), the ratio and peak RSS.
+//! (`DAPT_BENCH_MODEL=0` skips it), and on a processor with AMX or AVX512-BF16 dapt's step under
+//! bf16 autocast (`bf16_cpu`) too. Prints target tokens/s for each (the median over steps, after
+//! one warm-up step), the ratios and peak RSS.
 //!
 //! Run: `cargo bench --profile dev --bench train`. `DAPT_BENCH_PYTHON` names the Python to compare
 //! with (default `python3`; skipped when it has no torch/transformers). `DAPT_BENCH_STEPS` (default 8).
@@ -237,36 +238,46 @@ fn smollm2_lora(steps: usize, python: &str) {
         )
         .unwrap();
     let vocab = model.config().vocab_size as usize;
-    let rows = rows(BATCH * (steps + 1), SEQ, vocab, &[SEQ as i32]);
-    let options = TrainOptions {
-        steps: steps + 1,
-        batch_size: BATCH,
-        warmup_steps: 1,
-        weight_decay: 0.0,
-        ..Default::default()
+    // The median tokens/s of the steps after the first, in float32 or under bf16 autocast.
+    let run = |bf16_cpu: bool| {
+        let rows = rows(BATCH * (steps + 1), SEQ, vocab, &[SEQ as i32]);
+        let options = TrainOptions {
+            steps: steps + 1,
+            batch_size: BATCH,
+            warmup_steps: 1,
+            weight_decay: 0.0,
+            bf16_cpu,
+            ..Default::default()
+        };
+        let options = TrainSettings::try_from(options).expect("valid training options");
+        let trainer = Trainer {
+            trainable: &adapters,
+            ..Trainer::new(&model, &vs, &options, 0)
+        };
+        let mut data = InMemoryRows::new(rows, 0).unwrap();
+        let mut rates = Vec::new();
+        let outcome = trainer
+            .run(&mut data, false, |m| {
+                if m.step > 0 {
+                    rates.push(m.tokens_per_second);
+                }
+            })
+            .unwrap();
+        (median(rates), outcome.trainable_parameters)
     };
-    let options = TrainSettings::try_from(options).expect("valid training options");
-    let trainer = Trainer {
-        trainable: &adapters,
-        ..Trainer::new(&model, &vs, &options, 0)
-    };
-    let mut data = InMemoryRows::new(rows, 0).unwrap();
-    let mut rates = Vec::new();
-    let outcome = trainer
-        .run(&mut data, false, |m| {
-            if m.step > 0 {
-                rates.push(m.tokens_per_second);
-            }
-        })
-        .unwrap();
-    let dapt = median(rates);
+    let (dapt, trainable) = run(false);
     let rss = dapt_pipeline::peak_rss_mb().unwrap_or(0);
     println!(
-        "train step (CPU, {} threads): SmolLM2-135M-Instruct, LoRA r = {R} on every linear layer ({} trainable parameters), {BATCH}×{SEQ} tokens per step, {steps} steps",
+        "train step (CPU, {} threads): SmolLM2-135M-Instruct, LoRA r = {R} on every linear layer ({trainable} trainable parameters), {BATCH}×{SEQ} tokens per step, {steps} steps",
         dapt_trainer::tch::get_num_threads(),
-        outcome.trainable_parameters
     );
     println!("  dapt (tch):             {dapt:>10.0} tokens/s, peak RSS {rss} MB (this process)");
+    if dapt_trainer::autocast::cpu_bf16_native() {
+        let (bf16, _) = run(true);
+        println!("  dapt, bf16 autocast:    {bf16:>10.0} tokens/s ({:.2}× float32; `bf16_cpu`, AMX / AVX512-BF16)", bf16 / dapt);
+    } else {
+        println!("  dapt, bf16 autocast:    skipped (no AMX or AVX512-BF16 on this processor)");
+    }
     let args = vec![
         model_dir.display().to_string(),
         SEQ.to_string(),

@@ -1,4 +1,5 @@
-// The shared LibTorch link settings; the c10d shim for data-parallel training (always); and (feature
+// The shared LibTorch link settings; the c10d shim for data-parallel training and the per-device
+// autocast switch (always); and (feature
 // `cuda`) the variable-length flash-attention shim.
 mod libtorch {
     include!("../build.rs");
@@ -24,6 +25,7 @@ fn main() {
     libtorch::main();
     println!("cargo:rerun-if-changed=csrc/flash_varlen.cpp");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
+    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     println!("cargo:rerun-if-env-changed=GLOO_INCLUDE_DIR");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         return;
@@ -47,6 +49,9 @@ fn main() {
         dist.include(&gloo);
     }
     dist.file("csrc/dist.cpp").compile("dapt_dist");
+    shim(&root)
+        .file("csrc/autocast.cpp")
+        .compile("dapt_autocast");
     #[cfg(feature = "cuda")]
     shim(&root)
         .file("csrc/flash_varlen.cpp")

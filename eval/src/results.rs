@@ -40,6 +40,9 @@ pub struct EvalResults {
     pub adapter: Option<String>,
     /// sha256 of the tokenizer.json used.
     pub tokenizer_sha256: String,
+    /// Whether the model ran under bf16 autocast (else in its own precision).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bf16: bool,
     /// Perplexity on packed held-out rows, by name.
     #[serde(default)]
     pub perplexity: BTreeMap<String, Perplexity>,

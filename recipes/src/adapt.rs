@@ -71,6 +71,11 @@ pub struct AdaptOptions {
     /// Where training and evaluation run: auto (CUDA when available), cpu or cuda. Default auto.
     #[serde(default)]
     pub device: DeviceChoice,
+    /// bf16 autocast for training and evaluation on a CPU: `off`, `on` (refused on a processor
+    /// without AMX or AVX512-BF16) or `auto` (on where the processor has them). CUDA stages train
+    /// under their own `bf16` key either way. Default off.
+    #[serde(default)]
+    pub bf16_cpu: CpuBf16,
     /// The language the model is adapted to (ISO 639-1). Default "ru".
     #[serde(default = "default_target")]
     pub target_language: String,
@@ -98,6 +103,37 @@ pub struct AdaptOptions {
     pub align: Option<AlignOptions>,
     /// `[eval]`: what is measured of every checkpoint.
     pub eval: AdaptEvalOptions,
+}
+
+/// The recipe's `bf16_cpu`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuBf16 {
+    /// float32 on a CPU.
+    #[default]
+    Off,
+    /// bf16 autocast on a CPU; refused on a processor without native bf16 instructions.
+    On,
+    /// bf16 autocast on a CPU that has AMX or AVX512-BF16, float32 on one without.
+    Auto,
+}
+
+impl CpuBf16 {
+    /// Whether a CPU run autocasts (false on CUDA): `on` is refused, naming the key, on a processor
+    /// without native bf16 instructions.
+    pub fn resolve(self, device: dapt_trainer::tch::Device) -> Result<bool> {
+        if device.is_cuda() {
+            return Ok(false);
+        }
+        Ok(match self {
+            Self::Off => false,
+            Self::On => {
+                dapt_trainer::autocast::check_cpu_bf16("bf16_cpu")?;
+                true
+            }
+            Self::Auto => dapt_trainer::autocast::cpu_bf16_native(),
+        })
+    }
 }
 
 fn default_target() -> String {
@@ -819,7 +855,9 @@ pub fn run(
     let out = std::path::absolute(out).map_err(io_error(out))?;
     let device_choice = device.unwrap_or(o.device);
     let device = device_choice.device()?;
-    tracing::info!(config = %settings.config.display(), out = %out.display(), seed = o.seed, ?device, "adapt");
+    // Part of every training stage's and evaluation's identity (through their options).
+    let bf16_cpu = o.bf16_cpu.resolve(device)?;
+    tracing::info!(config = %settings.config.display(), out = %out.display(), seed = o.seed, ?device, bf16_cpu, "adapt");
     let runtime = crate::runtime()?;
     let sources = settings.sources();
     let sources_id = sources_identity(&sources)?;
@@ -1260,6 +1298,9 @@ pub fn run(
             lora: align.lora.clone(),
         });
     }
+    for stage in &mut stage_options {
+        stage.train.bf16_cpu |= bf16_cpu;
+    }
     let train_config = TrainConfig {
         options: TrainConfigOptions {
             seed: sub_seed(o.seed, "train", 0),
@@ -1392,6 +1433,7 @@ pub fn run(
             &sources_id,
             &task_ids,
             o.seed,
+            bf16_cpu,
         ),
     )?;
     let eval_dir = out.join("eval");
@@ -1418,6 +1460,7 @@ pub fn run(
             );
             plan.batch_size = o.eval.batch_size;
             plan.seed = o.seed;
+            plan.bf16 = bf16_cpu;
             plan.texts = eval_texts.clone();
             plan.tasks = tasks.clone();
             plan.generative = generative.clone();
@@ -1465,6 +1508,7 @@ pub fn run(
         "config_sha256": file_identity(&settings.config)?,
         "seed": o.seed,
         "device": format!("{device:?}"),
+        "bf16_cpu": bf16_cpu,
         "base_model": base_dir.display().to_string(),
         "tokenizer_sha256": tokenizer.sha256(),
         "sources": sources_id,

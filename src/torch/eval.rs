@@ -175,6 +175,10 @@ pub struct EvalArgs {
     /// Seed of few-shot draws and of sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Run the model under bf16 autocast (matrix products and attention in bf16): about 1.6× as
+    /// fast on a CPU with AMX or AVX512-BF16 (refused on one without), scores within about 0.1%.
+    #[arg(long)]
+    bf16: bool,
     /// Name of the checkpoint in reports (default: the model directory's name, or its parent's when
     /// it is called `model`).
     #[arg(long)]
@@ -292,6 +296,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     plan.batch_size = args.batch_size;
     plan.num_fewshot = args.num_fewshot;
     plan.seed = args.seed;
+    plan.bf16 = args.bf16;
     for spec in &args.packed {
         let (name, dir) = named(spec, "packed")?;
         plan.packed.push((name, dapt_core::Location::parse(&dir)?));

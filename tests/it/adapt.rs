@@ -209,6 +209,22 @@ fn the_small_russian_recipe_adapts_smollm2_and_reruns_what_changed() -> Result<(
     ] {
         ensure!(markdown.contains(needle), "{needle} missing:\n{markdown}");
     }
+    // `bf16_cpu = "auto"`: training and evaluation ran under bf16 autocast where the processor has
+    // AMX or AVX512-BF16, in float32 elsewhere, and the run, every stage and every evaluation say which.
+    let native = dapt_trainer::autocast::cpu_bf16_native();
+    let manifest = read_json(&out.join("run.json"))?;
+    ensure!(
+        manifest["bf16_cpu"] == native,
+        "native bf16 {native}: {manifest}"
+    );
+    let precision = if native { "bf16 autocast" } else { "float32" };
+    for stage in report["stages"].as_array().context("stages")? {
+        ensure!(stage["precision"] == precision, "{stage}");
+    }
+    for label in &checkpoints {
+        let eval = read_json(&out.join("eval").join(format!("{label}.json")))?;
+        ensure!(eval["bf16"].as_bool().unwrap_or(false) == native, "{label}");
+    }
     let html = std::fs::read_to_string(out.join("report.html"))?;
     ensure!(
         html.contains("<table>") && html.contains("<svg"),

@@ -175,8 +175,8 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
             std::fs::copy(&tokenizer, runs.join(model).join(entry))?;
         }
     }
-    let evaluate = |model: &str, out: &str, batch: &str| -> Result<serde_json::Value> {
-        run_ok(&[
+    let eval_args = |model: &str, out: &str, batch: &str, extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
             "eval",
             "--model",
             runs.join(model).to_str().unwrap(),
@@ -198,9 +198,19 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
             "cpu",
             "--out",
             d.join(out).to_str().unwrap(),
-        ])?;
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        args.extend(extra.iter().map(ToString::to_string));
+        args
+    };
+    let evaluate_with = |model: &str, out: &str, batch: &str, extra: &[&str]| {
+        let args = eval_args(model, out, batch, extra);
+        run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
         eval_json(&d.join(out))
     };
+    let evaluate = |model: &str, out: &str, batch: &str| evaluate_with(model, out, batch, &[]);
     let base = evaluate("init/model", "base.json", "16")?;
     let trained = evaluate("facts/model", "trained.json", "16")?;
     let acc = |v: &serde_json::Value| v["tasks"]["planted"]["acc"].as_f64().unwrap_or(-1.0);
@@ -252,6 +262,26 @@ fn eval_report_and_serve_on_a_planted_task() -> Result<()> {
                 .unwrap(),
         );
         ensure!((p - q).abs() < 1e-6 * q, "bits per byte: {p} vs {q}");
+    }
+
+    // `--bf16`: on a processor with AMX or AVX512-BF16 the model runs under bf16 autocast, the
+    // results say so and the scores stay close to float32's; elsewhere the flag is refused.
+    let ru_bpb = |v: &serde_json::Value| v["bits_per_byte"]["ru"]["bits_per_byte"].as_f64();
+    if dapt_trainer::autocast::cpu_bf16_native() {
+        let bf16 = evaluate_with("facts/model", "trained-bf16.json", "16", &["--bf16"])?;
+        ensure!(bf16["bf16"] == true && trained.get("bf16").is_none());
+        let (p, q) = (
+            ru_bpb(&bf16).unwrap_or(0.0),
+            ru_bpb(&trained).unwrap_or(0.0),
+        );
+        ensure!(
+            p != q && (p - q).abs() < 0.01 * q,
+            "bits per byte: bf16 {p} vs {q}"
+        );
+    } else {
+        let args = eval_args("facts/model", "trained-bf16.json", "16", &["--bf16"]);
+        let error = run_fails(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        ensure!(error.contains("AVX512-BF16"), "{error}");
     }
 
     // Perplexity is exp of the trainer's mean held-out loss on the same rows.

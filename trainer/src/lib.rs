@@ -8,6 +8,7 @@
 //! directories, checkpoints and per-step metrics.
 #![warn(missing_docs)]
 
+pub mod autocast;
 mod batch;
 mod config;
 mod data;

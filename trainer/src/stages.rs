@@ -292,6 +292,9 @@ pub struct StageReport {
     pub heldout_preference_after: Option<PreferenceMetrics>,
     /// Wall time of the stage.
     pub seconds: f64,
+    /// `bf16 autocast` or `float32`.
+    #[serde(default)]
+    pub precision: String,
     /// The output model directory.
     pub model: String,
 }
@@ -623,11 +626,12 @@ fn run_stage(
     } else {
         (None, None)
     };
+    let precision = crate::train::describe_precision(&stage.train, device)?;
     tracing::info!(
         stage = %stage.name,
         rows_per_epoch = data.rows_per_epoch(),
         steps = stage.train.steps,
-        precision = crate::train::describe_precision(&stage.train, device),
+        precision,
         ?device,
         "training"
     );
@@ -666,6 +670,7 @@ fn run_stage(
             heldout_preference_before: None,
             heldout_preference_after: None,
             seconds: started.elapsed().as_secs_f64(),
+            precision: precision.into(),
             model: stage_dir.join("model").display().to_string(),
         });
     }
@@ -708,6 +713,7 @@ fn run_stage(
         heldout_preference_before,
         heldout_preference_after,
         seconds: started.elapsed().as_secs_f64(),
+        precision: precision.into(),
         model: model_dir.display().to_string(),
     })
 }

@@ -552,6 +552,63 @@ fn training_learns_a_pattern() {
     assert!(history.iter().all(|m| m.tokens == 8 * 30));
 }
 
+/// `bf16_cpu`: on a processor with AMX or AVX512-BF16 the steps run under bf16 autocast (the losses
+/// differ from float32's in their low bits, stay within 2% of them, and a rerun repeats them
+/// exactly); on one without, training is refused naming the key.
+#[test]
+fn bf16_on_the_cpu_trains_close_to_float32_or_is_refused() {
+    let _rng = rng_lock();
+    let run = |bf16_cpu: bool| {
+        dapt_trainer::tch::manual_seed(5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = CausalLm::new(&vs.root(), &tiny("llama", false)).unwrap();
+        let options = TrainOptions {
+            steps: 12,
+            batch_size: 4,
+            learning_rate: 1e-2,
+            warmup_steps: 2,
+            bf16_cpu,
+            ..Default::default()
+        };
+        let options = TrainSettings::try_from(options).unwrap();
+        let trainer = Trainer::new(&model, &vs, &options, 9);
+        let mut data = InMemoryRows::new(pattern_rows(16), 9).unwrap();
+        trainer
+            .run(&mut data, false, |_| {})
+            .map(|r| r.history.iter().map(|m| m.loss).collect::<Vec<f64>>())
+    };
+    let float = run(false).unwrap();
+    let options = TrainOptions {
+        bf16_cpu: true,
+        ..Default::default()
+    };
+    if !dapt_trainer::autocast::cpu_bf16_native() {
+        let error = run(true).unwrap_err().to_string();
+        assert!(error.contains("train.bf16_cpu"), "{error}");
+        let refused = dapt_trainer::describe_precision(&options, Device::Cpu).unwrap_err();
+        assert!(refused.to_string().contains("AMX"), "{refused}");
+        eprintln!("no native bf16 on this processor: the refusal was checked");
+        return;
+    }
+    assert_eq!(
+        dapt_trainer::describe_precision(&options, Device::Cpu).unwrap(),
+        "bf16 autocast"
+    );
+    let bf16 = run(true).unwrap();
+    assert_eq!(bf16, run(true).unwrap(), "a rerun repeats the bf16 losses");
+    assert_ne!(bf16, float, "the bf16 path ran");
+    for (step, (b, f)) in bf16.iter().zip(&float).enumerate() {
+        assert!(
+            (b - f).abs() <= 0.02 * f,
+            "step {step}: bf16 {b} vs float32 {f}"
+        );
+    }
+    assert!(
+        bf16.last().unwrap() < &(0.8 * bf16[0]),
+        "it learns: {bf16:?}"
+    );
+}
+
 /// LoRA trained by dapt on the Gemma 3 and Phi-3 models (every projection, with dropout) lowers the
 /// loss, saves in PEFT's layout and loads back into a fresh copy of the base with the trained logits;
 /// merged, the model gives them too. With `DAPT_PEFT_CHECK_DIR` set, the base, the adapter and the
