@@ -175,7 +175,7 @@ pub struct EvalArgs {
     /// Seed of few-shot draws and of sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Run the model under bf16 autocast (matrix products and attention in bf16): about 1.6× as
+    /// Run the model under bf16 autocast (matrix products and attention in bf16): about 1.8× as
     /// fast on a CPU with AMX or AVX512-BF16 (refused on one without), scores within about 0.1%.
     #[arg(long)]
     bf16: bool,

@@ -80,7 +80,7 @@ pub struct TrainOptions {
     /// bf16 autocast on CUDA (a CPU trains in float32 unless `bf16_cpu`).
     pub bf16: bool,
     /// With `bf16`: autocast on the CPU too. Matrix products and attention run in bf16 on AMX or
-    /// AVX512-BF16 (about 1.25× a float32 LoRA step of SmolLM2-135M on a Sapphire Rapids core);
+    /// AVX512-BF16 (about 1.6× a float32 LoRA step of SmolLM2-135M on 2 Sapphire Rapids cores);
     /// refused on a processor without them, where LibTorch emulates bf16 more slowly than float32.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bf16_cpu: bool,
